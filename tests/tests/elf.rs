@@ -1,0 +1,53 @@
+//! Unprivileged: the object embedded in the userspace binary holds every map and program
+//! the userspace expects, with the expected types.
+use aya_obj::{Object, ProgramSection};
+use vpcep_common::maps;
+
+fn object() -> Object {
+    let bytes = vpcep::dataplane::object();
+    assert!(
+        !bytes.is_empty(),
+        "eBPF object is empty (built with AYA_BUILD_SKIP=1?)"
+    );
+    Object::parse(bytes).unwrap()
+}
+
+#[test]
+fn object_contains_every_map() {
+    let obj = object();
+    for name in maps::ALL_MAPS {
+        assert!(
+            obj.maps.contains_key(*name),
+            "map {name} missing; have {:?}",
+            obj.maps.keys()
+        );
+    }
+}
+
+#[test]
+fn object_contains_every_program_with_its_type() {
+    let obj = object();
+    for name in maps::ALL_PROGRAMS {
+        let prog = obj
+            .programs
+            .get(*name)
+            .unwrap_or_else(|| panic!("program {name} missing; have {:?}", obj.programs.keys()));
+        let ok = match *name {
+            maps::PROG_XDP => matches!(prog.section, ProgramSection::Xdp { .. }),
+            maps::PROG_TC_INGRESS => matches!(prog.section, ProgramSection::SchedClassifier),
+            _ => false,
+        };
+        assert!(ok, "program {name} has section {:?}", prog.section);
+    }
+}
+
+#[test]
+fn stats_map_has_a_slot_per_hook_and_reason() {
+    let obj = object();
+    let map = &obj.maps[maps::STATS];
+    assert_eq!(map.max_entries(), vpcep_common::stats::STATS_ENTRIES);
+    assert_eq!(
+        map.value_size() as usize,
+        size_of::<vpcep_common::stats::Counter>()
+    );
+}

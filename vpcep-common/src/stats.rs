@@ -1,0 +1,142 @@
+//! Verdict reasons and their counters.
+//!
+//! Every packet a program sees is counted exactly once, under the hook that saw it and the
+//! reason for its verdict. Reasons are a closed set of codes; new ones are appended, never
+//! renumbered, so counters read from a pinned map stay meaningful across upgrades.
+
+/// Packet and byte count for one (hook, reason) slot; the map is per-CPU, so userspace sums.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+crate::pod!(Counter);
+
+/// Where a program runs. The stats map is indexed by `hook * REASON_SLOTS + reason`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Xdp = 0,
+    TcIngress = 1,
+    TcEgress = 2,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 3] = [Hook::Xdp, Hook::TcIngress, Hook::TcEgress];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::Xdp => "xdp",
+            Hook::TcIngress => "tc-ingress",
+            Hook::TcEgress => "tc-egress",
+        }
+    }
+}
+
+/// Number of reason slots reserved per hook (room to append reasons without a new map).
+pub const REASON_SLOTS: u32 = 64;
+/// Entries in the stats map.
+pub const STATS_ENTRIES: u32 = REASON_SLOTS * Hook::ALL.len() as u32;
+
+/// Stats map index for a hook and reason.
+#[inline(always)]
+pub const fn stats_index(hook: Hook, reason: Reason) -> u32 {
+    hook as u32 * REASON_SLOTS + reason as u32
+}
+
+macro_rules! reasons {
+    ($($(#[$doc:meta])* $name:ident = $code:literal => $text:literal, $drop:literal;)+) => {
+        /// Why a packet got its verdict.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Reason {
+            $($(#[$doc])* $name = $code,)+
+        }
+
+        impl Reason {
+            pub const ALL: &'static [Reason] = &[$(Reason::$name,)+];
+
+            /// Stable name printed by userspace and used as a metrics label.
+            pub const fn name(self) -> &'static str {
+                match self { $(Reason::$name => $text,)+ }
+            }
+
+            /// True when the verdict for this reason drops the packet.
+            pub const fn is_drop(self) -> bool {
+                match self { $(Reason::$name => $drop,)+ }
+            }
+
+            pub const fn from_code(code: u32) -> Option<Reason> {
+                match code { $($code => Some(Reason::$name),)+ _ => None }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// Not IPv4 (IPv6, VLAN-tagged, LLDP, …): passed to the kernel untouched.
+    PassNonIpv4 = 0 => "pass_non_ipv4", false;
+    /// IPv4 TCP that is not endpoint traffic.
+    PassTcp = 1 => "pass_tcp", false;
+    /// IPv4 UDP that is not endpoint traffic.
+    PassUdp = 2 => "pass_udp", false;
+    /// IPv4 with another protocol (ICMP, …) that is not endpoint traffic.
+    PassOtherProto = 3 => "pass_other_proto", false;
+    /// IPv4 fragment (offset or more-fragments set) that is not endpoint traffic.
+    PassFragment = 4 => "pass_fragment", false;
+    /// ARP that is not for an endpoint or gateway address.
+    PassArp = 5 => "pass_arp", false;
+    /// Frame shorter than an Ethernet header.
+    DropTruncEth = 16 => "drop_trunc_eth", true;
+    /// EtherType IPv4 but shorter than a minimal IPv4 header, or than its IHL says.
+    DropTruncIpv4 = 17 => "drop_trunc_ipv4", true;
+    /// IPv4 version not 4, IHL below 5, or total length shorter than the header.
+    DropBadIpv4 = 18 => "drop_bad_ipv4", true;
+    /// TCP or UDP header cut short (first fragment only).
+    DropTruncL4 = 19 => "drop_trunc_l4", true;
+    /// TCP data offset below 5 words.
+    DropBadTcp = 20 => "drop_bad_tcp", true;
+}
+
+const _: () = {
+    let mut i = 0;
+    while i < Reason::ALL.len() {
+        assert!((Reason::ALL[i] as u32) < REASON_SLOTS);
+        i += 1;
+    }
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_names_are_unique() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(Reason::from_code(*r as u32), Some(*r));
+            for other in &Reason::ALL[i + 1..] {
+                assert_ne!(r.name(), other.name());
+                assert_ne!(*r as u32, *other as u32);
+            }
+        }
+        assert_eq!(Reason::from_code(REASON_SLOTS), None);
+    }
+
+    #[test]
+    fn stats_index_is_within_map() {
+        for h in Hook::ALL {
+            for r in Reason::ALL {
+                assert!(stats_index(h, *r) < STATS_ENTRIES);
+            }
+        }
+    }
+
+    #[test]
+    fn drop_reasons_are_named_drop() {
+        for r in Reason::ALL {
+            assert_eq!(r.is_drop(), r.name().starts_with("drop_"), "{}", r.name());
+        }
+    }
+}

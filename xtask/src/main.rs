@@ -1,0 +1,256 @@
+//! `cargo xtask <command>`: everything needed to set up, build, run and test vpcep.
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use xtask::netns::{NetNs, PREFIX};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "vpcep development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    Xdp,
+    Tc,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what this machine lacks (Debian packages, pinned nightly with rust-src,
+    /// bpf-linker, the aarch64 target); skips what is already there.
+    Setup,
+    /// Build the eBPF object (bpfel) with the pinned nightly.
+    BuildEbpf,
+    /// Release build of the userspace binary (with the eBPF object embedded).
+    Build {
+        /// Cross-build for aarch64 (Kunpeng) instead of the host.
+        #[arg(long)]
+        aarch64: bool,
+    },
+    /// Build, load the programs onto an interface, print live counters; Ctrl-C detaches.
+    Run {
+        #[arg(long)]
+        iface: String,
+        #[arg(long, value_enum, default_value = "tc")]
+        mode: Mode,
+        /// Stop after this many seconds (0 = until Ctrl-C).
+        #[arg(long, default_value_t = 0)]
+        duration: u64,
+    },
+    /// The whole suite: unit, privileged kernel and namespace tests, and the aarch64
+    /// cross-build with its unit tests under qemu-user.
+    Test {
+        /// Skip the aarch64 cross-build and qemu tests.
+        #[arg(long)]
+        no_aarch64: bool,
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Create or destroy a network namespace by hand (tests use the library guards).
+    #[command(subcommand)]
+    Netns(NetnsCmd),
+}
+
+#[derive(Subcommand)]
+enum NetnsCmd {
+    /// Create a namespace named vpcep-<name> with loopback up and print its name.
+    Create { name: String },
+    /// Delete a namespace created by `create` (only vpcep-* names are accepted).
+    Destroy { name: String },
+    /// List vpcep-* namespaces.
+    List,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Setup => setup::run(),
+        Cmd::BuildEbpf => build_ebpf(),
+        Cmd::Build { aarch64 } => build(aarch64),
+        Cmd::Run {
+            iface,
+            mode,
+            duration,
+        } => run(&iface, mode, duration),
+        Cmd::Test { no_aarch64, args } => test(no_aarch64, &args),
+        Cmd::Netns(cmd) => netns(cmd),
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs a command from the workspace root, echoing it, failing on non-zero exit.
+pub fn sh(cmd: &mut Command) -> Result<()> {
+    cmd.current_dir(workspace_root());
+    let shown = format!("{cmd:?}").replace('"', "");
+    println!("==> {shown}");
+    let status = cmd.status().with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn build_ebpf() -> Result<()> {
+    setup::ensure()?;
+    sh(Command::new("rustup")
+        .args([
+            "run",
+            setup::NIGHTLY,
+            "cargo",
+            "build",
+            "--package",
+            "vpcep-ebpf",
+        ])
+        .args([
+            "--bins",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER"))?;
+    println!(
+        "eBPF object: {}",
+        workspace_root()
+            .join("target/bpfel-unknown-none/release/vpcep")
+            .display()
+    );
+    Ok(())
+}
+
+fn build(aarch64: bool) -> Result<()> {
+    setup::ensure()?;
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "--package", "vpcep-userspace"]);
+    if aarch64 {
+        cmd.args(["--target", "aarch64-unknown-linux-gnu"]);
+    }
+    sh(&mut cmd)
+}
+
+fn run(iface: &str, mode: Mode, duration: u64) -> Result<()> {
+    build(false)?;
+    let mode = match mode {
+        Mode::Xdp => "xdp",
+        Mode::Tc => "tc",
+    };
+    let bin = workspace_root().join("target/release/vpcep");
+    sh(Command::new(bin).args([
+        "dataplane",
+        "run",
+        "--iface",
+        iface,
+        "--mode",
+        mode,
+        "--duration",
+        &duration.to_string(),
+    ]))
+}
+
+fn test(no_aarch64: bool, args: &[String]) -> Result<()> {
+    let started = Instant::now();
+    setup::ensure()?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the kernel tests load BPF programs and create network namespaces: run as root");
+    }
+    setup::ensure_bpffs()?;
+    sh(cargo()
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .args(args))?;
+    if !no_aarch64 {
+        test_aarch64()?;
+    }
+    println!(
+        "xtask test: all stages passed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Cross-builds the userspace for aarch64 and runs its unit tests and `--help` under
+/// qemu-user (the runner is set in .cargo/config.toml). Loading BPF is not possible under
+/// qemu-user, so kernel tests stay on the host.
+fn test_aarch64() -> Result<()> {
+    let target = "aarch64-unknown-linux-gnu";
+    sh(cargo().args([
+        "test",
+        "--target",
+        target,
+        "--package",
+        "vpcep-common",
+        "--package",
+        "vpcep-userspace",
+        "--lib",
+        "--bins",
+    ]))?;
+    sh(cargo().args([
+        "build",
+        "--target",
+        target,
+        "--package",
+        "vpcep-userspace",
+        "--bins",
+    ]))?;
+    let bin = workspace_root().join(format!("target/{target}/debug/vpcep"));
+    sh(Command::new("qemu-aarch64-static")
+        .args(["-L", "/usr/aarch64-linux-gnu"])
+        .arg(&bin)
+        .arg("--help"))?;
+    let out = Command::new("file").arg(&bin).output();
+    if let Ok(out) = out {
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+    Ok(())
+}
+
+fn netns(cmd: NetnsCmd) -> Result<()> {
+    match cmd {
+        NetnsCmd::Create { name } => {
+            let ns = NetNs::create(format!("{PREFIX}{name}"))?;
+            println!("{}", ns.name());
+            // Keep it: the caller destroys it with `cargo xtask netns destroy`.
+            std::mem::forget(ns);
+        }
+        NetnsCmd::Destroy { name } => {
+            let name = if name.starts_with(PREFIX) {
+                name
+            } else {
+                format!("{PREFIX}{name}")
+            };
+            drop(NetNs::adopt(name));
+        }
+        NetnsCmd::List => {
+            let out = xtask::netns::ip(&["netns", "list"])?;
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if line.starts_with(PREFIX) {
+                    println!("{line}");
+                }
+            }
+        }
+    }
+    Ok(())
+}

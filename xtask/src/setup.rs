@@ -1,0 +1,149 @@
+//! `cargo xtask setup`: installs what a fresh Debian 12 machine lacks, idempotently, saying
+//! what it does. Other commands call [`ensure`], which does the same and is silent about
+//! what is already present.
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::sh;
+
+/// Nightly whose LLVM (22.x) matches bpf-linker 0.10.4; keep in step with
+/// vpcep-userspace/build.rs.
+pub const NIGHTLY: &str = "nightly-2026-06-20";
+pub const BPF_LINKER_VERSION: &str = "0.10.4";
+const AARCH64: &str = "aarch64-unknown-linux-gnu";
+
+/// Debian packages the build, the tests and the tools need.
+const PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "tcpdump",
+    "bpftool",
+    "nftables",
+    "iperf3",
+    "socat",
+    "postgresql",
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
+    "qemu-user-static",
+    "file",
+];
+
+pub fn run() -> Result<()> {
+    ensure()?;
+    println!("setup: everything is installed");
+    Ok(())
+}
+
+pub fn ensure() -> Result<()> {
+    apt_packages()?;
+    nightly()?;
+    aarch64_target()?;
+    bpf_linker()?;
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${db:Status-Abbrev}", p]))
+                .is_none_or(|s| !s.starts_with("ii"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("setup: installing Debian packages: {}", missing.join(" "));
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "installing packages needs root: run `apt-get install {}` or rerun as root",
+            missing.join(" ")
+        );
+    }
+    sh(Command::new("apt-get")
+        .args(["update", "-q"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    sh(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn nightly() -> Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        NIGHTLY,
+    ]))
+    .unwrap_or_default();
+    let want = ["rust-src", "clippy", "rustfmt"];
+    if want
+        .iter()
+        .all(|c| installed.lines().any(|l| l.starts_with(c)))
+    {
+        return Ok(());
+    }
+    println!("setup: installing Rust {NIGHTLY} with rust-src (builds the eBPF programs)");
+    sh(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        NIGHTLY,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src,clippy,rustfmt",
+    ]))
+}
+
+fn aarch64_target() -> Result<()> {
+    let installed =
+        output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if installed.lines().any(|l| l.trim() == AARCH64) {
+        return Ok(());
+    }
+    println!("setup: adding the {AARCH64} target (Kunpeng cross-build)");
+    sh(Command::new("rustup").args(["target", "add", AARCH64]))
+}
+
+fn bpf_linker() -> Result<()> {
+    let version = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if version.contains(BPF_LINKER_VERSION) {
+        return Ok(());
+    }
+    println!(
+        "setup: installing bpf-linker {BPF_LINKER_VERSION} (uses the nightly's own LLVM; about a minute)"
+    );
+    sh(Command::new("cargo").args([
+        "install",
+        &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        "--locked",
+        "--force",
+    ]))
+    .context("installing bpf-linker")
+}
+
+/// Mounts bpffs at /sys/fs/bpf when it is not (pinning needs it).
+pub fn ensure_bpffs() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+    {
+        return Ok(());
+    }
+    println!("setup: mounting bpffs on /sys/fs/bpf");
+    std::fs::create_dir_all("/sys/fs/bpf").context("creating /sys/fs/bpf")?;
+    sh(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
