@@ -57,6 +57,9 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Formatting check and clippy with -D warnings: the host crates, then the eBPF crate
+    /// for the bpf target in its own pass.
+    Lint,
     /// Create or destroy a network namespace by hand (tests use the library guards).
     #[command(subcommand)]
     Netns(NetnsCmd),
@@ -72,8 +75,14 @@ enum NetnsCmd {
     List,
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() {
+    if let Err(e) = run_cli(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run_cli(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Setup => setup::run(),
         Cmd::BuildEbpf => build_ebpf(),
@@ -84,6 +93,7 @@ fn main() -> Result<()> {
             duration,
         } => run(&iface, mode, duration),
         Cmd::Test { no_aarch64, args } => test(no_aarch64, &args),
+        Cmd::Lint => lint(),
         Cmd::Netns(cmd) => netns(cmd),
     }
 }
@@ -225,6 +235,41 @@ fn test_aarch64() -> Result<()> {
         print!("{}", String::from_utf8_lossy(&out.stdout));
     }
     Ok(())
+}
+
+fn lint() -> Result<()> {
+    setup::ensure()?;
+    sh(cargo().args(["fmt", "--all", "--check"]))?;
+    // The object is not needed to lint userspace; skip building it.
+    sh(cargo()
+        .args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env("AYA_BUILD_SKIP", "1"))?;
+    sh(Command::new("rustup")
+        .args([
+            "run",
+            setup::NIGHTLY,
+            "cargo",
+            "clippy",
+            "--package",
+            "vpcep-ebpf",
+        ])
+        .args([
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
+        .args(["--", "-D", "warnings"])
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER"))
 }
 
 fn netns(cmd: NetnsCmd) -> Result<()> {

@@ -27,6 +27,8 @@ const PACKAGES: &[&str] = &[
     "libc6-dev-arm64-cross",
     "qemu-user-static",
     "file",
+    "iputils-ping",
+    "curl",
 ];
 
 pub fn run() -> Result<()> {
