@@ -1,5 +1,6 @@
 //! Fixtures shared by the integration tests: packet builders, raw-socket senders and the
 //! kernel-test preconditions.
+pub mod fastpath;
 pub mod packets;
 pub mod raw;
 

@@ -4,6 +4,7 @@
 //! `aya::Pod` impls userspace needs to read and write the maps.
 #![no_std]
 
+pub mod endpoint;
 pub mod maps;
 pub mod stats;
 

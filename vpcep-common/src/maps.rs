@@ -1,11 +1,53 @@
 //! Map and program names, versioned like cilium's (`cilium_ct4_global`): a layout change
 //! bumps the suffix so a new agent never reinterprets a pinned map of an older layout.
+//! Capacities live here too so userspace sizes and checks agree with the object.
 
 /// Per-CPU counters per hook and reason ([`crate::stats::Counter`]).
 pub const STATS: &str = "VPCEP_STATS_V1";
+/// ifindex → [`crate::endpoint::LocalNic`].
+pub const LOCAL_NICS: &str = "VPCEP_LOCAL_NICS_V1";
+/// [`crate::endpoint::EndpointKey`] → [`crate::endpoint::Endpoint`].
+pub const ENDPOINTS: &str = "VPCEP_ENDPOINTS_V1";
+/// [`crate::endpoint::PortKey`] → [`crate::endpoint::PortTarget`].
+pub const PORT_MAP: &str = "VPCEP_PORT_MAP_V1";
+/// service id → [`crate::endpoint::Service`].
+pub const SERVICES: &str = "VPCEP_SERVICES_V1";
+/// LPM [`crate::endpoint::WhitelistKey`] → 1.
+pub const SRC_WHITELIST: &str = "VPCEP_SRC_WHITELIST_V1";
+/// index 0 → [`crate::endpoint::NodeConfig`].
+pub const NODE: &str = "VPCEP_NODE_V1";
+/// SNAT IPv4 (be) → owning node's underlay IPv4 (be).
+pub const SNAT_OWNERS: &str = "VPCEP_SNAT_OWNERS_V1";
+/// LRU [`crate::endpoint::FlowKey`] → [`crate::endpoint::FlowEntry`].
+pub const CT_FWD: &str = "VPCEP_CT_FWD_V1";
+/// LRU [`crate::endpoint::RevKey`] → [`crate::endpoint::RevEntry`].
+pub const CT_REV: &str = "VPCEP_CT_REV_V1";
+/// Per-CPU endpoint id → [`crate::endpoint::EndpointCounters`].
+pub const EP_STATS: &str = "VPCEP_EP_STATS_V1";
 
 /// Every map the userspace expects in the object file.
-pub const ALL_MAPS: &[&str] = &[STATS];
+pub const ALL_MAPS: &[&str] = &[
+    STATS,
+    LOCAL_NICS,
+    ENDPOINTS,
+    PORT_MAP,
+    SERVICES,
+    SRC_WHITELIST,
+    NODE,
+    SNAT_OWNERS,
+    CT_FWD,
+    CT_REV,
+    EP_STATS,
+];
+
+pub const MAX_LOCAL_NICS: u32 = 4096;
+pub const MAX_ENDPOINTS: u32 = 65_536;
+pub const MAX_PORT_MAPPINGS: u32 = 262_144;
+pub const MAX_SERVICES: u32 = 65_536;
+pub const MAX_WHITELIST_RULES: u32 = 65_536;
+pub const MAX_NODES: u32 = 4096;
+/// Flows tracked per node (each has a forward and a reverse entry).
+pub const MAX_FLOWS: u32 = 1 << 20;
 
 /// XDP program on the host side of a VM NIC.
 pub const PROG_XDP: &str = "vpcep_xdp";

@@ -98,6 +98,56 @@ reasons! {
     DropTruncL4 = 19 => "drop_trunc_l4", true;
     /// TCP data offset below 5 words.
     DropBadTcp = 20 => "drop_bad_tcp", true;
+    /// ARP request for an endpoint or gateway address, answered with the node's MAC.
+    ArpReply = 7 => "arp_reply", false;
+    /// ICMP echo to an endpoint address, answered.
+    IcmpEchoReply = 8 => "icmp_echo_reply", false;
+    /// Consumer → endpoint, first packet of a flow: translated and redirected.
+    FwdNewFlow = 9 => "fwd_new_flow", false;
+    /// Consumer → endpoint on an existing flow: translated and redirected.
+    FwdEstablished = 10 => "fwd_established", false;
+    /// Backend → SNAT address on an existing flow: translated back and redirected.
+    RevReply = 11 => "rev_reply", false;
+    /// ICMP error from the backend side about a translated flow: translated back.
+    RevIcmpError = 12 => "rev_icmp_error", false;
+    /// XDP: endpoint traffic that passed the early checks, left for the TC program.
+    PassToTc = 13 => "pass_to_tc", false;
+    /// No port mapping for (service, protocol, client port).
+    DropNoPortMapping = 21 => "drop_no_port_mapping", true;
+    /// The endpoint is not accepted (pending, rejected).
+    DropNotAccepted = 22 => "drop_not_accepted", true;
+    /// The endpoint owner is no longer in the service whitelist.
+    DropNotPermitted = 23 => "drop_not_permitted", true;
+    /// Source IPv4 is not the VM's own address.
+    DropSpoofedIp = 24 => "drop_spoofed_ip", true;
+    /// Source MAC is not the VM's own.
+    DropSpoofedMac = 25 => "drop_spoofed_mac", true;
+    /// New flow from a source outside the endpoint's source whitelist.
+    DropSourceWhitelist = 26 => "drop_source_whitelist", true;
+    /// TCP segment other than a SYN with no flow (SYN-only flow creation).
+    DropTcpNoFlow = 27 => "drop_tcp_no_flow", true;
+    /// No free SNAT port after probing.
+    DropSnatExhausted = 28 => "drop_snat_exhausted", true;
+    /// To 198.19.128.0/17 with no live flow (access is one-way: consumer → service).
+    DropNoReverseFlow = 29 => "drop_no_reverse_flow", true;
+    /// IPv4 fragment to an endpoint or SNAT address (not translated).
+    DropFragment = 30 => "drop_fragment", true;
+    /// Protocol other than TCP, UDP or ICMP echo/errors to an endpoint.
+    DropEndpointProto = 31 => "drop_endpoint_proto", true;
+    /// TTL would reach zero.
+    DropTtlExceeded = 32 => "drop_ttl_exceeded", true;
+    /// The backend is on another node and no overlay is configured.
+    DropRemoteBackend = 33 => "drop_remote_backend", true;
+    /// This node has no SNAT address configured.
+    DropNodeNotConfigured = 34 => "drop_node_not_configured", true;
+    /// A conntrack insert failed.
+    DropCtInsert = 35 => "drop_ct_insert", true;
+    /// A reply for a flow arrived on a NIC other than the flow's backend NIC.
+    DropReplyWrongNic = 36 => "drop_reply_wrong_nic", true;
+    /// The endpoint's service has no entry (being configured or removed).
+    DropNoService = 37 => "drop_no_service", true;
+    /// A checksum or packet helper failed.
+    DropHelper = 38 => "drop_helper", true;
 }
 
 const _: () = {

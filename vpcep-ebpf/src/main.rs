@@ -1,10 +1,20 @@
-//! Entry points of the vpcep kernel programs. Each returns the verdict of a `try_` function;
-//! every packet is counted once under the reason for its verdict.
+//! Entry points of the vpcep kernel programs. Each returns the verdict of a `try`-style
+//! function; every packet is counted once under the reason for its verdict.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod arp;
+#[cfg(target_arch = "bpf")]
+mod csum;
+#[cfg(target_arch = "bpf")]
+mod datapath;
+#[cfg(target_arch = "bpf")]
+mod icmp;
+#[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod nat;
 #[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
@@ -14,34 +24,32 @@ mod stats;
 mod programs {
     use aya_ebpf::{
         bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+        helpers::bpf_redirect,
         macros::{classifier, xdp},
         programs::{TcContext, XdpContext},
     };
-    use vpcep_common::stats::{Hook, Reason};
+    use vpcep_common::stats::Hook;
 
     use crate::{
+        datapath::{self, Action},
         parse::{self, Frame},
         stats,
     };
 
-    /// Classifies a frame; the verdict is pass unless the reason is a drop reason.
-    #[inline(always)]
-    fn classify(frame: &Frame) -> Reason {
-        match parse::parse(frame) {
-            Ok(pkt) => pkt.pass_reason(),
-            Err(reason) => reason,
-        }
-    }
-
     #[xdp]
     pub fn vpcep_xdp(ctx: XdpContext) -> u32 {
         let frame = Frame::new(ctx.data(), ctx.data_end());
-        let reason = classify(&frame);
+        // SAFETY: ctx.ctx points at the kernel's xdp_md for this call.
+        let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+        let (reason, action) = match datapath::xdp_ingress(&frame, ifindex) {
+            Ok(v) => v,
+            Err(r) => (r, Action::Drop),
+        };
         stats::count(Hook::Xdp, reason, frame.len() as u64);
-        if reason.is_drop() {
-            xdp_action::XDP_DROP
-        } else {
-            xdp_action::XDP_PASS
+        match action {
+            Action::Pass | Action::Redirect(_) => xdp_action::XDP_PASS,
+            Action::Drop => xdp_action::XDP_DROP,
+            Action::Tx => xdp_action::XDP_TX,
         }
     }
 
@@ -52,13 +60,21 @@ mod programs {
         if ctx.data_end() - ctx.data() < want as usize {
             let _ = ctx.pull_data(want);
         }
-        let frame = Frame::new(ctx.data(), ctx.data_end());
-        let reason = classify(&frame);
-        stats::count(Hook::TcIngress, reason, ctx.len() as u64);
-        if reason.is_drop() {
-            TC_ACT_SHOT
-        } else {
-            TC_ACT_OK
+        let len = ctx.len() as u64;
+        // SAFETY: ctx.skb.skb points at the kernel's __sk_buff for this call.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        let (reason, action) = match datapath::tc_ingress(&ctx, ifindex) {
+            Ok(v) => v,
+            Err(r) => (r, Action::Drop),
+        };
+        stats::count(Hook::TcIngress, reason, len);
+        match action {
+            Action::Pass => TC_ACT_OK,
+            Action::Drop => TC_ACT_SHOT,
+            // SAFETY: plain helper call; it returns TC_ACT_REDIRECT or TC_ACT_SHOT.
+            Action::Tx => unsafe { bpf_redirect(ifindex, 0) as i32 },
+            // SAFETY: as above.
+            Action::Redirect(out) => unsafe { bpf_redirect(out, 0) as i32 },
         }
     }
 }

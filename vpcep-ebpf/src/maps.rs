@@ -1,6 +1,51 @@
-//! Map definitions; names and layouts come from `vpcep_common`.
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-use vpcep_common::stats::{Counter, STATS_ENTRIES};
+//! Map definitions; names, layouts and capacities come from `vpcep_common`.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+};
+use vpcep_common::{
+    endpoint::{
+        Endpoint, EndpointCounters, EndpointKey, FlowEntry, FlowKey, LocalNic, NodeConfig, PortKey,
+        PortTarget, RevEntry, RevKey, Service, WhitelistKey,
+    },
+    maps::{
+        MAX_ENDPOINTS, MAX_FLOWS, MAX_LOCAL_NICS, MAX_NODES, MAX_PORT_MAPPINGS, MAX_SERVICES,
+        MAX_WHITELIST_RULES,
+    },
+    stats::{Counter, STATS_ENTRIES},
+};
 
 #[map(name = "VPCEP_STATS_V1")]
 pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
+
+#[map(name = "VPCEP_LOCAL_NICS_V1")]
+pub static LOCAL_NICS: HashMap<u32, LocalNic> = HashMap::with_max_entries(MAX_LOCAL_NICS, 0);
+
+#[map(name = "VPCEP_ENDPOINTS_V1")]
+pub static ENDPOINTS: HashMap<EndpointKey, Endpoint> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+#[map(name = "VPCEP_PORT_MAP_V1")]
+pub static PORT_MAP: HashMap<PortKey, PortTarget> = HashMap::with_max_entries(MAX_PORT_MAPPINGS, 0);
+
+#[map(name = "VPCEP_SERVICES_V1")]
+pub static SERVICES: HashMap<u32, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+#[map(name = "VPCEP_SRC_WHITELIST_V1")]
+pub static SRC_WHITELIST: LpmTrie<WhitelistKey, u32> =
+    LpmTrie::with_max_entries(MAX_WHITELIST_RULES, 0);
+
+#[map(name = "VPCEP_NODE_V1")]
+pub static NODE: Array<NodeConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "VPCEP_SNAT_OWNERS_V1")]
+pub static SNAT_OWNERS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_NODES, 0);
+
+#[map(name = "VPCEP_CT_FWD_V1")]
+pub static CT_FWD: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+#[map(name = "VPCEP_CT_REV_V1")]
+pub static CT_REV: LruHashMap<RevKey, RevEntry> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+#[map(name = "VPCEP_EP_STATS_V1")]
+pub static EP_STATS: PerCpuArray<EndpointCounters> =
+    PerCpuArray::with_max_entries(MAX_ENDPOINTS, 0);

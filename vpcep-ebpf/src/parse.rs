@@ -2,15 +2,22 @@
 use core::mem;
 
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
-use vpcep_common::stats::Reason;
+use vpcep_common::{
+    endpoint::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    stats::Reason,
+};
 
-/// Ethernet + IPv4 with options + TCP with options: what the programs may need to read.
-pub const MAX_HEADERS: usize = EthHdr::LEN + 60 + 60;
+/// Ethernet + IPv4 with options + TCP with options: what the programs may need to read;
+/// an ICMP error quotes another IPv4 header (with options) and 8 bytes of L4.
+pub const MAX_HEADERS: usize = EthHdr::LEN + 60 + 8 + 60 + 8;
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 /// The packet bytes a program may touch: `[start, end)`.
 pub struct Frame {
@@ -32,7 +39,9 @@ impl Frame {
     /// Pointer to a `T` at `off`, or `reason` if the frame is too short.
     #[inline(always)]
     pub fn ptr_at<T>(&self, off: usize, reason: Reason) -> Result<*mut T, Reason> {
-        let p = self.start + off;
+        // Offsets are always below 512; the mask gives the verifier that bound even when
+        // the offset was spilled to the stack and lost its range.
+        let p = self.start + (off & 0x1ff);
         if p + mem::size_of::<T>() > self.end {
             return Err(reason);
         }
@@ -40,11 +49,22 @@ impl Frame {
     }
 }
 
-/// An IPv4 packet whose headers passed every bounds and sanity check.
+/// An IPv4 packet whose headers passed every bounds and sanity check. Addresses and ports
+/// are raw network-order values as loaded.
+#[derive(Clone, Copy)]
 pub struct Ipv4Packet {
+    /// Offset of the L4 header (after IP options).
+    pub l4: usize,
     pub proto: u8,
-    /// Offset or more-fragments set: L4 header is absent or not the first.
+    /// Offset or more-fragments set: the L4 header is absent or not this packet's.
     pub fragment: bool,
+    pub ttl: u8,
+    pub src: u32,
+    pub dst: u32,
+    /// TCP/UDP ports (zero otherwise); for ICMP, `sport` holds type and code.
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: u8,
 }
 
 pub enum Parsed {
@@ -82,12 +102,15 @@ pub fn parse(frame: &Frame) -> Result<Parsed, Reason> {
     let l3 = EthHdr::LEN;
     let ip: *const Ipv4Hdr = frame.ptr_at(l3, Reason::DropTruncIpv4)?;
     // SAFETY: bounds checked by ptr_at.
-    let (vihl, tot_len, frags, proto) = unsafe {
+    let (vihl, tot_len, frags, proto, ttl, src, dst) = unsafe {
         (
             (*ip).vihl,
             u16::from_be_bytes((*ip).tot_len),
             u16::from_be_bytes((*ip).frags),
             (*ip).proto,
+            (*ip).ttl,
+            u32::from_ne_bytes((*ip).src_addr),
+            u32::from_ne_bytes((*ip).dst_addr),
         )
     };
     let ihl = (vihl & 0x0f) as usize * 4;
@@ -97,24 +120,48 @@ pub fn parse(frame: &Frame) -> Result<Parsed, Reason> {
     // The options must be present too.
     frame.ptr_at::<[u8; 4]>(l3 + ihl - 4, Reason::DropTruncIpv4)?;
     let l4 = l3 + ihl;
-    // Fragment offset or more-fragments flag.
     let fragment = frags & 0x3fff != 0;
     let first = frags & 0x1fff == 0;
+    let mut pkt = Ipv4Packet {
+        l4,
+        proto,
+        fragment,
+        ttl,
+        src,
+        dst,
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+    };
     if first {
         match proto {
             IPPROTO_TCP => {
-                let tcp: *const TcpHdr = frame.ptr_at(l4, Reason::DropTruncL4)?;
+                let tcp: *const [u8; TcpHdr::LEN] = frame.ptr_at(l4, Reason::DropTruncL4)?;
                 // SAFETY: bounds checked by ptr_at; byte 12 holds the data offset.
-                let doff = unsafe { (*(tcp as *const [u8; 20]))[12] >> 4 } as usize * 4;
-                if doff < TcpHdr::LEN {
+                let t = unsafe { &*tcp };
+                if (t[12] >> 4) < 5 {
                     return Err(Reason::DropBadTcp);
                 }
+                pkt.sport = u16::from_ne_bytes([t[0], t[1]]);
+                pkt.dport = u16::from_ne_bytes([t[2], t[3]]);
+                pkt.tcp_flags = t[13];
             }
             IPPROTO_UDP => {
-                frame.ptr_at::<UdpHdr>(l4, Reason::DropTruncL4)?;
+                let udp: *const UdpHdr = frame.ptr_at(l4, Reason::DropTruncL4)?;
+                // SAFETY: bounds checked by ptr_at.
+                unsafe {
+                    pkt.sport = u16::from_ne_bytes((*udp).src);
+                    pkt.dport = u16::from_ne_bytes((*udp).dst);
+                }
+            }
+            IPPROTO_ICMP => {
+                let icmp: *const [u8; 4] = frame.ptr_at(l4, Reason::DropTruncL4)?;
+                // SAFETY: bounds checked by ptr_at.
+                let i = unsafe { &*icmp };
+                pkt.sport = u16::from_ne_bytes([i[0], i[1]]);
             }
             _ => {}
         }
     }
-    Ok(Parsed::Ipv4(Ipv4Packet { proto, fragment }))
+    Ok(Parsed::Ipv4(pkt))
 }

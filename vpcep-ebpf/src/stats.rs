@@ -1,7 +1,10 @@
-//! Per-CPU verdict counters.
-use vpcep_common::stats::{Hook, Reason, stats_index};
+//! Per-CPU verdict and per-endpoint counters.
+use vpcep_common::{
+    maps::MAX_ENDPOINTS,
+    stats::{Hook, Reason, stats_index},
+};
 
-use crate::maps::STATS;
+use crate::maps::{EP_STATS, STATS};
 
 #[inline(always)]
 pub fn count(hook: Hook, reason: Reason, bytes: u64) {
@@ -11,5 +14,32 @@ pub fn count(hook: Hook, reason: Reason, bytes: u64) {
             (*c).packets += 1;
             (*c).bytes += bytes;
         }
+    }
+}
+
+/// One packet of `bytes` forwarded for an endpoint (`new_flow` is 0 or 1).
+#[inline(always)]
+pub fn endpoint(id: u32, bytes: u64, new_flow: u64) {
+    if id >= MAX_ENDPOINTS {
+        return;
+    }
+    if let Some(c) = EP_STATS.get_ptr_mut(id) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+            (*c).new_flows += new_flow;
+        }
+    }
+}
+
+#[inline(always)]
+pub fn endpoint_drop(id: u32) {
+    if id >= MAX_ENDPOINTS {
+        return;
+    }
+    if let Some(c) = EP_STATS.get_ptr_mut(id) {
+        // SAFETY: per-CPU slot.
+        unsafe { (*c).drops += 1 };
     }
 }

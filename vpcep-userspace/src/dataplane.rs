@@ -2,11 +2,18 @@
 use std::collections::BTreeMap;
 
 use aya::{
-    Ebpf, EbpfLoader,
-    maps::PerCpuArray,
+    Ebpf, EbpfLoader, Pod,
+    maps::{
+        Array, HashMap, MapData, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
 };
 use vpcep_common::{
+    endpoint::{
+        Endpoint, EndpointCounters, EndpointKey, FlowEntry, FlowKey, LocalNic, NodeConfig, PortKey,
+        PortTarget, RevEntry, RevKey, Service, WhitelistKey,
+    },
     maps,
     stats::{Counter, Hook, Reason, stats_index},
 };
@@ -121,6 +128,142 @@ impl Dataplane {
             }
         }
         Ok(())
+    }
+
+    fn hash<K: Pod, V: Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, K, V>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        HashMap::try_from(map).map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    fn put<K: Pod, V: Pod>(
+        &mut self,
+        name: &'static str,
+        k: K,
+        v: V,
+    ) -> Result<(), DataplaneError> {
+        self.hash::<K, V>(name)?
+            .insert(k, v, 0)
+            .map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    fn del<K: Pod, V: Pod>(&mut self, name: &'static str, k: &K) -> Result<(), DataplaneError> {
+        match self.hash::<K, V>(name)?.remove(k) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(DataplaneError::Map { name, source }),
+        }
+    }
+
+    /// Declares `ifindex` the host side of a VM NIC.
+    pub fn set_local_nic(&mut self, ifindex: u32, nic: LocalNic) -> Result<(), DataplaneError> {
+        self.put(maps::LOCAL_NICS, ifindex, nic)
+    }
+
+    pub fn set_endpoint(&mut self, key: EndpointKey, ep: Endpoint) -> Result<(), DataplaneError> {
+        self.put(maps::ENDPOINTS, key, ep)
+    }
+
+    pub fn remove_endpoint(&mut self, key: &EndpointKey) -> Result<(), DataplaneError> {
+        self.del::<EndpointKey, Endpoint>(maps::ENDPOINTS, key)
+    }
+
+    pub fn set_port(&mut self, key: PortKey, target: PortTarget) -> Result<(), DataplaneError> {
+        self.put(maps::PORT_MAP, key, target)
+    }
+
+    pub fn set_service(&mut self, id: u32, svc: Service) -> Result<(), DataplaneError> {
+        self.put(maps::SERVICES, id, svc)
+    }
+
+    /// Allows `src/prefix` for new flows to endpoint `endpoint_id`.
+    pub fn allow_source(
+        &mut self,
+        endpoint_id: u32,
+        src_be: u32,
+        prefix: u32,
+    ) -> Result<(), DataplaneError> {
+        let name = maps::SRC_WHITELIST;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        let mut trie: LpmTrie<&mut MapData, WhitelistKey, u32> =
+            LpmTrie::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
+        let key = Key::new(
+            32 + prefix.min(32),
+            WhitelistKey {
+                endpoint_id_be: endpoint_id.to_be(),
+                src_be,
+            },
+        );
+        trie.insert(&key, 1, 0)
+            .map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    pub fn set_node(&mut self, node: NodeConfig) -> Result<(), DataplaneError> {
+        let name = maps::NODE;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        let mut array: Array<&mut MapData, NodeConfig> =
+            Array::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
+        array
+            .set(0, node, 0)
+            .map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    pub fn flow(&mut self, key: &FlowKey) -> Result<Option<FlowEntry>, DataplaneError> {
+        let name = maps::CT_FWD;
+        match self.hash::<FlowKey, FlowEntry>(name)?.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DataplaneError::Map { name, source }),
+        }
+    }
+
+    pub fn insert_flow(&mut self, key: FlowKey, entry: FlowEntry) -> Result<(), DataplaneError> {
+        self.put(maps::CT_FWD, key, entry)
+    }
+
+    pub fn insert_rev(&mut self, key: RevKey, entry: RevEntry) -> Result<(), DataplaneError> {
+        self.put(maps::CT_REV, key, entry)
+    }
+
+    pub fn rev(&mut self, key: &RevKey) -> Result<Option<RevEntry>, DataplaneError> {
+        let name = maps::CT_REV;
+        match self.hash::<RevKey, RevEntry>(name)?.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DataplaneError::Map { name, source }),
+        }
+    }
+
+    /// Per-endpoint counters summed over CPUs.
+    pub fn endpoint_counters(&self, endpoint_id: u32) -> Result<EndpointCounters, DataplaneError> {
+        let name = maps::EP_STATS;
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        let array: PerCpuArray<_, EndpointCounters> =
+            PerCpuArray::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
+        let values = array
+            .get(&endpoint_id, 0)
+            .map_err(|source| DataplaneError::Map { name, source })?;
+        Ok(values
+            .iter()
+            .fold(EndpointCounters::default(), |a, c| EndpointCounters {
+                packets: a.packets + c.packets,
+                bytes: a.bytes + c.bytes,
+                new_flows: a.new_flows + c.new_flows,
+                drops: a.drops + c.drops,
+            }))
     }
 
     /// Reads the verdict counters, summed over CPUs.

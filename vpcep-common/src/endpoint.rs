@@ -1,0 +1,284 @@
+//! Map layouts for endpoints, services, the node and conntrack.
+//!
+//! Addresses and ports stay in network byte order (`_be`) so the fast path compares and
+//! copies them without conversion. Every key is free of implicit padding (padding inside a
+//! hash key breaks lookups), checked by the size asserts.
+use core::mem::size_of;
+
+pub const ETH_ALEN: usize = 6;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// 198.19.128.0/17: SNAT addresses; the provider VPC may not overlap it.
+pub const SNAT_NET_BE: u32 = u32::from_be_bytes([198, 19, 128, 0]).to_be();
+pub const SNAT_MASK_BE: u32 = 0xffff_8000u32.to_be();
+
+/// Value of `LOCAL_NICS` (key: ifindex of the host side of a VM NIC).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalNic {
+    pub vpc_id: u32,
+    /// The VM's own address; anything else from this NIC toward an endpoint is spoofed.
+    pub ip_be: u32,
+    /// Its subnet's gateway, answered by ARP with the node's virtual MAC.
+    pub gateway_be: u32,
+    pub mac: [u8; ETH_ALEN],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<LocalNic>() == 20);
+
+/// Key of `ENDPOINTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointKey {
+    pub vpc_id: u32,
+    pub ip_be: u32,
+}
+const _: () = assert!(size_of::<EndpointKey>() == 8);
+
+/// The provider accepted the connection.
+pub const EP_ACCEPTED: u32 = 1 << 0;
+/// The endpoint owner's domain is (still) in the service whitelist.
+pub const EP_PERMITTED: u32 = 1 << 1;
+/// The endpoint has a source whitelist: new flows must match `SRC_WHITELIST`.
+pub const EP_SRC_WHITELIST: u32 = 1 << 2;
+
+/// Value of `ENDPOINTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Dense node-local id (index into the per-endpoint counters).
+    pub endpoint_id: u32,
+    pub service_id: u32,
+    pub marker_id: u32,
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<Endpoint>() == 16);
+
+impl Endpoint {
+    pub const fn usable(&self) -> bool {
+        self.flags & (EP_ACCEPTED | EP_PERMITTED) == EP_ACCEPTED | EP_PERMITTED
+    }
+}
+
+/// Key of `PORT_MAP`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKey {
+    pub service_id: u32,
+    pub client_port_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<PortKey>() == 8);
+
+/// Value of `PORT_MAP`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortTarget {
+    pub server_port_be: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<PortTarget>() == 4);
+
+/// The backend NIC is on this node: redirect to `ifindex`.
+pub const SVC_LOCAL: u8 = 1;
+/// The backend is on another node (`remote_node_be`), reached over the overlay.
+pub const SVC_REMOTE: u8 = 2;
+
+pub const TCP_PROXY_CLOSE: u8 = 0;
+pub const TCP_PROXY_TOA_OPEN: u8 = 1;
+pub const TCP_PROXY_PROXY_OPEN: u8 = 2;
+pub const TCP_PROXY_OPEN: u8 = 3;
+
+/// Value of `SERVICES` (key: service id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    pub backend_ip_be: u32,
+    pub backend_vpc_id: u32,
+    /// Host-side ifindex of the backend NIC when local.
+    pub ifindex: u32,
+    /// Underlay address of the backend's node when remote.
+    pub remote_node_be: u32,
+    pub backend_mac: [u8; ETH_ALEN],
+    /// `SVC_LOCAL` or `SVC_REMOTE`.
+    pub location: u8,
+    /// `TCP_PROXY_*`; stored for the proxy-protocol feature, not used by the fast path yet.
+    pub tcp_proxy: u8,
+}
+const _: () = assert!(size_of::<Service>() == 24);
+
+/// Key of `SRC_WHITELIST` (an LPM trie): the endpoint id is always matched in full, so a
+/// rule for `a.b.c.d/n` is stored with prefix length `32 + n`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WhitelistKey {
+    pub endpoint_id_be: u32,
+    pub src_be: u32,
+}
+const _: () = assert!(size_of::<WhitelistKey>() == 8);
+
+/// The single entry of `NODE`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// This node's SNAT address (from 198.19.128.0/17); zero = not configured, nothing is
+    /// translated.
+    pub snat_ip_be: u32,
+    /// SNAT source ports, host order, inclusive.
+    pub port_lo: u16,
+    pub port_hi: u16,
+    /// The MAC that answers ARP for endpoints and gateways, and sources translated frames.
+    pub vmac: [u8; ETH_ALEN],
+    pub _pad: [u8; 2],
+    pub timeouts: Timeouts,
+}
+const _: () = assert!(size_of::<NodeConfig>() == 16 + size_of::<Timeouts>());
+
+/// Idle timeouts in seconds, per conntrack state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp_syn: u32,
+    pub tcp_established: u32,
+    pub tcp_closing: u32,
+    pub udp: u32,
+}
+const _: () = assert!(size_of::<Timeouts>() == 16);
+
+impl Default for Timeouts {
+    /// Defaults follow cilium's and Linux conntrack's reasoning: a half-open SYN gets a
+    /// minute (covers SYN retries), an established flow six hours (long-lived idle TCP
+    /// sessions such as database pools must survive), a closing flow ten seconds (enough
+    /// for the last ACKs), UDP a minute (DNS and request/response).
+    fn default() -> Self {
+        Self {
+            tcp_syn: 60,
+            tcp_established: 21_600,
+            tcp_closing: 10,
+            udp: 60,
+        }
+    }
+}
+
+pub const DEFAULT_PORT_LO: u16 = 1024;
+pub const DEFAULT_PORT_HI: u16 = 65535;
+
+/// Forward conntrack key: the consumer's view of the flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub vpc_id: u32,
+    pub src_be: u32,
+    pub dst_be: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FlowKey>() == 20);
+
+/// Reverse conntrack key: the backend's reply as it arrives (src backend, dst SNAT).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RevKey {
+    pub snat_be: u32,
+    pub backend_be: u32,
+    pub snat_port_be: u16,
+    pub backend_port_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<RevKey>() == 16);
+
+pub const CT_TCP_SYN_SENT: u8 = 1;
+pub const CT_TCP_ESTABLISHED: u8 = 2;
+pub const CT_TCP_CLOSING: u8 = 3;
+pub const CT_UDP: u8 = 4;
+
+/// Value of `CT_FWD`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEntry {
+    pub rev: RevKey,
+    pub endpoint_id: u32,
+    pub service_id: u32,
+    /// Where translated packets go (local backend NIC).
+    pub out_ifindex: u32,
+    pub state: u8,
+    /// TCP: FIN seen from the consumer (bit 0) and from the backend (bit 1).
+    pub fin: u8,
+    pub _pad: [u8; 2],
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(size_of::<FlowEntry>() == 40);
+
+/// Value of `CT_REV`: enough to rebuild the consumer's view without another lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RevEntry {
+    pub fwd: FlowKey,
+    pub consumer_ifindex: u32,
+    pub consumer_mac: [u8; ETH_ALEN],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<RevEntry>() == 32);
+
+/// Per-endpoint counters (per CPU), indexed by endpoint id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub drops: u64,
+}
+const _: () = assert!(size_of::<EndpointCounters>() == 32);
+
+crate::pod!(
+    LocalNic,
+    EndpointKey,
+    Endpoint,
+    PortKey,
+    PortTarget,
+    Service,
+    WhitelistKey,
+    NodeConfig,
+    Timeouts,
+    FlowKey,
+    RevKey,
+    FlowEntry,
+    RevEntry,
+    EndpointCounters,
+);
+
+/// True when `ip_be` is inside 198.19.128.0/17.
+#[inline(always)]
+pub const fn in_snat_range(ip_be: u32) -> bool {
+    ip_be & SNAT_MASK_BE == SNAT_NET_BE
+}
+
+/// First SNAT port to try for a flow: a hash of the tuple, so the choice is deterministic
+/// (the reference model reproduces it) yet spread over the range. Collisions probe onward.
+#[inline(always)]
+pub const fn snat_port_start(key: &FlowKey, backend_be: u32, server_port_be: u16) -> u32 {
+    let mut h: u32 = 0x9e37_79b9;
+    h = mix(h, key.vpc_id);
+    h = mix(h, key.src_be);
+    h = mix(h, key.dst_be);
+    h = mix(h, ((key.sport_be as u32) << 16) | key.dport_be as u32);
+    h = mix(h, backend_be);
+    h = mix(h, ((server_port_be as u32) << 8) | key.proto as u32);
+    h
+}
+
+#[inline(always)]
+const fn mix(h: u32, v: u32) -> u32 {
+    let x = (h ^ v).wrapping_mul(0x85eb_ca6b);
+    x ^ (x >> 13)
+}
+
+/// Probes tried before a new flow is dropped as `DropSnatExhausted`.
+pub const SNAT_PROBES: u32 = 16;

@@ -1,0 +1,115 @@
+//! What each hook does with a packet from a VM NIC. Unmanaged NICs (not in LOCAL_NICS) and
+//! non-endpoint traffic pass untouched after the header sanity checks.
+use vpcep_common::{
+    endpoint::{Endpoint, EndpointKey, IPPROTO_ICMP, LocalNic, NodeConfig, in_snat_range},
+    stats::Reason,
+};
+
+use crate::{
+    arp, icmp,
+    maps::{ENDPOINTS, LOCAL_NICS, NODE},
+    nat,
+    parse::{self, Frame, Parsed},
+};
+
+/// What to do with the packet.
+pub enum Action {
+    Pass,
+    Drop,
+    /// Send back out of the NIC it came in on (ARP and echo replies).
+    Tx,
+    /// To another NIC's egress.
+    Redirect(u32),
+}
+
+#[inline(always)]
+fn lookup(ifindex: u32) -> Option<(LocalNic, NodeConfig)> {
+    let nic = LOCAL_NICS.get_ptr(ifindex)?;
+    let node = NODE.get_ptr(0)?;
+    // SAFETY: map value pointers from successful lookups.
+    Some(unsafe { (*nic, *node) })
+}
+
+#[inline(always)]
+fn endpoint(nic: &LocalNic, dst: u32) -> Option<Endpoint> {
+    let ep = ENDPOINTS.get_ptr(EndpointKey {
+        vpc_id: nic.vpc_id,
+        ip_be: dst,
+    })?;
+    // SAFETY: map value pointer from a successful lookup.
+    Some(unsafe { *ep })
+}
+
+/// TC ingress on the host side of a VM NIC: the translating path.
+#[inline(always)]
+pub fn tc_ingress(
+    ctx: &aya_ebpf::programs::TcContext,
+    ifindex: u32,
+) -> Result<(Reason, Action), Reason> {
+    let frame = Frame::new(ctx.data(), ctx.data_end());
+    let parsed = parse::parse(&frame)?;
+    let pass = (parsed.pass_reason(), Action::Pass);
+    let Some((nic, node)) = lookup(ifindex) else {
+        return Ok(pass);
+    };
+    let pkt = match parsed {
+        Parsed::Ipv4(p) => p,
+        Parsed::NonIpv4 { ether_type_be } => {
+            if ether_type_be == parse::ETH_P_ARP.to_be() && arp::answer(&frame, &nic, &node)? {
+                return Ok((Reason::ArpReply, Action::Tx));
+            }
+            return Ok(pass);
+        }
+    };
+    if in_snat_range(pkt.dst) {
+        if pkt.proto == IPPROTO_ICMP && !pkt.fragment && icmp::is_error(&pkt) {
+            let out = icmp::reverse_error(&frame, &pkt, ifindex, &node)?;
+            return Ok((Reason::RevIcmpError, Action::Redirect(out)));
+        }
+        let (reason, out) = nat::reverse(ctx, &pkt, ifindex, &node)?;
+        return Ok((reason, Action::Redirect(out)));
+    }
+    let Some(ep) = endpoint(&nic, pkt.dst) else {
+        return Ok(pass);
+    };
+    if pkt.proto == IPPROTO_ICMP && !pkt.fragment && icmp::icmp_type(&pkt) == icmp::ECHO_REQUEST {
+        nat::check_source(&frame, &pkt, &nic)?;
+        icmp::echo_reply(&frame, &pkt, &node)?;
+        return Ok((Reason::IcmpEchoReply, Action::Tx));
+    }
+    let (reason, out) = nat::forward(ctx, &frame, &pkt, &nic, &ep, ifindex, &node)?;
+    Ok((reason, Action::Redirect(out)))
+}
+
+/// XDP on the host side of a VM NIC: answers ARP and echo, drops what the consumer-side
+/// checks refuse before the stack sees it, and leaves translation to TC.
+#[inline(always)]
+pub fn xdp_ingress(frame: &Frame, ifindex: u32) -> Result<(Reason, Action), Reason> {
+    let parsed = parse::parse(frame)?;
+    let pass = (parsed.pass_reason(), Action::Pass);
+    let Some((nic, node)) = lookup(ifindex) else {
+        return Ok(pass);
+    };
+    let pkt = match parsed {
+        Parsed::Ipv4(p) => p,
+        Parsed::NonIpv4 { ether_type_be } => {
+            if ether_type_be == parse::ETH_P_ARP.to_be() && arp::answer(frame, &nic, &node)? {
+                return Ok((Reason::ArpReply, Action::Tx));
+            }
+            return Ok(pass);
+        }
+    };
+    if in_snat_range(pkt.dst) {
+        return Ok((Reason::PassToTc, Action::Pass));
+    }
+    let Some(ep) = endpoint(&nic, pkt.dst) else {
+        return Ok(pass);
+    };
+    if pkt.proto == IPPROTO_ICMP && !pkt.fragment && icmp::icmp_type(&pkt) == icmp::ECHO_REQUEST {
+        nat::check_source(frame, &pkt, &nic)?;
+        icmp::echo_reply(frame, &pkt, &node)?;
+        return Ok((Reason::IcmpEchoReply, Action::Tx));
+    }
+    nat::check_forward(frame, &pkt, &nic, &ep)?;
+    Ok((Reason::PassToTc, Action::Pass))
+}

@@ -1,0 +1,176 @@
+//! ICMP: echo answered for endpoint addresses, and errors from the backend side about a
+//! translated flow (destination unreachable incl. fragmentation needed, time exceeded)
+//! translated back, inner header included, so PMTU discovery works through the endpoint.
+//!
+//! ICMP and IPv4 header checksums are always computed in software by the sender (only
+//! TCP/UDP use partial offload), so these paths update them incrementally by hand.
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use vpcep_common::{
+    endpoint::{IPPROTO_TCP, IPPROTO_UDP, NodeConfig, RevEntry, RevKey},
+    stats::Reason,
+};
+
+use crate::{
+    csum,
+    maps::CT_REV,
+    nat,
+    parse::{Frame, Ipv4Packet},
+};
+
+pub const ECHO_REPLY: u8 = 0;
+pub const DEST_UNREACH: u8 = 3;
+pub const ECHO_REQUEST: u8 = 8;
+pub const TIME_EXCEEDED: u8 = 11;
+
+/// Type of an ICMP packet (parse stores type and code in `sport`).
+#[inline(always)]
+pub fn icmp_type(pkt: &Ipv4Packet) -> u8 {
+    pkt.sport.to_ne_bytes()[0]
+}
+
+#[inline(always)]
+pub fn is_error(pkt: &Ipv4Packet) -> bool {
+    matches!(icmp_type(pkt), DEST_UNREACH | TIME_EXCEEDED)
+}
+
+/// Turns an echo request to an endpoint into the reply, in place.
+#[inline(always)]
+pub fn echo_reply(frame: &Frame, pkt: &Ipv4Packet, node: &NodeConfig) -> Result<(), Reason> {
+    let eth: *mut EthHdr = frame.ptr_at(0, Reason::DropTruncEth)?;
+    let ip: *mut Ipv4Hdr = frame.ptr_at(EthHdr::LEN, Reason::DropTruncIpv4)?;
+    let icmp: *mut [u8; 4] = frame.ptr_at(pkt.l4, Reason::DropTruncL4)?;
+    // SAFETY: bounds checked by ptr_at.
+    unsafe {
+        let e = &mut *eth;
+        e.dst_addr = e.src_addr;
+        e.src_addr = node.vmac;
+        let h = &mut *ip;
+        core::mem::swap(&mut h.src_addr, &mut h.dst_addr);
+        let old = u16::from_ne_bytes([h.ttl, h.proto]);
+        h.ttl = 64;
+        let new = u16::from_ne_bytes([h.ttl, h.proto]);
+        let check = u16::from_ne_bytes(h.check);
+        h.check = csum::apply(check, csum::diff16(old, new)).to_ne_bytes();
+        let i = &mut *icmp;
+        let old = u16::from_ne_bytes([i[0], i[1]]);
+        i[0] = ECHO_REPLY;
+        let new = u16::from_ne_bytes([i[0], i[1]]);
+        let check = u16::from_ne_bytes([i[2], i[3]]);
+        let c = csum::apply(check, csum::diff16(old, new)).to_ne_bytes();
+        i[2] = c[0];
+        i[3] = c[1];
+    }
+    Ok(())
+}
+
+/// The quoted packet of an ICMP error: its IPv4 header and first 8 bytes of L4.
+#[repr(C)]
+struct Quoted {
+    vihl: u8,
+    tos: u8,
+    tot_len: [u8; 2],
+    id: [u8; 2],
+    frags: [u8; 2],
+    ttl: u8,
+    proto: u8,
+    check: [u8; 2],
+    src: [u8; 4],
+    dst: [u8; 4],
+}
+
+/// Translates an ICMP error sent by a backend to a SNAT address back to the consumer.
+/// Returns the consumer NIC to redirect to.
+#[inline(always)]
+pub fn reverse_error(
+    frame: &Frame,
+    pkt: &Ipv4Packet,
+    ifindex: u32,
+    node: &NodeConfig,
+) -> Result<u32, Reason> {
+    let inner_off = pkt.l4 + 8;
+    let q: *mut Quoted = frame.ptr_at(inner_off, Reason::DropTruncL4)?;
+    // SAFETY: bounds checked by ptr_at.
+    let (vihl, proto, isrc, idst) = unsafe {
+        (
+            (*q).vihl,
+            (*q).proto,
+            u32::from_ne_bytes((*q).src),
+            u32::from_ne_bytes((*q).dst),
+        )
+    };
+    let ihl = (vihl & 0x0f) as usize * 4;
+    if vihl >> 4 != 4 || ihl < 20 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
+        return Err(Reason::DropNoReverseFlow);
+    }
+    let iports: *mut [u16; 2] = frame.ptr_at(inner_off + ihl, Reason::DropTruncL4)?;
+    // SAFETY: bounds checked by ptr_at.
+    let (isport, idport) = unsafe { ((*iports)[0], (*iports)[1]) };
+    // The quoted packet is the one we sent: SNAT address:port → backend.
+    if isrc != pkt.dst {
+        return Err(Reason::DropNoReverseFlow);
+    }
+    let rk = RevKey {
+        snat_be: isrc,
+        backend_be: idst,
+        snat_port_be: isport,
+        backend_port_be: idport,
+        proto,
+        _pad: [0; 3],
+    };
+    let rv: RevEntry = match CT_REV.get_ptr(rk) {
+        // SAFETY: map value pointer from a successful lookup.
+        Some(p) => unsafe { *p },
+        None => return Err(Reason::DropNoReverseFlow),
+    };
+    // SAFETY: no preconditions.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let e = nat::check_reverse(&rk, &rv, ifindex, node, now)?;
+    if pkt.ttl <= 1 {
+        return Err(Reason::DropTtlExceeded);
+    }
+    let consumer = rv.fwd.src_be;
+    let endpoint = rv.fwd.dst_be;
+
+    let eth: *mut EthHdr = frame.ptr_at(0, Reason::DropTruncEth)?;
+    let ip: *mut Ipv4Hdr = frame.ptr_at(EthHdr::LEN, Reason::DropTruncIpv4)?;
+    let icmp: *mut [u8; 4] = frame.ptr_at(pkt.l4, Reason::DropTruncL4)?;
+    // SAFETY: every pointer was bounds checked by ptr_at above.
+    unsafe {
+        // Inner header: SNAT:port → backend:port becomes consumer:port → endpoint:port.
+        let qi = &mut *q;
+        let mut inner_ip = csum::diff32(isrc, consumer);
+        inner_ip = csum::add(inner_ip, csum::diff32(idst, endpoint));
+        let old_check = u16::from_ne_bytes(qi.check);
+        let new_check = csum::apply(old_check, inner_ip);
+        qi.src = consumer.to_ne_bytes();
+        qi.dst = endpoint.to_ne_bytes();
+        qi.check = new_check.to_ne_bytes();
+        (*iports)[0] = rv.fwd.sport_be;
+        (*iports)[1] = rv.fwd.dport_be;
+        // The ICMP checksum covers every inner byte changed above.
+        let mut d = inner_ip;
+        d = csum::add(d, csum::diff16(old_check, new_check));
+        d = csum::add(d, csum::diff16(isport, rv.fwd.sport_be));
+        d = csum::add(d, csum::diff16(idport, rv.fwd.dport_be));
+        let i = &mut *icmp;
+        let c = csum::apply(u16::from_ne_bytes([i[2], i[3]]), d).to_ne_bytes();
+        i[2] = c[0];
+        i[3] = c[1];
+        // Outer header: from the endpoint address to the consumer, one hop less.
+        let h = &mut *ip;
+        let mut o = csum::diff32(pkt.src, endpoint);
+        o = csum::add(o, csum::diff32(pkt.dst, consumer));
+        let old = u16::from_ne_bytes([h.ttl, h.proto]);
+        h.ttl -= 1;
+        o = csum::add(o, csum::diff16(old, u16::from_ne_bytes([h.ttl, h.proto])));
+        h.check = csum::apply(u16::from_ne_bytes(h.check), o).to_ne_bytes();
+        h.src_addr = endpoint.to_ne_bytes();
+        h.dst_addr = consumer.to_ne_bytes();
+        let e = &mut *eth;
+        e.dst_addr = rv.consumer_mac;
+        e.src_addr = node.vmac;
+    }
+    // SAFETY: map value pointer from check_reverse.
+    crate::stats::endpoint(unsafe { (*e).endpoint_id }, frame.len() as u64, 0);
+    Ok(rv.consumer_ifindex)
+}

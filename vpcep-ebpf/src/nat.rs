@@ -1,0 +1,475 @@
+//! Endpoint translation with SNAT and connection tracking (TC).
+//!
+//! Consumer → endpoint E:p becomes SNAT:port → backend:server_port; the reply is matched by
+//! its reverse entry and becomes E:p → consumer. Endpoint state is checked on every packet
+//! in both directions, so rejecting an endpoint or revoking its owner cuts live flows.
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
+    helpers::bpf_ktime_get_ns,
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use vpcep_common::{
+    endpoint::{
+        CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN_SENT, CT_UDP, EP_SRC_WHITELIST, Endpoint,
+        EndpointKey, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, LocalNic, NodeConfig, PortKey,
+        RevEntry, RevKey, SNAT_PROBES, SVC_LOCAL, Timeouts, WhitelistKey, snat_port_start,
+    },
+    stats::Reason,
+};
+
+use crate::{
+    csum,
+    maps::{CT_FWD, CT_REV, ENDPOINTS, PORT_MAP, SERVICES, SRC_WHITELIST},
+    parse::{Frame, Ipv4Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    stats,
+};
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// Consumer-side checks that need no conntrack state (shared with the XDP early-drop
+/// path). Returns the server port.
+#[inline(always)]
+pub fn check_forward(
+    frame: &Frame,
+    pkt: &Ipv4Packet,
+    nic: &LocalNic,
+    ep: &Endpoint,
+) -> Result<u16, Reason> {
+    check_source(frame, pkt, nic)?;
+    if pkt.fragment {
+        return Err(Reason::DropFragment);
+    }
+    if pkt.proto != IPPROTO_TCP && pkt.proto != IPPROTO_UDP {
+        return Err(Reason::DropEndpointProto);
+    }
+    let pt = PORT_MAP
+        .get_ptr(PortKey {
+            service_id: ep.service_id,
+            client_port_be: pkt.dport,
+            proto: pkt.proto,
+            _pad: 0,
+        })
+        .ok_or(Reason::DropNoPortMapping)?;
+    check_endpoint(ep)?;
+    // SAFETY: map value pointer from a successful lookup.
+    Ok(unsafe { (*pt).server_port_be })
+}
+
+/// Anti-spoofing: only the VM's own IPv4 and MAC may talk to an endpoint.
+#[inline(always)]
+pub fn check_source(frame: &Frame, pkt: &Ipv4Packet, nic: &LocalNic) -> Result<(), Reason> {
+    if pkt.src != nic.ip_be {
+        return Err(Reason::DropSpoofedIp);
+    }
+    let eth: *const EthHdr = frame.ptr_at(0, Reason::DropTruncEth)?;
+    // SAFETY: bounds checked by ptr_at.
+    if unsafe { (*eth).src_addr } != nic.mac {
+        return Err(Reason::DropSpoofedMac);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn check_endpoint(ep: &Endpoint) -> Result<(), Reason> {
+    if ep.flags & vpcep_common::endpoint::EP_ACCEPTED == 0 {
+        return Err(Reason::DropNotAccepted);
+    }
+    if ep.flags & vpcep_common::endpoint::EP_PERMITTED == 0 {
+        return Err(Reason::DropNotPermitted);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn expired(e: &FlowEntry, now: u64, t: &Timeouts) -> bool {
+    let secs = match e.state {
+        CT_TCP_SYN_SENT => t.tcp_syn,
+        CT_TCP_ESTABLISHED => t.tcp_established,
+        CT_TCP_CLOSING => t.tcp_closing,
+        _ => t.udp,
+    };
+    now.saturating_sub(e.last_seen_ns) > secs as u64 * NS_PER_SEC
+}
+
+#[inline(always)]
+fn track(e: &mut FlowEntry, pkt: &Ipv4Packet, from_backend: bool, now: u64) {
+    if pkt.proto == IPPROTO_TCP {
+        let f = pkt.tcp_flags;
+        if f & TCP_RST != 0 {
+            e.state = CT_TCP_CLOSING;
+        } else {
+            if f & TCP_FIN != 0 {
+                e.fin |= if from_backend { 2 } else { 1 };
+                if e.fin == 3 {
+                    e.state = CT_TCP_CLOSING;
+                }
+            }
+            if from_backend
+                && e.state == CT_TCP_SYN_SENT
+                && f & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
+            {
+                e.state = CT_TCP_ESTABLISHED;
+            }
+        }
+    }
+    // Coarse: one write a second per flow keeps the cache line mostly read-only.
+    if now.wrapping_sub(e.last_seen_ns) > NS_PER_SEC / 4 {
+        e.last_seen_ns = now;
+    }
+}
+
+/// Consumer → endpoint. Returns the reason to count and the backend NIC to redirect to.
+#[inline(always)]
+pub fn forward(
+    ctx: &TcContext,
+    frame: &Frame,
+    pkt: &Ipv4Packet,
+    nic: &LocalNic,
+    ep: &Endpoint,
+    ifindex: u32,
+    node: &NodeConfig,
+) -> Result<(Reason, u32), Reason> {
+    let r = forward_inner(ctx, frame, pkt, nic, ep, ifindex, node);
+    match r {
+        Ok((reason, _)) => stats::endpoint(
+            ep.endpoint_id,
+            ctx.len() as u64,
+            (reason == Reason::FwdNewFlow) as u64,
+        ),
+        Err(_) => stats::endpoint_drop(ep.endpoint_id),
+    }
+    r
+}
+
+#[inline(always)]
+fn forward_inner(
+    ctx: &TcContext,
+    frame: &Frame,
+    pkt: &Ipv4Packet,
+    nic: &LocalNic,
+    ep: &Endpoint,
+    ifindex: u32,
+    node: &NodeConfig,
+) -> Result<(Reason, u32), Reason> {
+    let server_port = check_forward(frame, pkt, nic, ep)?;
+    let svc = SERVICES
+        .get_ptr(ep.service_id)
+        .ok_or(Reason::DropNoService)?;
+    // SAFETY: map value pointer from a successful lookup.
+    let svc = unsafe { *svc };
+    if svc.location != SVC_LOCAL {
+        return Err(Reason::DropRemoteBackend);
+    }
+    if node.snat_ip_be == 0 {
+        return Err(Reason::DropNodeNotConfigured);
+    }
+    if pkt.ttl <= 1 {
+        return Err(Reason::DropTtlExceeded);
+    }
+    let key = FlowKey {
+        vpc_id: nic.vpc_id,
+        src_be: pkt.src,
+        dst_be: pkt.dst,
+        sport_be: pkt.sport,
+        dport_be: pkt.dport,
+        proto: pkt.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let syn = pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let mut stale: Option<RevKey> = None;
+    if let Some(e) = CT_FWD.get_ptr_mut(key) {
+        // SAFETY: map value pointer from a successful lookup; racing updates of the
+        // state byte and timestamp are benign.
+        let e = unsafe { &mut *e };
+        let reusable = expired(e, now, &node.timeouts)
+            || syn && e.state == CT_TCP_CLOSING
+            || e.rev.backend_be != svc.backend_ip_be
+            || e.rev.backend_port_be != server_port;
+        if !reusable {
+            track(e, pkt, false, now);
+            let rev = e.rev;
+            rewrite(
+                ctx,
+                pkt,
+                rev.snat_be,
+                rev.backend_be,
+                rev.snat_port_be,
+                rev.backend_port_be,
+                &svc.backend_mac,
+                &node.vmac,
+            )?;
+            return Ok((Reason::FwdEstablished, e.out_ifindex));
+        }
+        stale = Some(e.rev);
+    }
+    // A new flow.
+    if pkt.proto == IPPROTO_TCP && !syn {
+        return Err(Reason::DropTcpNoFlow);
+    }
+    if ep.flags & EP_SRC_WHITELIST != 0 {
+        let k = Key::new(
+            64,
+            WhitelistKey {
+                endpoint_id_be: ep.endpoint_id.to_be(),
+                src_be: pkt.src,
+            },
+        );
+        if SRC_WHITELIST.get(k).is_none() {
+            return Err(Reason::DropSourceWhitelist);
+        }
+    }
+    if let Some(old) = stale {
+        let _ = CT_REV.remove(old);
+    }
+    let rev = allocate(
+        &key,
+        ifindex,
+        nic,
+        node,
+        svc.backend_ip_be,
+        server_port,
+        now,
+    )?;
+    let entry = FlowEntry {
+        rev,
+        endpoint_id: ep.endpoint_id,
+        service_id: ep.service_id,
+        out_ifindex: svc.ifindex,
+        state: if pkt.proto == IPPROTO_TCP {
+            CT_TCP_SYN_SENT
+        } else {
+            CT_UDP
+        },
+        fin: 0,
+        _pad: [0; 2],
+        last_seen_ns: now,
+    };
+    if CT_FWD.insert(key, entry, BPF_ANY as u64).is_err() {
+        let _ = CT_REV.remove(rev);
+        return Err(Reason::DropCtInsert);
+    }
+    rewrite(
+        ctx,
+        pkt,
+        rev.snat_be,
+        rev.backend_be,
+        rev.snat_port_be,
+        rev.backend_port_be,
+        &svc.backend_mac,
+        &node.vmac,
+    )?;
+    Ok((Reason::FwdNewFlow, svc.ifindex))
+}
+
+/// Finds a SNAT port whose reverse key is free (or held by a dead flow) and claims it with
+/// an insert-if-absent, so two CPUs can never hand out the same port to one backend.
+#[inline(always)]
+fn allocate(
+    key: &FlowKey,
+    ifindex: u32,
+    nic: &LocalNic,
+    node: &NodeConfig,
+    backend: u32,
+    server_port: u16,
+    now: u64,
+) -> Result<RevKey, Reason> {
+    let lo = node.port_lo as u32;
+    let hi = node.port_hi as u32;
+    if hi < lo || lo == 0 {
+        return Err(Reason::DropNodeNotConfigured);
+    }
+    let range = hi - lo + 1;
+    let start = snat_port_start(key, backend, server_port);
+    let value = RevEntry {
+        fwd: *key,
+        consumer_ifindex: ifindex,
+        consumer_mac: nic.mac,
+        _pad: [0; 2],
+    };
+    for i in 0..SNAT_PROBES {
+        let port = lo + start.wrapping_add(i) % range;
+        let rk = RevKey {
+            snat_be: node.snat_ip_be,
+            backend_be: backend,
+            snat_port_be: (port as u16).to_be(),
+            backend_port_be: server_port,
+            proto: key.proto,
+            _pad: [0; 3],
+        };
+        if CT_REV.insert(rk, value, BPF_NOEXIST as u64).is_ok() {
+            return Ok(rk);
+        }
+        // Taken: reuse it only if the flow holding it is gone or idle past its timeout.
+        let holder = match CT_REV.get_ptr(rk) {
+            // SAFETY: map value pointer from a successful lookup.
+            Some(p) => unsafe { (*p).fwd },
+            None => continue,
+        };
+        let dead = match CT_FWD.get_ptr(holder) {
+            // SAFETY: map value pointer from a successful lookup.
+            Some(e) => unsafe { (*e).rev != rk || expired(&*e, now, &node.timeouts) },
+            None => true,
+        };
+        if dead && CT_REV.insert(rk, value, BPF_ANY as u64).is_ok() {
+            if let Some(e) = CT_FWD.get_ptr(holder) {
+                // SAFETY: as above.
+                if unsafe { (*e).rev == rk } {
+                    let _ = CT_FWD.remove(holder);
+                }
+            }
+            return Ok(rk);
+        }
+    }
+    Err(Reason::DropSnatExhausted)
+}
+
+/// Validates a reverse entry for a packet arriving on `ifindex`: the flow is live, came
+/// from this backend NIC, and its endpoint is still accepted and permitted. Returns the
+/// forward entry.
+#[inline(always)]
+pub fn check_reverse(
+    rk: &RevKey,
+    rv: &RevEntry,
+    ifindex: u32,
+    node: &NodeConfig,
+    now: u64,
+) -> Result<*mut FlowEntry, Reason> {
+    let e = CT_FWD
+        .get_ptr_mut(rv.fwd)
+        .ok_or(Reason::DropNoReverseFlow)?;
+    // SAFETY: map value pointer from a successful lookup.
+    let fe = unsafe { &*e };
+    if fe.rev != *rk || expired(fe, now, &node.timeouts) {
+        return Err(Reason::DropNoReverseFlow);
+    }
+    if fe.out_ifindex != ifindex {
+        return Err(Reason::DropReplyWrongNic);
+    }
+    let ep = ENDPOINTS
+        .get_ptr(EndpointKey {
+            vpc_id: rv.fwd.vpc_id,
+            ip_be: rv.fwd.dst_be,
+        })
+        .ok_or(Reason::DropNotAccepted)?;
+    // SAFETY: map value pointer from a successful lookup.
+    let ep = unsafe { &*ep };
+    if ep.endpoint_id != fe.endpoint_id {
+        return Err(Reason::DropNotAccepted);
+    }
+    if let Err(r) = check_endpoint(ep) {
+        stats::endpoint_drop(ep.endpoint_id);
+        return Err(r);
+    }
+    Ok(e)
+}
+
+/// Backend → SNAT address. Returns the reason and the consumer NIC to redirect to.
+#[inline(always)]
+pub fn reverse(
+    ctx: &TcContext,
+    pkt: &Ipv4Packet,
+    ifindex: u32,
+    node: &NodeConfig,
+) -> Result<(Reason, u32), Reason> {
+    if pkt.fragment {
+        return Err(Reason::DropFragment);
+    }
+    if pkt.proto != IPPROTO_TCP && pkt.proto != IPPROTO_UDP {
+        return Err(Reason::DropNoReverseFlow);
+    }
+    let rk = RevKey {
+        snat_be: pkt.dst,
+        backend_be: pkt.src,
+        snat_port_be: pkt.dport,
+        backend_port_be: pkt.sport,
+        proto: pkt.proto,
+        _pad: [0; 3],
+    };
+    let rv = CT_REV.get_ptr(rk).ok_or(Reason::DropNoReverseFlow)?;
+    // SAFETY: map value pointer from a successful lookup.
+    let rv = unsafe { *rv };
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let e = check_reverse(&rk, &rv, ifindex, node, now)?;
+    if pkt.ttl <= 1 {
+        return Err(Reason::DropTtlExceeded);
+    }
+    // SAFETY: map value pointer from check_reverse.
+    let e = unsafe { &mut *e };
+    track(e, pkt, true, now);
+    stats::endpoint(e.endpoint_id, ctx.len() as u64, 0);
+    rewrite(
+        ctx,
+        pkt,
+        rv.fwd.dst_be,
+        rv.fwd.src_be,
+        rv.fwd.dport_be,
+        rv.fwd.sport_be,
+        &rv.consumer_mac,
+        &node.vmac,
+    )?;
+    Ok((Reason::RevReply, rv.consumer_ifindex))
+}
+
+/// Rewrites addresses, ports, TTL and MACs. The L4 checksum goes through the kernel's
+/// helpers (pseudo-header aware, so CHECKSUM_PARTIAL from an offloading VM stays right;
+/// a zero UDP checksum stays zero); the IPv4 header checksum is updated by hand.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn rewrite(
+    ctx: &TcContext,
+    pkt: &Ipv4Packet,
+    src: u32,
+    dst: u32,
+    sport: u16,
+    dport: u16,
+    dst_mac: &[u8; 6],
+    src_mac: &[u8; 6],
+) -> Result<(), Reason> {
+    let (csum_off, mangled) = if pkt.proto == IPPROTO_TCP {
+        (pkt.l4 + 16, 0)
+    } else {
+        (pkt.l4 + 6, BPF_F_MARK_MANGLED_0 as u64)
+    };
+    let addr_diff = csum::add(csum::diff32(pkt.src, src), csum::diff32(pkt.dst, dst));
+    let port_diff = csum::add(
+        csum::diff16(pkt.sport, sport),
+        csum::diff16(pkt.dport, dport),
+    );
+    ctx.l4_csum_replace(
+        csum_off,
+        0,
+        addr_diff as u64,
+        BPF_F_PSEUDO_HDR as u64 | mangled,
+    )
+    .map_err(|_| Reason::DropHelper)?;
+    ctx.l4_csum_replace(csum_off, 0, port_diff as u64, mangled)
+        .map_err(|_| Reason::DropHelper)?;
+    // The helpers invalidated packet pointers: bounds-check again before writing.
+    let frame = Frame::new(ctx.data(), ctx.data_end());
+    let eth: *mut EthHdr = frame.ptr_at(0, Reason::DropTruncEth)?;
+    let ip: *mut Ipv4Hdr = frame.ptr_at(EthHdr::LEN, Reason::DropTruncIpv4)?;
+    let ports: *mut [u16; 2] = frame.ptr_at(pkt.l4, Reason::DropTruncL4)?;
+    // SAFETY: bounds checked by ptr_at.
+    unsafe {
+        let h = &mut *ip;
+        let old = u16::from_ne_bytes([h.ttl, h.proto]);
+        h.ttl = pkt.ttl - 1;
+        let d = csum::add(
+            addr_diff,
+            csum::diff16(old, u16::from_ne_bytes([h.ttl, h.proto])),
+        );
+        h.check = csum::apply(u16::from_ne_bytes(h.check), d).to_ne_bytes();
+        h.src_addr = src.to_ne_bytes();
+        h.dst_addr = dst.to_ne_bytes();
+        (*ports)[0] = sport;
+        (*ports)[1] = dport;
+        (*eth).dst_addr = *dst_mac;
+        (*eth).src_addr = *src_mac;
+    }
+    Ok(())
+}
