@@ -244,25 +244,31 @@ pub struct Run {
 
 /// Runs `frame` through the TC program as if it arrived on `ifindex`.
 pub fn run_tc(dp: &mut Dataplane, ifindex: u32, frame: &[u8]) -> Run {
+    try_run_tc(dp, ifindex, frame).unwrap()
+}
+
+/// As [`run_tc`], but returns the kernel's refusal (the skb test run rejects some
+/// malformed frames before the program sees them).
+pub fn try_run_tc(
+    dp: &mut Dataplane,
+    ifindex: u32,
+    frame: &[u8],
+) -> Result<Run, aya::programs::ProgramError> {
     // struct __sk_buff: ifindex at byte 40; every other field zero.
     let mut ctx = [0u8; 192];
     ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
     let mut out = vec![0u8; frame.len() + 256];
-    let res = dp
-        .tc_ingress()
-        .unwrap()
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..Default::default()
-        })
-        .unwrap();
+    let res = dp.tc_ingress().unwrap().test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: Some(&ctx),
+        ..Default::default()
+    })?;
     out.truncate(res.data_size_out as usize);
-    Run {
+    Ok(Run {
         verdict: res.return_value,
         out,
-    }
+    })
 }
 
 /// Runs `frame` through the XDP program as if it arrived on `ifindex`.

@@ -4,8 +4,14 @@
 //! `aya::Pod` impls userspace needs to read and write the maps.
 #![no_std]
 
+#[cfg(feature = "user")]
+extern crate std;
+
+pub mod csum;
 pub mod endpoint;
 pub mod maps;
+#[cfg(feature = "user")]
+pub mod model;
 pub mod stats;
 
 /// Implements `aya::Pod` for map types when built for userspace.

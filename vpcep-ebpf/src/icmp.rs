@@ -11,11 +11,11 @@ use vpcep_common::{
 };
 
 use crate::{
-    csum,
     maps::CT_REV,
     nat,
     parse::{Frame, Ipv4Packet},
 };
+use vpcep_common::csum;
 
 pub const ECHO_REPLY: u8 = 0;
 pub const DEST_UNREACH: u8 = 3;

@@ -6,8 +6,6 @@
 #[cfg(target_arch = "bpf")]
 mod arp;
 #[cfg(target_arch = "bpf")]
-mod csum;
-#[cfg(target_arch = "bpf")]
 mod datapath;
 #[cfg(target_arch = "bpf")]
 mod icmp;

@@ -20,11 +20,11 @@ use vpcep_common::{
 };
 
 use crate::{
-    csum,
     maps::{CT_FWD, CT_REV, ENDPOINTS, PORT_MAP, SERVICES, SRC_WHITELIST},
     parse::{Frame, Ipv4Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stats,
 };
+use vpcep_common::csum;
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 

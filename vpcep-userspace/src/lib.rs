@@ -1,5 +1,8 @@
 //! vpcep userspace: the library behind the `vpcep` binary (control plane, node agent,
 //! command-line tool and the loader for the kernel programs).
 
+pub mod api;
 pub mod dataplane;
+pub mod feed;
+pub mod store;
 pub mod telemetry;

@@ -39,8 +39,12 @@ enum Cmd {
     },
     /// Build, load the programs onto an interface, print live counters; Ctrl-C detaches.
     Run {
+        /// Interface to attach to; repeatable.
         #[arg(long)]
-        iface: String,
+        iface: Vec<String>,
+        /// Map contents (TOML; see vpcep-userspace/src/dataplane/config.rs).
+        #[arg(long)]
+        config: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "tc")]
         mode: Mode,
         /// Stop after this many seconds (0 = until Ctrl-C).
@@ -89,9 +93,10 @@ fn run_cli(cli: Cli) -> Result<()> {
         Cmd::Build { aarch64 } => build(aarch64),
         Cmd::Run {
             iface,
+            config,
             mode,
             duration,
-        } => run(&iface, mode, duration),
+        } => run(&iface, config.as_deref(), mode, duration),
         Cmd::Test { no_aarch64, args } => test(no_aarch64, &args),
         Cmd::Lint => lint(),
         Cmd::Netns(cmd) => netns(cmd),
@@ -161,23 +166,30 @@ fn build(aarch64: bool) -> Result<()> {
     sh(&mut cmd)
 }
 
-fn run(iface: &str, mode: Mode, duration: u64) -> Result<()> {
+fn run(ifaces: &[String], config: Option<&Path>, mode: Mode, duration: u64) -> Result<()> {
     build(false)?;
     let mode = match mode {
         Mode::Xdp => "xdp",
         Mode::Tc => "tc",
     };
-    let bin = workspace_root().join("target/release/vpcep");
-    sh(Command::new(bin).args([
+    let mut cmd = Command::new(workspace_root().join("target/release/vpcep"));
+    cmd.args([
         "dataplane",
         "run",
-        "--iface",
-        iface,
         "--mode",
         mode,
         "--duration",
         &duration.to_string(),
-    ]))
+    ]);
+    for i in ifaces {
+        cmd.args(["--iface", i]);
+    }
+    if let Some(c) = config {
+        // The binary runs from the workspace root; make a relative path absolute first.
+        let c = std::path::absolute(c).unwrap_or_else(|_| c.to_path_buf());
+        cmd.arg("--config").arg(c);
+    }
+    sh(&mut cmd)
 }
 
 fn test(no_aarch64: bool, args: &[String]) -> Result<()> {

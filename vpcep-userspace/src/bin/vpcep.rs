@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use vpcep::dataplane::{Dataplane, Mode};
+use vpcep::dataplane::{Dataplane, Mode, config::MapConfig};
 
 #[derive(Parser)]
 #[command(
@@ -22,6 +22,8 @@ enum Command {
     /// Node-local data-plane tools.
     #[command(subcommand)]
     Dataplane(DataplaneCmd),
+    /// Serve the VPCEP API, the inventory API and the agents' change feed.
+    ControlPlane(vpcep::api::ControlPlaneArgs),
 }
 
 #[derive(Subcommand)]
@@ -29,9 +31,13 @@ enum DataplaneCmd {
     /// Load the programs onto an interface for development, print live counters every
     /// second, and detach on Ctrl-C.
     Run {
-        /// Interface to attach to (host side of a VM NIC).
+        /// Interface to attach to (host side of a VM NIC); repeatable. With --config, every
+        /// NIC and backend interface it names is attached as well.
         #[arg(long)]
-        iface: String,
+        iface: Vec<String>,
+        /// Fill the maps from this TOML file (node, NICs, services, endpoints).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
         /// Hook to attach.
         #[arg(long, value_enum, default_value_t = Mode::Tc)]
         mode: Mode,
@@ -48,18 +54,61 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Dataplane(DataplaneCmd::Run {
             iface,
+            config,
             mode,
             duration,
-        }) => run(&iface, mode, duration).await,
+        }) => run(iface, config, mode, duration).await,
+        Command::ControlPlane(args) => match vpcep::api::run(args).await {
+            // Invalid configuration: EX_CONFIG-style exit with the cause (which names the field).
+            Err(e @ vpcep::api::ServeError::Credentials(_)) => {
+                eprintln!("error: {:#}", anyhow::Error::from(e));
+                std::process::exit(64)
+            }
+            r => r.context("running the control plane"),
+        },
     }
 }
 
-async fn run(iface: &str, mode: Mode, duration: u64) -> anyhow::Result<()> {
+async fn run(
+    mut ifaces: Vec<String>,
+    config: Option<std::path::PathBuf>,
+    mode: Mode,
+    duration: u64,
+) -> anyhow::Result<()> {
+    let config = match config {
+        Some(path) => match MapConfig::load(&path) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(64);
+            }
+        },
+        None => None,
+    };
+    if let Some(c) = &config {
+        for i in c.interfaces() {
+            if !ifaces.contains(&i) {
+                ifaces.push(i);
+            }
+        }
+    }
+    if ifaces.is_empty() {
+        anyhow::bail!("nothing to attach to: give --iface or a --config with NICs");
+    }
     let mut dp = Dataplane::load().context("loading the eBPF programs (are you root?)")?;
-    dp.attach(iface, mode).with_context(|| {
-        format!("attaching to {iface} in {mode:?} mode; does the interface exist?")
-    })?;
-    println!("attached to {iface} ({mode:?}); Ctrl-C detaches");
+    if let Some(Err(e)) = config.as_ref().map(|c| c.apply(&mut dp)) {
+        eprintln!("error: {e}");
+        std::process::exit(64);
+    }
+    for iface in &ifaces {
+        dp.attach(iface, mode).with_context(|| {
+            format!("attaching to {iface} in {mode:?} mode; does the interface exist?")
+        })?;
+    }
+    println!(
+        "attached to {} ({mode:?}); Ctrl-C detaches",
+        ifaces.join(", ")
+    );
     let deadline =
         (duration > 0).then(|| tokio::time::Instant::now() + Duration::from_secs(duration));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -75,7 +124,7 @@ async fn run(iface: &str, mode: Mode, duration: u64) -> anyhow::Result<()> {
         }
     }
     drop(dp);
-    println!("detached from {iface}");
+    println!("detached from {}", ifaces.join(", "));
     Ok(())
 }
 

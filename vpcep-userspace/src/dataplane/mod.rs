@@ -1,4 +1,7 @@
-//! Loading the kernel programs, attaching them to VM NICs and reading their counters.
+//! Loading the kernel programs, attaching them to VM NICs, filling their maps and reading
+//! their counters.
+pub mod config;
+
 use std::collections::BTreeMap;
 
 use aya::{
@@ -242,6 +245,89 @@ impl Dataplane {
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(source) => Err(DataplaneError::Map { name, source }),
         }
+    }
+
+    pub fn remove_local_nic(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        self.del::<u32, LocalNic>(maps::LOCAL_NICS, &ifindex)
+    }
+
+    pub fn remove_port(&mut self, key: &PortKey) -> Result<(), DataplaneError> {
+        self.del::<PortKey, PortTarget>(maps::PORT_MAP, key)
+    }
+
+    pub fn remove_service(&mut self, id: u32) -> Result<(), DataplaneError> {
+        self.del::<u32, Service>(maps::SERVICES, &id)
+    }
+
+    /// Removes a rule added by [`Self::allow_source`].
+    pub fn disallow_source(
+        &mut self,
+        endpoint_id: u32,
+        src_be: u32,
+        prefix: u32,
+    ) -> Result<(), DataplaneError> {
+        let name = maps::SRC_WHITELIST;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        let mut trie: LpmTrie<&mut MapData, WhitelistKey, u32> =
+            LpmTrie::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
+        let key = Key::new(
+            32 + prefix.min(32),
+            WhitelistKey {
+                endpoint_id_be: endpoint_id.to_be(),
+                src_be,
+            },
+        );
+        match trie.remove(&key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(DataplaneError::Map { name, source }),
+        }
+    }
+
+    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<(), DataplaneError> {
+        self.del::<FlowKey, FlowEntry>(maps::CT_FWD, key)
+    }
+
+    pub fn remove_rev(&mut self, key: &RevKey) -> Result<(), DataplaneError> {
+        self.del::<RevKey, RevEntry>(maps::CT_REV, key)
+    }
+
+    /// Every forward conntrack entry.
+    pub fn flows(&mut self) -> Result<Vec<(FlowKey, FlowEntry)>, DataplaneError> {
+        let name = maps::CT_FWD;
+        self.hash::<FlowKey, FlowEntry>(name)?
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    /// Every reverse conntrack entry.
+    pub fn revs(&mut self) -> Result<Vec<(RevKey, RevEntry)>, DataplaneError> {
+        let name = maps::CT_REV;
+        self.hash::<RevKey, RevEntry>(name)?
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    /// One verdict counter, summed over CPUs.
+    pub fn counter(&self, hook: Hook, reason: Reason) -> Result<Counter, DataplaneError> {
+        let name = maps::STATS;
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        let array: PerCpuArray<_, Counter> =
+            PerCpuArray::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
+        let values = array
+            .get(&stats_index(hook, reason), 0)
+            .map_err(|source| DataplaneError::Map { name, source })?;
+        Ok(values.iter().fold(Counter::default(), |a, c| Counter {
+            packets: a.packets + c.packets,
+            bytes: a.bytes + c.bytes,
+        }))
     }
 
     /// Per-endpoint counters summed over CPUs.

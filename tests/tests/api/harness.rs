@@ -1,0 +1,553 @@
+//! Fixtures: a throwaway PostgreSQL server per test, a fresh SQLite file per test, an
+//! in-process control plane on a loopback port, and HTTP clients that sign like the SDK.
+use std::{
+    ffi::CString,
+    net::TcpListener,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use hmac::{Hmac, Mac};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use vpcep::{
+    api::{Config, Credentials, CredentialsFile, Server, auth},
+    store::Store,
+};
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+pub const OPERATOR_TOKEN: &str = "operator-secret";
+pub const AGENT1_TOKEN: &str = "agent-node1-secret";
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("vpcep-{tag}-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A PostgreSQL 15 cluster in a temp dir on a unique loopback port, stopped and removed on
+/// drop (even when the test fails). As root, it runs as the `postgres` user.
+pub struct Postgres {
+    child: Child,
+    pub port: u16,
+    _dir: TempDir,
+}
+
+fn postgres_ids() -> Option<(u32, u32)> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let name = CString::new("postgres").unwrap();
+    // SAFETY: a valid C string; the result is read before any other getpw* call.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(
+        !pw.is_null(),
+        "the postgres user is missing (install postgresql)"
+    );
+    // SAFETY: checked non-null above.
+    Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+}
+
+fn as_pg(cmd: &mut Command, ids: Option<(u32, u32)>) -> &mut Command {
+    if let Some((uid, gid)) = ids {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
+}
+
+impl Postgres {
+    pub fn start() -> Self {
+        let dir = TempDir::new("pg");
+        let ids = postgres_ids();
+        if let Some((uid, gid)) = ids {
+            std::os::unix::fs::chown(&dir.0, Some(uid), Some(gid)).unwrap();
+        }
+        let data = dir.0.join("data");
+        let out = as_pg(&mut Command::new(Path::new(PG_BIN).join("initdb")), ids)
+            .args(["-A", "trust", "-U", "postgres", "-N", "-E", "UTF8", "-D"])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .output()
+            .expect("running initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let child = as_pg(&mut Command::new(Path::new(PG_BIN).join("postgres")), ids)
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(&dir.0)
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=100",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting postgres");
+        let pg = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = Command::new(Path::new(PG_BIN).join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+                .stdout(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ready {
+                break;
+            }
+            assert!(Instant::now() < deadline, "postgres did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        pg
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // SIGQUIT: immediate shutdown of the postmaster and its children.
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGQUIT);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// Tenants known to the credentials file: (ak, sk, project, domain).
+pub const TENANTS: [(&str, &str, &str, &str); 3] = [
+    (
+        "AK-PROVIDER",
+        "SK-provider",
+        "proj-provider",
+        "dom-provider",
+    ),
+    (
+        "AK-CONSUMER",
+        "SK-consumer",
+        "proj-consumer",
+        "proj-consumer",
+    ),
+    ("AK-OTHER", "SK-other", "proj-other", "dom-other"),
+];
+
+pub fn credentials() -> Credentials {
+    let mut file = CredentialsFile {
+        operator_tokens: vec![OPERATOR_TOKEN.to_owned()],
+        ..Default::default()
+    };
+    for (ak, sk, p, d) in TENANTS {
+        file.credentials.push(auth::AkSk {
+            ak: ak.to_owned(),
+            sk: sk.to_owned(),
+            project_id: p.to_owned(),
+            // The consumer relies on the default (domain = project).
+            domain_id: (d != p).then(|| d.to_owned()),
+        });
+    }
+    file.tokens.push(auth::TenantToken {
+        token: "consumer-token".to_owned(),
+        project_id: "proj-consumer".to_owned(),
+        domain_id: None,
+    });
+    file.agents.push(auth::AgentToken {
+        node: "node1".to_owned(),
+        token: AGENT1_TOKEN.to_owned(),
+    });
+    Credentials::new(file)
+}
+
+/// One test's world: a database, a server, and clients.
+pub struct Env {
+    pub server: Server,
+    pub store: Store,
+    // Dropped after the server: the database outlives it.
+    _pg: Option<Postgres>,
+    _dir: TempDir,
+}
+
+impl Env {
+    pub async fn new(db: Db) -> Self {
+        Self::with_config(db, Config::default()).await
+    }
+
+    pub async fn with_config(db: Db, config: Config) -> Self {
+        let dir = TempDir::new("api");
+        let (url, pg) = match db {
+            Db::Sqlite => (
+                format!("sqlite://{}", dir.0.join("vpcep.db").display()),
+                None,
+            ),
+            Db::Postgres => {
+                let pg = Postgres::start();
+                (pg.url(), Some(pg))
+            }
+        };
+        let store = Store::open(&url, config.feed_retain).await.unwrap();
+        let server = Server::start(store.clone(), credentials(), config)
+            .await
+            .unwrap();
+        Self {
+            server,
+            store,
+            _pg: pg,
+            _dir: dir,
+        }
+    }
+
+    /// Another API replica on the same database.
+    pub async fn replica(&self, config: Config) -> Server {
+        let url = match &self._pg {
+            Some(pg) => pg.url(),
+            None => format!("sqlite://{}", self._dir.0.join("vpcep.db").display()),
+        };
+        let store = Store::open(&url, config.feed_retain).await.unwrap();
+        Server::start(store, credentials(), config).await.unwrap()
+    }
+
+    pub fn tenant(&self, i: usize) -> Client {
+        let (ak, sk, p, _) = TENANTS[i];
+        Client::new(
+            &self.server.url(),
+            Auth::Signed {
+                ak: ak.to_owned(),
+                sk: sk.to_owned(),
+            },
+            p,
+        )
+    }
+
+    pub fn provider(&self) -> Client {
+        self.tenant(0)
+    }
+
+    pub fn consumer(&self) -> Client {
+        self.tenant(1)
+    }
+
+    pub fn operator(&self) -> Client {
+        Client::new(
+            &self.server.url(),
+            Auth::Token(OPERATOR_TOKEN.to_owned()),
+            "",
+        )
+    }
+
+    pub fn agent(&self) -> Client {
+        Client::new(&self.server.url(), Auth::Token(AGENT1_TOKEN.to_owned()), "")
+    }
+}
+
+#[derive(Clone)]
+pub enum Auth {
+    Signed { ak: String, sk: String },
+    Token(String),
+    None,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    pub auth: Auth,
+    pub project: String,
+    http: reqwest::Client,
+}
+
+/// Python's `quote(s, safe='~')`, as the SDK signer encodes.
+const SDK_SET: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+fn sdk_quote(s: &str) -> String {
+    utf8_percent_encode(s, SDK_SET).to_string()
+}
+
+/// The SDK's SDK-HMAC-SHA256 signature, written from its signer (not the server's code):
+/// returns (X-Sdk-Date, Authorization).
+#[allow(clippy::too_many_arguments)] // one argument per input of the SDK's signer
+pub fn sdk_sign(
+    ak: &str,
+    sk: &str,
+    method: &str,
+    path: &str,
+    query: &[(&str, &str)],
+    headers: &[(&str, &str)],
+    body: &[u8],
+    date: &str,
+) -> String {
+    let mut signed: Vec<(String, String)> = headers
+        .iter()
+        .filter(|(k, _)| !k.contains('_'))
+        .map(|(k, v)| (k.to_lowercase(), v.trim().to_owned()))
+        .collect();
+    signed.push(("x-sdk-date".to_owned(), date.to_owned()));
+    signed.sort();
+    let mut uri = path
+        .split('/')
+        .map(|seg| {
+            let decoded = percent_encoding::percent_decode_str(seg).decode_utf8_lossy();
+            sdk_quote(&decoded)
+        })
+        .collect::<Vec<_>>()
+        .join("/");
+    if !uri.ends_with('/') {
+        uri.push('/');
+    }
+    let mut q: Vec<(&str, &str)> = query.to_vec();
+    q.sort();
+    let cq = q
+        .iter()
+        .map(|(k, v)| format!("{}={}", sdk_quote(k), sdk_quote(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    let ch = signed
+        .iter()
+        .map(|(k, v)| format!("{k}:{v}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    let names = signed
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .collect::<Vec<_>>()
+        .join(";");
+    let body_hash = hex::encode(Sha256::digest(body));
+    let canonical = format!("{method}\n{uri}\n{cq}\n{ch}\n{names}\n{body_hash}");
+    let sts = format!(
+        "SDK-HMAC-SHA256\n{date}\n{}",
+        hex::encode(Sha256::digest(canonical.as_bytes()))
+    );
+    let mut mac = Hmac::<Sha256>::new_from_slice(sk.as_bytes()).unwrap();
+    mac.update(sts.as_bytes());
+    let sig = hex::encode(mac.finalize().into_bytes());
+    format!("SDK-HMAC-SHA256 Access={ak}, SignedHeaders={names}, Signature={sig}")
+}
+
+pub fn sdk_date() -> String {
+    chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string()
+}
+
+/// A response: status and JSON body (Null when empty or not JSON).
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Resp {
+    #[track_caller]
+    pub fn ok(self) -> Value {
+        assert!(
+            self.status.is_success(),
+            "expected success, got {} {}",
+            self.status,
+            self.body
+        );
+        self.body
+    }
+
+    /// Asserts an error status and that the message names `field`.
+    #[track_caller]
+    pub fn err(self, status: u16, field: &str) -> Value {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        let code = self.body["error_code"].as_str().unwrap_or_default();
+        assert!(!code.is_empty(), "no error_code in {}", self.body);
+        let msg = self.body["error_msg"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(field),
+            "error_msg {msg:?} does not name {field:?}"
+        );
+        self.body
+    }
+}
+
+impl Client {
+    pub fn new(base: &str, auth: Auth, project: &str) -> Self {
+        Self {
+            base: base.to_owned(),
+            auth,
+            project: project.to_owned(),
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(16)
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// `/v1/{project}` + rest.
+    pub fn v1(&self, rest: &str) -> String {
+        format!("/v1/{}{rest}", self.project)
+    }
+
+    pub fn v2(&self, rest: &str) -> String {
+        format!("/v2/{}{rest}", self.project)
+    }
+
+    /// Sends a request the way the SDK does (JSON content type even without a body,
+    /// X-Project-Id, SDK-HMAC-SHA256 over content-type;host;user-agent;x-project-id;x-sdk-date).
+    pub async fn raw(&self, method: &str, path_and_query: &str, body: Option<Vec<u8>>) -> Resp {
+        let (path, query) = path_and_query
+            .split_once('?')
+            .unwrap_or((path_and_query, ""));
+        let pairs: Vec<(String, String)> = form_urlencoded_pairs(query);
+        let pair_refs: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let host = self.base.trim_start_matches("http://").to_owned();
+        let body = body.unwrap_or_default();
+        let ct = if body.is_empty() {
+            "application/json"
+        } else {
+            "application/json;charset=utf-8"
+        };
+        let ua = "huaweicloud-usdk-python/3.0";
+        let mut req = self
+            .http
+            .request(
+                Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}{path_and_query}", self.base),
+            )
+            .header("Content-Type", ct)
+            .header("User-Agent", ua)
+            .body(body.clone());
+        match &self.auth {
+            Auth::Signed { ak, sk } => {
+                let date = sdk_date();
+                let authz = sdk_sign(
+                    ak,
+                    sk,
+                    method,
+                    path,
+                    &pair_refs,
+                    &[
+                        ("Content-Type", ct),
+                        ("Host", &host),
+                        ("User-Agent", ua),
+                        ("X-Project-Id", &self.project),
+                    ],
+                    &body,
+                    &date,
+                );
+                req = req
+                    .header("X-Project-Id", &self.project)
+                    .header("X-Sdk-Date", date)
+                    .header("Authorization", authz);
+            }
+            Auth::Token(t) => req = req.header("X-Auth-Token", t),
+            Auth::None => {}
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let bytes = resp.bytes().await.unwrap();
+        Resp {
+            status,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.raw("GET", path, None).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Resp {
+        self.raw("DELETE", path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Resp {
+        self.raw("POST", path, Some(serde_json::to_vec(&body).unwrap()))
+            .await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Resp {
+        self.raw("PUT", path, Some(serde_json::to_vec(&body).unwrap()))
+            .await
+    }
+}
+
+fn form_urlencoded_pairs(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|s| !s.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            let d = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (d(k), d(v))
+        })
+        .collect()
+}
+
+/// Polls until `f` returns Some, or panics after 10 s.
+pub async fn eventually<T, F, Fut>(mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "condition not reached in 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,770 @@
+//! Reference model of the kernel programs: the same translation written as plain Rust over
+//! byte buffers and ordinary maps. The differential test runs random packets and random map
+//! contents through both and requires identical verdicts, reasons, output bytes and
+//! conntrack state.
+//!
+//! Conventions mirror the kernel side: addresses and ports are raw network-order values as
+//! loaded from the packet (`u32::from_ne_bytes` of the four bytes).
+use std::{collections::BTreeMap, vec::Vec};
+
+use crate::{
+    csum,
+    endpoint::*,
+    stats::{Counter, Hook, Reason},
+};
+
+/// What the program does with the packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Drop,
+    /// Back out of the receiving NIC (XDP_TX, or a TC redirect to the same ifindex).
+    Tx,
+    /// To another NIC (TC redirect).
+    Redirect(u32),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub reason: Reason,
+    pub verdict: Verdict,
+    /// The packet as it leaves the program.
+    pub frame: Vec<u8>,
+}
+
+/// Map contents, as the kernel holds them.
+#[derive(Clone, Debug, Default)]
+pub struct Model {
+    pub nics: BTreeMap<u32, LocalNic>,
+    pub endpoints: BTreeMap<EndpointKey, Endpoint>,
+    pub ports: BTreeMap<PortKey, PortTarget>,
+    pub services: BTreeMap<u32, Service>,
+    /// (endpoint id, source network (raw), prefix length).
+    pub whitelist: Vec<(u32, u32, u32)>,
+    pub node: NodeConfig,
+    pub fwd: BTreeMap<FlowKey, FlowEntry>,
+    pub rev: BTreeMap<RevKey, RevEntry>,
+    pub ep_stats: BTreeMap<u32, EndpointCounters>,
+    pub stats: BTreeMap<(u32, u32), Counter>,
+}
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+#[derive(Clone, Copy, Debug)]
+struct Pkt {
+    l4: usize,
+    proto: u8,
+    fragment: bool,
+    ttl: u8,
+    src: u32,
+    dst: u32,
+    sport: u16,
+    dport: u16,
+    tcp_flags: u8,
+}
+
+enum Parsed {
+    NonIpv4(u16),
+    Ipv4(Pkt),
+}
+
+fn rd16(f: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(f.get(at..at + 2)?.try_into().ok()?))
+}
+fn rd32(f: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(f.get(at..at + 4)?.try_into().ok()?))
+}
+fn wr16(f: &mut [u8], at: usize, v: u16) {
+    f[at..at + 2].copy_from_slice(&v.to_ne_bytes());
+}
+fn wr32(f: &mut [u8], at: usize, v: u32) {
+    f[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+}
+fn has(f: &[u8], at: usize, len: usize) -> bool {
+    at + len <= f.len()
+}
+
+fn parse(f: &[u8]) -> Result<Parsed, Reason> {
+    if !has(f, 0, 14) {
+        return Err(Reason::DropTruncEth);
+    }
+    let et = rd16(f, 12).unwrap_or(0);
+    if et != 0x0800u16.to_be() {
+        return Ok(Parsed::NonIpv4(et));
+    }
+    if !has(f, 14, 20) {
+        return Err(Reason::DropTruncIpv4);
+    }
+    let vihl = f[14];
+    let tot = u16::from_be_bytes([f[16], f[17]]) as usize;
+    let frags = u16::from_be_bytes([f[20], f[21]]);
+    let proto = f[23];
+    let ihl = (vihl & 0x0f) as usize * 4;
+    if vihl >> 4 != 4 || ihl < 20 || tot < ihl {
+        return Err(Reason::DropBadIpv4);
+    }
+    if !has(f, 14 + ihl - 4, 4) {
+        return Err(Reason::DropTruncIpv4);
+    }
+    let l4 = 14 + ihl;
+    let mut p = Pkt {
+        l4,
+        proto,
+        fragment: frags & 0x3fff != 0,
+        ttl: f[22],
+        src: rd32(f, 26).unwrap_or(0),
+        dst: rd32(f, 30).unwrap_or(0),
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+    };
+    if frags & 0x1fff == 0 {
+        match proto {
+            IPPROTO_TCP => {
+                if !has(f, l4, 20) {
+                    return Err(Reason::DropTruncL4);
+                }
+                if f[l4 + 12] >> 4 < 5 {
+                    return Err(Reason::DropBadTcp);
+                }
+                p.sport = rd16(f, l4).unwrap_or(0);
+                p.dport = rd16(f, l4 + 2).unwrap_or(0);
+                p.tcp_flags = f[l4 + 13];
+            }
+            IPPROTO_UDP => {
+                if !has(f, l4, 8) {
+                    return Err(Reason::DropTruncL4);
+                }
+                p.sport = rd16(f, l4).unwrap_or(0);
+                p.dport = rd16(f, l4 + 2).unwrap_or(0);
+            }
+            IPPROTO_ICMP => {
+                if !has(f, l4, 4) {
+                    return Err(Reason::DropTruncL4);
+                }
+                p.sport = rd16(f, l4).unwrap_or(0);
+            }
+            _ => {}
+        }
+    }
+    Ok(Parsed::Ipv4(p))
+}
+
+fn pass_reason(p: &Parsed) -> Reason {
+    match p {
+        Parsed::NonIpv4(et) if *et == 0x0806u16.to_be() => Reason::PassArp,
+        Parsed::NonIpv4(_) => Reason::PassNonIpv4,
+        Parsed::Ipv4(p) if p.fragment => Reason::PassFragment,
+        Parsed::Ipv4(p) => match p.proto {
+            IPPROTO_TCP => Reason::PassTcp,
+            IPPROTO_UDP => Reason::PassUdp,
+            _ => Reason::PassOtherProto,
+        },
+    }
+}
+
+fn icmp_type(p: &Pkt) -> u8 {
+    p.sport.to_ne_bytes()[0]
+}
+
+fn expired(e: &FlowEntry, now: u64, t: &Timeouts) -> bool {
+    let secs = match e.state {
+        CT_TCP_SYN_SENT => t.tcp_syn,
+        CT_TCP_ESTABLISHED => t.tcp_established,
+        CT_TCP_CLOSING => t.tcp_closing,
+        _ => t.udp,
+    };
+    now.saturating_sub(e.last_seen_ns) > secs as u64 * NS_PER_SEC
+}
+
+fn track(e: &mut FlowEntry, p: &Pkt, from_backend: bool, now: u64) {
+    if p.proto == IPPROTO_TCP {
+        let f = p.tcp_flags;
+        if f & TCP_RST != 0 {
+            e.state = CT_TCP_CLOSING;
+        } else {
+            if f & TCP_FIN != 0 {
+                e.fin |= if from_backend { 2 } else { 1 };
+                if e.fin == 3 {
+                    e.state = CT_TCP_CLOSING;
+                }
+            }
+            if from_backend
+                && e.state == CT_TCP_SYN_SENT
+                && f & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
+            {
+                e.state = CT_TCP_ESTABLISHED;
+            }
+        }
+    }
+    if now.wrapping_sub(e.last_seen_ns) > NS_PER_SEC / 4 {
+        e.last_seen_ns = now;
+    }
+}
+
+fn check_endpoint(ep: &Endpoint) -> Result<(), Reason> {
+    if ep.flags & EP_ACCEPTED == 0 {
+        return Err(Reason::DropNotAccepted);
+    }
+    if ep.flags & EP_PERMITTED == 0 {
+        return Err(Reason::DropNotPermitted);
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rewrite(
+    f: &mut [u8],
+    p: &Pkt,
+    src: u32,
+    dst: u32,
+    sport: u16,
+    dport: u16,
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+) {
+    let (off, mangled) = if p.proto == IPPROTO_TCP {
+        (p.l4 + 16, false)
+    } else {
+        (p.l4 + 6, true)
+    };
+    let addr = csum::add(csum::diff32(p.src, src), csum::diff32(p.dst, dst));
+    let ports = csum::add(csum::diff16(p.sport, sport), csum::diff16(p.dport, dport));
+    let mut c = rd16(f, off).unwrap_or(0);
+    c = csum::kernel_l4_replace(c, addr, mangled);
+    c = csum::kernel_l4_replace(c, ports, mangled);
+    wr16(f, off, c);
+    let old = u16::from_ne_bytes([f[22], f[23]]);
+    f[22] = p.ttl - 1;
+    let d = csum::add(addr, csum::diff16(old, u16::from_ne_bytes([f[22], f[23]])));
+    let ipc = rd16(f, 24).unwrap_or(0);
+    wr16(f, 24, csum::apply(ipc, d));
+    wr32(f, 26, src);
+    wr32(f, 30, dst);
+    wr16(f, p.l4, sport);
+    wr16(f, p.l4 + 2, dport);
+    f[0..6].copy_from_slice(&dst_mac);
+    f[6..12].copy_from_slice(&src_mac);
+}
+
+impl Model {
+    fn count(&mut self, hook: Hook, reason: Reason, bytes: u64) {
+        let c = self.stats.entry((hook as u32, reason as u32)).or_default();
+        c.packets += 1;
+        c.bytes += bytes;
+    }
+
+    fn ep_count(&mut self, id: u32, bytes: u64, new_flow: u64) {
+        let c = self.ep_stats.entry(id).or_default();
+        c.packets += 1;
+        c.bytes += bytes;
+        c.new_flows += new_flow;
+    }
+
+    fn ep_drop(&mut self, id: u32) {
+        self.ep_stats.entry(id).or_default().drops += 1;
+    }
+
+    fn endpoint(&self, nic: &LocalNic, dst: u32) -> Option<Endpoint> {
+        self.endpoints
+            .get(&EndpointKey {
+                vpc_id: nic.vpc_id,
+                ip_be: dst,
+            })
+            .copied()
+    }
+
+    fn whitelisted(&self, id: u32, src: u32) -> bool {
+        let src = u32::from_be(src);
+        self.whitelist.iter().any(|&(eid, net, len)| {
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            eid == id && (src & mask) == (u32::from_be(net) & mask)
+        })
+    }
+
+    /// The TC ingress program on NIC `ifindex` at time `now` (ns).
+    pub fn tc_ingress(&mut self, ifindex: u32, frame: &[u8], now: u64) -> Outcome {
+        let mut f = frame.to_vec();
+        let (reason, verdict) = match self.tc(ifindex, &mut f, now) {
+            Ok(v) => v,
+            Err(r) => (r, Verdict::Drop),
+        };
+        self.count(Hook::TcIngress, reason, frame.len() as u64);
+        Outcome {
+            reason,
+            verdict,
+            frame: f,
+        }
+    }
+
+    /// The XDP program on NIC `ifindex`.
+    pub fn xdp_ingress(&mut self, ifindex: u32, frame: &[u8]) -> Outcome {
+        let mut f = frame.to_vec();
+        let (reason, verdict) = match self.xdp(ifindex, &mut f) {
+            Ok(v) => v,
+            Err(r) => (r, Verdict::Drop),
+        };
+        self.count(Hook::Xdp, reason, frame.len() as u64);
+        Outcome {
+            reason,
+            verdict,
+            frame: f,
+        }
+    }
+
+    fn arp_answer(&self, f: &mut [u8], nic: &LocalNic) -> bool {
+        if !has(f, 14, 28) {
+            return false;
+        }
+        if f[14..16] != [0, 1]
+            || f[16..18] != [8, 0]
+            || f[18] != 6
+            || f[19] != 4
+            || f[20..22] != [0, 1]
+        {
+            return false;
+        }
+        let target = rd32(f, 38).unwrap_or(0);
+        let ours = target == nic.gateway_be && target != 0 || self.endpoint(nic, target).is_some();
+        if !ours || self.node.vmac == [0; 6] {
+            return false;
+        }
+        let mut asker_mac = [0u8; 6];
+        asker_mac.copy_from_slice(&f[22..28]);
+        let asker_ip = rd32(f, 28).unwrap_or(0);
+        f[20..22].copy_from_slice(&[0, 2]);
+        f[32..38].copy_from_slice(&asker_mac);
+        wr32(f, 38, asker_ip);
+        f[22..28].copy_from_slice(&self.node.vmac);
+        wr32(f, 28, target);
+        f[0..6].copy_from_slice(&asker_mac);
+        f[6..12].copy_from_slice(&self.node.vmac);
+        true
+    }
+
+    fn check_source(f: &[u8], p: &Pkt, nic: &LocalNic) -> Result<(), Reason> {
+        if p.src != nic.ip_be {
+            return Err(Reason::DropSpoofedIp);
+        }
+        if f[6..12] != nic.mac {
+            return Err(Reason::DropSpoofedMac);
+        }
+        Ok(())
+    }
+
+    fn echo_reply(&self, f: &mut [u8], p: &Pkt) {
+        let src_mac: [u8; 6] = f[6..12].try_into().unwrap_or_default();
+        f[0..6].copy_from_slice(&src_mac);
+        f[6..12].copy_from_slice(&self.node.vmac);
+        let (s, d) = (rd32(f, 26).unwrap_or(0), rd32(f, 30).unwrap_or(0));
+        wr32(f, 26, d);
+        wr32(f, 30, s);
+        let old = u16::from_ne_bytes([f[22], f[23]]);
+        f[22] = 64;
+        let new = u16::from_ne_bytes([f[22], f[23]]);
+        let c = rd16(f, 24).unwrap_or(0);
+        wr16(f, 24, csum::apply(c, csum::diff16(old, new)));
+        let old = rd16(f, p.l4).unwrap_or(0);
+        f[p.l4] = 0;
+        let new = rd16(f, p.l4).unwrap_or(0);
+        let c = rd16(f, p.l4 + 2).unwrap_or(0);
+        wr16(f, p.l4 + 2, csum::apply(c, csum::diff16(old, new)));
+    }
+
+    fn check_forward(
+        &self,
+        f: &[u8],
+        p: &Pkt,
+        nic: &LocalNic,
+        ep: &Endpoint,
+    ) -> Result<u16, Reason> {
+        Self::check_source(f, p, nic)?;
+        if p.fragment {
+            return Err(Reason::DropFragment);
+        }
+        if p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP {
+            return Err(Reason::DropEndpointProto);
+        }
+        let pt = self
+            .ports
+            .get(&PortKey {
+                service_id: ep.service_id,
+                client_port_be: p.dport,
+                proto: p.proto,
+                _pad: 0,
+            })
+            .ok_or(Reason::DropNoPortMapping)?;
+        check_endpoint(ep)?;
+        Ok(pt.server_port_be)
+    }
+
+    fn xdp(&mut self, ifindex: u32, f: &mut [u8]) -> Result<(Reason, Verdict), Reason> {
+        let parsed = parse(f)?;
+        let pass = (pass_reason(&parsed), Verdict::Pass);
+        let Some(nic) = self.nics.get(&ifindex).copied() else {
+            return Ok(pass);
+        };
+        let p = match parsed {
+            Parsed::Ipv4(p) => p,
+            Parsed::NonIpv4(et) => {
+                if et == 0x0806u16.to_be() && self.arp_answer(f, &nic) {
+                    return Ok((Reason::ArpReply, Verdict::Tx));
+                }
+                return Ok(pass);
+            }
+        };
+        if in_snat_range(p.dst) {
+            return Ok((Reason::PassToTc, Verdict::Pass));
+        }
+        let Some(ep) = self.endpoint(&nic, p.dst) else {
+            return Ok(pass);
+        };
+        if p.proto == IPPROTO_ICMP && !p.fragment && icmp_type(&p) == 8 {
+            Self::check_source(f, &p, &nic)?;
+            self.echo_reply(f, &p);
+            return Ok((Reason::IcmpEchoReply, Verdict::Tx));
+        }
+        self.check_forward(f, &p, &nic, &ep)?;
+        Ok((Reason::PassToTc, Verdict::Pass))
+    }
+
+    fn tc(&mut self, ifindex: u32, f: &mut [u8], now: u64) -> Result<(Reason, Verdict), Reason> {
+        let parsed = parse(f)?;
+        let pass = (pass_reason(&parsed), Verdict::Pass);
+        let Some(nic) = self.nics.get(&ifindex).copied() else {
+            return Ok(pass);
+        };
+        let p = match parsed {
+            Parsed::Ipv4(p) => p,
+            Parsed::NonIpv4(et) => {
+                if et == 0x0806u16.to_be() && self.arp_answer(f, &nic) {
+                    return Ok((Reason::ArpReply, Verdict::Tx));
+                }
+                return Ok(pass);
+            }
+        };
+        if in_snat_range(p.dst) {
+            if p.proto == IPPROTO_ICMP && !p.fragment && matches!(icmp_type(&p), 3 | 11) {
+                let out = self.reverse_error(f, &p, ifindex, now)?;
+                return Ok((Reason::RevIcmpError, Verdict::Redirect(out)));
+            }
+            let (r, out) = self.reverse(f, &p, ifindex, now)?;
+            return Ok((r, Verdict::Redirect(out)));
+        }
+        let Some(ep) = self.endpoint(&nic, p.dst) else {
+            return Ok(pass);
+        };
+        if p.proto == IPPROTO_ICMP && !p.fragment && icmp_type(&p) == 8 {
+            Self::check_source(f, &p, &nic)?;
+            self.echo_reply(f, &p);
+            return Ok((Reason::IcmpEchoReply, Verdict::Tx));
+        }
+        let len = f.len() as u64;
+        let r = self.forward(f, &p, &nic, &ep, ifindex, now);
+        match r {
+            Ok((reason, _)) => {
+                self.ep_count(ep.endpoint_id, len, (reason == Reason::FwdNewFlow) as u64)
+            }
+            Err(_) => self.ep_drop(ep.endpoint_id),
+        }
+        let (reason, out) = r?;
+        Ok((reason, Verdict::Redirect(out)))
+    }
+
+    fn forward(
+        &mut self,
+        f: &mut [u8],
+        p: &Pkt,
+        nic: &LocalNic,
+        ep: &Endpoint,
+        ifindex: u32,
+        now: u64,
+    ) -> Result<(Reason, u32), Reason> {
+        let server_port = self.check_forward(f, p, nic, ep)?;
+        let svc = *self
+            .services
+            .get(&ep.service_id)
+            .ok_or(Reason::DropNoService)?;
+        if svc.location != SVC_LOCAL {
+            return Err(Reason::DropRemoteBackend);
+        }
+        let node = self.node;
+        if node.snat_ip_be == 0 {
+            return Err(Reason::DropNodeNotConfigured);
+        }
+        if p.ttl <= 1 {
+            return Err(Reason::DropTtlExceeded);
+        }
+        let key = FlowKey {
+            vpc_id: nic.vpc_id,
+            src_be: p.src,
+            dst_be: p.dst,
+            sport_be: p.sport,
+            dport_be: p.dport,
+            proto: p.proto,
+            _pad: [0; 3],
+        };
+        let syn = p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        let mut stale = None;
+        if let Some(e) = self.fwd.get_mut(&key) {
+            let reusable = expired(e, now, &node.timeouts)
+                || syn && e.state == CT_TCP_CLOSING
+                || e.rev.backend_be != svc.backend_ip_be
+                || e.rev.backend_port_be != server_port;
+            if !reusable {
+                track(e, p, false, now);
+                let (rev, out) = (e.rev, e.out_ifindex);
+                rewrite(
+                    f,
+                    p,
+                    rev.snat_be,
+                    rev.backend_be,
+                    rev.snat_port_be,
+                    rev.backend_port_be,
+                    svc.backend_mac,
+                    node.vmac,
+                );
+                return Ok((Reason::FwdEstablished, out));
+            }
+            stale = Some(e.rev);
+        }
+        if p.proto == IPPROTO_TCP && !syn {
+            return Err(Reason::DropTcpNoFlow);
+        }
+        if ep.flags & EP_SRC_WHITELIST != 0 && !self.whitelisted(ep.endpoint_id, p.src) {
+            return Err(Reason::DropSourceWhitelist);
+        }
+        if let Some(old) = stale {
+            self.rev.remove(&old);
+        }
+        let rev = self.allocate(&key, ifindex, nic, svc.backend_ip_be, server_port, now)?;
+        self.fwd.insert(
+            key,
+            FlowEntry {
+                rev,
+                endpoint_id: ep.endpoint_id,
+                service_id: ep.service_id,
+                out_ifindex: svc.ifindex,
+                state: if p.proto == IPPROTO_TCP {
+                    CT_TCP_SYN_SENT
+                } else {
+                    CT_UDP
+                },
+                fin: 0,
+                _pad: [0; 2],
+                last_seen_ns: now,
+            },
+        );
+        rewrite(
+            f,
+            p,
+            rev.snat_be,
+            rev.backend_be,
+            rev.snat_port_be,
+            rev.backend_port_be,
+            svc.backend_mac,
+            node.vmac,
+        );
+        Ok((Reason::FwdNewFlow, svc.ifindex))
+    }
+
+    fn allocate(
+        &mut self,
+        key: &FlowKey,
+        ifindex: u32,
+        nic: &LocalNic,
+        backend: u32,
+        server_port: u16,
+        now: u64,
+    ) -> Result<RevKey, Reason> {
+        let node = self.node;
+        let (lo, hi) = (node.port_lo as u32, node.port_hi as u32);
+        if hi < lo || lo == 0 {
+            return Err(Reason::DropNodeNotConfigured);
+        }
+        let range = hi - lo + 1;
+        let start = snat_port_start(key, backend, server_port);
+        let value = RevEntry {
+            fwd: *key,
+            consumer_ifindex: ifindex,
+            consumer_mac: nic.mac,
+            _pad: [0; 2],
+        };
+        for i in 0..SNAT_PROBES {
+            let port = lo + start.wrapping_add(i) % range;
+            let rk = RevKey {
+                snat_be: node.snat_ip_be,
+                backend_be: backend,
+                snat_port_be: (port as u16).to_be(),
+                backend_port_be: server_port,
+                proto: key.proto,
+                _pad: [0; 3],
+            };
+            let Some(holder) = self.rev.get(&rk).map(|r| r.fwd) else {
+                self.rev.insert(rk, value);
+                return Ok(rk);
+            };
+            let dead = match self.fwd.get(&holder) {
+                Some(e) => e.rev != rk || expired(e, now, &node.timeouts),
+                None => true,
+            };
+            if dead {
+                self.rev.insert(rk, value);
+                if self.fwd.get(&holder).is_some_and(|e| e.rev == rk) {
+                    self.fwd.remove(&holder);
+                }
+                return Ok(rk);
+            }
+        }
+        Err(Reason::DropSnatExhausted)
+    }
+
+    fn check_reverse(
+        &mut self,
+        rk: &RevKey,
+        rv: &RevEntry,
+        ifindex: u32,
+        now: u64,
+    ) -> Result<(), Reason> {
+        let fe = *self.fwd.get(&rv.fwd).ok_or(Reason::DropNoReverseFlow)?;
+        if fe.rev != *rk || expired(&fe, now, &self.node.timeouts) {
+            return Err(Reason::DropNoReverseFlow);
+        }
+        if fe.out_ifindex != ifindex {
+            return Err(Reason::DropReplyWrongNic);
+        }
+        let ep = *self
+            .endpoints
+            .get(&EndpointKey {
+                vpc_id: rv.fwd.vpc_id,
+                ip_be: rv.fwd.dst_be,
+            })
+            .ok_or(Reason::DropNotAccepted)?;
+        if ep.endpoint_id != fe.endpoint_id {
+            return Err(Reason::DropNotAccepted);
+        }
+        if let Err(r) = check_endpoint(&ep) {
+            self.ep_drop(ep.endpoint_id);
+            return Err(r);
+        }
+        Ok(())
+    }
+
+    fn reverse(
+        &mut self,
+        f: &mut [u8],
+        p: &Pkt,
+        ifindex: u32,
+        now: u64,
+    ) -> Result<(Reason, u32), Reason> {
+        if p.fragment {
+            return Err(Reason::DropFragment);
+        }
+        if p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP {
+            return Err(Reason::DropNoReverseFlow);
+        }
+        let rk = RevKey {
+            snat_be: p.dst,
+            backend_be: p.src,
+            snat_port_be: p.dport,
+            backend_port_be: p.sport,
+            proto: p.proto,
+            _pad: [0; 3],
+        };
+        let rv = *self.rev.get(&rk).ok_or(Reason::DropNoReverseFlow)?;
+        self.check_reverse(&rk, &rv, ifindex, now)?;
+        if p.ttl <= 1 {
+            return Err(Reason::DropTtlExceeded);
+        }
+        let len = f.len() as u64;
+        let e = self.fwd.get_mut(&rv.fwd).ok_or(Reason::DropNoReverseFlow)?;
+        track(e, p, true, now);
+        let id = e.endpoint_id;
+        self.ep_count(id, len, 0);
+        rewrite(
+            f,
+            p,
+            rv.fwd.dst_be,
+            rv.fwd.src_be,
+            rv.fwd.dport_be,
+            rv.fwd.sport_be,
+            rv.consumer_mac,
+            self.node.vmac,
+        );
+        Ok((Reason::RevReply, rv.consumer_ifindex))
+    }
+
+    fn reverse_error(
+        &mut self,
+        f: &mut [u8],
+        p: &Pkt,
+        ifindex: u32,
+        now: u64,
+    ) -> Result<u32, Reason> {
+        let q = p.l4 + 8;
+        if !has(f, q, 20) {
+            return Err(Reason::DropTruncL4);
+        }
+        let vihl = f[q];
+        let proto = f[q + 9];
+        let isrc = rd32(f, q + 12).unwrap_or(0);
+        let idst = rd32(f, q + 16).unwrap_or(0);
+        let ihl = (vihl & 0x0f) as usize * 4;
+        if vihl >> 4 != 4 || ihl < 20 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
+            return Err(Reason::DropNoReverseFlow);
+        }
+        if !has(f, q + ihl, 4) {
+            return Err(Reason::DropTruncL4);
+        }
+        let isport = rd16(f, q + ihl).unwrap_or(0);
+        let idport = rd16(f, q + ihl + 2).unwrap_or(0);
+        if isrc != p.dst {
+            return Err(Reason::DropNoReverseFlow);
+        }
+        let rk = RevKey {
+            snat_be: isrc,
+            backend_be: idst,
+            snat_port_be: isport,
+            backend_port_be: idport,
+            proto,
+            _pad: [0; 3],
+        };
+        let rv = *self.rev.get(&rk).ok_or(Reason::DropNoReverseFlow)?;
+        self.check_reverse(&rk, &rv, ifindex, now)?;
+        if p.ttl <= 1 {
+            return Err(Reason::DropTtlExceeded);
+        }
+        let (consumer, endpoint) = (rv.fwd.src_be, rv.fwd.dst_be);
+        let inner_ip = csum::add(csum::diff32(isrc, consumer), csum::diff32(idst, endpoint));
+        let old_check = rd16(f, q + 10).unwrap_or(0);
+        let new_check = csum::apply(old_check, inner_ip);
+        wr32(f, q + 12, consumer);
+        wr32(f, q + 16, endpoint);
+        wr16(f, q + 10, new_check);
+        wr16(f, q + ihl, rv.fwd.sport_be);
+        wr16(f, q + ihl + 2, rv.fwd.dport_be);
+        let mut d = inner_ip;
+        d = csum::add(d, csum::diff16(old_check, new_check));
+        d = csum::add(d, csum::diff16(isport, rv.fwd.sport_be));
+        d = csum::add(d, csum::diff16(idport, rv.fwd.dport_be));
+        let ic = rd16(f, p.l4 + 2).unwrap_or(0);
+        wr16(f, p.l4 + 2, csum::apply(ic, d));
+        let mut o = csum::add(csum::diff32(p.src, endpoint), csum::diff32(p.dst, consumer));
+        let old = u16::from_ne_bytes([f[22], f[23]]);
+        f[22] -= 1;
+        o = csum::add(o, csum::diff16(old, u16::from_ne_bytes([f[22], f[23]])));
+        let c = rd16(f, 24).unwrap_or(0);
+        wr16(f, 24, csum::apply(c, o));
+        wr32(f, 26, endpoint);
+        wr32(f, 30, consumer);
+        f[0..6].copy_from_slice(&rv.consumer_mac);
+        f[6..12].copy_from_slice(&self.node.vmac);
+        let id = self.fwd.get(&rv.fwd).map_or(0, |e| e.endpoint_id);
+        self.ep_count(id, f.len() as u64, 0);
+        Ok(rv.consumer_ifindex)
+    }
+}

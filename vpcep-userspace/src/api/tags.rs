@@ -1,0 +1,250 @@
+//! Tags: per-resource add/remove, the project's tag list, and the filter/count query.
+use std::collections::BTreeMap;
+
+use axum::{
+    Extension, Json,
+    extract::{Path, State},
+    http::StatusCode,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{
+    AppState,
+    auth::Caller,
+    error::{ApiError, ApiResult, Body},
+    fuzzy,
+    model::*,
+};
+use crate::store::Filter;
+
+#[derive(Debug, Deserialize)]
+pub struct TagAction {
+    tags: Option<Vec<TagIn>>,
+    action: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TagIn {
+    key: Option<String>,
+    value: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TagValues {
+    key: String,
+    #[serde(default)]
+    values: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Match {
+    key: String,
+    value: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FilterQuery {
+    #[serde(default)]
+    tags: Vec<TagValues>,
+    #[serde(default)]
+    tags_any: Vec<TagValues>,
+    #[serde(default)]
+    not_tags: Vec<TagValues>,
+    #[serde(default)]
+    not_tags_any: Vec<TagValues>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    sys_tags: Vec<TagValues>,
+    /// Strings in this body, as the SDK sends them.
+    limit: Option<String>,
+    offset: Option<String>,
+    action: Option<String>,
+    #[serde(default)]
+    matches: Vec<Match>,
+    without_any_tag: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Service,
+    Endpoint,
+}
+
+fn kind(resource_type: &str) -> ApiResult<Kind> {
+    match resource_type {
+        "endpoint_service" => Ok(Kind::Service),
+        "endpoint" => Ok(Kind::Endpoint),
+        _ => Err(ApiError::not_found("resource type")),
+    }
+}
+
+/// (id, name, tags) of the caller's resources of a kind.
+async fn resources(
+    st: &AppState,
+    caller: &Caller,
+    k: Kind,
+) -> ApiResult<Vec<(String, String, Vec<Tag>)>> {
+    let f = Filter::Project(&caller.project_id);
+    Ok(match k {
+        Kind::Service => st
+            .store
+            .list::<Service>(f)
+            .await?
+            .into_iter()
+            .map(|s| (s.id, s.service_name, s.tags))
+            .collect(),
+        Kind::Endpoint => st
+            .store
+            .list::<Endpoint>(f)
+            .await?
+            .into_iter()
+            .map(|e| (e.id, e.service_name, e.tags))
+            .collect(),
+    })
+}
+
+pub async fn action(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((_, rtype, rid)): Path<(String, String, String)>,
+    Body(req): Body<TagAction>,
+) -> ApiResult<StatusCode> {
+    let k = kind(&rtype)?;
+    let rid = parse_id(&rid, "resource")?;
+    let action = required("action", req.action)?;
+    check_enum("action", &action, &["create", "delete"])?;
+    let items = required("tags", req.tags)?;
+    let mut tags = Vec::with_capacity(items.len());
+    for (i, t) in items.into_iter().enumerate() {
+        let key = required(&format!("tags[{i}].key"), t.key)?;
+        let has_value = t.value.is_some();
+        let tag = Tag {
+            key,
+            value: t.value.unwrap_or_default(),
+        };
+        check_tag(&format!("tags[{i}]"), &tag)?;
+        tags.push((tag, has_value));
+    }
+    let apply = |current: &mut Vec<Tag>| -> ApiResult<()> {
+        for (t, has_value) in &tags {
+            if action == "create" {
+                match current.iter_mut().find(|c| c.key == t.key) {
+                    Some(c) => c.value = t.value.clone(),
+                    None => current.push(t.clone()),
+                }
+            } else {
+                // Without a value, delete by key; with one, only when it matches.
+                current.retain(|c| !(c.key == t.key && (!has_value || c.value == t.value)));
+            }
+        }
+        if current.len() > MAX_TAGS {
+            return Err(ApiError::invalid("tags", "at most 20 tags per resource"));
+        }
+        Ok(())
+    };
+    let mut tx = st.store.write().await?;
+    match k {
+        Kind::Service => {
+            let mut s = tx
+                .get::<Service>(&rid)
+                .await?
+                .filter(|s| s.project_id == caller.project_id)
+                .ok_or_else(|| ApiError::not_found("endpoint service"))?;
+            apply(&mut s.tags)?;
+            s.updated_at = now();
+            s.updated_rev = tx.revision();
+            tx.put(&s).await?;
+        }
+        Kind::Endpoint => {
+            let mut e = tx
+                .get::<Endpoint>(&rid)
+                .await?
+                .filter(|e| e.project_id == caller.project_id)
+                .ok_or_else(|| ApiError::not_found("endpoint"))?;
+            apply(&mut e.tags)?;
+            e.updated_at = now();
+            e.updated_rev = tx.revision();
+            tx.put(&e).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn project_tags(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((_, rtype)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let k = kind(&rtype)?;
+    let mut keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (_, _, tags) in resources(&st, &caller, k).await? {
+        for t in tags {
+            let vals = keys.entry(t.key).or_default();
+            if !vals.contains(&t.value) {
+                vals.push(t.value);
+            }
+        }
+    }
+    let out: Vec<Value> = keys
+        .into_iter()
+        .map(|(key, mut values)| {
+            values.sort();
+            json!({"key": key, "values": values})
+        })
+        .collect();
+    Ok(Json(json!({"tags": out})))
+}
+
+fn has(tags: &[Tag], f: &TagValues) -> bool {
+    tags.iter()
+        .any(|t| t.key == f.key && (f.values.is_empty() || f.values.contains(&t.value)))
+}
+
+pub async fn filter(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((_, rtype)): Path<(String, String)>,
+    Body(req): Body<FilterQuery>,
+) -> ApiResult<Json<Value>> {
+    let k = kind(&rtype)?;
+    let action = required("action", req.action)?;
+    check_enum("action", &action, &["filter", "count"])?;
+    let num = |field: &str, v: Option<&String>, default: usize, max: usize| -> ApiResult<usize> {
+        v.map_or(Ok(default), |s| {
+            s.parse::<usize>()
+                .ok()
+                .filter(|n| *n <= max)
+                .ok_or_else(|| ApiError::invalid(field, format!("must be an integer 0-{max}")))
+        })
+    };
+    let limit = num("limit", req.limit.as_ref(), 1000, 1000)?;
+    let offset = num("offset", req.offset.as_ref(), 0, usize::MAX)?;
+    for (i, m) in req.matches.iter().enumerate() {
+        check_enum(&format!("matches[{i}].key"), &m.key, &["resource_name"])?;
+    }
+    let matched: Vec<(String, String, Vec<Tag>)> = resources(&st, &caller, k)
+        .await?
+        .into_iter()
+        .filter(|(_, name, tags)| {
+            req.tags.iter().all(|f| has(tags, f))
+                && (req.tags_any.is_empty() || req.tags_any.iter().any(|f| has(tags, f)))
+                && (req.not_tags.is_empty() || !req.not_tags.iter().all(|f| has(tags, f)))
+                && !req.not_tags_any.iter().any(|f| has(tags, f))
+                && req.matches.iter().all(|m| fuzzy(name, &m.value))
+                && (!req.without_any_tag.unwrap_or(false) || tags.is_empty())
+        })
+        .collect();
+    let total = matched.len();
+    if action == "count" {
+        return Ok(Json(json!({"total_count": total})));
+    }
+    let out: Vec<Value> = matched
+        .into_iter()
+        .skip(offset)
+        .take(limit)
+        .map(|(id, name, tags)| json!({"resource_id": id, "resource_name": name, "tags": tags}))
+        .collect();
+    Ok(Json(json!({"resources": out, "total_count": total})))
+}

@@ -1,0 +1,398 @@
+//! A static map configuration (TOML) for development and tests: `vpcep dataplane run
+//! --config FILE` fills the maps from it, the job the agent does from the control plane.
+//!
+//! ```toml
+//! [node]
+//! snat_ip = "198.19.128.10"
+//! port_range = [20000, 60000]
+//! vmac = "02:fe:00:00:00:01"
+//!
+//! [[nic]]
+//! iface = "tapc"
+//! vpc = 1
+//! ip = "10.0.0.2"
+//! mac = "02:00:00:00:00:02"
+//! gateway = "10.0.0.1"
+//!
+//! [[service]]
+//! id = 3
+//! backend_ip = "10.0.0.5"
+//! backend_vpc = 2
+//! backend_iface = "tapb"
+//! backend_mac = "02:00:00:00:00:05"
+//! ports = [{ client = 8080, server = 80, protocol = "TCP" }]
+//!
+//! [[endpoint]]
+//! id = 7
+//! vpc = 1
+//! ip = "10.0.0.100"
+//! service = 3
+//! accepted = true
+//! whitelist = ["10.0.0.0/24"]
+//! ```
+use std::{net::Ipv4Addr, path::Path};
+
+use serde::Deserialize;
+use vpcep_common::endpoint::{
+    DEFAULT_PORT_HI, DEFAULT_PORT_LO, EP_ACCEPTED, EP_PERMITTED, EP_SRC_WHITELIST, Endpoint,
+    EndpointKey, IPPROTO_TCP, IPPROTO_UDP, LocalNic, NodeConfig, PortKey, PortTarget, SVC_LOCAL,
+    Service, TCP_PROXY_CLOSE, Timeouts, in_snat_range,
+};
+
+use super::{Dataplane, DataplaneError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{field}: {msg}")]
+    Invalid { field: String, msg: String },
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+}
+
+fn invalid(field: impl Into<String>, msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        msg: msg.into(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapConfig {
+    pub node: NodeSection,
+    #[serde(default)]
+    pub nic: Vec<NicSection>,
+    #[serde(default)]
+    pub service: Vec<ServiceSection>,
+    #[serde(default)]
+    pub endpoint: Vec<EndpointSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    pub snat_ip: Ipv4Addr,
+    #[serde(default = "default_ports")]
+    pub port_range: [u16; 2],
+    pub vmac: String,
+    #[serde(default)]
+    pub timeouts: Option<TimeoutSection>,
+}
+
+fn default_ports() -> [u16; 2] {
+    [DEFAULT_PORT_LO, DEFAULT_PORT_HI]
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutSection {
+    pub tcp_syn: u32,
+    pub tcp_established: u32,
+    pub tcp_closing: u32,
+    pub udp: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicSection {
+    pub iface: String,
+    pub vpc: u32,
+    pub ip: Ipv4Addr,
+    pub mac: String,
+    pub gateway: Ipv4Addr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    pub id: u32,
+    pub backend_ip: Ipv4Addr,
+    pub backend_vpc: u32,
+    pub backend_iface: String,
+    pub backend_mac: String,
+    pub ports: Vec<PortSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSection {
+    pub client: u16,
+    pub server: u16,
+    pub protocol: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSection {
+    pub id: u32,
+    pub vpc: u32,
+    pub ip: Ipv4Addr,
+    pub service: u32,
+    #[serde(default)]
+    pub accepted: bool,
+    #[serde(default = "yes")]
+    pub permitted: bool,
+    #[serde(default)]
+    pub whitelist: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(field: &str, s: &str) -> Result<[u8; 6], ConfigError> {
+    let mut mac = [0u8; 6];
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(invalid(field, format!("{s:?} is not a MAC address")));
+    }
+    for (b, p) in mac.iter_mut().zip(parts) {
+        *b = u8::from_str_radix(p, 16)
+            .map_err(|_| invalid(field, format!("{s:?} is not a MAC address")))?;
+    }
+    Ok(mac)
+}
+
+/// Parses `a.b.c.d/n` (or a bare address as /32).
+pub fn parse_cidr(field: &str, s: &str) -> Result<(Ipv4Addr, u32), ConfigError> {
+    let (ip, len) = s.split_once('/').unwrap_or((s, "32"));
+    let ip: Ipv4Addr = ip
+        .parse()
+        .map_err(|_| invalid(field, format!("{s:?} is not an IPv4 CIDR")))?;
+    let len: u32 = len
+        .parse()
+        .ok()
+        .filter(|l| *l <= 32)
+        .ok_or_else(|| invalid(field, format!("{s:?} has a bad prefix length")))?;
+    Ok((ip, len))
+}
+
+fn be(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+/// Resolves an interface name in the caller's network namespace.
+fn ifindex(field: &str, name: &str) -> Result<u32, ConfigError> {
+    let c = std::ffi::CString::new(name).map_err(|_| invalid(field, "contains NUL"))?;
+    // SAFETY: valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        return Err(invalid(field, format!("no interface {name:?}")));
+    }
+    Ok(idx)
+}
+
+impl MapConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: p, source })
+    }
+
+    /// Interfaces the programs should be attached to (every VM NIC and backend NIC).
+    pub fn interfaces(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.nic.iter().map(|n| n.iface.clone()).collect();
+        for s in &self.service {
+            if !v.contains(&s.backend_iface) {
+                v.push(s.backend_iface.clone());
+            }
+        }
+        v
+    }
+
+    /// Validates everything first, then writes the maps targets-first (node, NICs,
+    /// services, port mappings, whitelists, and the endpoints that point at them last), so
+    /// the programs never see an endpoint whose service is missing.
+    pub fn apply(&self, dp: &mut Dataplane) -> Result<(), ConfigError> {
+        let n = &self.node;
+        if !in_snat_range(be(n.snat_ip)) {
+            return Err(invalid("node.snat_ip", "must be inside 198.19.128.0/17"));
+        }
+        let [lo, hi] = n.port_range;
+        if lo == 0 || hi < lo {
+            return Err(invalid(
+                "node.port_range",
+                "must be [lo, hi] with 0 < lo <= hi",
+            ));
+        }
+        let node = NodeConfig {
+            snat_ip_be: be(n.snat_ip),
+            port_lo: lo,
+            port_hi: hi,
+            vmac: parse_mac("node.vmac", &n.vmac)?,
+            _pad: [0; 2],
+            timeouts: n
+                .timeouts
+                .as_ref()
+                .map_or_else(Timeouts::default, |t| Timeouts {
+                    tcp_syn: t.tcp_syn,
+                    tcp_established: t.tcp_established,
+                    tcp_closing: t.tcp_closing,
+                    udp: t.udp,
+                }),
+        };
+        let mut nics = Vec::new();
+        for (i, nic) in self.nic.iter().enumerate() {
+            let f = format!("nic[{i}]");
+            nics.push((
+                ifindex(&format!("{f}.iface"), &nic.iface)?,
+                LocalNic {
+                    vpc_id: nic.vpc,
+                    ip_be: be(nic.ip),
+                    gateway_be: be(nic.gateway),
+                    mac: parse_mac(&format!("{f}.mac"), &nic.mac)?,
+                    _pad: [0; 2],
+                },
+            ));
+        }
+        let mut services = Vec::new();
+        let mut ports = Vec::new();
+        for (i, s) in self.service.iter().enumerate() {
+            let f = format!("service[{i}]");
+            services.push((
+                s.id,
+                Service {
+                    backend_ip_be: be(s.backend_ip),
+                    backend_vpc_id: s.backend_vpc,
+                    ifindex: ifindex(&format!("{f}.backend_iface"), &s.backend_iface)?,
+                    remote_node_be: 0,
+                    backend_mac: parse_mac(&format!("{f}.backend_mac"), &s.backend_mac)?,
+                    location: SVC_LOCAL,
+                    tcp_proxy: TCP_PROXY_CLOSE,
+                },
+            ));
+            for (j, p) in s.ports.iter().enumerate() {
+                let proto = match p.protocol.as_str() {
+                    "TCP" | "tcp" => IPPROTO_TCP,
+                    "UDP" | "udp" => IPPROTO_UDP,
+                    other => {
+                        return Err(invalid(
+                            format!("{f}.ports[{j}].protocol"),
+                            format!("{other:?}: expected TCP or UDP"),
+                        ));
+                    }
+                };
+                if p.client == 0 || p.server == 0 {
+                    return Err(invalid(format!("{f}.ports[{j}]"), "ports are 1-65535"));
+                }
+                ports.push((
+                    PortKey {
+                        service_id: s.id,
+                        client_port_be: p.client.to_be(),
+                        proto,
+                        _pad: 0,
+                    },
+                    PortTarget {
+                        server_port_be: p.server.to_be(),
+                        _pad: 0,
+                    },
+                ));
+            }
+        }
+        let mut endpoints = Vec::new();
+        let mut rules = Vec::new();
+        for (i, e) in self.endpoint.iter().enumerate() {
+            let f = format!("endpoint[{i}]");
+            if !self.service.iter().any(|s| s.id == e.service) {
+                return Err(invalid(
+                    format!("{f}.service"),
+                    format!("no service {}", e.service),
+                ));
+            }
+            for (j, w) in e.whitelist.iter().enumerate() {
+                let (ip, len) = parse_cidr(&format!("{f}.whitelist[{j}]"), w)?;
+                rules.push((e.id, be(ip), len));
+            }
+            let mut flags = 0;
+            if e.accepted {
+                flags |= EP_ACCEPTED;
+            }
+            if e.permitted {
+                flags |= EP_PERMITTED;
+            }
+            if !e.whitelist.is_empty() {
+                flags |= EP_SRC_WHITELIST;
+            }
+            endpoints.push((
+                EndpointKey {
+                    vpc_id: e.vpc,
+                    ip_be: be(e.ip),
+                },
+                Endpoint {
+                    endpoint_id: e.id,
+                    service_id: e.service,
+                    marker_id: e.id,
+                    flags,
+                },
+            ));
+        }
+        dp.set_node(node)?;
+        for (idx, nic) in nics {
+            dp.set_local_nic(idx, nic)?;
+        }
+        for (id, s) in services {
+            dp.set_service(id, s)?;
+        }
+        for (k, v) in ports {
+            dp.set_port(k, v)?;
+        }
+        for (id, ip, len) in rules {
+            dp.allow_source(id, ip, len)?;
+        }
+        for (k, v) in endpoints {
+            dp.set_endpoint(k, v)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example_and_names_bad_fields() {
+        let doc = include_str!("config.rs");
+        let example: String = doc
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| l.trim_start_matches("//!").trim_start())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cfg: MapConfig = toml::from_str(&example).unwrap();
+        assert_eq!(
+            cfg.interfaces(),
+            vec!["tapc".to_string(), "tapb".to_string()]
+        );
+        assert_eq!(cfg.endpoint[0].whitelist, vec!["10.0.0.0/24"]);
+        assert!(
+            parse_mac("nic[0].mac", "02:00")
+                .unwrap_err()
+                .to_string()
+                .starts_with("nic[0].mac")
+        );
+        assert_eq!(parse_cidr("w", "10.0.0.0/24").unwrap().1, 24);
+        assert!(parse_cidr("w", "10.0.0.0/33").is_err());
+        let bad = example.replace("protocol = \"TCP\"", "protocol = \"SCTP\"");
+        let cfg: MapConfig = toml::from_str(&bad).unwrap();
+        assert_eq!(cfg.service[0].ports[0].protocol, "SCTP");
+    }
+}

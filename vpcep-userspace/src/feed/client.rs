@@ -1,0 +1,161 @@
+//! The agent's side of the feed: list (snapshot), watch (NDJSON stream) and report the
+//! applied revision, over HTTP with the node's agent token.
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    #[error("request to the control plane failed")]
+    Http(#[from] reqwest::Error),
+    #[error("control plane answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("bad feed message {line:?}")]
+    Decode {
+        line: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// One object of a snapshot, as stored (kind: `vpc`, `subnet`, `port`, `node`,
+/// `endpoint_service`, `endpoint`, `permission`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SnapshotObject {
+    pub kind: String,
+    pub id: String,
+    pub revision: i64,
+    pub object: Value,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Snapshot {
+    pub revision: i64,
+    pub objects: Vec<SnapshotObject>,
+}
+
+/// A message of the watch stream.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Event {
+    /// An object was written (`op` = `put`, whole object) or removed (`delete`, null).
+    Change {
+        revision: i64,
+        kind: String,
+        id: String,
+        op: String,
+        object: Value,
+    },
+    /// Caught up to this revision (also sent as a heartbeat).
+    Bookmark { revision: i64 },
+    /// Too far behind (or ahead): take a new snapshot. The stream ends.
+    Relist { revision: i64 },
+    /// The server failed while streaming; watch again.
+    Error,
+}
+
+#[derive(Clone)]
+pub struct FeedClient {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+async fn check(resp: reqwest::Response) -> Result<reqwest::Response, FeedError> {
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap_or_default();
+    Err(FeedError::Status { status, body })
+}
+
+impl FeedClient {
+    /// `base` is `http://host:port`; `token` the node's agent token.
+    pub fn new(base: &str, token: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+        }
+    }
+
+    pub async fn snapshot(&self) -> Result<Snapshot, FeedError> {
+        let resp = self
+            .http
+            .get(format!("{}/feed/snapshot", self.base))
+            .header("x-auth-token", &self.token)
+            .send()
+            .await?;
+        Ok(check(resp).await?.json().await?)
+    }
+
+    /// Opens a watch of the changes after `after`.
+    pub async fn watch(&self, after: i64) -> Result<Watch, FeedError> {
+        let resp = self
+            .http
+            .get(format!("{}/feed/watch?after={after}", self.base))
+            .header("x-auth-token", &self.token)
+            .send()
+            .await?;
+        Ok(Watch {
+            resp: check(resp).await?,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Registers (or updates) this node; returns the node with its SNAT address.
+    pub async fn register_node(&self, name: &str, underlay_ip: &str) -> Result<Value, FeedError> {
+        let resp = self
+            .http
+            .put(format!("{}/inventory/nodes/{name}", self.base))
+            .header("x-auth-token", &self.token)
+            .json(&serde_json::json!({ "underlay_ip": underlay_ip }))
+            .send()
+            .await?;
+        Ok(check(resp).await?.json().await?)
+    }
+
+    /// Reports the revision this node has applied.
+    pub async fn report_applied(&self, node: &str, revision: i64) -> Result<(), FeedError> {
+        let resp = self
+            .http
+            .put(format!(
+                "{}/inventory/nodes/{node}/applied-revision",
+                self.base
+            ))
+            .header("x-auth-token", &self.token)
+            .json(&serde_json::json!({ "revision": revision }))
+            .send()
+            .await?;
+        check(resp).await?;
+        Ok(())
+    }
+}
+
+/// An open watch stream.
+pub struct Watch {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+}
+
+impl Watch {
+    /// The next event; `None` when the stream has ended (after a relist, or when the server
+    /// went away: watch again from the last applied revision).
+    pub async fn next(&mut self) -> Result<Option<Event>, FeedError> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                return serde_json::from_slice(&line).map(Some).map_err(|source| {
+                    FeedError::Decode {
+                        line: String::from_utf8_lossy(&line).into_owned(),
+                        source,
+                    }
+                });
+            }
+            match self.resp.chunk().await? {
+                Some(chunk) => self.buf.extend_from_slice(&chunk),
+                None => return Ok(None),
+            }
+        }
+    }
+}
