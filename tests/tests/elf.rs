@@ -33,8 +33,12 @@ fn object_contains_every_program_with_its_type() {
             .get(*name)
             .unwrap_or_else(|| panic!("program {name} missing; have {:?}", obj.programs.keys()));
         let ok = match *name {
-            maps::PROG_XDP => matches!(prog.section, ProgramSection::Xdp { .. }),
-            maps::PROG_TC_INGRESS => matches!(prog.section, ProgramSection::SchedClassifier),
+            maps::PROG_XDP | maps::PROG_NOOP_XDP => {
+                matches!(prog.section, ProgramSection::Xdp { .. })
+            }
+            maps::PROG_TC_INGRESS | maps::PROG_NOOP_TC => {
+                matches!(prog.section, ProgramSection::SchedClassifier)
+            }
             _ => false,
         };
         assert!(ok, "program {name} has section {:?}", prog.section);

@@ -46,13 +46,18 @@ pub const MAX_PORT_MAPPINGS: u32 = 262_144;
 pub const MAX_SERVICES: u32 = 65_536;
 pub const MAX_WHITELIST_RULES: u32 = 65_536;
 pub const MAX_NODES: u32 = 4096;
-/// Flows tracked per node (each has a forward and a reverse entry).
-pub const MAX_FLOWS: u32 = 1 << 20;
+/// Conntrack capacity (each flow has a forward and a reverse entry): twice the 1M flows a
+/// node is planned for, so that at the planned load the LRU maps do not evict live flows.
+pub const MAX_FLOWS: u32 = 1 << 21;
 
 /// XDP program on the host side of a VM NIC.
 pub const PROG_XDP: &str = "vpcep_xdp";
 /// TC ingress program on the host side of a VM NIC (packets coming from the VM).
 pub const PROG_TC_INGRESS: &str = "vpcep_tc_ingress";
 
+/// Programs that do nothing: the baselines benchmarks measure against.
+pub const PROG_NOOP_XDP: &str = "vpcep_noop_xdp";
+pub const PROG_NOOP_TC: &str = "vpcep_noop_tc";
+
 /// Every program the userspace expects in the object file.
-pub const ALL_PROGRAMS: &[&str] = &[PROG_XDP, PROG_TC_INGRESS];
+pub const ALL_PROGRAMS: &[&str] = &[PROG_XDP, PROG_TC_INGRESS, PROG_NOOP_XDP, PROG_NOOP_TC];

@@ -51,6 +51,18 @@ mod programs {
         }
     }
 
+    /// Baseline for benchmarks: the cost of running any XDP program at all.
+    #[xdp]
+    pub fn vpcep_noop_xdp(_ctx: XdpContext) -> u32 {
+        xdp_action::XDP_PASS
+    }
+
+    /// Baseline for benchmarks: the cost of running any TC program at all.
+    #[classifier]
+    pub fn vpcep_noop_tc(_ctx: TcContext) -> i32 {
+        TC_ACT_OK
+    }
+
     #[classifier]
     pub fn vpcep_tc_ingress(ctx: TcContext) -> i32 {
         // Headers of a VM's packet are normally linear; pull them in when they are not.

@@ -300,7 +300,9 @@ fn allocate(
             proto: key.proto,
             _pad: [0; 3],
         };
-        if CT_REV.insert(rk, value, BPF_NOEXIST as u64).is_ok() {
+        // Look before inserting: a failed insert into an LRU map still takes and returns
+        // a free element, which costs more than the lookup.
+        if CT_REV.get_ptr(rk).is_none() && CT_REV.insert(rk, value, BPF_NOEXIST as u64).is_ok() {
             return Ok(rk);
         }
         // Taken: reuse it only if the flow holding it is gone or idle past its timeout.

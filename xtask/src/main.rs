@@ -61,12 +61,28 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Benchmarks (release builds, root): `dataplane` (ns/packet through
+    /// BPF_PROG_TEST_RUN next to a no-op program), `api` (requests/s and latency on SQLite
+    /// and PostgreSQL), or `all`. Don't run them while something else is building.
+    Bench {
+        #[arg(value_enum, default_value = "all")]
+        what: BenchKind,
+    },
     /// Formatting check and clippy with -D warnings: the host crates, then the eBPF crate
     /// for the bpf target in its own pass.
     Lint,
     /// Create or destroy a network namespace by hand (tests use the library guards).
     #[command(subcommand)]
     Netns(NetnsCmd),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BenchKind {
+    Dataplane,
+    Api,
+    /// Bulk TCP with the TC or XDP program on a veth, next to plain routing.
+    Hooks,
+    All,
 }
 
 #[derive(Subcommand)]
@@ -99,6 +115,7 @@ fn run_cli(cli: Cli) -> Result<()> {
         } => run(&iface, config.as_deref(), mode, duration),
         Cmd::Test { no_aarch64, args } => test(no_aarch64, &args),
         Cmd::Lint => lint(),
+        Cmd::Bench { what } => bench(what),
         Cmd::Netns(cmd) => netns(cmd),
     }
 }
@@ -203,6 +220,13 @@ fn test(no_aarch64: bool, args: &[String]) -> Result<()> {
     sh(cargo()
         .args(["test", "--workspace", "--no-fail-fast"])
         .args(args))?;
+    if args.is_empty() {
+        // The official SDK, unchanged, against the API server.
+        sh(cargo()
+            .args(["test", "--package", "vpcep-tests", "--test", "api"])
+            .args(["official_python_sdk", "--", "--ignored"])
+            .env("VPCEP_SDK_PYTHON", setup::sdk_python()))?;
+    }
     if !no_aarch64 {
         test_aarch64()?;
     }
@@ -245,6 +269,48 @@ fn test_aarch64() -> Result<()> {
     let out = Command::new("file").arg(&bin).output();
     if let Ok(out) = out {
         print!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+    Ok(())
+}
+
+fn bench(what: BenchKind) -> Result<()> {
+    setup::ensure()?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmarks load BPF programs and start PostgreSQL: run as root");
+    }
+    let all = what == BenchKind::All;
+    if all || what == BenchKind::Hooks {
+        println!("== hooks: bulk TCP through a routing namespace, per hook on the veth");
+        build(false)?;
+        sh(Command::new("bash")
+            .arg(workspace_root().join("xtask/bench-hooks.sh"))
+            .arg(workspace_root().join("target/release/vpcep")))?;
+    }
+    if all || what == BenchKind::Dataplane {
+        println!("== dataplane: ns/packet, 10,000 endpoints and 1,000,000 flows loaded");
+        sh(cargo().args(["bench", "--package", "vpcep-tests", "--bench", "dataplane"]))?;
+    }
+    if what != BenchKind::Dataplane {
+        println!(
+            "== api: requests/s and latency, SQLite then PostgreSQL (load generator in-process)"
+        );
+        sh(cargo()
+            .args([
+                "test",
+                "--release",
+                "--package",
+                "vpcep-tests",
+                "--test",
+                "api",
+            ])
+            .args([
+                "bench_report",
+                "--",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ]))?;
     }
     Ok(())
 }

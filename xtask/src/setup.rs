@@ -42,7 +42,39 @@ pub fn ensure() -> Result<()> {
     nightly()?;
     aarch64_target()?;
     bpf_linker()?;
+    sdk_venv()?;
     Ok(())
+}
+
+/// The official VPCEP Python SDK, pinned, that the compatibility test drives the API with.
+pub const SDK_PACKAGE: &str = "huaweicloudsdkvpcep==3.1.219";
+
+/// Python of the virtualenv holding the official SDK.
+pub fn sdk_python() -> std::path::PathBuf {
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    std::path::PathBuf::from(home).join(".cache/vpcep/sdk-venv/bin/python")
+}
+
+fn sdk_venv() -> Result<()> {
+    let python = sdk_python();
+    let ok = Command::new(&python)
+        .args(["-c", "import huaweicloudsdkvpcep.v1"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Ok(());
+    }
+    let venv = python
+        .parent()
+        .and_then(|p| p.parent())
+        .context("venv path")?
+        .to_path_buf();
+    println!(
+        "setup: installing the official SDK ({SDK_PACKAGE}) into {} for the API compatibility test",
+        venv.display()
+    );
+    sh(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    sh(Command::new(venv.join("bin/pip")).args(["install", "-q", SDK_PACKAGE]))
 }
 
 fn output(cmd: &mut Command) -> Option<String> {

@@ -80,7 +80,16 @@ impl Dataplane {
 
     /// The XDP program, loaded into the kernel.
     pub fn xdp(&mut self) -> Result<&mut Xdp, DataplaneError> {
-        let name = maps::PROG_XDP;
+        self.xdp_named(maps::PROG_XDP)
+    }
+
+    /// The TC ingress program, loaded into the kernel.
+    pub fn tc_ingress(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
+        self.tc_named(maps::PROG_TC_INGRESS)
+    }
+
+    /// An XDP program of the object by name (e.g. the no-op baseline), loaded.
+    pub fn xdp_named(&mut self, name: &'static str) -> Result<&mut Xdp, DataplaneError> {
         let prog: &mut Xdp = self
             .ebpf
             .program_mut(name)
@@ -94,9 +103,8 @@ impl Dataplane {
         Ok(prog)
     }
 
-    /// The TC ingress program, loaded into the kernel.
-    pub fn tc_ingress(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
-        let name = maps::PROG_TC_INGRESS;
+    /// A TC program of the object by name (e.g. the no-op baseline), loaded.
+    pub fn tc_named(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DataplaneError> {
         let prog: &mut SchedClassifier = self
             .ebpf
             .program_mut(name)

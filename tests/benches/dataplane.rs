@@ -1,0 +1,361 @@
+//! `cargo xtask bench dataplane`: ns/packet of the TC and XDP programs through
+//! BPF_PROG_TEST_RUN, with 10,000 endpoints and 1,000,000 conntrack entries loaded, next
+//! to a no-op program on the same hook measured in the same run.
+//!
+//! Paths that leave the packet unchanged run with `repeat` = 1,000,000 in one call. A
+//! test run rewrites the same buffer on every repeat, so a translated packet would take
+//! another path on its second pass; translating paths are therefore timed as 1,000,000
+//! single runs (repeat = 1), each on a fresh copy of the packet, and compared with the
+//! no-op timed the same way (the per-run timer overhead is in both).
+use std::time::Instant;
+
+use aya::programs::{TestRun, TestRunOptions};
+use vpcep::dataplane::Dataplane;
+use vpcep_common::{
+    endpoint::*,
+    maps,
+    stats::{Hook, Reason},
+};
+use vpcep_tests::fastpath::*;
+
+const ENDPOINTS: u32 = 10_000;
+/// Conntrack entries loaded before measuring (`VPCEP_BENCH_FLOWS` overrides, to compare).
+fn flows() -> u32 {
+    std::env::var("VPCEP_BENCH_FLOWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
+const RUNS: u32 = 1_000_000;
+// Enough backends that 1e6 new flows fill each one's SNAT port space only to ~50%.
+const BACKENDS: u32 = 32;
+
+enum Prog {
+    Tc(&'static str),
+    Xdp(&'static str),
+}
+
+fn ctx_for(prog: &Prog, ifindex: u32, len: usize) -> Vec<u8> {
+    match prog {
+        Prog::Tc(_) => {
+            let mut c = vec![0u8; 192];
+            c[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+            c
+        }
+        Prog::Xdp(_) => {
+            let mut c = vec![0u8; 24];
+            c[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
+            c[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+            c
+        }
+    }
+}
+
+/// One test run; returns the kernel's ns/run and the return value.
+fn run(dp: &mut Dataplane, prog: &Prog, ifindex: u32, frame: &[u8], repeat: u32) -> (f64, u32) {
+    let ctx = ctx_for(prog, ifindex, frame.len());
+    let mut out = vec![0u8; frame.len() + 256];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: Some(&ctx),
+        repeat,
+        ..Default::default()
+    };
+    let r = match prog {
+        Prog::Tc(name) => dp.tc_named(name).unwrap().test_run(opts),
+        Prog::Xdp(name) => dp.xdp_named(name).unwrap().test_run(opts),
+    }
+    .unwrap();
+    (r.duration.as_nanos() as f64, r.return_value)
+}
+
+/// Mean kernel ns/run over `RUNS` single runs, the frame for run `i` from `frame(i)`.
+fn singles(
+    dp: &mut Dataplane,
+    prog: &Prog,
+    ifindex: u32,
+    mut frame: impl FnMut(u32) -> Vec<u8>,
+) -> f64 {
+    let mut total = 0.0;
+    for i in 0..RUNS {
+        total += run(dp, prog, ifindex, &frame(i), 1).0;
+    }
+    total / RUNS as f64
+}
+
+fn ep_ip(k: u32) -> [u8; 4] {
+    [10, 1, (k / 256) as u8, (k % 256) as u8]
+}
+
+fn backend_ip(b: u32) -> [u8; 4] {
+    [10, 2, 0, 10 + b as u8]
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn count(dp: &Dataplane, r: Reason) -> u64 {
+    dp.counter(Hook::TcIngress, r).unwrap().packets
+}
+
+fn bench(n: &Nics) {
+    let mut dp = scenario(n, 1024, 65535);
+    let t = Instant::now();
+    for b in 0..BACKENDS {
+        dp.set_service(
+            100 + b,
+            Service {
+                backend_ip_be: be(backend_ip(b)),
+                backend_vpc_id: 2,
+                ifindex: n.b,
+                remote_node_be: 0,
+                backend_mac: B_MAC,
+                location: SVC_LOCAL,
+                tcp_proxy: TCP_PROXY_CLOSE,
+            },
+        )
+        .unwrap();
+        dp.set_port(
+            port(100 + b, 8080, IPPROTO_TCP),
+            PortTarget {
+                server_port_be: 80u16.to_be(),
+                _pad: 0,
+            },
+        )
+        .unwrap();
+    }
+    for k in 0..ENDPOINTS {
+        dp.set_endpoint(
+            ep_key(ep_ip(k)),
+            Endpoint {
+                endpoint_id: 100 + k,
+                service_id: 100 + k % BACKENDS,
+                marker_id: k,
+                flags: EP_ACCEPTED | EP_PERMITTED,
+            },
+        )
+        .unwrap();
+    }
+    let now = monotonic_ns();
+    let total_flows = flows();
+    for i in 0..total_flows {
+        let k = i % ENDPOINTS;
+        let key = FlowKey {
+            vpc_id: 1,
+            src_be: be([10, 0, (i >> 16) as u8 + 10, 2]),
+            dst_be: be(ep_ip(k)),
+            sport_be: (i as u16).to_be(),
+            dport_be: 8080u16.to_be(),
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        let rev = RevKey {
+            snat_be: be(SNAT_IP),
+            backend_be: be([10, 3, (i >> 16) as u8, 1]),
+            snat_port_be: (i as u16).to_be(),
+            backend_port_be: 80u16.to_be(),
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        dp.insert_flow(
+            key,
+            FlowEntry {
+                rev,
+                endpoint_id: 100 + k,
+                service_id: 100 + k % BACKENDS,
+                out_ifindex: n.b,
+                state: CT_TCP_ESTABLISHED,
+                fin: 0,
+                _pad: [0; 2],
+                last_seen_ns: now,
+            },
+        )
+        .unwrap();
+        dp.insert_rev(
+            rev,
+            RevEntry {
+                fwd: key,
+                consumer_ifindex: n.c,
+                consumer_mac: C_MAC,
+                _pad: [0; 2],
+            },
+        )
+        .unwrap();
+    }
+    println!(
+        "loaded {ENDPOINTS} endpoints and {total_flows} flows ({} conntrack entries) in {:.1} s",
+        2 * total_flows,
+        t.elapsed().as_secs_f64()
+    );
+
+    // The measured flow, established through the programs themselves.
+    let syn = tcp(C_MAC, VMAC, C_IP, EP_IP, 33000, 8080, SYN, b"");
+    let out = run_tc(&mut dp, n.c, &syn).out;
+    let snat_port = u16::from_be_bytes([out[34], out[35]]);
+    run_tc(
+        &mut dp,
+        n.b,
+        &tcp(B_MAC, VMAC, B_IP, SNAT_IP, 80, snat_port, SYN | ACK, b""),
+    );
+    let fwd = tcp(C_MAC, VMAC, C_IP, EP_IP, 33000, 8080, ACK, &[0x55; 64]);
+    let reply = tcp(B_MAC, VMAC, B_IP, SNAT_IP, 80, snat_port, ACK, &[0x55; 64]);
+    let other = tcp(
+        C_MAC,
+        VMAC,
+        C_IP,
+        [10, 0, 0, 9],
+        33000,
+        8080,
+        ACK,
+        &[0x55; 64],
+    );
+    let pending = tcp(C_MAC, VMAC, C_IP, EP_PENDING, 33000, 8080, SYN, b"");
+
+    let noop_tc = Prog::Tc(maps::PROG_NOOP_TC);
+    let tc = Prog::Tc(maps::PROG_TC_INGRESS);
+    let noop_xdp = Prog::Xdp(maps::PROG_NOOP_XDP);
+    let xdp = Prog::Xdp(maps::PROG_XDP);
+    let rep = 1_000_000;
+
+    let mut rows: Vec<(String, f64, f64, &str)> = Vec::new();
+    // Repeat mode: unchanged packets.
+    let base = run(&mut dp, &noop_tc, n.c, &other, rep).0;
+    rows.push(("tc  no-op (repeat 1e6)".into(), base, base, ""));
+    let c0 = count(&dp, Reason::PassTcp);
+    let v = run(&mut dp, &tc, n.c, &other, rep).0;
+    assert_eq!(count(&dp, Reason::PassTcp) - c0, rep as u64);
+    rows.push((
+        "tc  non-endpoint pass-through (repeat 1e6)".into(),
+        v,
+        base,
+        "",
+    ));
+    let c0 = count(&dp, Reason::DropNotAccepted);
+    let v = run(&mut dp, &tc, n.c, &pending, rep).0;
+    assert_eq!(count(&dp, Reason::DropNotAccepted) - c0, rep as u64);
+    rows.push(("tc  dropped not-accepted (repeat 1e6)".into(), v, base, ""));
+
+    // Single runs: translating paths.
+    let base1 = singles(&mut dp, &noop_tc, n.c, |_| fwd.clone());
+    rows.push(("tc  no-op (1e6 single runs)".into(), base1, base1, ""));
+    let v = singles(&mut dp, &tc, n.c, |_| other.clone());
+    rows.push((
+        "tc  non-endpoint pass-through (1e6 single runs)".into(),
+        v,
+        base1,
+        "",
+    ));
+    let c0 = count(&dp, Reason::FwdEstablished);
+    let v = singles(&mut dp, &tc, n.c, |_| fwd.clone());
+    assert_eq!(
+        count(&dp, Reason::FwdEstablished) - c0,
+        RUNS as u64,
+        "established path not taken"
+    );
+    rows.push((
+        "tc  established consumer → backend".into(),
+        v,
+        base1,
+        "≤ no-op + 40",
+    ));
+    let c0 = count(&dp, Reason::RevReply);
+    let v = singles(&mut dp, &tc, n.b, |_| reply.clone());
+    assert_eq!(
+        count(&dp, Reason::RevReply) - c0,
+        RUNS as u64,
+        "reply path not taken"
+    );
+    rows.push((
+        "tc  established reply backend → consumer".into(),
+        v,
+        base1,
+        "≤ no-op + 40",
+    ));
+    // New flows, twice: the first million take conntrack elements the kernel has never
+    // touched (on a VM whose memory the host backs lazily, each fresh page costs a host
+    // fault); the second million reuse elements, as a node in steady state does.
+    for (round, label) in [(0u32, "first use of map memory"), (1, "steady state")] {
+        if round == 1 {
+            // Steady state: earlier flows have gone idle, so their SNAT ports and
+            // conntrack elements are reused (a zero SYN timeout makes them idle now).
+            let mut node = node(1024, 65535);
+            node.timeouts.tcp_syn = 0;
+            dp.set_node(node).unwrap();
+        }
+        let c0 = count(&dp, Reason::FwdNewFlow);
+        let v = singles(&mut dp, &tc, n.c, |i| {
+            let k = i % ENDPOINTS;
+            let sport = 1024 + (round * (RUNS / ENDPOINTS + 1) + i / ENDPOINTS) as u16;
+            tcp(C_MAC, VMAC, C_IP, ep_ip(k), sport, 8080, SYN, b"")
+        });
+        let new = count(&dp, Reason::FwdNewFlow) - c0;
+        assert!(
+            new >= RUNS as u64 * 99 / 100,
+            "only {new} of {RUNS} SYNs created flows"
+        );
+        rows.push((
+            format!("tc  new TCP flow (SYN), {label}"),
+            v,
+            base1,
+            "≤ 400",
+        ));
+    }
+
+    let xbase = run(&mut dp, &noop_xdp, n.c, &other, rep).0;
+    rows.push(("xdp no-op (repeat 1e6)".into(), xbase, xbase, ""));
+    let v = run(&mut dp, &xdp, n.c, &other, rep).0;
+    rows.push((
+        "xdp non-endpoint pass-through (repeat 1e6)".into(),
+        v,
+        xbase,
+        "",
+    ));
+    let v = run(&mut dp, &xdp, n.c, &pending, rep).0;
+    rows.push(("xdp dropped not-accepted (repeat 1e6)".into(), v, xbase, ""));
+    let v = run(&mut dp, &xdp, n.c, &fwd, rep).0;
+    rows.push((
+        "xdp endpoint early checks, pass to TC (repeat 1e6)".into(),
+        v,
+        xbase,
+        "",
+    ));
+
+    println!(
+        "\n{:<52} {:>9} {:>12}  target",
+        "case", "ns/pkt", "vs no-op"
+    );
+    for (name, ns, base, target) in &rows {
+        println!("{name:<52} {ns:>9.1} {:>+12.1}  {target}", ns - base);
+    }
+    let flows = dp.flows().map(|f| f.len()).unwrap_or(0);
+    println!(
+        "\nconntrack forward entries after the run: {flows} (LRU, capacity {})",
+        maps::MAX_FLOWS
+    );
+}
+
+fn main() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "the dataplane benchmark loads BPF programs: run as root (cargo xtask bench dataplane)"
+        );
+        std::process::exit(1);
+    }
+    let (ns, nics) = namespace();
+    let result = ns.run(|| bench(&nics));
+    // Remove the namespace before exiting (exit skips destructors).
+    drop(ns);
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
