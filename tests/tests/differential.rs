@@ -323,7 +323,30 @@ fn packet(rng: &mut Rng, m: &Model, nics: &Nics) -> (u32, Vec<u8>) {
     let consumers = [(nics.c, MACS[0], IPS[0]), (nics.x, MACS[1], IPS[1])];
     let (cif, cmac, cip) = rng.pick(&consumers);
     let kind = rng.below(100);
-    let mut f = if kind < 15 && !m.fwd.is_empty() {
+    let mut f = if kind < 4 && !m.fwd.is_empty() {
+        // A consumer's ICMP error about a reply it got on a live flow.
+        let (k, _) = m
+            .fwd
+            .iter()
+            .nth(rng.below(m.fwd.len() as u64) as usize)
+            .unwrap();
+        let (src, ep) = (k.src_be.to_ne_bytes(), k.dst_be.to_ne_bytes());
+        let (sport, dport) = (u16::from_be(k.sport_be), u16::from_be(k.dport_be));
+        let smac = if src == IPS[1] { MACS[1] } else { MACS[0] };
+        let reply_l4 = if k.proto == IPPROTO_TCP {
+            tcp_l4(rng, dport, sport)
+        } else {
+            udp_l4(rng, dport, sport)
+        };
+        let reply = ipv4(rng, [2, 0xfe, 0, 0, 0, 1], ep, src, k.proto, &reply_l4);
+        let mut i = vec![3u8, rng.pick(&[3u8, 4, 1]), 0, 0, 0, 0, 5, 0x78];
+        i.extend_from_slice(&reply[14..14 + 28.min(reply.len() - 14)]);
+        let c = !vpcep_tests::packets::ones_complement_sum(&i);
+        i[2..4].copy_from_slice(&c.to_be_bytes());
+        let f = ipv4(rng, smac, src, ep, IPPROTO_ICMP, &i);
+        let ifx = if src == IPS[1] { nics.x } else { nics.c };
+        return (ifx, f);
+    } else if kind < 15 && !m.fwd.is_empty() {
         // More of a live flow from its consumer.
         let (k, _) = m
             .fwd
@@ -583,6 +606,7 @@ fn kernel_matches_reference_model() {
             Reason::FwdEstablished,
             Reason::RevReply,
             Reason::RevIcmpError,
+            Reason::FwdIcmpError,
             Reason::ArpReply,
             Reason::IcmpEchoReply,
             Reason::DropSnatExhausted,

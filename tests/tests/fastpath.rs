@@ -469,3 +469,43 @@ fn xdp_answers_and_drops_early_and_leaves_translation_to_tc() {
     })
     .unwrap();
 }
+
+#[test]
+fn icmp_error_from_consumer_reaches_backend_translated() {
+    require_root();
+    let (ns, n) = namespace();
+    ns.run(|| {
+        let mut dp = scenario(&n, PORT_LO, PORT_HI);
+        let q = udp(C_MAC, VMAC, C_IP, EP_IP, 41000, 5353, b"query");
+        let out = tc(&mut dp, n.c, &q, Reason::FwdNewFlow, TC_REDIRECT);
+        let snat_port = port_of(&out, 34);
+        let a = udp(B_MAC, VMAC, B_IP, SNAT_IP, 53, snat_port, b"late answer");
+        let delivered = tc(&mut dp, n.b, &a, Reason::RevReply, TC_REDIRECT);
+        // The consumer's socket is gone: port unreachable about what it received.
+        let mut err = icmp_frag_needed(C_MAC, C_IP, EP_IP, &delivered, 0);
+        err[35] = 3; // code: port unreachable
+        err[36..40].fill(0); // no next-hop MTU
+        let ic = 34;
+        err[ic + 2..ic + 4].fill(0);
+        let c = !vpcep_tests::packets::ones_complement_sum(&err[ic..]);
+        err[ic + 2..ic + 4].copy_from_slice(&c.to_be_bytes());
+        let fwd = tc(&mut dp, n.c, &err, Reason::FwdIcmpError, TC_REDIRECT);
+        assert_eq!(&fwd[0..6], &B_MAC);
+        assert_eq!(ip_of(&fwd, 26), SNAT_IP, "outer src");
+        assert_eq!(ip_of(&fwd, 30), B_IP, "outer dst");
+        let inner = 42;
+        assert_eq!(ip_of(&fwd, inner + 12), B_IP, "inner src");
+        assert_eq!(ip_of(&fwd, inner + 16), SNAT_IP, "inner dst");
+        assert_eq!(port_of(&fwd, inner + 20), 53);
+        assert_eq!(port_of(&fwd, inner + 22), snat_port);
+        let sum = vpcep_tests::packets::ones_complement_sum;
+        assert_eq!(sum(&fwd[inner..inner + 20]), 0xffff, "inner ip checksum");
+        assert_eq!(sum(&fwd[34..]), 0xffff, "icmp checksum");
+        // About a flow that does not exist: dropped.
+        let mut stray = delivered.clone();
+        stray[36..38].copy_from_slice(&1u16.to_be_bytes());
+        let err = icmp_frag_needed(C_MAC, C_IP, EP_IP, &stray, 1400);
+        tc(&mut dp, n.c, &err, Reason::DropIcmpNoFlow, TC_SHOT);
+    })
+    .unwrap();
+}

@@ -400,3 +400,152 @@ fn rejecting_mid_transfer_cuts_it() {
         "{stats:?}"
     );
 }
+
+/// Runs `f` on a new thread inside the namespace `name` (for servers that outlive a call).
+fn in_ns<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/run/netns/{name}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(path).unwrap();
+        // SAFETY: setns on this thread only.
+        assert_eq!(
+            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) },
+            0
+        );
+        f()
+    })
+}
+
+#[test]
+fn fragmentation_needed_from_backend_reaches_consumer_and_sets_path_mtu() {
+    use std::os::fd::AsRawFd;
+    let w = world(true, true);
+    // Backend side: capture the translated datagram as it arrives.
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let capture = in_ns(w.topo.vms[1].ns.name(), move || -> Option<Vec<u8>> {
+        // SAFETY: raw socket calls with valid buffers; fd closed below.
+        unsafe {
+            let fd = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_DGRAM,
+                (libc::ETH_P_IP as u16).to_be() as i32,
+            );
+            assert!(fd >= 0);
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 200_000,
+            };
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                size_of::<libc::timeval>() as u32,
+            );
+            ready_tx.send(()).unwrap();
+            let mut buf = vec![0u8; 2048];
+            let mut found = None;
+            for _ in 0..25 {
+                let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
+                // An IPv4 UDP datagram from the SNAT address to the backend's port 53.
+                if n >= 28
+                    && buf[9] == 17
+                    && buf[12..16] == [198, 19, 128, 10]
+                    && buf[22..24] == [0, 53]
+                {
+                    found = Some(buf[..28].to_vec());
+                    break;
+                }
+            }
+            libc::close(fd);
+            found
+        }
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    // Consumer side: a connected UDP socket with path-MTU discovery on.
+    let (sock_tx, sock_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let consumer = in_ns(w.topo.vms[0].ns.name(), move || -> i32 {
+        let s = UdpSocket::bind("10.0.0.2:0").unwrap();
+        let on: libc::c_int = libc::IP_PMTUDISC_DO;
+        // SAFETY: valid option value.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                (&raw const on).cast(),
+                4,
+            );
+        }
+        s.connect("10.0.0.100:5353").unwrap();
+        s.send(&[7u8; 1200]).unwrap();
+        sock_tx.send(()).unwrap();
+        // Wait for the error to be sent, then read the path MTU the kernel learned.
+        let _ = done_rx.recv_timeout(Duration::from_secs(10));
+        let mut mtu: libc::c_int = 0;
+        let mut len = 4u32;
+        for _ in 0..20 {
+            // SAFETY: valid out pointers.
+            unsafe {
+                libc::getsockopt(
+                    s.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    libc::IP_MTU,
+                    (&raw mut mtu).cast(),
+                    &mut len,
+                );
+            }
+            if mtu == 1400 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        mtu
+    });
+    sock_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let quoted = capture
+        .join()
+        .unwrap()
+        .expect("translated datagram not seen at the backend");
+    // Backend side: the router/host says "fragmentation needed, MTU 1400" to the sender.
+    let sent = in_ns(w.topo.vms[1].ns.name(), move || -> std::io::Result<()> {
+        let mut icmp = vec![3u8, 4, 0, 0, 0, 0];
+        icmp.extend_from_slice(&1400u16.to_be_bytes());
+        icmp.extend_from_slice(&quoted);
+        let c = !packets::ones_complement_sum(&icmp);
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        // SAFETY: raw ICMP socket; valid buffers; fd closed below.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut to: libc::sockaddr_in = std::mem::zeroed();
+            to.sin_family = libc::AF_INET as u16;
+            to.sin_addr.s_addr = u32::from_ne_bytes([198, 19, 128, 10]);
+            let rc = libc::sendto(
+                fd,
+                icmp.as_ptr().cast(),
+                icmp.len(),
+                0,
+                (&raw const to).cast(),
+                size_of::<libc::sockaddr_in>() as u32,
+            );
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if rc < 0 { Err(err) } else { Ok(()) }
+        }
+    });
+    sent.join().unwrap().unwrap();
+    done_tx.send(()).unwrap();
+    let mtu = consumer.join().unwrap();
+    assert_eq!(mtu, 1400, "consumer's path MTU to the endpoint");
+    let stats = w.dp.stats().unwrap();
+    assert!(
+        stats.contains_key(&("tc-ingress", Reason::RevIcmpError.name())),
+        "{stats:?}"
+    );
+}

@@ -428,6 +428,11 @@ impl Model {
             self.echo_reply(f, &p);
             return Ok((Reason::IcmpEchoReply, Verdict::Tx));
         }
+        if p.proto == IPPROTO_ICMP && !p.fragment && matches!(icmp_type(&p), 3 | 11) {
+            Self::check_source(f, &p, &nic)?;
+            check_endpoint(&ep)?;
+            return Ok((Reason::PassToTc, Verdict::Pass));
+        }
         self.check_forward(f, &p, &nic, &ep)?;
         Ok((Reason::PassToTc, Verdict::Pass))
     }
@@ -462,6 +467,17 @@ impl Model {
             Self::check_source(f, &p, &nic)?;
             self.echo_reply(f, &p);
             return Ok((Reason::IcmpEchoReply, Verdict::Tx));
+        }
+        if p.proto == IPPROTO_ICMP && !p.fragment && matches!(icmp_type(&p), 3 | 11) {
+            let len = f.len() as u64;
+            let r = Self::check_source(f, &p, &nic)
+                .and_then(|()| check_endpoint(&ep))
+                .and_then(|()| self.forward_error(f, &p, &nic, &ep, now));
+            match r {
+                Ok(_) => self.ep_count(ep.endpoint_id, len, 0),
+                Err(_) => self.ep_drop(ep.endpoint_id),
+            }
+            return Ok((Reason::FwdIcmpError, Verdict::Redirect(r?)));
         }
         let len = f.len() as u64;
         let r = self.forward(f, &p, &nic, &ep, ifindex, now);
@@ -766,5 +782,88 @@ impl Model {
         let id = self.fwd.get(&rv.fwd).map_or(0, |e| e.endpoint_id);
         self.ep_count(id, f.len() as u64, 0);
         Ok(rv.consumer_ifindex)
+    }
+
+    fn forward_error(
+        &self,
+        f: &mut [u8],
+        p: &Pkt,
+        nic: &LocalNic,
+        ep: &Endpoint,
+        now: u64,
+    ) -> Result<u32, Reason> {
+        let q = p.l4 + 8;
+        if !has(f, q, 20) {
+            return Err(Reason::DropTruncL4);
+        }
+        let vihl = f[q];
+        let proto = f[q + 9];
+        let isrc = rd32(f, q + 12).unwrap_or(0);
+        let idst = rd32(f, q + 16).unwrap_or(0);
+        let ihl = (vihl & 0x0f) as usize * 4;
+        if vihl >> 4 != 4 || ihl < 20 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
+            return Err(Reason::DropIcmpNoFlow);
+        }
+        if !has(f, q + ihl, 4) {
+            return Err(Reason::DropTruncL4);
+        }
+        let isport = rd16(f, q + ihl).unwrap_or(0);
+        let idport = rd16(f, q + ihl + 2).unwrap_or(0);
+        if isrc != p.dst || idst != p.src {
+            return Err(Reason::DropIcmpNoFlow);
+        }
+        let key = FlowKey {
+            vpc_id: nic.vpc_id,
+            src_be: idst,
+            dst_be: isrc,
+            sport_be: idport,
+            dport_be: isport,
+            proto,
+            _pad: [0; 3],
+        };
+        let fe = *self.fwd.get(&key).ok_or(Reason::DropIcmpNoFlow)?;
+        if fe.endpoint_id != ep.endpoint_id || expired(&fe, now, &self.node.timeouts) {
+            return Err(Reason::DropIcmpNoFlow);
+        }
+        let backend_mac = self
+            .services
+            .get(&fe.service_id)
+            .ok_or(Reason::DropNoService)?
+            .backend_mac;
+        if p.ttl <= 1 {
+            return Err(Reason::DropTtlExceeded);
+        }
+        let rev = fe.rev;
+        let inner_ip = csum::add(
+            csum::diff32(isrc, rev.backend_be),
+            csum::diff32(idst, rev.snat_be),
+        );
+        let old_check = rd16(f, q + 10).unwrap_or(0);
+        let new_check = csum::apply(old_check, inner_ip);
+        wr32(f, q + 12, rev.backend_be);
+        wr32(f, q + 16, rev.snat_be);
+        wr16(f, q + 10, new_check);
+        wr16(f, q + ihl, rev.backend_port_be);
+        wr16(f, q + ihl + 2, rev.snat_port_be);
+        let mut d = inner_ip;
+        d = csum::add(d, csum::diff16(old_check, new_check));
+        d = csum::add(d, csum::diff16(isport, rev.backend_port_be));
+        d = csum::add(d, csum::diff16(idport, rev.snat_port_be));
+        let ic = rd16(f, p.l4 + 2).unwrap_or(0);
+        wr16(f, p.l4 + 2, csum::apply(ic, d));
+        let mut o = csum::add(
+            csum::diff32(p.src, rev.snat_be),
+            csum::diff32(p.dst, rev.backend_be),
+        );
+        let old = u16::from_ne_bytes([f[22], f[23]]);
+        f[22] -= 1;
+        o = csum::add(o, csum::diff16(old, u16::from_ne_bytes([f[22], f[23]])));
+        let c = rd16(f, 24).unwrap_or(0);
+        wr16(f, 24, csum::apply(c, o));
+        wr32(f, 26, rev.snat_be);
+        wr32(f, 30, rev.backend_be);
+        f[0..6].copy_from_slice(&backend_mac);
+        f[6..12].copy_from_slice(&self.node.vmac);
+        Ok(fe.out_ifindex)
     }
 }

@@ -112,6 +112,8 @@ reasons! {
     RevIcmpError = 12 => "rev_icmp_error", false;
     /// XDP: endpoint traffic that passed the early checks, left for the TC program.
     PassToTc = 13 => "pass_to_tc", false;
+    /// ICMP error from a consumer about a translated flow: translated toward the backend.
+    FwdIcmpError = 14 => "fwd_icmp_error", false;
     /// No port mapping for (service, protocol, client port).
     DropNoPortMapping = 21 => "drop_no_port_mapping", true;
     /// The endpoint is not accepted (pending, rejected).
@@ -148,6 +150,8 @@ reasons! {
     DropNoService = 37 => "drop_no_service", true;
     /// A checksum or packet helper failed.
     DropHelper = 38 => "drop_helper", true;
+    /// ICMP error from a consumer to an endpoint about no live flow of that endpoint.
+    DropIcmpNoFlow = 39 => "drop_icmp_no_flow", true;
 }
 
 const _: () = {

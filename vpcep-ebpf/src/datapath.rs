@@ -10,6 +10,7 @@ use crate::{
     maps::{ENDPOINTS, LOCAL_NICS, NODE},
     nat,
     parse::{self, Frame, Parsed},
+    stats,
 };
 
 /// What to do with the packet.
@@ -77,6 +78,16 @@ pub fn tc_ingress(
         icmp::echo_reply(&frame, &pkt, &node)?;
         return Ok((Reason::IcmpEchoReply, Action::Tx));
     }
+    if pkt.proto == IPPROTO_ICMP && !pkt.fragment && icmp::is_error(&pkt) {
+        let r = nat::check_source(&frame, &pkt, &nic)
+            .and_then(|()| nat::check_endpoint(&ep))
+            .and_then(|()| icmp::forward_error(&frame, &pkt, &nic, &ep, &node));
+        match r {
+            Ok(_) => stats::endpoint(ep.endpoint_id, ctx.len() as u64, 0),
+            Err(_) => stats::endpoint_drop(ep.endpoint_id),
+        }
+        return Ok((Reason::FwdIcmpError, Action::Redirect(r?)));
+    }
     let (reason, out) = nat::forward(ctx, &frame, &pkt, &nic, &ep, ifindex, &node)?;
     Ok((reason, Action::Redirect(out)))
 }
@@ -109,6 +120,11 @@ pub fn xdp_ingress(frame: &Frame, ifindex: u32) -> Result<(Reason, Action), Reas
         nat::check_source(frame, &pkt, &nic)?;
         icmp::echo_reply(frame, &pkt, &node)?;
         return Ok((Reason::IcmpEchoReply, Action::Tx));
+    }
+    if pkt.proto == IPPROTO_ICMP && !pkt.fragment && icmp::is_error(&pkt) {
+        nat::check_source(frame, &pkt, &nic)?;
+        nat::check_endpoint(&ep)?;
+        return Ok((Reason::PassToTc, Action::Pass));
     }
     nat::check_forward(frame, &pkt, &nic, &ep)?;
     Ok((Reason::PassToTc, Action::Pass))

@@ -6,12 +6,14 @@
 //! TCP/UDP use partial offload), so these paths update them incrementally by hand.
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use vpcep_common::{
-    endpoint::{IPPROTO_TCP, IPPROTO_UDP, NodeConfig, RevEntry, RevKey},
+    endpoint::{
+        Endpoint, FlowKey, IPPROTO_TCP, IPPROTO_UDP, LocalNic, NodeConfig, RevEntry, RevKey,
+    },
     stats::Reason,
 };
 
 use crate::{
-    maps::CT_REV,
+    maps::{CT_FWD, CT_REV, SERVICES},
     nat,
     parse::{Frame, Ipv4Packet},
 };
@@ -173,4 +175,103 @@ pub fn reverse_error(
     // SAFETY: map value pointer from check_reverse.
     crate::stats::endpoint(unsafe { (*e).endpoint_id }, frame.len() as u64, 0);
     Ok(rv.consumer_ifindex)
+}
+
+/// Translates an ICMP error a consumer sends to an endpoint about a flow of that endpoint
+/// (e.g. port unreachable for a reply) toward the backend. Returns the backend NIC.
+#[inline(always)]
+pub fn forward_error(
+    frame: &Frame,
+    pkt: &Ipv4Packet,
+    nic: &LocalNic,
+    ep: &Endpoint,
+    node: &NodeConfig,
+) -> Result<u32, Reason> {
+    let inner_off = pkt.l4 + 8;
+    let q: *mut Quoted = frame.ptr_at(inner_off, Reason::DropTruncL4)?;
+    // SAFETY: bounds checked by ptr_at.
+    let (vihl, proto, isrc, idst) = unsafe {
+        (
+            (*q).vihl,
+            (*q).proto,
+            u32::from_ne_bytes((*q).src),
+            u32::from_ne_bytes((*q).dst),
+        )
+    };
+    let ihl = (vihl & 0x0f) as usize * 4;
+    if vihl >> 4 != 4 || ihl < 20 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
+        return Err(Reason::DropIcmpNoFlow);
+    }
+    let iports: *mut [u16; 2] = frame.ptr_at(inner_off + ihl, Reason::DropTruncL4)?;
+    // SAFETY: bounds checked by ptr_at.
+    let (isport, idport) = unsafe { ((*iports)[0], (*iports)[1]) };
+    // The quoted packet is one the consumer received: endpoint:port → consumer:port.
+    if isrc != pkt.dst || idst != pkt.src {
+        return Err(Reason::DropIcmpNoFlow);
+    }
+    let key = FlowKey {
+        vpc_id: nic.vpc_id,
+        src_be: idst,
+        dst_be: isrc,
+        sport_be: idport,
+        dport_be: isport,
+        proto,
+        _pad: [0; 3],
+    };
+    let fe = CT_FWD.get_ptr(key).ok_or(Reason::DropIcmpNoFlow)?;
+    // SAFETY: map value pointer from a successful lookup.
+    let fe = unsafe { *fe };
+    // SAFETY: no preconditions.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    if fe.endpoint_id != ep.endpoint_id || nat::expired(&fe, now, &node.timeouts) {
+        return Err(Reason::DropIcmpNoFlow);
+    }
+    let svc = SERVICES
+        .get_ptr(fe.service_id)
+        .ok_or(Reason::DropNoService)?;
+    // SAFETY: map value pointer from a successful lookup.
+    let backend_mac = unsafe { (*svc).backend_mac };
+    if pkt.ttl <= 1 {
+        return Err(Reason::DropTtlExceeded);
+    }
+    let rev = fe.rev;
+    let eth: *mut EthHdr = frame.ptr_at(0, Reason::DropTruncEth)?;
+    let ip: *mut Ipv4Hdr = frame.ptr_at(EthHdr::LEN, Reason::DropTruncIpv4)?;
+    let icmp: *mut [u8; 4] = frame.ptr_at(pkt.l4, Reason::DropTruncL4)?;
+    // SAFETY: every pointer was bounds checked by ptr_at above.
+    unsafe {
+        // Inner: endpoint:port → consumer:port becomes backend:port → SNAT:port.
+        let qi = &mut *q;
+        let mut inner_ip = csum::diff32(isrc, rev.backend_be);
+        inner_ip = csum::add(inner_ip, csum::diff32(idst, rev.snat_be));
+        let old_check = u16::from_ne_bytes(qi.check);
+        let new_check = csum::apply(old_check, inner_ip);
+        qi.src = rev.backend_be.to_ne_bytes();
+        qi.dst = rev.snat_be.to_ne_bytes();
+        qi.check = new_check.to_ne_bytes();
+        (*iports)[0] = rev.backend_port_be;
+        (*iports)[1] = rev.snat_port_be;
+        let mut d = inner_ip;
+        d = csum::add(d, csum::diff16(old_check, new_check));
+        d = csum::add(d, csum::diff16(isport, rev.backend_port_be));
+        d = csum::add(d, csum::diff16(idport, rev.snat_port_be));
+        let i = &mut *icmp;
+        let c = csum::apply(u16::from_ne_bytes([i[2], i[3]]), d).to_ne_bytes();
+        i[2] = c[0];
+        i[3] = c[1];
+        // Outer: consumer → endpoint becomes SNAT → backend, one hop less.
+        let h = &mut *ip;
+        let mut o = csum::diff32(pkt.src, rev.snat_be);
+        o = csum::add(o, csum::diff32(pkt.dst, rev.backend_be));
+        let old = u16::from_ne_bytes([h.ttl, h.proto]);
+        h.ttl -= 1;
+        o = csum::add(o, csum::diff16(old, u16::from_ne_bytes([h.ttl, h.proto])));
+        h.check = csum::apply(u16::from_ne_bytes(h.check), o).to_ne_bytes();
+        h.src_addr = rev.snat_be.to_ne_bytes();
+        h.dst_addr = rev.backend_be.to_ne_bytes();
+        let e = &mut *eth;
+        e.dst_addr = backend_mac;
+        e.src_addr = node.vmac;
+    }
+    Ok(fe.out_ifindex)
 }

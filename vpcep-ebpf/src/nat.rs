@@ -72,7 +72,7 @@ pub fn check_source(frame: &Frame, pkt: &Ipv4Packet, nic: &LocalNic) -> Result<(
 }
 
 #[inline(always)]
-fn check_endpoint(ep: &Endpoint) -> Result<(), Reason> {
+pub fn check_endpoint(ep: &Endpoint) -> Result<(), Reason> {
     if ep.flags & vpcep_common::endpoint::EP_ACCEPTED == 0 {
         return Err(Reason::DropNotAccepted);
     }
@@ -83,12 +83,23 @@ fn check_endpoint(ep: &Endpoint) -> Result<(), Reason> {
 }
 
 #[inline(always)]
-fn expired(e: &FlowEntry, now: u64, t: &Timeouts) -> bool {
+pub fn expired(e: &FlowEntry, now: u64, t: &Timeouts) -> bool {
+    // Separate loads: otherwise the optimiser turns the match into a stack read indexed by
+    // the state, which the verifier rejects (variable-offset stack access).
+    // SAFETY: plain reads of valid fields.
+    let (syn, est, closing, udp) = unsafe {
+        (
+            core::ptr::read_volatile(&t.tcp_syn),
+            core::ptr::read_volatile(&t.tcp_established),
+            core::ptr::read_volatile(&t.tcp_closing),
+            core::ptr::read_volatile(&t.udp),
+        )
+    };
     let secs = match e.state {
-        CT_TCP_SYN_SENT => t.tcp_syn,
-        CT_TCP_ESTABLISHED => t.tcp_established,
-        CT_TCP_CLOSING => t.tcp_closing,
-        _ => t.udp,
+        CT_TCP_SYN_SENT => syn,
+        CT_TCP_ESTABLISHED => est,
+        CT_TCP_CLOSING => closing,
+        _ => udp,
     };
     now.saturating_sub(e.last_seen_ns) > secs as u64 * NS_PER_SEC
 }
