@@ -16,7 +16,7 @@ use vpcep_common::{
     maps,
     stats::{Hook, Reason},
 };
-use vpcep_tests::fastpath::*;
+use vpcep_tests::{fastpath::*, monotonic_ns};
 
 const ENDPOINTS: u32 = 10_000;
 /// Conntrack entries loaded before measuring (`VPCEP_BENCH_FLOWS` overrides, to compare).
@@ -90,16 +90,6 @@ fn ep_ip(k: u32) -> [u8; 4] {
 
 fn backend_ip(b: u32) -> [u8; 4] {
     [10, 2, 0, 10 + b as u8]
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn count(dp: &Dataplane, r: Reason) -> u64 {

@@ -15,7 +15,7 @@ use vpcep_common::{
 };
 use vpcep_tests::{
     fastpath::{Nics, be, namespace, run_xdp, try_run_tc},
-    require_root,
+    monotonic_ns, require_root,
 };
 
 /// SplitMix64: small, seedable, good enough to drive a generator.
@@ -38,16 +38,6 @@ impl Rng {
     fn pick<T: Copy>(&mut self, v: &[T]) -> T {
         v[self.below(v.len() as u64) as usize]
     }
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 const MACS: [[u8; 6]; 4] = [

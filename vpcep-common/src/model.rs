@@ -251,6 +251,86 @@ fn rewrite(
     f[6..12].copy_from_slice(&src_mac);
 }
 
+/// The flow an ICMP error is about, from its quoted header.
+struct Quoted {
+    ihl: usize,
+    proto: u8,
+    src: u32,
+    dst: u32,
+    sport: u16,
+    dport: u16,
+}
+
+fn parse_quoted(f: &[u8], p: &Pkt, unknown: Reason) -> Result<Quoted, Reason> {
+    let q = p.l4 + 8;
+    if !has(f, q, 20) {
+        return Err(Reason::DropTruncL4);
+    }
+    let vihl = f[q];
+    let proto = f[q + 9];
+    let ihl = (vihl & 0x0f) as usize * 4;
+    if vihl >> 4 != 4 || ihl < 20 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
+        return Err(unknown);
+    }
+    if !has(f, q + ihl, 4) {
+        return Err(Reason::DropTruncL4);
+    }
+    Ok(Quoted {
+        ihl,
+        proto,
+        src: rd32(f, q + 12).unwrap_or(0),
+        dst: rd32(f, q + 16).unwrap_or(0),
+        sport: rd16(f, q + ihl).unwrap_or(0),
+        dport: rd16(f, q + ihl + 2).unwrap_or(0),
+    })
+}
+
+/// What a translated ICMP error becomes.
+struct ErrorRewrite {
+    inner_src: u32,
+    inner_dst: u32,
+    inner_sport: u16,
+    inner_dport: u16,
+    outer_src: u32,
+    outer_dst: u32,
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+}
+
+fn rewrite_error(f: &mut [u8], p: &Pkt, q: &Quoted, rw: &ErrorRewrite) {
+    let o = p.l4 + 8;
+    let inner_ip = csum::add(
+        csum::diff32(q.src, rw.inner_src),
+        csum::diff32(q.dst, rw.inner_dst),
+    );
+    let old_check = rd16(f, o + 10).unwrap_or(0);
+    let new_check = csum::apply(old_check, inner_ip);
+    wr32(f, o + 12, rw.inner_src);
+    wr32(f, o + 16, rw.inner_dst);
+    wr16(f, o + 10, new_check);
+    wr16(f, o + q.ihl, rw.inner_sport);
+    wr16(f, o + q.ihl + 2, rw.inner_dport);
+    let mut d = inner_ip;
+    d = csum::add(d, csum::diff16(old_check, new_check));
+    d = csum::add(d, csum::diff16(q.sport, rw.inner_sport));
+    d = csum::add(d, csum::diff16(q.dport, rw.inner_dport));
+    let ic = rd16(f, p.l4 + 2).unwrap_or(0);
+    wr16(f, p.l4 + 2, csum::apply(ic, d));
+    let mut od = csum::add(
+        csum::diff32(p.src, rw.outer_src),
+        csum::diff32(p.dst, rw.outer_dst),
+    );
+    let old = u16::from_ne_bytes([f[22], f[23]]);
+    f[22] -= 1;
+    od = csum::add(od, csum::diff16(old, u16::from_ne_bytes([f[22], f[23]])));
+    let c = rd16(f, 24).unwrap_or(0);
+    wr16(f, 24, csum::apply(c, od));
+    wr32(f, 26, rw.outer_src);
+    wr32(f, 30, rw.outer_dst);
+    f[0..6].copy_from_slice(&rw.dst_mac);
+    f[6..12].copy_from_slice(&rw.src_mac);
+}
+
 impl Model {
     fn count(&mut self, hook: Hook, reason: Reason, bytes: u64) {
         let c = self.stats.entry((hook as u32, reason as u32)).or_default();
@@ -721,32 +801,16 @@ impl Model {
         ifindex: u32,
         now: u64,
     ) -> Result<u32, Reason> {
-        let q = p.l4 + 8;
-        if !has(f, q, 20) {
-            return Err(Reason::DropTruncL4);
-        }
-        let vihl = f[q];
-        let proto = f[q + 9];
-        let isrc = rd32(f, q + 12).unwrap_or(0);
-        let idst = rd32(f, q + 16).unwrap_or(0);
-        let ihl = (vihl & 0x0f) as usize * 4;
-        if vihl >> 4 != 4 || ihl < 20 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
-            return Err(Reason::DropNoReverseFlow);
-        }
-        if !has(f, q + ihl, 4) {
-            return Err(Reason::DropTruncL4);
-        }
-        let isport = rd16(f, q + ihl).unwrap_or(0);
-        let idport = rd16(f, q + ihl + 2).unwrap_or(0);
-        if isrc != p.dst {
+        let q = parse_quoted(f, p, Reason::DropNoReverseFlow)?;
+        if q.src != p.dst {
             return Err(Reason::DropNoReverseFlow);
         }
         let rk = RevKey {
-            snat_be: isrc,
-            backend_be: idst,
-            snat_port_be: isport,
-            backend_port_be: idport,
-            proto,
+            snat_be: q.src,
+            backend_be: q.dst,
+            snat_port_be: q.sport,
+            backend_port_be: q.dport,
+            proto: q.proto,
             _pad: [0; 3],
         };
         let rv = *self.rev.get(&rk).ok_or(Reason::DropNoReverseFlow)?;
@@ -755,30 +819,21 @@ impl Model {
             return Err(Reason::DropTtlExceeded);
         }
         let (consumer, endpoint) = (rv.fwd.src_be, rv.fwd.dst_be);
-        let inner_ip = csum::add(csum::diff32(isrc, consumer), csum::diff32(idst, endpoint));
-        let old_check = rd16(f, q + 10).unwrap_or(0);
-        let new_check = csum::apply(old_check, inner_ip);
-        wr32(f, q + 12, consumer);
-        wr32(f, q + 16, endpoint);
-        wr16(f, q + 10, new_check);
-        wr16(f, q + ihl, rv.fwd.sport_be);
-        wr16(f, q + ihl + 2, rv.fwd.dport_be);
-        let mut d = inner_ip;
-        d = csum::add(d, csum::diff16(old_check, new_check));
-        d = csum::add(d, csum::diff16(isport, rv.fwd.sport_be));
-        d = csum::add(d, csum::diff16(idport, rv.fwd.dport_be));
-        let ic = rd16(f, p.l4 + 2).unwrap_or(0);
-        wr16(f, p.l4 + 2, csum::apply(ic, d));
-        let mut o = csum::add(csum::diff32(p.src, endpoint), csum::diff32(p.dst, consumer));
-        let old = u16::from_ne_bytes([f[22], f[23]]);
-        f[22] -= 1;
-        o = csum::add(o, csum::diff16(old, u16::from_ne_bytes([f[22], f[23]])));
-        let c = rd16(f, 24).unwrap_or(0);
-        wr16(f, 24, csum::apply(c, o));
-        wr32(f, 26, endpoint);
-        wr32(f, 30, consumer);
-        f[0..6].copy_from_slice(&rv.consumer_mac);
-        f[6..12].copy_from_slice(&self.node.vmac);
+        rewrite_error(
+            f,
+            p,
+            &q,
+            &ErrorRewrite {
+                inner_src: consumer,
+                inner_dst: endpoint,
+                inner_sport: rv.fwd.sport_be,
+                inner_dport: rv.fwd.dport_be,
+                outer_src: endpoint,
+                outer_dst: consumer,
+                dst_mac: rv.consumer_mac,
+                src_mac: self.node.vmac,
+            },
+        );
         let id = self.fwd.get(&rv.fwd).map_or(0, |e| e.endpoint_id);
         self.ep_count(id, f.len() as u64, 0);
         Ok(rv.consumer_ifindex)
@@ -792,33 +847,17 @@ impl Model {
         ep: &Endpoint,
         now: u64,
     ) -> Result<u32, Reason> {
-        let q = p.l4 + 8;
-        if !has(f, q, 20) {
-            return Err(Reason::DropTruncL4);
-        }
-        let vihl = f[q];
-        let proto = f[q + 9];
-        let isrc = rd32(f, q + 12).unwrap_or(0);
-        let idst = rd32(f, q + 16).unwrap_or(0);
-        let ihl = (vihl & 0x0f) as usize * 4;
-        if vihl >> 4 != 4 || ihl < 20 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
-            return Err(Reason::DropIcmpNoFlow);
-        }
-        if !has(f, q + ihl, 4) {
-            return Err(Reason::DropTruncL4);
-        }
-        let isport = rd16(f, q + ihl).unwrap_or(0);
-        let idport = rd16(f, q + ihl + 2).unwrap_or(0);
-        if isrc != p.dst || idst != p.src {
+        let q = parse_quoted(f, p, Reason::DropIcmpNoFlow)?;
+        if q.src != p.dst || q.dst != p.src {
             return Err(Reason::DropIcmpNoFlow);
         }
         let key = FlowKey {
             vpc_id: nic.vpc_id,
-            src_be: idst,
-            dst_be: isrc,
-            sport_be: idport,
-            dport_be: isport,
-            proto,
+            src_be: q.dst,
+            dst_be: q.src,
+            sport_be: q.dport,
+            dport_be: q.sport,
+            proto: q.proto,
             _pad: [0; 3],
         };
         let fe = *self.fwd.get(&key).ok_or(Reason::DropIcmpNoFlow)?;
@@ -834,36 +873,21 @@ impl Model {
             return Err(Reason::DropTtlExceeded);
         }
         let rev = fe.rev;
-        let inner_ip = csum::add(
-            csum::diff32(isrc, rev.backend_be),
-            csum::diff32(idst, rev.snat_be),
+        rewrite_error(
+            f,
+            p,
+            &q,
+            &ErrorRewrite {
+                inner_src: rev.backend_be,
+                inner_dst: rev.snat_be,
+                inner_sport: rev.backend_port_be,
+                inner_dport: rev.snat_port_be,
+                outer_src: rev.snat_be,
+                outer_dst: rev.backend_be,
+                dst_mac: backend_mac,
+                src_mac: self.node.vmac,
+            },
         );
-        let old_check = rd16(f, q + 10).unwrap_or(0);
-        let new_check = csum::apply(old_check, inner_ip);
-        wr32(f, q + 12, rev.backend_be);
-        wr32(f, q + 16, rev.snat_be);
-        wr16(f, q + 10, new_check);
-        wr16(f, q + ihl, rev.backend_port_be);
-        wr16(f, q + ihl + 2, rev.snat_port_be);
-        let mut d = inner_ip;
-        d = csum::add(d, csum::diff16(old_check, new_check));
-        d = csum::add(d, csum::diff16(isport, rev.backend_port_be));
-        d = csum::add(d, csum::diff16(idport, rev.snat_port_be));
-        let ic = rd16(f, p.l4 + 2).unwrap_or(0);
-        wr16(f, p.l4 + 2, csum::apply(ic, d));
-        let mut o = csum::add(
-            csum::diff32(p.src, rev.snat_be),
-            csum::diff32(p.dst, rev.backend_be),
-        );
-        let old = u16::from_ne_bytes([f[22], f[23]]);
-        f[22] -= 1;
-        o = csum::add(o, csum::diff16(old, u16::from_ne_bytes([f[22], f[23]])));
-        let c = rd16(f, 24).unwrap_or(0);
-        wr16(f, 24, csum::apply(c, o));
-        wr32(f, 26, rev.snat_be);
-        wr32(f, 30, rev.backend_be);
-        f[0..6].copy_from_slice(&backend_mac);
-        f[6..12].copy_from_slice(&self.node.vmac);
         Ok(fe.out_ifindex)
     }
 }

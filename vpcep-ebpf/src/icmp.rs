@@ -80,19 +80,24 @@ struct Quoted {
     dst: [u8; 4],
 }
 
-/// Translates an ICMP error sent by a backend to a SNAT address back to the consumer.
-/// Returns the consumer NIC to redirect to.
+/// The flow an ICMP error is about, from its quoted header (raw addresses and ports).
+struct QuotedFlow {
+    ihl: usize,
+    proto: u8,
+    src: u32,
+    dst: u32,
+    sport: u16,
+    dport: u16,
+}
+
+/// Parses the quoted TCP/UDP header; anything else is `unknown` (the reason for an error
+/// about no flow of ours).
 #[inline(always)]
-pub fn reverse_error(
-    frame: &Frame,
-    pkt: &Ipv4Packet,
-    ifindex: u32,
-    node: &NodeConfig,
-) -> Result<u32, Reason> {
-    let inner_off = pkt.l4 + 8;
-    let q: *mut Quoted = frame.ptr_at(inner_off, Reason::DropTruncL4)?;
+fn parse_quoted(frame: &Frame, pkt: &Ipv4Packet, unknown: Reason) -> Result<QuotedFlow, Reason> {
+    let off = pkt.l4 + 8;
+    let q: *const Quoted = frame.ptr_at(off, Reason::DropTruncL4)?;
     // SAFETY: bounds checked by ptr_at.
-    let (vihl, proto, isrc, idst) = unsafe {
+    let (vihl, proto, src, dst) = unsafe {
         (
             (*q).vihl,
             (*q).proto,
@@ -102,21 +107,107 @@ pub fn reverse_error(
     };
     let ihl = (vihl & 0x0f) as usize * 4;
     if vihl >> 4 != 4 || ihl < 20 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
-        return Err(Reason::DropNoReverseFlow);
+        return Err(unknown);
     }
-    let iports: *mut [u16; 2] = frame.ptr_at(inner_off + ihl, Reason::DropTruncL4)?;
+    let ports: *const [u16; 2] = frame.ptr_at(off + ihl, Reason::DropTruncL4)?;
     // SAFETY: bounds checked by ptr_at.
-    let (isport, idport) = unsafe { ((*iports)[0], (*iports)[1]) };
+    let (sport, dport) = unsafe { ((*ports)[0], (*ports)[1]) };
+    Ok(QuotedFlow {
+        ihl,
+        proto,
+        src,
+        dst,
+        sport,
+        dport,
+    })
+}
+
+/// What a translated ICMP error becomes.
+struct ErrorRewrite {
+    inner_src: u32,
+    inner_dst: u32,
+    inner_sport: u16,
+    inner_dport: u16,
+    outer_src: u32,
+    outer_dst: u32,
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+}
+
+/// Rewrites the quoted header (addresses, ports, its IPv4 checksum), the ICMP checksum
+/// (which covers all of that), the outer header (addresses, TTL - 1, checksum) and MACs.
+/// The quoted L4 checksum is left as quoted: receivers do not verify it.
+#[inline(always)]
+fn rewrite_error(
+    frame: &Frame,
+    pkt: &Ipv4Packet,
+    qf: &QuotedFlow,
+    rw: &ErrorRewrite,
+) -> Result<(), Reason> {
+    let off = pkt.l4 + 8;
+    let eth: *mut EthHdr = frame.ptr_at(0, Reason::DropTruncEth)?;
+    let ip: *mut Ipv4Hdr = frame.ptr_at(EthHdr::LEN, Reason::DropTruncIpv4)?;
+    let icmp: *mut [u8; 4] = frame.ptr_at(pkt.l4, Reason::DropTruncL4)?;
+    let q: *mut Quoted = frame.ptr_at(off, Reason::DropTruncL4)?;
+    let ports: *mut [u16; 2] = frame.ptr_at(off + qf.ihl, Reason::DropTruncL4)?;
+    // SAFETY: every pointer was bounds checked by ptr_at above.
+    unsafe {
+        let qi = &mut *q;
+        let inner_ip = csum::add(
+            csum::diff32(qf.src, rw.inner_src),
+            csum::diff32(qf.dst, rw.inner_dst),
+        );
+        let old_check = u16::from_ne_bytes(qi.check);
+        let new_check = csum::apply(old_check, inner_ip);
+        qi.src = rw.inner_src.to_ne_bytes();
+        qi.dst = rw.inner_dst.to_ne_bytes();
+        qi.check = new_check.to_ne_bytes();
+        (*ports)[0] = rw.inner_sport;
+        (*ports)[1] = rw.inner_dport;
+        let mut d = inner_ip;
+        d = csum::add(d, csum::diff16(old_check, new_check));
+        d = csum::add(d, csum::diff16(qf.sport, rw.inner_sport));
+        d = csum::add(d, csum::diff16(qf.dport, rw.inner_dport));
+        let i = &mut *icmp;
+        let c = csum::apply(u16::from_ne_bytes([i[2], i[3]]), d).to_ne_bytes();
+        i[2] = c[0];
+        i[3] = c[1];
+        let h = &mut *ip;
+        let mut o = csum::diff32(pkt.src, rw.outer_src);
+        o = csum::add(o, csum::diff32(pkt.dst, rw.outer_dst));
+        let old = u16::from_ne_bytes([h.ttl, h.proto]);
+        h.ttl -= 1;
+        o = csum::add(o, csum::diff16(old, u16::from_ne_bytes([h.ttl, h.proto])));
+        h.check = csum::apply(u16::from_ne_bytes(h.check), o).to_ne_bytes();
+        h.src_addr = rw.outer_src.to_ne_bytes();
+        h.dst_addr = rw.outer_dst.to_ne_bytes();
+        let e = &mut *eth;
+        e.dst_addr = rw.dst_mac;
+        e.src_addr = rw.src_mac;
+    }
+    Ok(())
+}
+
+/// Translates an ICMP error sent by a backend to a SNAT address back to the consumer.
+/// Returns the consumer NIC to redirect to.
+#[inline(always)]
+pub fn reverse_error(
+    frame: &Frame,
+    pkt: &Ipv4Packet,
+    ifindex: u32,
+    node: &NodeConfig,
+) -> Result<u32, Reason> {
+    let qf = parse_quoted(frame, pkt, Reason::DropNoReverseFlow)?;
     // The quoted packet is the one we sent: SNAT address:port → backend.
-    if isrc != pkt.dst {
+    if qf.src != pkt.dst {
         return Err(Reason::DropNoReverseFlow);
     }
     let rk = RevKey {
-        snat_be: isrc,
-        backend_be: idst,
-        snat_port_be: isport,
-        backend_port_be: idport,
-        proto,
+        snat_be: qf.src,
+        backend_be: qf.dst,
+        snat_port_be: qf.sport,
+        backend_port_be: qf.dport,
+        proto: qf.proto,
         _pad: [0; 3],
     };
     let rv: RevEntry = match CT_REV.get_ptr(rk) {
@@ -130,48 +221,23 @@ pub fn reverse_error(
     if pkt.ttl <= 1 {
         return Err(Reason::DropTtlExceeded);
     }
-    let consumer = rv.fwd.src_be;
-    let endpoint = rv.fwd.dst_be;
-
-    let eth: *mut EthHdr = frame.ptr_at(0, Reason::DropTruncEth)?;
-    let ip: *mut Ipv4Hdr = frame.ptr_at(EthHdr::LEN, Reason::DropTruncIpv4)?;
-    let icmp: *mut [u8; 4] = frame.ptr_at(pkt.l4, Reason::DropTruncL4)?;
-    // SAFETY: every pointer was bounds checked by ptr_at above.
-    unsafe {
-        // Inner header: SNAT:port → backend:port becomes consumer:port → endpoint:port.
-        let qi = &mut *q;
-        let mut inner_ip = csum::diff32(isrc, consumer);
-        inner_ip = csum::add(inner_ip, csum::diff32(idst, endpoint));
-        let old_check = u16::from_ne_bytes(qi.check);
-        let new_check = csum::apply(old_check, inner_ip);
-        qi.src = consumer.to_ne_bytes();
-        qi.dst = endpoint.to_ne_bytes();
-        qi.check = new_check.to_ne_bytes();
-        (*iports)[0] = rv.fwd.sport_be;
-        (*iports)[1] = rv.fwd.dport_be;
-        // The ICMP checksum covers every inner byte changed above.
-        let mut d = inner_ip;
-        d = csum::add(d, csum::diff16(old_check, new_check));
-        d = csum::add(d, csum::diff16(isport, rv.fwd.sport_be));
-        d = csum::add(d, csum::diff16(idport, rv.fwd.dport_be));
-        let i = &mut *icmp;
-        let c = csum::apply(u16::from_ne_bytes([i[2], i[3]]), d).to_ne_bytes();
-        i[2] = c[0];
-        i[3] = c[1];
-        // Outer header: from the endpoint address to the consumer, one hop less.
-        let h = &mut *ip;
-        let mut o = csum::diff32(pkt.src, endpoint);
-        o = csum::add(o, csum::diff32(pkt.dst, consumer));
-        let old = u16::from_ne_bytes([h.ttl, h.proto]);
-        h.ttl -= 1;
-        o = csum::add(o, csum::diff16(old, u16::from_ne_bytes([h.ttl, h.proto])));
-        h.check = csum::apply(u16::from_ne_bytes(h.check), o).to_ne_bytes();
-        h.src_addr = endpoint.to_ne_bytes();
-        h.dst_addr = consumer.to_ne_bytes();
-        let e = &mut *eth;
-        e.dst_addr = rv.consumer_mac;
-        e.src_addr = node.vmac;
-    }
+    // Consumer and endpoint as the consumer knows them.
+    let (consumer, endpoint) = (rv.fwd.src_be, rv.fwd.dst_be);
+    rewrite_error(
+        frame,
+        pkt,
+        &qf,
+        &ErrorRewrite {
+            inner_src: consumer,
+            inner_dst: endpoint,
+            inner_sport: rv.fwd.sport_be,
+            inner_dport: rv.fwd.dport_be,
+            outer_src: endpoint,
+            outer_dst: consumer,
+            dst_mac: rv.consumer_mac,
+            src_mac: node.vmac,
+        },
+    )?;
     // SAFETY: map value pointer from check_reverse.
     crate::stats::endpoint(unsafe { (*e).endpoint_id }, frame.len() as u64, 0);
     Ok(rv.consumer_ifindex)
@@ -187,35 +253,18 @@ pub fn forward_error(
     ep: &Endpoint,
     node: &NodeConfig,
 ) -> Result<u32, Reason> {
-    let inner_off = pkt.l4 + 8;
-    let q: *mut Quoted = frame.ptr_at(inner_off, Reason::DropTruncL4)?;
-    // SAFETY: bounds checked by ptr_at.
-    let (vihl, proto, isrc, idst) = unsafe {
-        (
-            (*q).vihl,
-            (*q).proto,
-            u32::from_ne_bytes((*q).src),
-            u32::from_ne_bytes((*q).dst),
-        )
-    };
-    let ihl = (vihl & 0x0f) as usize * 4;
-    if vihl >> 4 != 4 || ihl < 20 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
-        return Err(Reason::DropIcmpNoFlow);
-    }
-    let iports: *mut [u16; 2] = frame.ptr_at(inner_off + ihl, Reason::DropTruncL4)?;
-    // SAFETY: bounds checked by ptr_at.
-    let (isport, idport) = unsafe { ((*iports)[0], (*iports)[1]) };
+    let qf = parse_quoted(frame, pkt, Reason::DropIcmpNoFlow)?;
     // The quoted packet is one the consumer received: endpoint:port → consumer:port.
-    if isrc != pkt.dst || idst != pkt.src {
+    if qf.src != pkt.dst || qf.dst != pkt.src {
         return Err(Reason::DropIcmpNoFlow);
     }
     let key = FlowKey {
         vpc_id: nic.vpc_id,
-        src_be: idst,
-        dst_be: isrc,
-        sport_be: idport,
-        dport_be: isport,
-        proto,
+        src_be: qf.dst,
+        dst_be: qf.src,
+        sport_be: qf.dport,
+        dport_be: qf.sport,
+        proto: qf.proto,
         _pad: [0; 3],
     };
     let fe = CT_FWD.get_ptr(key).ok_or(Reason::DropIcmpNoFlow)?;
@@ -235,43 +284,20 @@ pub fn forward_error(
         return Err(Reason::DropTtlExceeded);
     }
     let rev = fe.rev;
-    let eth: *mut EthHdr = frame.ptr_at(0, Reason::DropTruncEth)?;
-    let ip: *mut Ipv4Hdr = frame.ptr_at(EthHdr::LEN, Reason::DropTruncIpv4)?;
-    let icmp: *mut [u8; 4] = frame.ptr_at(pkt.l4, Reason::DropTruncL4)?;
-    // SAFETY: every pointer was bounds checked by ptr_at above.
-    unsafe {
-        // Inner: endpoint:port → consumer:port becomes backend:port → SNAT:port.
-        let qi = &mut *q;
-        let mut inner_ip = csum::diff32(isrc, rev.backend_be);
-        inner_ip = csum::add(inner_ip, csum::diff32(idst, rev.snat_be));
-        let old_check = u16::from_ne_bytes(qi.check);
-        let new_check = csum::apply(old_check, inner_ip);
-        qi.src = rev.backend_be.to_ne_bytes();
-        qi.dst = rev.snat_be.to_ne_bytes();
-        qi.check = new_check.to_ne_bytes();
-        (*iports)[0] = rev.backend_port_be;
-        (*iports)[1] = rev.snat_port_be;
-        let mut d = inner_ip;
-        d = csum::add(d, csum::diff16(old_check, new_check));
-        d = csum::add(d, csum::diff16(isport, rev.backend_port_be));
-        d = csum::add(d, csum::diff16(idport, rev.snat_port_be));
-        let i = &mut *icmp;
-        let c = csum::apply(u16::from_ne_bytes([i[2], i[3]]), d).to_ne_bytes();
-        i[2] = c[0];
-        i[3] = c[1];
-        // Outer: consumer → endpoint becomes SNAT → backend, one hop less.
-        let h = &mut *ip;
-        let mut o = csum::diff32(pkt.src, rev.snat_be);
-        o = csum::add(o, csum::diff32(pkt.dst, rev.backend_be));
-        let old = u16::from_ne_bytes([h.ttl, h.proto]);
-        h.ttl -= 1;
-        o = csum::add(o, csum::diff16(old, u16::from_ne_bytes([h.ttl, h.proto])));
-        h.check = csum::apply(u16::from_ne_bytes(h.check), o).to_ne_bytes();
-        h.src_addr = rev.snat_be.to_ne_bytes();
-        h.dst_addr = rev.backend_be.to_ne_bytes();
-        let e = &mut *eth;
-        e.dst_addr = backend_mac;
-        e.src_addr = node.vmac;
-    }
+    rewrite_error(
+        frame,
+        pkt,
+        &qf,
+        &ErrorRewrite {
+            inner_src: rev.backend_be,
+            inner_dst: rev.snat_be,
+            inner_sport: rev.backend_port_be,
+            inner_dport: rev.snat_port_be,
+            outer_src: rev.snat_be,
+            outer_dst: rev.backend_be,
+            dst_mac: backend_mac,
+            src_mac: node.vmac,
+        },
+    )?;
     Ok(fe.out_ifindex)
 }
