@@ -2,6 +2,7 @@
 //! command-line tool and the loader for the kernel programs).
 
 pub mod api;
+pub mod cli;
 pub mod dataplane;
 pub mod feed;
 pub mod store;

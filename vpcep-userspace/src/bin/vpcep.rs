@@ -1,5 +1,5 @@
-//! `vpcep`: one binary for the node-local data-plane tools (and, later, the control plane,
-//! agent and tenant CLI).
+//! `vpcep`: one binary for the node-local data-plane tools, the control plane and the tenant
+//! and operator CLI (`vpcep::cli`).
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -18,12 +18,20 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process; size does not matter
 enum Command {
     /// Node-local data-plane tools.
     #[command(subcommand)]
     Dataplane(DataplaneCmd),
     /// Serve the VPCEP API, the inventory API and the agents' change feed.
     ControlPlane(vpcep::api::ControlPlaneArgs),
+    #[command(flatten)]
+    Api(vpcep::cli::ApiCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -49,8 +57,17 @@ enum DataplaneCmd {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    vpcep::telemetry::init();
     let cli = Cli::parse();
+    // The API verbs own stdout and report their own errors and exit status (docs/cli.md).
+    match cli.command {
+        Command::Api(cmd) => std::process::exit(vpcep::cli::run(cmd).await),
+        Command::Completions { shell } => {
+            vpcep::cli::completions(shell, &mut <Cli as clap::CommandFactory>::command());
+            return Ok(());
+        }
+        _ => {}
+    }
+    vpcep::telemetry::init();
     match cli.command {
         Command::Dataplane(DataplaneCmd::Run {
             iface,
@@ -66,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
             }
             r => r.context("running the control plane"),
         },
+        Command::Api(_) | Command::Completions { .. } => Ok(()),
     }
 }
 

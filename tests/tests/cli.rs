@@ -1,0 +1,831 @@
+//! The `vpcep` command-line tool, end to end: the real binary as a child process against a
+//! real in-process control plane on a loopback port with a fresh SQLite file per test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::OnceLock,
+    time::Duration,
+};
+
+use serde_json::Value;
+use vpcep::{
+    api::{Config, Credentials, CredentialsFile, Server, auth},
+    store::Store,
+};
+
+const OPERATOR: &str = "operator-secret";
+const CONSUMER_TOKEN: &str = "consumer-token";
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let p = std::env::temp_dir().join(format!("vpcep-cli-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn credentials() -> Credentials {
+    let aksk = |ak: &str, sk: &str, p: &str| auth::AkSk {
+        ak: ak.into(),
+        sk: sk.into(),
+        project_id: p.into(),
+        domain_id: None,
+    };
+    Credentials::new(CredentialsFile {
+        operator_tokens: vec![OPERATOR.into()],
+        credentials: vec![
+            aksk("AK-PROVIDER", "SK-provider", "proj-provider"),
+            aksk("AK-CONSUMER", "SK-consumer", "proj-consumer"),
+        ],
+        tokens: vec![auth::TenantToken {
+            token: CONSUMER_TOKEN.into(),
+            project_id: "proj-consumer".into(),
+            domain_id: None,
+        }],
+        agents: vec![],
+    })
+}
+
+/// The built `vpcep` binary, next to this test's directory (`target/<profile>/vpcep`).
+/// `cargo test -p vpcep-tests` builds only the library of vpcep-userspace, so the binary is
+/// built (or brought up to date) once per run with the same cargo and profile.
+fn vpcep_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        let bin = profile_dir.join("vpcep");
+        if std::env::var_os("VPCEP_CLI_TEST_NO_BUILD").is_none() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = std::process::Command::new(cargo);
+            cmd.args([
+                "build",
+                "--quiet",
+                "-p",
+                "vpcep-userspace",
+                "--bin",
+                "vpcep",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap());
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            let status = cmd
+                .status()
+                .expect("running cargo build for the vpcep binary");
+            assert!(status.success(), "building the vpcep binary failed");
+        }
+        assert!(bin.exists(), "{} is missing", bin.display());
+        bin
+    })
+}
+
+/// One test's world: a control plane on a fresh database, and a HOME of its own so that no
+/// profile file of the machine is read.
+struct World {
+    server: Server,
+    home: TempDir,
+    _db: TempDir,
+}
+
+/// What a `vpcep` run printed and returned.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    #[track_caller]
+    fn ok(&self) -> &Self {
+        assert_eq!(
+            self.code, 0,
+            "stdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    fn json(&self) -> Value {
+        self.ok();
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+
+    /// Asserts the exit status and that stderr names the API error code.
+    #[track_caller]
+    fn fails(&self, code: i32, error_code: &str) {
+        assert_eq!(
+            self.code, code,
+            "stdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        assert!(
+            self.stderr.contains(error_code),
+            "stderr does not name {error_code}: {}",
+            self.stderr
+        );
+    }
+}
+
+/// A spawned `vpcep`, killed by PID when dropped before it exits (even when the test fails).
+struct Child(Option<tokio::process::Child>);
+
+impl Child {
+    async fn finish(mut self) -> Run {
+        let child = self.0.take().unwrap();
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("vpcep did not finish in 60 s")
+            .unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.as_ref().and_then(tokio::process::Child::id) {
+            // SAFETY: signalling our own child, which has not been reaped yet.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Who {
+    Operator,
+    Provider,
+    Consumer,
+    /// The consumer through its tenant token instead of AK/SK.
+    ConsumerToken,
+    Nobody,
+}
+
+impl World {
+    async fn new() -> Self {
+        let db = TempDir::new();
+        let url = format!("sqlite://{}", db.0.join("vpcep.db").display());
+        let config = Config::default();
+        let store = Store::open(&url, config.feed_retain).await.unwrap();
+        let server = Server::start(store, credentials(), config).await.unwrap();
+        Self {
+            server,
+            home: TempDir::new(),
+            _db: db,
+        }
+    }
+
+    fn env(&self, who: Who) -> Vec<(&'static str, String)> {
+        let mut env = vec![("VPCEP_URL", self.server.url())];
+        let mut add = |k: &'static str, v: &str| env.push((k, v.to_owned()));
+        match who {
+            Who::Operator => add("VPCEP_TOKEN", OPERATOR),
+            Who::Provider => {
+                add("VPCEP_AK", "AK-PROVIDER");
+                add("VPCEP_SK", "SK-provider");
+                add("VPCEP_PROJECT_ID", "proj-provider");
+            }
+            Who::Consumer => {
+                add("VPCEP_AK", "AK-CONSUMER");
+                add("VPCEP_SK", "SK-consumer");
+                add("VPCEP_PROJECT_ID", "proj-consumer");
+            }
+            Who::ConsumerToken => {
+                add("VPCEP_TOKEN", CONSUMER_TOKEN);
+                add("VPCEP_PROJECT_ID", "proj-consumer");
+            }
+            Who::Nobody => {}
+        }
+        env
+    }
+
+    fn spawn_with(&self, env: &[(&str, String)], args: &[&str]) -> Child {
+        let child = tokio::process::Command::new(vpcep_bin())
+            .args(args)
+            .env_clear()
+            .env("HOME", &self.home.0)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Child(Some(child))
+    }
+
+    fn spawn(&self, who: Who, args: &[&str]) -> Child {
+        self.spawn_with(&self.env(who), args)
+    }
+
+    async fn run(&self, who: Who, args: &[&str]) -> Run {
+        self.spawn(who, args).finish().await
+    }
+
+    async fn run_with(&self, env: &[(&str, String)], args: &[&str]) -> Run {
+        self.spawn_with(env, args).finish().await
+    }
+
+    /// Runs with `-o json` and returns the parsed output.
+    async fn json(&self, who: Who, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        self.run(who, &a).await.json()
+    }
+}
+
+fn s(v: &Value, k: &str) -> String {
+    v[k].as_str()
+        .unwrap_or_else(|| panic!("no string {k} in {v}"))
+        .to_owned()
+}
+
+/// The inventory for the story: a node, a provider VPC with a backend NIC, a consumer VPC.
+/// Returns (provider vpc, provider port, consumer vpc, consumer subnet).
+async fn inventory(w: &World) -> (String, String, String, String) {
+    use Who::Operator as Op;
+    let node = w
+        .json(
+            Op,
+            &["node", "register", "node1", "--underlay-ip", "10.255.0.1"],
+        )
+        .await;
+    assert!(node["snat_ip"].as_str().unwrap().starts_with("198.19."));
+    let pvpc = w
+        .json(
+            Op,
+            &[
+                "vpc",
+                "create",
+                "--owner",
+                "proj-provider",
+                "--cidr",
+                "10.0.0.0/16",
+            ],
+        )
+        .await;
+    let pvpc = s(&pvpc, "id");
+    let psub = w
+        .json(
+            Op,
+            &[
+                "subnet",
+                "create",
+                "--vpc-id",
+                &pvpc,
+                "--cidr",
+                "10.0.1.0/24",
+            ],
+        )
+        .await;
+    let port = w
+        .json(
+            Op,
+            &[
+                "port",
+                "create",
+                "--subnet-id",
+                &s(&psub, "id"),
+                "--node",
+                "node1",
+            ],
+        )
+        .await;
+    let cvpc = w
+        .json(
+            Op,
+            &[
+                "vpc",
+                "create",
+                "--owner",
+                "proj-consumer",
+                "--cidr",
+                "10.1.0.0/16",
+                "--name",
+                "consumer",
+            ],
+        )
+        .await;
+    let cvpc = s(&cvpc, "id");
+    let csub = w
+        .json(
+            Op,
+            &[
+                "subnet",
+                "create",
+                "--vpc-id",
+                &cvpc,
+                "--cidr",
+                "10.1.1.0/24",
+            ],
+        )
+        .await;
+    (pvpc, s(&port, "id"), cvpc, s(&csub, "id"))
+}
+
+/// Polls the provider's pending connections until one shows up; returns its id.
+async fn pending_connection(w: &World, sid: &str) -> String {
+    for _ in 0..200 {
+        let conns = w
+            .json(
+                Who::Provider,
+                &["connection", "list", sid, "--status", "pendingAcceptance"],
+            )
+            .await;
+        if let Some(c) = conns.as_array().unwrap().first() {
+            return s(c, "id");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no pending connection appeared");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_consumer_story() {
+    use Who::{Consumer, Operator, Provider};
+    let w = World::new().await;
+    let (pvpc, port, cvpc, csub) = inventory(&w).await;
+
+    // Inventory tables have headers and rows.
+    let vpcs = w.run(Operator, &["vpc", "list"]).await;
+    let header = vpcs.ok().stdout.lines().next().unwrap().to_owned();
+    assert!(
+        header.starts_with("ID") && header.contains("CIDR"),
+        "{header}"
+    );
+    assert!(vpcs.stdout.contains(&pvpc) && vpcs.stdout.contains(&cvpc));
+    let only = w
+        .json(Operator, &["vpc", "ls", "--owner", "proj-consumer"])
+        .await;
+    assert_eq!(only.as_array().unwrap().len(), 1);
+    let nics = w.json(Operator, &["nic", "list", "--node", "node1"]).await;
+    assert_eq!(s(&nics[0], "id"), port);
+
+    // The provider creates a service (AK/SK signed) and waits for it to become available.
+    let svc = w
+        .json(
+            Provider,
+            &[
+                "service",
+                "create",
+                "--port-id",
+                &port,
+                "--vpc-id",
+                &pvpc,
+                "--port",
+                "80:8080",
+                "--port",
+                "53/udp",
+                "--name",
+                "web",
+                "--tag",
+                "env=prod",
+                "--wait",
+            ],
+        )
+        .await;
+    assert_eq!(s(&svc, "status"), "available");
+    let sid = s(&svc, "id");
+    let name = s(&svc, "service_name");
+    let table = w.run(Provider, &["service", "list"]).await;
+    let mut lines = table.ok().stdout.lines();
+    let header = lines.next().unwrap();
+    for h in ["ID", "NAME", "STATUS", "PORTS"] {
+        assert!(header.contains(h), "{header}");
+    }
+    let row = lines.next().unwrap();
+    assert!(
+        row.contains(&sid) && row.contains("80:8080/TCP,53:53/UDP") && row.contains("available"),
+        "{row}"
+    );
+    // Show by full name resolves through describe.
+    assert_eq!(
+        s(&w.json(Provider, &["svc", "show", &name]).await, "id"),
+        sid
+    );
+    let shown = w.run(Provider, &["service", "show", &sid]).await;
+    assert!(shown.ok().stdout.starts_with("FIELD"), "{}", shown.stdout);
+
+    // The consumer cannot see it until whitelisted.
+    w.run(Consumer, &["service", "show", &sid])
+        .await
+        .fails(3, "VPCEP.0404");
+    w.run(Provider, &["permission", "add", &sid, "proj-consumer"])
+        .await
+        .ok();
+    let perms = w.json(Provider, &["perm", "list", &sid]).await;
+    assert_eq!(s(&perms[0], "permission"), "iam:domain::proj-consumer");
+    let public = w.json(Consumer, &["service", "public"]).await;
+    assert_eq!(s(&public[0], "id"), sid);
+
+    // The consumer connects with --wait; the endpoint waits for acceptance.
+    let waiting = w.spawn(
+        Consumer,
+        &[
+            "endpoint",
+            "create",
+            "--service-id",
+            &sid,
+            "--vpc-id",
+            &cvpc,
+            "--subnet-id",
+            &csub,
+            "--whitelist",
+            "10.1.1.0/24",
+            "--wait",
+            "--timeout",
+            "60",
+            "-o",
+            "json",
+        ],
+    );
+    let eid = pending_connection(&w, &sid).await;
+    let accepted = w.run(Provider, &["connection", "accept", &sid, &eid]).await;
+    assert!(accepted.ok().stdout.contains("accepted"));
+    let ep = waiting.finish().await.json();
+    assert_eq!(
+        (s(&ep, "id"), s(&ep, "status")),
+        (eid.clone(), "accepted".to_owned())
+    );
+    assert_eq!(ep["whitelist"][0], "10.1.1.0/24");
+
+    // Reject: the endpoint says so, and waiting for acceptance fails at once.
+    w.run(Provider, &["conn", "reject", &sid, &eid]).await.ok();
+    let ep = w.json(Consumer, &["endpoint", "show", &eid]).await;
+    assert_eq!(s(&ep, "status"), "rejected");
+    let r = w
+        .run(Consumer, &["endpoint", "wait", &eid, "--timeout", "5"])
+        .await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("rejected"), "{}", r.stderr);
+    w.run(Provider, &["connection", "accept", &sid, &eid])
+        .await
+        .ok();
+    let ep = w
+        .json(Consumer, &["ep", "wait", &eid, "--timeout", "5"])
+        .await;
+    assert_eq!(s(&ep, "status"), "accepted");
+
+    // Whitelist update.
+    let ep = w
+        .json(
+            Consumer,
+            &["endpoint", "whitelist", &eid, "192.168.0.0/24", "10.1.1.7"],
+        )
+        .await;
+    assert_eq!(ep["whitelist"].as_array().unwrap().len(), 2);
+    assert_eq!(ep["enable_whitelist"], true);
+    let ep = w.json(Consumer, &["endpoint", "whitelist", &eid]).await;
+    assert_eq!(ep["enable_whitelist"], false);
+
+    // Tags.
+    w.run(
+        Provider,
+        &["tag", "add", "service", &sid, "team=net", "tier"],
+    )
+    .await
+    .ok();
+    let tags = w.json(Provider, &["tag", "list", "service", &sid]).await;
+    assert_eq!(tags.as_array().unwrap().len(), 3, "{tags}");
+    w.run(
+        Provider,
+        &["tag", "remove", "service", &sid, "env", "team=other"],
+    )
+    .await
+    .ok();
+    let tags = w.json(Provider, &["tag", "ls", "svc", &sid]).await;
+    let keys: Vec<&str> = tags
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["team", "tier"]);
+    let project = w.run(Provider, &["tag", "list", "service"]).await;
+    assert!(project.ok().stdout.starts_with("KEY"), "{}", project.stdout);
+    w.run(Consumer, &["tag", "add", "endpoint", &eid, "app=db"])
+        .await
+        .ok();
+    assert_eq!(
+        w.json(Consumer, &["tag", "list", "endpoint", &eid]).await[0]["value"],
+        "db"
+    );
+
+    // Quotas: the tenant's usage, and an operator override that then refuses a create.
+    let q = w.json(Consumer, &["quota", "show"]).await;
+    let ep_quota = q
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "endpoint")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (ep_quota["used"].as_i64(), ep_quota["quota"].as_i64()),
+        (Some(1), Some(50))
+    );
+    let set = w
+        .json(
+            Operator,
+            &["quota", "set", "proj-consumer", "--endpoints", "1"],
+        )
+        .await;
+    assert_eq!(set[0]["endpoint"], 1);
+    assert_eq!(
+        w.json(Operator, &["quota", "get", "proj-consumer"]).await[0]["endpoint"],
+        1
+    );
+    w.run(
+        Consumer,
+        &[
+            "ep",
+            "create",
+            "--service-id",
+            &sid,
+            "--vpc-id",
+            &cvpc,
+            "--subnet-id",
+            &csub,
+        ],
+    )
+    .await
+    .fails(1, "VPCEP.0004");
+
+    // Update and rename.
+    let upd = w
+        .json(
+            Provider,
+            &[
+                "service",
+                "update",
+                &sid,
+                "--approval",
+                "false",
+                "--port",
+                "443:8443",
+            ],
+        )
+        .await;
+    assert_eq!(upd["approval_enabled"], false);
+    assert_eq!(upd["ports"][0]["client_port"], 443);
+    let r = w.json(Provider, &["service", "rename", &sid, "web2"]).await;
+    assert!(s(&r, "endpoint_service_name").contains(".web2."));
+
+    // Deleting a service with an accepted endpoint conflicts (exit 5); the consumer deletes first.
+    w.run(Provider, &["service", "delete", &sid])
+        .await
+        .fails(5, "VPCEP.0409");
+    w.run(Consumer, &["endpoint", "delete", &eid]).await.ok();
+    w.run(Consumer, &["endpoint", "show", &eid])
+        .await
+        .fails(3, "VPCEP.0404");
+    let gone = w.run(Provider, &["service", "rm", &sid]).await;
+    assert!(gone.ok().stdout.contains("deleted"));
+    assert_eq!(
+        w.json(Provider, &["service", "list"]).await,
+        Value::Array(vec![])
+    );
+
+    // The inventory can be torn down in order; the node refuses while it has NICs.
+    w.run(Operator, &["node", "delete", "node1"])
+        .await
+        .fails(5, "VPCEP.0409");
+    w.run(Operator, &["port", "delete", &port]).await.ok();
+    w.run(Operator, &["node", "delete", "node1"]).await.ok();
+    assert_eq!(
+        w.json(Operator, &["node", "list"]).await,
+        Value::Array(vec![])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_errors_and_exit_codes() {
+    let w = World::new().await;
+    // A token works as well as AK/SK.
+    assert_eq!(
+        w.json(Who::ConsumerToken, &["endpoint", "list"]).await,
+        Value::Array(vec![])
+    );
+    // Signed queries with characters that need encoding verify too.
+    let r = w
+        .json(Who::Provider, &["service", "list", "--name", "a b~,/+é"])
+        .await;
+    assert_eq!(r, Value::Array(vec![]));
+    // A wrong secret key: the signature is refused.
+    let mut env = w.env(Who::Provider);
+    env.retain(|(k, _)| *k != "VPCEP_SK");
+    env.push(("VPCEP_SK", "wrong".into()));
+    w.run_with(&env, &["service", "list"])
+        .await
+        .fails(4, "VPCEP.0401");
+    // An unknown token, and no credentials at all.
+    let env = vec![
+        ("VPCEP_URL", w.server.url()),
+        ("VPCEP_TOKEN", "nope".to_owned()),
+        ("VPCEP_PROJECT_ID", "proj-provider".to_owned()),
+    ];
+    w.run_with(&env, &["service", "list"])
+        .await
+        .fails(4, "VPCEP.0401");
+    let mut env = w.env(Who::Nobody);
+    env.push(("VPCEP_PROJECT_ID", "proj-provider".to_owned()));
+    w.run_with(&env, &["service", "list"])
+        .await
+        .fails(4, "VPCEP.0401");
+    // Another tenant's project: forbidden.
+    w.run(
+        Who::Consumer,
+        &["service", "list", "--project-id", "proj-provider"],
+    )
+    .await
+    .fails(4, "VPCEP.0403");
+    // A tenant on the operator's inventory.
+    w.run(Who::Provider, &["vpc", "list"])
+        .await
+        .fails(4, "VPCEP.0403");
+    // Unknown ids.
+    let id = uuid::Uuid::new_v4().to_string();
+    w.run(Who::Provider, &["service", "show", &id])
+        .await
+        .fails(3, "VPCEP.0404");
+    w.run(Who::Operator, &["node", "show", "nope"])
+        .await
+        .fails(3, "VPCEP.0404");
+    // Validation errors name the field.
+    w.run(
+        Who::Operator,
+        &["vpc", "create", "--owner", "p", "--cidr", "bad"],
+    )
+    .await
+    .fails(1, "cidr");
+    // Usage errors: clap's, and ours.
+    let r = w.run(Who::Provider, &["service", "list", "--bogus"]).await;
+    assert_eq!(r.code, 2, "{r:?}");
+    let r = w
+        .run(
+            Who::Provider,
+            &[
+                "service",
+                "create",
+                "--port-id",
+                &id,
+                "--vpc-id",
+                &id,
+                "--port",
+                "80:x",
+            ],
+        )
+        .await;
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("port mapping"), "{}", r.stderr);
+    // Bad configuration: exit 64.
+    let r = w
+        .run_with(
+            &[("VPCEP_PROJECT_ID", "p".to_owned())],
+            &["service", "list"],
+        )
+        .await;
+    assert_eq!(r.code, 64, "{r:?}");
+    let r = w
+        .run(
+            Who::Provider,
+            &[
+                "service",
+                "list",
+                "--config-file",
+                "/nonexistent/vpcep.toml",
+            ],
+        )
+        .await;
+    assert_eq!(r.code, 64, "{r:?}");
+    let r = w
+        .run(Who::Provider, &["service", "list", "--profile", "missing"])
+        .await;
+    assert_eq!(r.code, 64, "{r:?}");
+    // Nothing listens: a network error is exit 1.
+    let env = vec![
+        ("VPCEP_URL", "http://127.0.0.1:9".to_owned()),
+        ("VPCEP_TOKEN", OPERATOR.to_owned()),
+    ];
+    let r = w.run_with(&env, &["node", "list"]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profile_file_is_honoured() {
+    let w = World::new().await;
+    let dir = w.home.0.join(".config/vpcep");
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = w.server.url();
+    std::fs::write(
+        dir.join("config.toml"),
+        format!(
+            "default_profile = \"admin\"\n\n\
+             [profiles.admin]\nurl = \"{url}\"\ntoken = \"{OPERATOR}\"\n\n\
+             [profiles.provider]\nurl = \"{url}\"\nak = \"AK-PROVIDER\"\nsk = \"SK-provider\"\n\
+             project_id = \"proj-provider\"\n\n\
+             [profiles.broken]\nurl = \"{url}\"\nak = \"AK-PROVIDER\"\nsk = \"bad\"\n\
+             project_id = \"proj-provider\"\n"
+        ),
+    )
+    .unwrap();
+    // The default profile (operator token) from ~/.config/vpcep/config.toml.
+    w.run_with(
+        &[],
+        &["node", "register", "n1", "--underlay-ip", "10.0.0.9"],
+    )
+    .await
+    .ok();
+    assert_eq!(
+        w.json(Who::Nobody, &["node", "list"]).await[0]["name"],
+        "n1"
+    );
+    // A named profile with AK/SK, by flag and by environment.
+    let r = w.run_with(
+        &[],
+        &["--profile", "provider", "service", "list", "-o", "json"],
+    );
+    let r = r.await;
+    assert_eq!(r.code, 2, "global options go after the verb: {r:?}");
+    assert_eq!(
+        w.json(Who::Nobody, &["service", "list", "--profile", "provider"])
+            .await,
+        Value::Array(vec![])
+    );
+    w.run_with(&[("VPCEP_PROFILE", "provider".into())], &["quota", "show"])
+        .await
+        .ok();
+    w.run_with(&[], &["service", "list", "--profile", "broken"])
+        .await
+        .fails(4, "VPCEP.0401");
+    // The environment wins over the profile's credentials.
+    let env = vec![
+        ("VPCEP_PROFILE", "broken".to_owned()),
+        ("VPCEP_AK", "AK-PROVIDER".to_owned()),
+        ("VPCEP_SK", "SK-provider".to_owned()),
+    ];
+    w.run_with(&env, &["service", "list"]).await.ok();
+    // An explicit file elsewhere, and a broken one.
+    let other = w.home.0.join("other.toml");
+    std::fs::write(
+        &other,
+        format!("[profiles.default]\nurl = \"{url}\"\ntoken = \"{OPERATOR}\"\n"),
+    )
+    .unwrap();
+    w.run_with(
+        &[("VPCEP_CONFIG", other.display().to_string())],
+        &["node", "list"],
+    )
+    .await
+    .ok();
+    std::fs::write(&other, "[profiles.default]\nurl = 1\n").unwrap();
+    let r = w
+        .run_with(
+            &[],
+            &["node", "list", "--config-file", other.to_str().unwrap()],
+        )
+        .await;
+    assert_eq!(r.code, 64, "{r:?}");
+    assert!(r.stderr.contains("other.toml"), "{}", r.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_generate() {
+    let w = World::new().await;
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef vpcep"),
+        ("fish", "complete -c vpcep"),
+    ] {
+        let r = w.run_with(&[], &["completions", shell]).await;
+        r.ok();
+        assert!(
+            r.stdout.contains(marker),
+            "{shell}: {}",
+            &r.stdout[..r.stdout.len().min(300)]
+        );
+        assert!(r.stdout.contains("endpoint") && r.stdout.contains("control-plane"));
+    }
+    let r = w.run_with(&[], &["completions", "tcsh"]).await;
+    assert_eq!(r.code, 2);
+}
