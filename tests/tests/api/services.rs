@@ -478,6 +478,35 @@ async fn versions_and_openapi(db: Db) {
     anon.get("/v3").await.err(404, "not found");
     let doc = anon.get("/openapi.json").await.ok();
     assert_eq!(doc["openapi"], "3.1.0");
+    // Request and response schemas come from the handlers' types.
+    let create = &doc["paths"]["/v1/{project_id}/vpc-endpoint-services"]["post"];
+    let body_ref = create["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        .as_str()
+        .unwrap();
+    let body = &doc["components"]["schemas"][body_ref.rsplit('/').next().unwrap()];
+    for field in [
+        "port_id",
+        "vpc_id",
+        "server_type",
+        "ports",
+        "approval_enabled",
+        "tcp_proxy",
+    ] {
+        assert!(
+            body["properties"][field].is_object(),
+            "create service body lacks {field}: {body}"
+        );
+    }
+    let ok_ref = create["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+        .as_str()
+        .unwrap();
+    let svc = &doc["components"]["schemas"][ok_ref.rsplit('/').next().unwrap()];
+    for field in ["id", "service_name", "status", "ports", "approval_enabled"] {
+        assert!(
+            svc["properties"][field].is_object(),
+            "service lacks {field}: {svc}"
+        );
+    }
     // Every documented operation is routed: a request with made-up ids reaches a handler
     // (never the router's 404 or 405).
     let mut op = env.operator();

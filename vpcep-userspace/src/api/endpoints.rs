@@ -20,7 +20,7 @@ use super::{
 };
 use crate::store::{Filter, Object, WriteTx};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct CreateEndpoint {
     subnet_id: Option<String>,
     endpoint_service_id: Option<String>,
@@ -37,7 +37,7 @@ pub struct CreateEndpoint {
     ip_version: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 pub struct PolicyStatement {
     #[serde(rename = "Effect")]
     effect: String,
@@ -51,19 +51,19 @@ pub struct PolicyStatement {
     sid: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct UpdateWhitelist {
     whitelist: Option<Vec<String>>,
     enable_whitelist: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct UpdatePolicy {
     policy_statement: Option<Vec<PolicyStatement>>,
     policy_document: Option<serde_json::Map<String, Value>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct UpdateRoutetables {
     routetables: Option<Vec<String>>,
 }

@@ -45,7 +45,7 @@ pub(crate) fn routes() -> Router<AppState> {
 }
 
 /// Per-project quota overrides (absent: the configured defaults).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct QuotaOverride {
     pub project_id: String,
     pub endpoint_service: Option<i64>,
@@ -138,7 +138,7 @@ fn opt_id(field: &str, v: Option<String>) -> ApiResult<String> {
 
 // ---- VPCs ----
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct CreateVpc {
     id: Option<String>,
     project_id: Option<String>,
@@ -257,7 +257,7 @@ async fn delete_vpc(
 
 // ---- subnets ----
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct CreateSubnet {
     id: Option<String>,
     vpc_id: Option<String>,
@@ -378,7 +378,7 @@ async fn delete_subnet(
 
 // ---- ports (NICs) ----
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct CreatePort {
     id: Option<String>,
     subnet_id: Option<String>,
@@ -493,12 +493,12 @@ async fn delete_port(
 
 // ---- nodes ----
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct PutNode {
     underlay_ip: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct Applied {
     revision: Option<i64>,
 }
@@ -672,7 +672,7 @@ async fn public_services(
     Ok(Json(json!({"endpoint_services": out})))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct PutQuota {
     endpoint_service: Option<i64>,
     endpoint: Option<i64>,

@@ -65,13 +65,13 @@ pub async fn quotas(
     Ok(Json(json!({"quotas": {"resources": out}})))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct ServerResource {
     resource_id: Option<String>,
     availability_zone_id: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct AddServerResources {
     server_resources: Option<Vec<ServerResource>>,
 }
@@ -119,7 +119,7 @@ pub async fn upgrade_service(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct UpgradeEndpoint {
     action: Option<String>,
 }

@@ -12,14 +12,14 @@ pub fn now() -> String {
     chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Tag {
     pub key: String,
     #[serde(default)]
     pub value: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PortMapping {
     pub client_port: u16,
     pub server_port: u16,
@@ -27,14 +27,14 @@ pub struct PortMapping {
 }
 
 /// Request form of a port mapping: wide integers so that a range error names the field.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct PortMappingIn {
     pub client_port: Option<i64>,
     pub server_port: Option<i64>,
     pub protocol: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Service {
     pub id: String,
     pub project_id: String,
@@ -106,7 +106,7 @@ impl Service {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Endpoint {
     pub id: String,
     pub project_id: String,
@@ -204,7 +204,7 @@ impl Endpoint {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Permission {
     pub id: String,
     pub service_id: String,
@@ -244,7 +244,7 @@ impl Permission {
 
 // ---- inventory ----
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Vpc {
     pub id: String,
     pub project_id: String,
@@ -264,7 +264,7 @@ impl Object for Vpc {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Subnet {
     pub id: String,
     pub project_id: String,
@@ -288,7 +288,7 @@ impl Object for Subnet {
 }
 
 /// A VM NIC (or load balancer VIP) known to the inventory.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Port {
     pub id: String,
     pub project_id: String,
@@ -313,7 +313,7 @@ impl Object for Port {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Node {
     pub name: String,
     pub underlay_ip: String,

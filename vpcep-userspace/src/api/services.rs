@@ -23,7 +23,7 @@ use crate::store::{Filter, Object, Store, WriteTx};
 /// At most this many services may share one backend resource.
 pub const MAX_SERVICES_PER_BACKEND: usize = 5;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct CreateService {
     port_id: Option<String>,
     service_name: Option<String>,
@@ -41,7 +41,7 @@ pub struct CreateService {
     snat_network_id: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct UpdateService {
     approval_enabled: Option<bool>,
     service_name: Option<String>,
@@ -52,7 +52,7 @@ pub struct UpdateService {
     ip: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct RenameService {
     endpoint_service_name: Option<String>,
 }
