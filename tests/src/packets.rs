@@ -7,7 +7,7 @@ pub const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const VM_IP: [u8; 4] = [10, 0, 0, 2];
 pub const PEER_IP: [u8; 4] = [10, 0, 0, 1];
 
-/// TCP segment from the VM with the given flags set through `f`.
+/// A SYN from the VM.
 pub fn tcp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(VM_MAC, NODE_MAC)
         .ipv4(VM_IP, PEER_IP, 64)
