@@ -25,6 +25,15 @@ enum Command {
     Dataplane(DataplaneCmd),
     /// Serve the VPCEP API, the inventory API and the agents' change feed.
     ControlPlane(vpcep::api::ControlPlaneArgs),
+    /// Run the node agent: follow the control plane and keep this node's maps in sync.
+    Agent {
+        /// Node configuration (TOML; docs/agent.md).
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// Replace the pinned programs with this binary's; this may interrupt traffic.
+        #[arg(long)]
+        reload: bool,
+    },
     #[command(flatten)]
     Api(vpcep::cli::ApiCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -83,8 +92,41 @@ async fn main() -> anyhow::Result<()> {
             }
             r => r.context("running the control plane"),
         },
+        Command::Agent { config, reload } => agent(config, reload).await,
         Command::Api(_) | Command::Completions { .. } => Ok(()),
     }
+}
+
+async fn agent(path: std::path::PathBuf, reload: bool) -> anyhow::Result<()> {
+    let mut cfg = match vpcep::agent::AgentConfig::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(64);
+        }
+    };
+    if reload {
+        eprintln!("warning: --reload replaces the kernel programs; traffic may be interrupted");
+        cfg.reload = true;
+    }
+    // Ctrl-C or SIGTERM stop the agent; pins and links stay, so traffic goes on.
+    let shutdown = async {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut t) => {
+                    t.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+    };
+    vpcep::agent::run(cfg, shutdown)
+        .await
+        .context("running the agent (are you root? is bpffs mounted?)")
 }
 
 async fn run(

@@ -2,7 +2,10 @@
 //! their counters.
 pub mod config;
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader, Pod,
@@ -10,7 +13,10 @@ use aya::{
         Array, HashMap, MapData, PerCpuArray,
         lpm_trie::{Key, LpmTrie},
     },
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, LinkError},
+    },
 };
 use vpcep_common::{
     endpoint::{
@@ -48,6 +54,24 @@ pub enum DataplaneError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("pin directory {path}")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pinning {path}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("link to pin at {path}")]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: LinkError,
+    },
 }
 
 /// Where the programs attach on a VM NIC's host side.
@@ -76,6 +100,62 @@ impl Dataplane {
         }
         let ebpf = EbpfLoader::new().load(bytes)?;
         Ok(Self { ebpf })
+    }
+
+    /// Loads the embedded object, reusing the maps pinned under `dir` (the ones missing are
+    /// created and pinned there), so that a restarted agent keeps the state and the flows
+    /// of the one before it.
+    pub fn load_pinned(dir: &Path) -> Result<Self, DataplaneError> {
+        let bytes = object();
+        if bytes.is_empty() {
+            return Err(DataplaneError::NoObject);
+        }
+        std::fs::create_dir_all(dir).map_err(|source| DataplaneError::PinDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let paths: Vec<(&'static str, PathBuf)> =
+            maps::ALL_MAPS.iter().map(|n| (*n, dir.join(n))).collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let ebpf = loader.load(bytes)?;
+        Ok(Self { ebpf })
+    }
+
+    /// Attaches the TC ingress program to `iface` and pins the link at `path`: the
+    /// attachment then outlives this process (removing the pin releases it).
+    pub fn attach_tc_pinned(&mut self, iface: &str, path: &Path) -> Result<(), DataplaneError> {
+        let name = maps::PROG_TC_INGRESS;
+        let prog = self.tc_ingress()?;
+        let id = prog
+            .attach(iface, TcAttachType::Ingress)
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        let link = prog
+            .take_link(id)
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        let link: FdLink = link.try_into().map_err(|source| DataplaneError::Link {
+            path: path.to_owned(),
+            source,
+        })?;
+        link.pin(path).map_err(|source| DataplaneError::Pin {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(())
+    }
+
+    /// Pins the TC ingress program at `path` (replacing an older pin), for inspection
+    /// with bpftool and so that it outlives the process with its links.
+    pub fn pin_tc_program(&mut self, path: &Path) -> Result<(), DataplaneError> {
+        let _ = std::fs::remove_file(path);
+        self.tc_ingress()?
+            .pin(path)
+            .map_err(|source| DataplaneError::Pin {
+                path: path.to_owned(),
+                source,
+            })
     }
 
     /// The XDP program, loaded into the kernel.
@@ -139,6 +219,89 @@ impl Dataplane {
             }
         }
         Ok(())
+    }
+
+    fn entries<K: Pod, V: Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Vec<(K, V)>, DataplaneError> {
+        self.hash::<K, V>(name)?
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    /// Records that SNAT address `snat_be` belongs to the node at underlay `underlay_be`
+    /// (where replies to it are tunnelled).
+    pub fn set_snat_owner(&mut self, snat_be: u32, underlay_be: u32) -> Result<(), DataplaneError> {
+        self.put(maps::SNAT_OWNERS, snat_be, underlay_be)
+    }
+
+    pub fn remove_snat_owner(&mut self, snat_be: u32) -> Result<(), DataplaneError> {
+        self.del::<u32, u32>(maps::SNAT_OWNERS, &snat_be)
+    }
+
+    /// Every `SNAT_OWNERS` entry.
+    pub fn snat_owners(&mut self) -> Result<Vec<(u32, u32)>, DataplaneError> {
+        self.entries(maps::SNAT_OWNERS)
+    }
+
+    /// Every `LOCAL_NICS` entry.
+    pub fn local_nics(&mut self) -> Result<Vec<(u32, LocalNic)>, DataplaneError> {
+        self.entries(maps::LOCAL_NICS)
+    }
+
+    /// Every `ENDPOINTS` entry.
+    pub fn endpoints(&mut self) -> Result<Vec<(EndpointKey, Endpoint)>, DataplaneError> {
+        self.entries(maps::ENDPOINTS)
+    }
+
+    /// Every `PORT_MAP` entry.
+    pub fn ports(&mut self) -> Result<Vec<(PortKey, PortTarget)>, DataplaneError> {
+        self.entries(maps::PORT_MAP)
+    }
+
+    /// Every `SERVICES` entry.
+    pub fn services(&mut self) -> Result<Vec<(u32, Service)>, DataplaneError> {
+        self.entries(maps::SERVICES)
+    }
+
+    /// Every source-whitelist rule as (endpoint id, source, prefix length of the source).
+    pub fn sources(&mut self) -> Result<Vec<(u32, u32, u32)>, DataplaneError> {
+        let name = maps::SRC_WHITELIST;
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        let trie: LpmTrie<&MapData, WhitelistKey, u32> =
+            LpmTrie::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
+        trie.keys()
+            .map(|k| {
+                k.map(|k| {
+                    let d = k.data();
+                    (
+                        u32::from_be(d.endpoint_id_be),
+                        d.src_be,
+                        k.prefix_len().saturating_sub(32),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    /// The `NODE` entry.
+    pub fn node(&self) -> Result<NodeConfig, DataplaneError> {
+        let name = maps::NODE;
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        let array: Array<&MapData, NodeConfig> =
+            Array::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
+        array
+            .get(&0, 0)
+            .map_err(|source| DataplaneError::Map { name, source })
     }
 
     fn hash<K: Pod, V: Pod>(

@@ -1,0 +1,770 @@
+//! The node agent end to end: a real control plane in process, the agent's data-plane
+//! thread inside a node namespace, the real kernel programs, and traffic between VM
+//! namespaces through an endpoint created, accepted, rejected and deleted over the API.
+mod agent {
+    pub mod support;
+}
+
+use std::time::Duration;
+
+use agent::support::*;
+use reqwest::Method;
+use serde_json::json;
+use vpcep::agent::{AgentConfig, run};
+use vpcep_common::endpoint::{EP_ACCEPTED, EP_PERMITTED};
+use vpcep_tests::require_root;
+
+/// Stops the in-process agent (and waits for its data-plane thread) when dropped.
+struct AgentTask {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl AgentTask {
+    fn start(cfg: AgentConfig) -> Self {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            run(cfg, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self {
+            stop: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            tokio::time::timeout(Duration::from_secs(10), h)
+                .await
+                .expect("agent did not stop")
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for AgentTask {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_follows_the_api_and_repairs_drift() {
+    require_root();
+    let topo = std::sync::Arc::new(topology());
+    let cp = ControlPlane::start().await;
+    // The consumer's NIC is not in the inventory: the agent registers it.
+    let w = world_with(&cp.server.url(), false).await;
+    let pins = TempDir::new(std::path::Path::new("/sys/fs/bpf"), "agent-test");
+    let metrics_port = free_port();
+    // A dead control-plane URL first: the agent moves on to the next one.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let cfg = AgentConfig::parse(&agent_toml(
+        &[dead, cp.server.url()],
+        &topo,
+        &w,
+        &pins.0,
+        metrics_port,
+    ))
+    .unwrap();
+    let stop_backend = backend_server(&topo);
+    let stop_udp = backend_udp_echo(&topo);
+
+    // The consumer's endpoint, pending acceptance (the service has approval on).
+    let cons = cp.client(CONSUMER);
+    let ep = cons
+        .ok(
+            Method::POST,
+            "/v1/proj-consumer/vpc-endpoints",
+            Some(json!({
+                "endpoint_service_id": w.service,
+                "vpc_id": w.consumer_vpc,
+                "subnet_id": w.consumer_subnet,
+                "port_ip": "10.0.0.100",
+            })),
+        )
+        .await;
+    assert_eq!(ep["status"], "pendingAcceptance");
+    let ep_id = ep["id"].as_str().unwrap().to_owned();
+
+    let agent = AgentTask::start(cfg);
+    let pin_dir = pins.0.clone();
+    let flags = |want: u32| {
+        let pin_dir = pin_dir.clone();
+        move || {
+            let pin_dir = pin_dir.clone();
+            async move {
+                let eps = endpoints(&pin_dir);
+                (eps.len() == 1 && eps[0].1.flags & (EP_ACCEPTED | EP_PERMITTED) == want)
+                    .then(|| eps[0])
+            }
+        }
+    };
+    // Wait for the maps to exist before reading them.
+    eventually(20, "the agent's pinned maps", || {
+        let p = pin_dir.join(vpcep_common::maps::ENDPOINTS);
+        async move { p.exists().then_some(()) }
+    })
+    .await;
+    let (key, entry) = eventually(20, "the pending endpoint in the map", flags(EP_PERMITTED)).await;
+    assert_eq!(services(&pin_dir).len(), 1);
+    assert_eq!(ports(&pin_dir).len(), 2);
+    let owners = snat_owners(&pin_dir);
+    assert_eq!(owners.len(), 1, "{owners:?}");
+    assert_eq!(owners[0].1, u32::from_ne_bytes([192, 0, 2, 1]));
+
+    // The agent reports what it applied.
+    let op = cp.client(OPERATOR);
+    eventually(10, "the applied revision", || {
+        let op = op.clone();
+        async move {
+            let n = op
+                .ok(Method::GET, &format!("/inventory/nodes/{NODE}"), None)
+                .await;
+            (n["applied_revision"].as_i64().unwrap_or(0) > 0).then_some(())
+        }
+    })
+    .await;
+
+    let port = op
+        .ok(
+            Method::GET,
+            &format!("/inventory/ports/{}", w.consumer_port),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (port["node"].as_str(), port["ip"].as_str()),
+        (Some(NODE), Some("10.0.0.2"))
+    );
+
+    // Pending: nothing passes.
+    let t = topo.clone();
+    assert!(
+        blocking(move || http_get(&t, Duration::from_millis(700)))
+            .await
+            .is_err(),
+        "a pending endpoint let a connection through"
+    );
+
+    // Accept → a request succeeds.
+    let prov = cp.client(PROVIDER);
+    let action = format!(
+        "/v1/proj-provider/vpc-endpoint-services/{}/connections/action",
+        w.service
+    );
+    prov.ok(
+        Method::POST,
+        &action,
+        Some(json!({"action": "receive", "endpoints": [ep_id]})),
+    )
+    .await;
+    eventually(10, "the accepted flag", flags(EP_ACCEPTED | EP_PERMITTED)).await;
+    let t = topo.clone();
+    let body = blocking(move || http_get(&t, Duration::from_secs(2)))
+        .await
+        .expect("request through the accepted endpoint");
+    assert!(
+        body.ends_with(b"hello"),
+        "{:?}",
+        String::from_utf8_lossy(&body)
+    );
+    // An established UDP flow, to be cut by the rejection.
+    let t = topo.clone();
+    let udp = std::sync::Arc::new(blocking(move || consumer_udp(&t)).await);
+    let u = udp.clone();
+    assert!(
+        blocking(move || udp_ping(&u)).await,
+        "UDP through the endpoint"
+    );
+
+    // Reject → new connections are cut.
+    prov.ok(
+        Method::POST,
+        &action,
+        Some(json!({"action": "reject", "endpoints": [ep_id]})),
+    )
+    .await;
+    eventually(10, "the rejection", flags(EP_PERMITTED)).await;
+    let u = udp.clone();
+    assert!(
+        !blocking(move || udp_ping(&u)).await,
+        "the established UDP flow survived the rejection"
+    );
+    let t = topo.clone();
+    assert!(
+        blocking(move || http_get(&t, Duration::from_millis(700)))
+            .await
+            .is_err(),
+        "a rejected endpoint let a connection through"
+    );
+
+    // Accept again, then delete the entry behind the agent's back: it comes back.
+    prov.ok(
+        Method::POST,
+        &action,
+        Some(json!({"action": "receive", "endpoints": [ep_id]})),
+    )
+    .await;
+    eventually(
+        10,
+        "the accepted flag again",
+        flags(EP_ACCEPTED | EP_PERMITTED),
+    )
+    .await;
+    remove_endpoint(&pin_dir, &key);
+    assert!(endpoints(&pin_dir).is_empty());
+    let (k2, e2) = eventually(10, "drift repair", flags(EP_ACCEPTED | EP_PERMITTED)).await;
+    assert_eq!(k2, key);
+    assert_eq!(
+        e2.endpoint_id, entry.endpoint_id,
+        "the endpoint keeps its id"
+    );
+    let t = topo.clone();
+    blocking(move || http_get(&t, Duration::from_secs(2)))
+        .await
+        .expect("request after drift repair");
+
+    // Metrics: the endpoint counted packets, both NICs are attached.
+    let text = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("vpcep_nic_attached{iface=\"tapc\""), "{text}");
+    eventually(5, "no revision lag in the metrics", || async move {
+        let text = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.contains("vpcep_agent_revision_lag 0").then_some(())
+    })
+    .await;
+    let packets: u64 = text
+        .lines()
+        .find(|l| {
+            l.starts_with(&format!(
+                "vpcep_endpoint_packets_total{{endpoint=\"{ep_id}\"}}"
+            ))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(packets > 0, "{text}");
+
+    // Removing the consumer's domain from the whitelist cuts the flow; adding it back
+    // restores it.
+    let perms = format!(
+        "/v1/proj-provider/vpc-endpoint-services/{}/permissions/action",
+        w.service
+    );
+    for (act, want, ok) in [
+        ("remove", EP_ACCEPTED, false),
+        ("add", EP_ACCEPTED | EP_PERMITTED, true),
+    ] {
+        prov.ok(
+            Method::POST,
+            &perms,
+            Some(json!({"permissions": ["iam:domain::proj-consumer"], "action": act})),
+        )
+        .await;
+        eventually(10, "the whitelist change", flags(want)).await;
+        let u = udp.clone();
+        assert_eq!(
+            blocking(move || udp_ping(&u)).await,
+            ok,
+            "UDP after whitelist {act}"
+        );
+    }
+
+    // Idle flows are collected (timeouts of 2-3 s in this configuration), both directions.
+    assert!(conntrack_len(&pin_dir).0 > 0, "no flows were tracked");
+    let p = pin_dir.clone();
+    eventually(15, "idle conntrack entries to be collected", move || {
+        let p = p.clone();
+        async move { (conntrack_len(&p) == (0, 0)).then_some(()) }
+    })
+    .await;
+
+    // Delete the endpoint → its entries (and the service's) are gone.
+    cons.ok(
+        Method::DELETE,
+        &format!("/v1/proj-consumer/vpc-endpoints/{ep_id}"),
+        None,
+    )
+    .await;
+    let p = pin_dir.clone();
+    eventually(10, "the endpoint's entries to go", move || {
+        let p = p.clone();
+        async move {
+            (endpoints(&p).is_empty() && services(&p).is_empty() && ports(&p).is_empty())
+                .then_some(())
+        }
+    })
+    .await;
+
+    agent.stop().await;
+    stop_backend.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop_udp.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[test]
+fn a_bad_config_names_the_field() {
+    let err = AgentConfig::parse(
+        r#"
+node_name = "node1"
+underlay_ip = "not-an-ip"
+control_plane = ["http://127.0.0.1:1"]
+token = "t"
+"#,
+    )
+    .unwrap_err();
+    assert!(err.to_string().starts_with("underlay_ip:"), "{err}");
+}
+
+/// Environment variable that turns [`agent_child`] into a running agent.
+const CHILD_ENV: &str = "VPCEP_AGENT_CHILD_CONFIG";
+
+/// Not a test of its own: the kill -9 test re-runs this test binary with [`CHILD_ENV`] set,
+/// so that the agent runs in a separate process it can kill. Bounded to 120 s.
+#[test]
+#[ignore = "helper process for agent_survives_kill_9"]
+fn agent_child() {
+    let Ok(path) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let cfg = AgentConfig::load(std::path::Path::new(&path)).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async { run(cfg, tokio::time::sleep(Duration::from_secs(120))).await })
+        .unwrap();
+}
+
+/// An agent process, killed with SIGKILL (by PID) and reaped on drop.
+struct AgentProcess(std::process::Child);
+
+impl AgentProcess {
+    fn spawn(config: &std::path::Path) -> Self {
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["agent_child", "--exact", "--ignored", "--nocapture"])
+            .env(CHILD_ENV, config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+
+    fn kill9(mut self) {
+        // SAFETY: kill(2) of our own child's PID.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn metrics_up(port: u16) {
+    eventually(20, "the agent's metrics", || async move {
+        reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
+            .map(|_| ())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_survives_kill_9() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    };
+
+    require_root();
+    let topo = Arc::new(topology());
+    let cp = ControlPlane::start().await;
+    let w = world(&cp.server.url()).await;
+    let pins = TempDir::new(std::path::Path::new("/sys/fs/bpf"), "agent-kill");
+    let cfg_dir = TempDir::new(&std::env::temp_dir(), "agent-kill-cfg");
+    let cons = cp.client(CONSUMER);
+    let ep = cons
+        .ok(
+            Method::POST,
+            "/v1/proj-consumer/vpc-endpoints",
+            Some(json!({
+                "endpoint_service_id": w.service,
+                "vpc_id": w.consumer_vpc,
+                "subnet_id": w.consumer_subnet,
+                "port_ip": "10.0.0.100",
+            })),
+        )
+        .await;
+    cp.client(PROVIDER)
+        .ok(
+            Method::POST,
+            &format!(
+                "/v1/proj-provider/vpc-endpoint-services/{}/connections/action",
+                w.service
+            ),
+            Some(json!({"action": "receive", "endpoints": [ep["id"]]})),
+        )
+        .await;
+    let start = |i: usize| {
+        let port = free_port();
+        let path = cfg_dir.0.join(format!("agent-{i}.toml"));
+        std::fs::write(
+            &path,
+            agent_toml(&[cp.server.url()], &topo, &w, &pins.0, port),
+        )
+        .unwrap();
+        (AgentProcess::spawn(&path), port)
+    };
+    let (mut agent, port) = start(0);
+    metrics_up(port).await;
+    let pin_dir = pins.0.clone();
+    eventually(20, "the accepted endpoint in the map", move || {
+        let p = pin_dir.clone();
+        async move {
+            let p = p.join(vpcep_common::maps::ENDPOINTS);
+            (p.exists() && {
+                let eps = endpoints(p.parent().unwrap());
+                eps.len() == 1 && eps[0].1.flags & EP_ACCEPTED != 0
+            })
+            .then_some(())
+        }
+    })
+    .await;
+
+    // Sink in the backend: counts distinct sequence numbers.
+    let stop = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let sink = {
+        let stop = stop.clone();
+        let received = received.clone();
+        let path = format!("/run/netns/{}", topo.vms[1].ns.name());
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(path).unwrap();
+            // SAFETY: setns on this thread only.
+            assert_eq!(
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) },
+                0
+            );
+            let s = std::net::UdpSocket::bind("10.0.0.5:53").unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            ready_tx.send(()).unwrap();
+            let mut seen = std::collections::HashSet::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(90);
+            let mut buf = [0u8; 64];
+            while std::time::Instant::now() < deadline {
+                match s.recv(&mut buf) {
+                    Ok(n) if n >= 8 => {
+                        seen.insert(u64::from_be_bytes(buf[..8].try_into().unwrap()));
+                        received.store(seen.len() as u64, Ordering::Relaxed);
+                    }
+                    _ if stop.load(Ordering::Relaxed) => break,
+                    _ => {}
+                }
+            }
+        })
+    };
+    ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    // Sender in the consumer: ~2,000 packets/s in bursts of 10, bounded in count and time.
+    let sent = Arc::new(AtomicU64::new(0));
+    let sending = Arc::new(AtomicBool::new(true));
+    let sender = {
+        let sent = sent.clone();
+        let sending = sending.clone();
+        let path = format!("/run/netns/{}", topo.vms[0].ns.name());
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(path).unwrap();
+            // SAFETY: setns on this thread only.
+            assert_eq!(
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) },
+                0
+            );
+            let s = std::net::UdpSocket::bind("10.0.0.2:0").unwrap();
+            s.connect("10.0.0.100:5353").unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            let mut seq = 0u64;
+            while sending.load(Ordering::Relaxed)
+                && seq < 200_000
+                && std::time::Instant::now() < deadline
+            {
+                for _ in 0..10 {
+                    let mut p = [0u8; 32];
+                    p[..8].copy_from_slice(&seq.to_be_bytes());
+                    if s.send(&p).is_ok() {
+                        seq += 1;
+                    }
+                }
+                sent.store(seq, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    // The stream flows before the first kill.
+    eventually(10, "packets at the backend", || {
+        let r = received.clone();
+        async move { (r.load(Ordering::Relaxed) > 100).then_some(()) }
+    })
+    .await;
+    for i in 1..=10 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        agent.kill9();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (a, port) = start(i);
+        agent = a;
+        metrics_up(port).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sending.store(false, Ordering::Relaxed);
+    sender.join().unwrap();
+    let total = sent.load(Ordering::Relaxed);
+    eventually(5, "the last packets", || {
+        let r = received.clone();
+        async move { (r.load(Ordering::Relaxed) >= total).then_some(()) }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    sink.join().unwrap();
+    eprintln!(
+        "UDP stream across 10 agent kills: sent {total}, received {}",
+        received.load(Ordering::Relaxed)
+    );
+    assert_eq!(received.load(Ordering::Relaxed), total, "packets lost");
+    assert!(total > 1000, "the stream was too short: {total}");
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_continues_while_the_control_plane_is_down() {
+    require_root();
+    let topo = std::sync::Arc::new(topology());
+    let dir = TempDir::new(&std::env::temp_dir(), "agent-outage");
+    let db = format!("sqlite://{}", dir.0.join("vpcep.db").display());
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let server = PortServer::start(port, &db).await;
+    let w = world(&base).await;
+    let ep = api(&base, CONSUMER)
+        .ok(
+            Method::POST,
+            "/v1/proj-consumer/vpc-endpoints",
+            Some(json!({
+                "endpoint_service_id": w.service,
+                "vpc_id": w.consumer_vpc,
+                "subnet_id": w.consumer_subnet,
+                "port_ip": "10.0.0.100",
+            })),
+        )
+        .await;
+    let action = format!(
+        "/v1/proj-provider/vpc-endpoint-services/{}/connections/action",
+        w.service
+    );
+    api(&base, PROVIDER)
+        .ok(
+            Method::POST,
+            &action,
+            Some(json!({"action": "receive", "endpoints": [ep["id"]]})),
+        )
+        .await;
+    let pins = TempDir::new(std::path::Path::new("/sys/fs/bpf"), "agent-outage");
+    let cfg = AgentConfig::parse(&agent_toml(
+        std::slice::from_ref(&base),
+        &topo,
+        &w,
+        &pins.0,
+        free_port(),
+    ))
+    .unwrap();
+    let stop_udp = backend_udp_echo(&topo);
+    let stop_tcp = backend_server(&topo);
+    let agent = AgentTask::start(cfg);
+    let pin_dir = pins.0.clone();
+    let accepted = move |want: u32| {
+        let pin_dir = pin_dir.clone();
+        move || {
+            let p = pin_dir.clone();
+            async move {
+                let path = p.join(vpcep_common::maps::ENDPOINTS);
+                (path.exists() && {
+                    let eps = endpoints(&p);
+                    eps.len() == 1 && eps[0].1.flags & EP_ACCEPTED == want
+                })
+                .then_some(())
+            }
+        }
+    };
+    eventually(20, "the accepted endpoint", accepted(EP_ACCEPTED)).await;
+    let t = topo.clone();
+    let udp = std::sync::Arc::new(blocking(move || consumer_udp(&t)).await);
+    let u = udp.clone();
+    assert!(
+        blocking(move || udp_ping(&u)).await,
+        "UDP before the outage"
+    );
+
+    // The control plane goes away: the established flow and new flows keep working.
+    server.stop().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let u = udp.clone();
+    assert!(
+        blocking(move || udp_ping(&u)).await,
+        "UDP during the outage"
+    );
+    let t = topo.clone();
+    blocking(move || http_get(&t, Duration::from_secs(2)))
+        .await
+        .expect("a new TCP flow during the outage");
+
+    // It comes back at the same address; a change made then reaches the kernel.
+    let _server = PortServer::start(port, &db).await;
+    api(&base, PROVIDER)
+        .ok(
+            Method::POST,
+            &action,
+            Some(json!({"action": "reject", "endpoints": [ep["id"]]})),
+        )
+        .await;
+    eventually(20, "the rejection after the outage", accepted(0)).await;
+    let u = udp.clone();
+    assert!(
+        !blocking(move || udp_ping(&u)).await,
+        "UDP after the rejection"
+    );
+
+    // --reload replaces the pinned links with the new program's; traffic flows after it.
+    api(&base, PROVIDER)
+        .ok(
+            Method::POST,
+            &action,
+            Some(json!({"action": "receive", "endpoints": [ep["id"]]})),
+        )
+        .await;
+    eventually(20, "the accepted endpoint again", accepted(EP_ACCEPTED)).await;
+    agent.stop().await;
+    let links = pins.0.join("links");
+    let link_inode = move || {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::read_dir(&links)
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with("tc-tapc-"))
+            .map(|e| e.metadata().unwrap().ino())
+    };
+    let before = link_inode().expect("a pinned link for tapc");
+    let mut cfg = AgentConfig::parse(&agent_toml(
+        std::slice::from_ref(&base),
+        &topo,
+        &w,
+        &pins.0,
+        free_port(),
+    ))
+    .unwrap();
+    cfg.reload = true;
+    let agent = AgentTask::start(cfg);
+    eventually(20, "the link to be replaced", || {
+        let now = link_inode();
+        async move { now.filter(|i| *i != before).map(|_| ()) }
+    })
+    .await;
+    let t = topo.clone();
+    blocking(move || http_get(&t, Duration::from_secs(2)))
+        .await
+        .expect("a TCP flow after --reload");
+
+    agent.stop().await;
+    stop_udp.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop_tcp.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nics_are_attached_as_they_appear_and_released_when_they_go() {
+    require_root();
+    let mut topo = xtask::netns::Topology::new().unwrap();
+    let pins = TempDir::new(std::path::Path::new("/sys/fs/bpf"), "agent-nics");
+    let metrics_port = free_port();
+    // No control plane at all: attachment does not depend on it.
+    let cfg = AgentConfig::parse(&format!(
+        r#"
+node_name = "{NODE}"
+underlay_ip = "192.0.2.1"
+control_plane = ["http://127.0.0.1:{}"]
+token = "t"
+pin_dir = "{}"
+metrics_address = "127.0.0.1:{metrics_port}"
+netns = "{}"
+[[nic]]
+iface = "tapc"
+port_id = "p-c"
+"#,
+        free_port(),
+        pins.0.display(),
+        topo.node.name(),
+    ))
+    .unwrap();
+    let agent = AgentTask::start(cfg);
+    let attached = |up: u8| {
+        let line = format!("vpcep_nic_attached{{iface=\"tapc\",port_id=\"p-c\"}} {up}");
+        move || {
+            let line = line.clone();
+            async move {
+                let text = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+                    .await
+                    .ok()?
+                    .text()
+                    .await
+                    .ok()?;
+                text.contains(&line).then_some(())
+            }
+        }
+    };
+    let link_pins = |dir: std::path::PathBuf| {
+        std::fs::read_dir(dir)
+            .map(|rd| rd.flatten().count())
+            .unwrap_or(0)
+    };
+    eventually(20, "the NIC reported as not attached", attached(0)).await;
+    assert_eq!(link_pins(pins.0.join("links")), 0);
+
+    topo.add_vm("tapc", "10.0.0.2/24", C_MAC).unwrap();
+    eventually(10, "the NIC attached", attached(1)).await;
+    assert_eq!(link_pins(pins.0.join("links")), 1);
+
+    // Removing the VM removes its veth pair: the agent lets go of the link.
+    drop(topo.vms.pop());
+    eventually(10, "the NIC released", attached(0)).await;
+    let links = pins.0.join("links");
+    eventually(5, "the link pin removed", move || {
+        let n = link_pins(links.clone());
+        async move { (n == 0).then_some(()) }
+    })
+    .await;
+    agent.stop().await;
+}

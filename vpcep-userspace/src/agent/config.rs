@@ -1,0 +1,348 @@
+//! The node agent's configuration file (TOML), parsed and validated once at start.
+//!
+//! ```toml
+//! node_name = "node1"
+//! underlay_ip = "192.0.2.1"
+//! control_plane = ["http://10.1.0.1:8080", "http://10.1.0.2:8080"]
+//! token = "agent-node1-secret"
+//! pin_dir = "/sys/fs/bpf/vpcep"          # default
+//! metrics_address = "127.0.0.1:9464"     # default
+//! resync_interval_ms = 30000             # default: full reconcile against the kernel maps
+//! # netns = "node1"                      # namespace holding the VM NICs (default: the agent's)
+//! # vmac = "02:fe:00:00:00:01"           # MAC answering ARP for endpoints and gateways
+//! # snat_ports = [1024, 65535]
+//!
+//! [conntrack]                            # idle timeouts in seconds; defaults shown
+//! tcp_syn = 60
+//! tcp_established = 21600
+//! tcp_closing = 10
+//! udp = 60
+//! gc_interval_ms = 10000
+//!
+//! [[nic]]                                # host side of a VM NIC → its inventory port id
+//! iface = "tap0"
+//! port_id = "6f3c…"
+//! ```
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+use vpcep_common::endpoint::{DEFAULT_PORT_HI, DEFAULT_PORT_LO, Timeouts};
+
+use crate::dataplane::config::parse_mac;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentConfigError {
+    #[error("reading {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{field}: {msg}")]
+    Invalid { field: String, msg: String },
+}
+
+fn invalid(field: impl Into<String>, msg: impl Into<String>) -> AgentConfigError {
+    AgentConfigError::Invalid {
+        field: field.into(),
+        msg: msg.into(),
+    }
+}
+
+/// The file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node_name: String,
+    underlay_ip: String,
+    control_plane: Vec<String>,
+    token: String,
+    #[serde(default = "default_pin_dir")]
+    pin_dir: PathBuf,
+    #[serde(default = "default_metrics")]
+    metrics_address: String,
+    #[serde(default = "default_resync")]
+    resync_interval_ms: u64,
+    #[serde(default)]
+    netns: Option<String>,
+    #[serde(default = "default_vmac")]
+    vmac: String,
+    #[serde(default = "default_ports")]
+    snat_ports: [u16; 2],
+    #[serde(default)]
+    conntrack: RawConntrack,
+    #[serde(default)]
+    nic: Vec<NicConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConntrack {
+    tcp_syn: u32,
+    tcp_established: u32,
+    tcp_closing: u32,
+    udp: u32,
+    gc_interval_ms: u64,
+}
+
+impl Default for RawConntrack {
+    fn default() -> Self {
+        let t = Timeouts::default();
+        Self {
+            tcp_syn: t.tcp_syn,
+            tcp_established: t.tcp_established,
+            tcp_closing: t.tcp_closing,
+            udp: t.udp,
+            gc_interval_ms: 10_000,
+        }
+    }
+}
+
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/vpcep")
+}
+fn default_metrics() -> String {
+    "127.0.0.1:9464".to_owned()
+}
+fn default_resync() -> u64 {
+    30_000
+}
+fn default_vmac() -> String {
+    "02:fe:00:00:00:01".to_owned()
+}
+fn default_ports() -> [u16; 2] {
+    [DEFAULT_PORT_LO, DEFAULT_PORT_HI]
+}
+
+/// One local VM NIC.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicConfig {
+    /// Host-side interface (tap/veth) in the agent's (or `netns`) namespace.
+    pub iface: String,
+    /// The NIC's id in the inventory (`/inventory/ports/{id}`).
+    pub port_id: String,
+    /// With a subnet, the agent registers the NIC when the inventory lacks it (`ip` and
+    /// `mac` are then the VM's; the control plane assigns them when left out).
+    #[serde(default)]
+    pub subnet_id: Option<String>,
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_name: String,
+    pub underlay_ip: Ipv4Addr,
+    pub control_plane: Vec<String>,
+    pub token: String,
+    pub pin_dir: PathBuf,
+    pub metrics_address: SocketAddr,
+    pub resync_interval: Duration,
+    pub netns: Option<String>,
+    pub vmac: [u8; 6],
+    pub snat_ports: (u16, u16),
+    pub timeouts: Timeouts,
+    pub gc_interval: Duration,
+    pub nics: Vec<NicConfig>,
+    /// Replace pinned programs and links instead of reusing them (`--reload`).
+    pub reload: bool,
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<Self, AgentConfigError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| AgentConfigError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            AgentConfigError::Parse { source, .. } => AgentConfigError::Parse { path: p, source },
+            e => e,
+        })
+    }
+
+    /// Parses and validates; the error names the offending field.
+    pub fn parse(text: &str) -> Result<Self, AgentConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|source| AgentConfigError::Parse {
+            path: "config".to_owned(),
+            source,
+        })?;
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        if !name_ok(&raw.node_name) {
+            return Err(invalid("node_name", "must be 1-64 of [A-Za-z0-9._-]"));
+        }
+        let underlay_ip: Ipv4Addr = raw.underlay_ip.parse().map_err(|_| {
+            invalid(
+                "underlay_ip",
+                format!("{:?} is not an IPv4 address", raw.underlay_ip),
+            )
+        })?;
+        if raw.control_plane.is_empty() {
+            return Err(invalid("control_plane", "needs at least one URL"));
+        }
+        for (i, u) in raw.control_plane.iter().enumerate() {
+            let rest = u
+                .strip_prefix("http://")
+                .or_else(|| u.strip_prefix("https://"));
+            if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
+                return Err(invalid(
+                    format!("control_plane[{i}]"),
+                    format!("{u:?} is not an http(s) URL"),
+                ));
+            }
+        }
+        if raw.token.is_empty() {
+            return Err(invalid("token", "must not be empty"));
+        }
+        if !raw.pin_dir.is_absolute() {
+            return Err(invalid("pin_dir", "must be an absolute path (under bpffs)"));
+        }
+        let metrics_address: SocketAddr = raw.metrics_address.parse().map_err(|_| {
+            invalid(
+                "metrics_address",
+                format!("{:?} is not an address:port", raw.metrics_address),
+            )
+        })?;
+        if raw.resync_interval_ms < 100 {
+            return Err(invalid("resync_interval_ms", "must be at least 100"));
+        }
+        let vmac = parse_mac("vmac", &raw.vmac)
+            .map_err(|_| invalid("vmac", format!("{:?} is not a MAC address", raw.vmac)))?;
+        let [lo, hi] = raw.snat_ports;
+        if lo == 0 || lo > hi {
+            return Err(invalid("snat_ports", "must be [lo, hi] with 1 <= lo <= hi"));
+        }
+        let ct = &raw.conntrack;
+        for (field, v) in [
+            ("conntrack.tcp_syn", ct.tcp_syn),
+            ("conntrack.tcp_established", ct.tcp_established),
+            ("conntrack.tcp_closing", ct.tcp_closing),
+            ("conntrack.udp", ct.udp),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "must be at least 1 second"));
+            }
+        }
+        if ct.gc_interval_ms < 100 {
+            return Err(invalid("conntrack.gc_interval_ms", "must be at least 100"));
+        }
+        let mut ifaces = BTreeSet::new();
+        let mut ports = BTreeSet::new();
+        for (i, n) in raw.nic.iter().enumerate() {
+            if n.iface.is_empty() || n.iface.len() > 15 || n.iface.contains(['/', ' ', '\0']) {
+                return Err(invalid(
+                    format!("nic[{i}].iface"),
+                    "must be an interface name (1-15 characters)",
+                ));
+            }
+            if n.port_id.is_empty() {
+                return Err(invalid(format!("nic[{i}].port_id"), "must not be empty"));
+            }
+            if let Some(m) = &n.mac {
+                parse_mac("", m).map_err(|_| {
+                    invalid(
+                        format!("nic[{i}].mac"),
+                        format!("{m:?} is not a MAC address"),
+                    )
+                })?;
+            }
+            if n.subnet_id.is_none() && (n.ip.is_some() || n.mac.is_some()) {
+                return Err(invalid(
+                    format!("nic[{i}].subnet_id"),
+                    "needed with ip or mac (they are only used to register the NIC)",
+                ));
+            }
+            if !ifaces.insert(n.iface.clone()) {
+                return Err(invalid(format!("nic[{i}].iface"), "listed twice"));
+            }
+            if !ports.insert(n.port_id.clone()) {
+                return Err(invalid(format!("nic[{i}].port_id"), "listed twice"));
+            }
+        }
+        Ok(Self {
+            node_name: raw.node_name,
+            underlay_ip,
+            control_plane: raw.control_plane,
+            token: raw.token,
+            pin_dir: raw.pin_dir,
+            metrics_address,
+            resync_interval: Duration::from_millis(raw.resync_interval_ms),
+            netns: raw.netns,
+            vmac,
+            snat_ports: (lo, hi),
+            timeouts: Timeouts {
+                tcp_syn: ct.tcp_syn,
+                tcp_established: ct.tcp_established,
+                tcp_closing: ct.tcp_closing,
+                udp: ct.udp,
+            },
+            gc_interval: Duration::from_millis(ct.gc_interval_ms),
+            nics: raw.nic,
+            reload: false,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+node_name = "node1"
+underlay_ip = "192.0.2.1"
+control_plane = ["http://127.0.0.1:8080"]
+token = "t"
+[[nic]]
+iface = "tapc"
+port_id = "p1"
+"#;
+
+    fn field_of(text: &str) -> String {
+        match AgentConfig::parse(text) {
+            Err(AgentConfigError::Invalid { field, .. }) => field,
+            other => panic!("expected a field error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_and_validation() {
+        let c = AgentConfig::parse(GOOD).unwrap();
+        assert_eq!(c.nics.len(), 1);
+        assert_eq!(c.timeouts, Timeouts::default());
+        assert_eq!(c.pin_dir, PathBuf::from("/sys/fs/bpf/vpcep"));
+        assert_eq!(field_of(&GOOD.replace("192.0.2.1", "x")), "underlay_ip");
+        assert_eq!(
+            field_of(&GOOD.replace("http://", "ftp://")),
+            "control_plane[0]"
+        );
+        assert_eq!(field_of(&GOOD.replace("\"tapc\"", "\"\"")), "nic[0].iface");
+        assert_eq!(
+            field_of(&format!("{GOOD}[conntrack]\nudp = 0\n")),
+            "conntrack.udp"
+        );
+        assert!(matches!(
+            AgentConfig::parse(&format!("{GOOD}bogus = 1\n")),
+            Err(AgentConfigError::Parse { .. })
+        ));
+    }
+}

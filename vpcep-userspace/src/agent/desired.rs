@@ -1,0 +1,537 @@
+//! Pure: the feed's objects → the map contents this node should have.
+//!
+//! Ids in the maps: a VPC is its VNI; services and endpoints get dense u32 ids that
+//! [`Ids`] assigns on first sight and keeps for the life of the process (an endpoint id
+//! indexes the per-endpoint counters, so it must not move while its flows live).
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::Ipv4Addr,
+};
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use vpcep_common::{
+    endpoint::{
+        EP_ACCEPTED, EP_PERMITTED, EP_SRC_WHITELIST, Endpoint, EndpointKey, IPPROTO_TCP,
+        IPPROTO_UDP, LocalNic, NodeConfig, PortKey, PortTarget, SVC_LOCAL, SVC_REMOTE, Service,
+        TCP_PROXY_CLOSE, TCP_PROXY_OPEN, TCP_PROXY_PROXY_OPEN, TCP_PROXY_TOA_OPEN, Timeouts,
+        in_snat_range,
+    },
+    maps::{MAX_ENDPOINTS, MAX_SERVICES},
+};
+
+use crate::api::model::{self, Node, Permission, Port, Subnet, Vpc};
+
+/// The objects of the feed, as stored, by (kind, id).
+#[derive(Debug, Default, Clone)]
+pub struct FeedState {
+    objects: BTreeMap<(String, String), Value>,
+}
+
+impl FeedState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies one change (`op` = `put` with the whole object, or `delete`).
+    pub fn apply(&mut self, kind: &str, id: &str, op: &str, object: Value) {
+        let key = (kind.to_owned(), id.to_owned());
+        if op == "delete" || object.is_null() {
+            self.objects.remove(&key);
+        } else {
+            self.objects.insert(key, object);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    /// Objects of one kind that parse; one that does not is skipped (and logged), so a
+    /// newer control plane's document never stops the node.
+    fn of<T: DeserializeOwned>(&self, kind: &str) -> impl Iterator<Item = (&str, T)> {
+        let lo = (kind.to_owned(), String::new());
+        self.objects
+            .range(lo..)
+            .take_while(move |((k, _), _)| k == kind)
+            .filter_map(move |((_, id), v)| match T::deserialize(v) {
+                Ok(t) => Some((id.as_str(), t)),
+                Err(e) => {
+                    tracing::warn!(kind, id, error = %e, "skipping an object that does not parse");
+                    None
+                }
+            })
+    }
+
+    pub fn port(&self, id: &str) -> Option<Port> {
+        self.get("port", id)
+    }
+
+    fn get<T: DeserializeOwned>(&self, kind: &str, id: &str) -> Option<T> {
+        self.objects
+            .get(&(kind.to_owned(), id.to_owned()))
+            .and_then(|v| T::deserialize(v).ok())
+    }
+}
+
+/// Dense ids for services and endpoints, stable for the life of the process, and across
+/// restarts: [`Ids::seed`] takes them back from the pinned endpoint map (by marker id), so
+/// a restarted agent does not renumber what live flows and counters refer to.
+#[derive(Debug, Default)]
+pub struct Ids {
+    services: HashMap<String, u32>,
+    endpoints: HashMap<String, u32>,
+    used_services: HashSet<u32>,
+    used_endpoints: HashSet<u32>,
+    /// marker id → (endpoint id, service id) found in the maps at start.
+    seeds: HashMap<u32, (u32, u32)>,
+    next_service: u32,
+    next_endpoint: u32,
+}
+
+fn assign(
+    map: &mut HashMap<String, u32>,
+    used: &mut HashSet<u32>,
+    next: &mut u32,
+    id: &str,
+    max: u32,
+) -> Option<u32> {
+    if let Some(v) = map.get(id) {
+        return Some(*v);
+    }
+    // Id 0 is left unused so that a zeroed value never names a real object.
+    let mut n = (*next).max(1);
+    while used.contains(&n) {
+        n = n.checked_add(1)?;
+    }
+    if n >= max {
+        return None;
+    }
+    *next = n + 1;
+    used.insert(n);
+    map.insert(id.to_owned(), n);
+    Some(n)
+}
+
+impl Ids {
+    /// Remembers the ids of endpoints already in the kernel map.
+    pub fn seed<'a>(&mut self, existing: impl Iterator<Item = &'a Endpoint>) {
+        for e in existing {
+            self.seeds
+                .insert(e.marker_id, (e.endpoint_id, e.service_id));
+        }
+    }
+
+    /// Ids for an endpoint and its service, reusing seeded ones when free.
+    fn for_endpoint(&mut self, ep: &str, marker: u32, svc: &str) -> Option<(u32, u32)> {
+        if !self.endpoints.contains_key(ep)
+            && let Some((e, s)) = self.seeds.remove(&marker)
+        {
+            if !self.used_endpoints.contains(&e) {
+                self.used_endpoints.insert(e);
+                self.endpoints.insert(ep.to_owned(), e);
+            }
+            if !self.services.contains_key(svc) && !self.used_services.contains(&s) {
+                self.used_services.insert(s);
+                self.services.insert(svc.to_owned(), s);
+            }
+        }
+        let s = assign(
+            &mut self.services,
+            &mut self.used_services,
+            &mut self.next_service,
+            svc,
+            MAX_SERVICES,
+        )?;
+        let e = assign(
+            &mut self.endpoints,
+            &mut self.used_endpoints,
+            &mut self.next_endpoint,
+            ep,
+            MAX_ENDPOINTS,
+        )?;
+        Some((s, e))
+    }
+
+    /// The id an endpoint was given, if any.
+    pub fn endpoint_of(&self, id: &str) -> Option<u32> {
+        self.endpoints.get(id).copied()
+    }
+
+    /// Every (endpoint UUID, map id) assigned so far.
+    pub fn endpoints(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.endpoints.iter().map(|(k, v)| (k.as_str(), *v))
+    }
+}
+
+/// What the node itself contributes: its name, node-local settings and the interfaces
+/// present right now (inventory port id → host-side ifindex).
+#[derive(Debug, Clone)]
+pub struct Local {
+    pub node_name: String,
+    pub vmac: [u8; 6],
+    pub snat_ports: (u16, u16),
+    pub timeouts: Timeouts,
+    pub nics: BTreeMap<String, u32>,
+}
+
+/// The complete contents of the maps the agent owns.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub node: Option<NodeConfig>,
+    /// SNAT address → underlay address of its node, for every node.
+    pub snat_owners: BTreeMap<u32, u32>,
+    pub nics: BTreeMap<u32, LocalNic>,
+    pub services: BTreeMap<u32, Service>,
+    pub ports: BTreeMap<PortKey, PortTarget>,
+    /// (endpoint id, source address be, prefix length).
+    pub sources: BTreeSet<(u32, u32, u32)>,
+    pub endpoints: BTreeMap<EndpointKey, Endpoint>,
+}
+
+fn be(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+fn ip_be(s: &str) -> Option<u32> {
+    s.parse::<Ipv4Addr>().ok().map(be)
+}
+
+fn mac(s: &str) -> Option<[u8; 6]> {
+    let mut m = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut m {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(m)
+}
+
+fn cidr(s: &str) -> Option<(u32, u32)> {
+    let (ip, len) = s.split_once('/').unwrap_or((s, "32"));
+    let len: u32 = len.parse().ok().filter(|l| *l <= 32)?;
+    let ip: Ipv4Addr = ip.parse().ok()?;
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    Some((be(Ipv4Addr::from(u32::from(ip) & mask)), len))
+}
+
+fn tcp_proxy(s: &str) -> u8 {
+    match s {
+        "toa_open" => TCP_PROXY_TOA_OPEN,
+        "proxy_open" | "proxy_vni" => TCP_PROXY_PROXY_OPEN,
+        "open" => TCP_PROXY_OPEN,
+        _ => TCP_PROXY_CLOSE,
+    }
+}
+
+/// Computes the desired map contents for this node.
+pub fn compute(state: &FeedState, local: &Local, ids: &mut Ids) -> Desired {
+    let mut d = Desired::default();
+    let vni: HashMap<String, u32> = state.of::<Vpc>("vpc").map(|(_, v)| (v.id, v.vni)).collect();
+    let subnets: HashMap<String, Subnet> = state
+        .of::<Subnet>("subnet")
+        .map(|(_, s)| (s.id.clone(), s))
+        .collect();
+    let nodes: HashMap<String, Node> = state
+        .of::<Node>("node")
+        .map(|(_, n)| (n.name.clone(), n))
+        .collect();
+    let ports: HashMap<String, Port> = state
+        .of::<Port>("port")
+        .map(|(_, p)| (p.id.clone(), p))
+        .collect();
+
+    if let Some(snat) = nodes
+        .get(&local.node_name)
+        .and_then(|n| ip_be(&n.snat_ip))
+        .filter(|ip| in_snat_range(*ip))
+    {
+        d.node = Some(NodeConfig {
+            snat_ip_be: snat,
+            port_lo: local.snat_ports.0,
+            port_hi: local.snat_ports.1,
+            vmac: local.vmac,
+            _pad: [0; 2],
+            timeouts: local.timeouts,
+        });
+    }
+
+    for n in nodes.values() {
+        if let (Some(snat), Some(underlay)) = (ip_be(&n.snat_ip), ip_be(&n.underlay_ip))
+            && in_snat_range(snat)
+        {
+            d.snat_owners.insert(snat, underlay);
+        }
+    }
+
+    // Local VM NICs, and the VPCs (by VNI) that have one here.
+    let mut local_vpcs = BTreeSet::new();
+    for (port_id, ifindex) in &local.nics {
+        let Some(p) = ports.get(port_id) else {
+            continue;
+        };
+        let (Some(vpc), Some(ip), Some(m)) = (vni.get(&p.vpc_id), ip_be(&p.ip), mac(&p.mac)) else {
+            continue;
+        };
+        let gateway = subnets
+            .get(&p.subnet_id)
+            .and_then(|s| ip_be(&s.gateway_ip))
+            .unwrap_or(0);
+        d.nics.insert(
+            *ifindex,
+            LocalNic {
+                vpc_id: *vpc,
+                ip_be: ip,
+                gateway_be: gateway,
+                mac: m,
+                _pad: [0; 2],
+            },
+        );
+        local_vpcs.insert(*vpc);
+    }
+
+    let mut perms: HashMap<String, Vec<Permission>> = HashMap::new();
+    for (_, p) in state.of::<Permission>("permission") {
+        perms.entry(p.service_id.clone()).or_default().push(p);
+    }
+    let services: HashMap<String, model::Service> = state
+        .of::<model::Service>("endpoint_service")
+        .map(|(_, s)| (s.id.clone(), s))
+        .collect();
+
+    for (_, ep) in state.of::<model::Endpoint>("endpoint") {
+        let Some(ep_vni) = vni.get(&ep.vpc_id) else {
+            continue;
+        };
+        if !local_vpcs.contains(ep_vni) || matches!(ep.status.as_str(), "failed" | "deleting") {
+            continue;
+        }
+        let Some(ep_ip) = ip_be(&ep.ip) else {
+            continue;
+        };
+        let Some(svc) = services.get(&ep.service_id) else {
+            continue;
+        };
+        if svc.status != "available" {
+            continue;
+        }
+        let Some(backend) = ports.get(&svc.port_id) else {
+            continue;
+        };
+        let (Some(backend_vni), Some(backend_ip)) = (vni.get(&svc.vpc_id), ip_be(&svc.ip)) else {
+            continue;
+        };
+        let backend_mac = mac(&backend.mac).unwrap_or_default();
+        let (location, ifindex, remote) = match local.nics.get(&backend.id) {
+            Some(ifindex) => (SVC_LOCAL, *ifindex, 0),
+            None if backend.node == local.node_name => continue, // here, but not attached yet
+            None => match nodes.get(&backend.node).and_then(|n| ip_be(&n.underlay_ip)) {
+                Some(u) => (SVC_REMOTE, 0, u),
+                None => continue,
+            },
+        };
+        let marker_id = u32::try_from(ep.marker_id).unwrap_or(u32::MAX);
+        let Some((service_id, endpoint_id)) = ids.for_endpoint(&ep.id, marker_id, &svc.id) else {
+            tracing::warn!(endpoint = %ep.id, "out of service or endpoint ids");
+            continue;
+        };
+        d.services.insert(
+            service_id,
+            Service {
+                backend_ip_be: backend_ip,
+                backend_vpc_id: *backend_vni,
+                ifindex,
+                remote_node_be: remote,
+                backend_mac,
+                location,
+                tcp_proxy: tcp_proxy(&svc.tcp_proxy),
+            },
+        );
+        for pm in &svc.ports {
+            let proto = match pm.protocol.as_str() {
+                "UDP" => IPPROTO_UDP,
+                _ => IPPROTO_TCP,
+            };
+            d.ports.insert(
+                PortKey {
+                    service_id,
+                    client_port_be: pm.client_port.to_be(),
+                    proto,
+                    _pad: 0,
+                },
+                PortTarget {
+                    server_port_be: pm.server_port.to_be(),
+                    _pad: 0,
+                },
+            );
+        }
+        let mut flags = 0;
+        if ep.status == "accepted" {
+            flags |= EP_ACCEPTED;
+        }
+        let svc_perms = perms.get(&svc.id).map(Vec::as_slice).unwrap_or_default();
+        if model::permitted(svc, svc_perms, &ep.project_id, &ep.domain_id) {
+            flags |= EP_PERMITTED;
+        }
+        if ep.enable_whitelist {
+            flags |= EP_SRC_WHITELIST;
+            for w in &ep.whitelist {
+                if let Some((src, len)) = cidr(w) {
+                    d.sources.insert((endpoint_id, src, len));
+                }
+            }
+        }
+        d.endpoints.insert(
+            EndpointKey {
+                vpc_id: *ep_vni,
+                ip_be: ep_ip,
+            },
+            Endpoint {
+                endpoint_id,
+                service_id,
+                marker_id,
+                flags,
+            },
+        );
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn state() -> FeedState {
+        let mut s = FeedState::new();
+        let mut put = |kind: &str, id: &str, v: Value| s.apply(kind, id, "put", v);
+        put(
+            "vpc",
+            "va",
+            json!({"id":"va","project_id":"pc","name":"","cidr":"10.0.0.0/24","vni":11,"created_at":""}),
+        );
+        put(
+            "vpc",
+            "vb",
+            json!({"id":"vb","project_id":"pp","name":"","cidr":"10.0.0.0/24","vni":22,"created_at":""}),
+        );
+        put(
+            "subnet",
+            "sa",
+            json!({"id":"sa","project_id":"pc","vpc_id":"va","cidr":"10.0.0.0/24","gateway_ip":"10.0.0.1","created_at":""}),
+        );
+        put(
+            "port",
+            "pc",
+            json!({"id":"pc","project_id":"pc","vpc_id":"va","subnet_id":"sa","ip":"10.0.0.2","mac":"02:00:00:00:00:02","node":"n1","created_at":""}),
+        );
+        put(
+            "port",
+            "pb",
+            json!({"id":"pb","project_id":"pp","vpc_id":"vb","subnet_id":"sb","ip":"10.0.0.5","mac":"02:00:00:00:00:05","node":"n2","created_at":""}),
+        );
+        put(
+            "node",
+            "n1",
+            json!({"name":"n1","underlay_ip":"192.0.2.1","snat_ip":"198.19.128.1","created_at":""}),
+        );
+        put(
+            "node",
+            "n2",
+            json!({"name":"n2","underlay_ip":"192.0.2.2","snat_ip":"198.19.128.2","created_at":""}),
+        );
+        put(
+            "endpoint_service",
+            "s1",
+            json!({
+            "id":"s1","project_id":"pp","domain_id":"pp","port_id":"pb","vpc_id":"vb","service_name":"x",
+            "server_type":"VM","service_type":"interface","approval_enabled":true,"status":"available",
+            "ip":"10.0.0.5","ports":[{"client_port":8080,"server_port":80,"protocol":"TCP"}],
+            "tcp_proxy":"close","tags":[],"description":"","enable_policy":false,"ip_version":"ipv4",
+            "created_at":"","updated_at":"","created_rev":1,"updated_rev":1}),
+        );
+        put(
+            "endpoint",
+            "e1",
+            json!({
+            "id":"e1","project_id":"pc","domain_id":"pc","service_id":"s1","service_name":"x",
+            "service_type":"interface","service_project_id":"pp","status":"pendingAcceptance",
+            "vpc_id":"va","subnet_id":"sa","ip":"10.0.0.100","marker_id":9,"enable_dns":false,
+            "dns_names":[],"whitelist":["10.0.0.0/25"],"enable_whitelist":true,"routetables":[],
+            "description":"","connection_description":"","policy_statement":null,
+            "policy_document":null,"tags":[],"created_at":"","updated_at":"","created_rev":9,
+            "updated_rev":9}),
+        );
+        s
+    }
+
+    fn local() -> Local {
+        Local {
+            node_name: "n1".into(),
+            vmac: [2, 0xfe, 0, 0, 0, 1],
+            snat_ports: (1024, 65535),
+            timeouts: Timeouts::default(),
+            nics: [("pc".to_owned(), 7)].into(),
+        }
+    }
+
+    #[test]
+    fn remote_backend_pending_then_permitted() {
+        let mut ids = Ids::default();
+        let mut s = state();
+        let d = compute(&s, &local(), &mut ids);
+        assert_eq!(
+            d.node.unwrap().snat_ip_be,
+            be(Ipv4Addr::new(198, 19, 128, 1))
+        );
+        assert_eq!(d.nics[&7].vpc_id, 11);
+        assert_eq!(
+            d.snat_owners[&be(Ipv4Addr::new(198, 19, 128, 2))],
+            be(Ipv4Addr::new(192, 0, 2, 2))
+        );
+        let svc = d.services[&1];
+        assert_eq!(svc.location, SVC_REMOTE);
+        assert_eq!(svc.remote_node_be, be(Ipv4Addr::new(192, 0, 2, 2)));
+        let ep = d.endpoints.values().next().copied().unwrap();
+        // Not accepted, and the consumer's domain is not whitelisted yet.
+        assert_eq!(ep.flags, EP_SRC_WHITELIST);
+        assert_eq!(d.sources.iter().next().unwrap().2, 25);
+        s.apply(
+            "permission",
+            "w1",
+            "put",
+            json!({"id":"w1","service_id":"s1","project_id":"pp",
+            "permission":"iam:domain::pc","permission_type":"domainId","description":"",
+            "created_at":"","created_rev":10}),
+        );
+        let d2 = compute(&s, &local(), &mut ids);
+        let ep2 = d2.endpoints.values().next().copied().unwrap();
+        assert_eq!(ep2.flags, EP_SRC_WHITELIST | EP_PERMITTED);
+        assert_eq!(ep2.endpoint_id, ep.endpoint_id, "ids are stable");
+        // No local NIC in the consumer VPC: nothing for this node.
+        let mut l = local();
+        l.nics.clear();
+        let d3 = compute(&s, &l, &mut ids);
+        assert!(d3.endpoints.is_empty() && d3.services.is_empty());
+        // A restarted agent takes the ids back from the map.
+        let mut fresh = Ids::default();
+        fresh.seed(
+            [Endpoint {
+                endpoint_id: 40,
+                service_id: 30,
+                marker_id: 9,
+                flags: 0,
+            }]
+            .iter(),
+        );
+        let d4 = compute(&s, &local(), &mut fresh);
+        let ep4 = d4.endpoints.values().next().copied().unwrap();
+        assert_eq!((ep4.endpoint_id, ep4.service_id), (40, 30));
+        s.apply("endpoint", "e1", "delete", Value::Null);
+        assert!(compute(&s, &local(), &mut ids).endpoints.is_empty());
+    }
+}

@@ -1,0 +1,186 @@
+//! The one owner of the maps: keeps shadow state (what it believes the kernel holds) and
+//! writes only differences, targets first (node, SNAT owners, NICs, services, port mappings,
+//! source whitelists, then the endpoints that point at them) and deletes in reverse, so the fast
+//! path never sees an endpoint whose service or ports are missing.
+use std::collections::{BTreeMap, BTreeSet};
+
+use vpcep_common::endpoint::{
+    CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN_SENT, CT_UDP, FlowEntry, Timeouts,
+};
+
+use super::desired::Desired;
+use crate::dataplane::{Dataplane, DataplaneError};
+
+/// How many writes a diff made, for logs and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub puts: usize,
+    pub deletes: usize,
+}
+
+/// The maps' contents as last written or read back.
+#[derive(Debug, Default)]
+pub struct Syncer {
+    shadow: Desired,
+}
+
+fn changed<'a, K: Ord + Copy, V: PartialEq + Copy>(
+    old: &'a BTreeMap<K, V>,
+    new: &'a BTreeMap<K, V>,
+) -> impl Iterator<Item = (K, V)> + 'a {
+    new.iter()
+        .filter(|(k, v)| old.get(k) != Some(v))
+        .map(|(k, v)| (*k, *v))
+}
+
+fn gone<'a, K: Ord + Copy, V>(
+    old: &'a BTreeMap<K, V>,
+    new: &'a BTreeMap<K, V>,
+) -> impl Iterator<Item = K> + 'a {
+    old.keys().filter(|k| !new.contains_key(k)).copied()
+}
+
+impl Syncer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn shadow(&self) -> &Desired {
+        &self.shadow
+    }
+
+    /// Replaces the shadow with what the kernel maps hold now, so that the next
+    /// [`Self::apply`] repairs anything changed behind the agent's back.
+    pub fn read_back(&mut self, dp: &mut Dataplane) -> Result<(), DataplaneError> {
+        let node = dp.node()?;
+        self.shadow = Desired {
+            node: (node.snat_ip_be != 0).then_some(node),
+            snat_owners: dp.snat_owners()?.into_iter().collect(),
+            nics: dp.local_nics()?.into_iter().collect(),
+            services: dp.services()?.into_iter().collect(),
+            ports: dp.ports()?.into_iter().collect(),
+            sources: dp.sources()?.into_iter().collect(),
+            endpoints: dp.endpoints()?.into_iter().collect(),
+        };
+        Ok(())
+    }
+
+    /// Writes the difference between the shadow and `want`. The shadow follows each
+    /// successful write, so after an error the next call resumes where this one stopped.
+    pub fn apply(&mut self, dp: &mut Dataplane, want: &Desired) -> Result<Applied, DataplaneError> {
+        let mut n = Applied::default();
+        let sh = &mut self.shadow;
+        if let Some(node) = want.node
+            && sh.node != Some(node)
+        {
+            dp.set_node(node)?;
+            sh.node = Some(node);
+            n.puts += 1;
+        }
+        for (k, v) in changed(&sh.snat_owners, &want.snat_owners).collect::<Vec<_>>() {
+            dp.set_snat_owner(k, v)?;
+            sh.snat_owners.insert(k, v);
+            n.puts += 1;
+        }
+        for (k, v) in changed(&sh.nics, &want.nics).collect::<Vec<_>>() {
+            dp.set_local_nic(k, v)?;
+            sh.nics.insert(k, v);
+            n.puts += 1;
+        }
+        for (k, v) in changed(&sh.services, &want.services).collect::<Vec<_>>() {
+            dp.set_service(k, v)?;
+            sh.services.insert(k, v);
+            n.puts += 1;
+        }
+        for (k, v) in changed(&sh.ports, &want.ports).collect::<Vec<_>>() {
+            dp.set_port(k, v)?;
+            sh.ports.insert(k, v);
+            n.puts += 1;
+        }
+        let add: Vec<_> = want.sources.difference(&sh.sources).copied().collect();
+        for r in add {
+            dp.allow_source(r.0, r.1, r.2)?;
+            sh.sources.insert(r);
+            n.puts += 1;
+        }
+        for (k, v) in changed(&sh.endpoints, &want.endpoints).collect::<Vec<_>>() {
+            dp.set_endpoint(k, v)?;
+            sh.endpoints.insert(k, v);
+            n.puts += 1;
+        }
+        // Deletes in reverse: nothing is removed while an entry still points at it.
+        for k in gone(&sh.endpoints, &want.endpoints).collect::<Vec<_>>() {
+            dp.remove_endpoint(&k)?;
+            sh.endpoints.remove(&k);
+            n.deletes += 1;
+        }
+        let del: BTreeSet<_> = sh.sources.difference(&want.sources).copied().collect();
+        for r in del {
+            dp.disallow_source(r.0, r.1, r.2)?;
+            sh.sources.remove(&r);
+            n.deletes += 1;
+        }
+        for k in gone(&sh.ports, &want.ports).collect::<Vec<_>>() {
+            dp.remove_port(&k)?;
+            sh.ports.remove(&k);
+            n.deletes += 1;
+        }
+        for k in gone(&sh.services, &want.services).collect::<Vec<_>>() {
+            dp.remove_service(k)?;
+            sh.services.remove(&k);
+            n.deletes += 1;
+        }
+        for k in gone(&sh.nics, &want.nics).collect::<Vec<_>>() {
+            dp.remove_local_nic(k)?;
+            sh.nics.remove(&k);
+            n.deletes += 1;
+        }
+        for k in gone(&sh.snat_owners, &want.snat_owners).collect::<Vec<_>>() {
+            dp.remove_snat_owner(k)?;
+            sh.snat_owners.remove(&k);
+            n.deletes += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// Idle timeout of a conntrack entry, in nanoseconds.
+pub fn idle_limit_ns(entry: &FlowEntry, t: &Timeouts) -> u64 {
+    let secs = match entry.state {
+        CT_TCP_SYN_SENT => t.tcp_syn,
+        CT_TCP_ESTABLISHED => t.tcp_established,
+        CT_TCP_CLOSING => t.tcp_closing,
+        CT_UDP => t.udp,
+        _ => t.tcp_syn,
+    };
+    u64::from(secs) * 1_000_000_000
+}
+
+/// The clock `bpf_ktime_get_ns` reads (CLOCK_MONOTONIC).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// Deletes forward entries idle past their state's timeout, and their reverse entries.
+/// Returns (entries remaining, entries removed).
+pub fn gc_conntrack(dp: &mut Dataplane, t: &Timeouts) -> Result<(usize, usize), DataplaneError> {
+    let now = monotonic_ns();
+    let flows = dp.flows()?;
+    let mut removed = 0;
+    for (k, e) in &flows {
+        if now.saturating_sub(e.last_seen_ns) > idle_limit_ns(e, t) {
+            // Reverse first: a reply arriving in between finds no entry and is dropped
+            // rather than translated for a flow that is going away.
+            dp.remove_rev(&e.rev)?;
+            dp.remove_flow(k)?;
+            removed += 1;
+        }
+    }
+    Ok((flows.len() - removed, removed))
+}
