@@ -74,6 +74,12 @@ pub fn ep_key(ip: [u8; 4]) -> EndpointKey {
 /// backend B in VPC 2 (same 10.0.0.0/24), endpoints in VPC 1 in every state.
 pub fn scenario(nics: &Nics, port_lo: u16, port_hi: u16) -> Dataplane {
     let mut dp = Dataplane::load().unwrap();
+    fill(&mut dp, nics, port_lo, port_hi);
+    dp
+}
+
+/// Writes the scenario of [`scenario`] into an already loaded data plane.
+pub fn fill(dp: &mut Dataplane, nics: &Nics, port_lo: u16, port_hi: u16) {
     dp.set_node(node(port_lo, port_hi)).unwrap();
     let nic = |vpc_id, ip, mac| LocalNic {
         vpc_id,
@@ -141,7 +147,6 @@ pub fn scenario(nics: &Nics, port_lo: u16, port_hi: u16) -> Dataplane {
         },
     )
     .unwrap();
-    dp
 }
 
 pub fn port(service_id: u32, client_port: u16, proto: u8) -> PortKey {

@@ -1,5 +1,10 @@
 //! Fixtures shared by the integration tests: packet builders, raw-socket senders and the
 //! kernel-test preconditions.
+use std::{
+    path::{Path, PathBuf},
+    sync::OnceLock,
+};
+
 pub mod fastpath;
 pub mod packets;
 pub mod raw;
@@ -24,4 +29,38 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: valid out pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The `vpcep` binary of this build (built once per test run with the same cargo and
+/// profile; `VPCEP_CLI_TEST_NO_BUILD=1` uses the one already there).
+pub fn vpcep_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        let bin = profile_dir.join("vpcep");
+        if std::env::var_os("VPCEP_CLI_TEST_NO_BUILD").is_none() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = std::process::Command::new(cargo);
+            cmd.args([
+                "build",
+                "--quiet",
+                "-p",
+                "vpcep-userspace",
+                "--bin",
+                "vpcep",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap());
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            let status = cmd
+                .status()
+                .expect("running cargo build for the vpcep binary");
+            assert!(status.success(), "building the vpcep binary failed");
+        }
+        assert!(bin.exists(), "{} is missing", bin.display());
+        bin
+    })
 }

@@ -2,18 +2,14 @@
 //! real in-process control plane on a loopback port with a fresh SQLite file per test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    path::{Path, PathBuf},
-    process::Stdio,
-    sync::OnceLock,
-    time::Duration,
-};
+use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use serde_json::Value;
 use vpcep::{
     api::{Config, Credentials, CredentialsFile, Server, auth},
     store::Store,
 };
+use vpcep_tests::vpcep_bin;
 
 const OPERATOR: &str = "operator-secret";
 const CONSUMER_TOKEN: &str = "consumer-token";
@@ -54,41 +50,6 @@ fn credentials() -> Credentials {
             domain_id: None,
         }],
         agents: vec![],
-    })
-}
-
-/// The built `vpcep` binary, next to this test's directory (`target/<profile>/vpcep`).
-/// `cargo test -p vpcep-tests` builds only the library of vpcep-userspace, so the binary is
-/// built (or brought up to date) once per run with the same cargo and profile.
-fn vpcep_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-        let bin = profile_dir.join("vpcep");
-        if std::env::var_os("VPCEP_CLI_TEST_NO_BUILD").is_none() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = std::process::Command::new(cargo);
-            cmd.args([
-                "build",
-                "--quiet",
-                "-p",
-                "vpcep-userspace",
-                "--bin",
-                "vpcep",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap());
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            let status = cmd
-                .status()
-                .expect("running cargo build for the vpcep binary");
-            assert!(status.success(), "building the vpcep binary failed");
-        }
-        assert!(bin.exists(), "{} is missing", bin.display());
-        bin
     })
 }
 

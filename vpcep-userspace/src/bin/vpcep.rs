@@ -62,6 +62,28 @@ enum DataplaneCmd {
         #[arg(long, default_value_t = 0)]
         duration: u64,
     },
+    /// Verdict counters of this node, from the maps the agent pinned.
+    Stats(PinnedArgs),
+    /// Endpoints programmed on this node, with their state and counters.
+    Endpoints(PinnedArgs),
+    /// Tracked flows on this node: consumer → endpoint, SNAT → backend, state, idle time.
+    Flows {
+        #[command(flatten)]
+        pinned: PinnedArgs,
+        /// Show at most this many flows.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+}
+
+#[derive(clap::Args)]
+struct PinnedArgs {
+    /// The agent's pin directory.
+    #[arg(long, default_value = "/sys/fs/bpf/vpcep")]
+    pin_dir: std::path::PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = vpcep::cli::output::Format::Table)]
+    output: vpcep::cli::output::Format,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -93,6 +115,9 @@ async fn main() -> anyhow::Result<()> {
             r => r.context("running the control plane"),
         },
         Command::Agent { config, reload } => agent(config, reload).await,
+        Command::Dataplane(DataplaneCmd::Stats(a)) => view(&a, "stats", 0),
+        Command::Dataplane(DataplaneCmd::Endpoints(a)) => view(&a, "endpoints", 0),
+        Command::Dataplane(DataplaneCmd::Flows { pinned, limit }) => view(&pinned, "flows", limit),
         Command::Api(_) | Command::Completions { .. } => Ok(()),
     }
 }
@@ -127,6 +152,60 @@ async fn agent(path: std::path::PathBuf, reload: bool) -> anyhow::Result<()> {
     vpcep::agent::run(cfg, shutdown)
         .await
         .context("running the agent (are you root? is bpffs mounted?)")
+}
+
+/// Node-local views of the pinned maps (read-only).
+fn view(a: &PinnedArgs, what: &str, limit: usize) -> anyhow::Result<()> {
+    use vpcep::{cli::output::Output, dataplane::pinned};
+    type Cols = &'static [(&'static str, &'static str)];
+    let (items, columns): (Vec<serde_json::Value>, Cols) = match what {
+        "stats" => (
+            to_values(pinned::stats(&a.pin_dir)?)?,
+            &[
+                ("HOOK", "hook"),
+                ("REASON", "reason"),
+                ("DROP", "drop"),
+                ("PACKETS", "packets"),
+                ("BYTES", "bytes"),
+            ],
+        ),
+        "endpoints" => (
+            to_values(pinned::endpoints(&a.pin_dir)?)?,
+            &[
+                ("ID", "id"),
+                ("VPC", "vpc"),
+                ("IP", "ip"),
+                ("SERVICE", "service"),
+                ("ACCEPTED", "accepted"),
+                ("PERMITTED", "permitted"),
+                ("PACKETS", "packets"),
+                ("BYTES", "bytes"),
+                ("NEW_FLOWS", "new_flows"),
+                ("DROPS", "drops"),
+            ],
+        ),
+        _ => (
+            to_values(pinned::flows(&a.pin_dir, limit)?)?,
+            &[
+                ("PROTO", "proto"),
+                ("CONSUMER", "consumer"),
+                ("ENDPOINT", "endpoint"),
+                ("SNAT", "snat"),
+                ("BACKEND", "backend"),
+                ("STATE", "state"),
+                ("IDLE_S", "idle_secs"),
+            ],
+        ),
+    };
+    Output::List { items, columns }
+        .print(a.output)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn to_values<T: serde::Serialize>(rows: Vec<T>) -> anyhow::Result<Vec<serde_json::Value>> {
+    rows.into_iter()
+        .map(|r| serde_json::to_value(r).map_err(Into::into))
+        .collect()
 }
 
 async fn run(
