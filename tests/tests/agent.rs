@@ -2,6 +2,7 @@
 //! thread inside a node namespace, the real kernel programs, and traffic between VM
 //! namespaces through an endpoint created, accepted, rejected and deleted over the API.
 mod agent {
+    mod bench;
     pub mod support;
 }
 

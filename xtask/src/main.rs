@@ -61,9 +61,10 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Benchmarks (release builds, root): `dataplane` (ns/packet through
-    /// BPF_PROG_TEST_RUN next to a no-op program), `api` (requests/s and latency on SQLite
-    /// and PostgreSQL), or `all`. Don't run them while something else is building.
+    /// Benchmarks (release builds, root): `hooks`, `dataplane` (ns/packet through
+    /// BPF_PROG_TEST_RUN next to a no-op program), `convergence`, `api` (requests/s and
+    /// latency on SQLite and PostgreSQL), or `all`. Don't run them while something else is
+    /// building.
     Bench {
         #[arg(value_enum, default_value = "all")]
         what: BenchKind,
@@ -82,6 +83,8 @@ enum BenchKind {
     Api,
     /// Bulk TCP with the TC or XDP program on a veth, next to plain routing.
     Hooks,
+    /// API write → kernel maps of a real agent, and → the feed of 100 simulated agents.
+    Convergence,
     All,
 }
 
@@ -291,7 +294,22 @@ fn bench(what: BenchKind) -> Result<()> {
         println!("== dataplane: ns/packet, 10,000 endpoints and 1,000,000 flows loaded");
         sh(cargo().args(["bench", "--package", "vpcep-tests", "--bench", "dataplane"]))?;
     }
-    if what != BenchKind::Dataplane {
+    if all || what == BenchKind::Convergence {
+        println!(
+            "== convergence: 1,000 API changes to the maps of a real agent and to 100 simulated agents"
+        );
+        sh(cargo()
+            .args([
+                "test",
+                "--release",
+                "--package",
+                "vpcep-tests",
+                "--test",
+                "agent",
+            ])
+            .args(["convergence_report", "--", "--ignored", "--nocapture"]))?;
+    }
+    if all || what == BenchKind::Api {
         println!(
             "== api: requests/s and latency, SQLite then PostgreSQL (load generator in-process)"
         );
