@@ -307,7 +307,13 @@ fn bench(what: BenchKind) -> Result<()> {
                 "--test",
                 "agent",
             ])
-            .args(["convergence_report", "--", "--ignored", "--nocapture"]))?;
+            .args([
+                "_report",
+                "--",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ]))?;
     }
     if all || what == BenchKind::Api {
         println!(

@@ -279,3 +279,238 @@ async fn convergence_report() {
         snap.objects.len()
     );
 }
+
+/// Kills the child (by its PID) when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Runs `n` requests built by `f(i)` on `clients` concurrent tasks; returns the responses'
+/// bodies in order.
+async fn many<F>(clients: usize, n: usize, f: F) -> Vec<serde_json::Value>
+where
+    F: Fn(usize) -> (Api, Method, String, serde_json::Value) + Send + Sync + 'static,
+{
+    let f = Arc::new(f);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let f = f.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            let mut i = c;
+            while i < n {
+                let (api, method, path, body) = f(i);
+                out.push((i, api.ok(method, &path, Some(body)).await));
+                i += clients;
+            }
+            out
+        }));
+    }
+    let mut all = Vec::with_capacity(n);
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, v)| v).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: cargo xtask bench convergence"]
+async fn resync_report() {
+    vpcep_tests::require_root();
+    // 10,000 / 100,000 is the size the issue names; the store assigns an endpoint address
+    // by reading the VPC's endpoints, so loading that many through the API takes hours
+    // (docs/benchmarks.md). The default is a tenth, spread over ten consumer VPCs.
+    let services = env("VPCEP_BENCH_SERVICES", 1_000);
+    let endpoints_n = env("VPCEP_BENCH_ENDPOINTS", 10_000);
+    let bin = vpcep_tests::vpcep_bin();
+    let topo = Arc::new(topology());
+    let cp = ControlPlane::start().await;
+    let base = cp.server.url();
+    let w = world_with(&base, true).await;
+    let op = cp.client(OPERATOR);
+    let t = Instant::now();
+    op.ok(
+        Method::PUT,
+        "/inventory/quotas/proj-provider",
+        Some(json!({"endpoint_service": services + 10})),
+    )
+    .await;
+    op.ok(
+        Method::PUT,
+        "/inventory/quotas/proj-consumer",
+        Some(json!({"endpoint": endpoints_n})),
+    )
+    .await;
+    op.ok(
+        Method::PUT,
+        "/inventory/nodes/node-bulk",
+        Some(json!({"underlay_ip": "192.0.2.9"})),
+    )
+    .await;
+    let pvpc = op
+        .ok(
+            Method::POST,
+            "/inventory/vpcs",
+            Some(json!({"project_id": "proj-provider", "cidr": "10.64.0.0/16"})),
+        )
+        .await;
+    let psub = op
+        .ok(
+            Method::POST,
+            "/inventory/subnets",
+            Some(json!({"vpc_id": pvpc["id"], "cidr": "10.64.0.0/16"})),
+        )
+        .await;
+    let mut nets = Vec::new();
+    for v in 0..10 {
+        let cidr = format!("172.{}.0.0/16", 16 + v);
+        let vpc = op
+            .ok(
+                Method::POST,
+                "/inventory/vpcs",
+                Some(json!({"project_id": "proj-consumer", "cidr": cidr})),
+            )
+            .await;
+        let sub = op
+            .ok(
+                Method::POST,
+                "/inventory/subnets",
+                Some(json!({"vpc_id": vpc["id"], "cidr": cidr})),
+            )
+            .await;
+        nets.push((vpc["id"].clone(), sub["id"].clone()));
+    }
+    let nets = Arc::new(nets);
+    // Five services per backend NIC (the API's limit).
+    let psub_id = psub["id"].clone();
+    let op2 = op.clone();
+    let ports = many(8, services.div_ceil(5), move |_| {
+        (
+            op2.clone(),
+            Method::POST,
+            "/inventory/ports".into(),
+            json!({"subnet_id": psub_id, "node": "node-bulk"}),
+        )
+    })
+    .await;
+    let ports: Arc<Vec<String>> = Arc::new(
+        ports
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_owned())
+            .collect(),
+    );
+    let prov = cp.client(PROVIDER);
+    let (pv, pr) = (pvpc["id"].clone(), prov.clone());
+    let svcs = many(8, services, move |k| {
+        let port = 1000 + (k % 5) as u16;
+        (
+            pr.clone(),
+            Method::POST,
+            "/v1/proj-provider/vpc-endpoint-services".into(),
+            json!({"port_id": ports[k / 5], "vpc_id": pv, "server_type": "VM", "approval_enabled": false,
+                   "ports": [{"client_port": port, "server_port": port, "protocol": "TCP"}]}),
+        )
+    })
+    .await;
+    let svc_ids: Arc<Vec<String>> = Arc::new(
+        svcs.iter()
+            .map(|s| s["id"].as_str().unwrap().to_owned())
+            .collect(),
+    );
+    // The consumer may use one service in ten; a hundred endpoints on each of those.
+    let used = services.div_ceil(10).max(1);
+    let (ids, pr) = (svc_ids.clone(), prov.clone());
+    many(8, used, move |k| {
+        (
+            pr.clone(),
+            Method::POST,
+            format!(
+                "/v1/proj-provider/vpc-endpoint-services/{}/permissions/action",
+                ids[k * 10 % ids.len()]
+            ),
+            json!({"permissions": ["iam:domain::proj-consumer"], "action": "add"}),
+        )
+    })
+    .await;
+    let cons = cp.client(CONSUMER);
+    let ids = svc_ids.clone();
+    many(8, endpoints_n, move |i| {
+        let (cv, cs) = &nets[i % nets.len()];
+        (
+            cons.clone(),
+            Method::POST,
+            "/v1/proj-consumer/vpc-endpoints".into(),
+            json!({"endpoint_service_id": ids[(i % used) * 10 % ids.len()], "vpc_id": cv, "subnet_id": cs}),
+        )
+    })
+    .await;
+    let latest = FeedClient::new(&base, OPERATOR).snapshot().await.unwrap();
+    let objects = latest.objects.len();
+    println!(
+        "\nresync: store holds {objects} objects ({services} services, {endpoints_n} endpoints), loaded in {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // A fresh agent process on the node: time until it reports the latest revision applied.
+    let pins = TempDir::new(std::path::Path::new("/sys/fs/bpf"), "agent-resync");
+    let cfg_dir = TempDir::new(&std::env::temp_dir(), "agent-resync-cfg");
+    let cfg = cfg_dir.0.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        agent_toml(std::slice::from_ref(&base), &topo, &w, &pins.0, free_port()),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let child = Child(
+        std::process::Command::new(bin)
+            .args(["agent", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = child.0.id();
+    let mut peak_rss = 0;
+    let resync = loop {
+        peak_rss = peak_rss.max(proc_status_kib(pid, "VmRSS:"));
+        let n = op
+            .ok(Method::GET, &format!("/inventory/nodes/{NODE}"), None)
+            .await;
+        if n["applied_revision"].as_i64().unwrap_or(0) >= latest.revision {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the agent did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss = proc_status_kib(pid, "VmRSS:");
+    let hwm = proc_status_kib(pid, "VmHWM:");
+    drop(child);
+    println!(
+        "  fresh agent process: applied revision {} after {:.2} s (start, register, snapshot, compute, write); RSS {:.1} MiB, peak {:.1} MiB",
+        latest.revision,
+        resync.as_secs_f64(),
+        rss.max(peak_rss) as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+}
