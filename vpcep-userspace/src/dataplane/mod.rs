@@ -355,6 +355,27 @@ impl Dataplane {
         self.put(maps::SERVICES, id, svc)
     }
 
+    fn whitelist(&mut self) -> Result<LpmTrie<&mut MapData, WhitelistKey, u32>, DataplaneError> {
+        let name = maps::SRC_WHITELIST;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        LpmTrie::try_from(map).map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    /// The endpoint id is always matched in full: a rule for `src/prefix` has prefix length
+    /// `32 + prefix`.
+    fn whitelist_key(endpoint_id: u32, src_be: u32, prefix: u32) -> Key<WhitelistKey> {
+        Key::new(
+            32 + prefix.min(32),
+            WhitelistKey {
+                endpoint_id_be: endpoint_id.to_be(),
+                src_be,
+            },
+        )
+    }
+
     /// Allows `src/prefix` for new flows to endpoint `endpoint_id`.
     pub fn allow_source(
         &mut self,
@@ -362,22 +383,13 @@ impl Dataplane {
         src_be: u32,
         prefix: u32,
     ) -> Result<(), DataplaneError> {
-        let name = maps::SRC_WHITELIST;
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(DataplaneError::MissingMap(name))?;
-        let mut trie: LpmTrie<&mut MapData, WhitelistKey, u32> =
-            LpmTrie::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
-        let key = Key::new(
-            32 + prefix.min(32),
-            WhitelistKey {
-                endpoint_id_be: endpoint_id.to_be(),
-                src_be,
-            },
-        );
-        trie.insert(&key, 1, 0)
-            .map_err(|source| DataplaneError::Map { name, source })
+        let key = Self::whitelist_key(endpoint_id, src_be, prefix);
+        self.whitelist()?
+            .insert(&key, 1, 0)
+            .map_err(|source| DataplaneError::Map {
+                name: maps::SRC_WHITELIST,
+                source,
+            })
     }
 
     pub fn set_node(&mut self, node: NodeConfig) -> Result<(), DataplaneError> {
@@ -393,13 +405,20 @@ impl Dataplane {
             .map_err(|source| DataplaneError::Map { name, source })
     }
 
-    pub fn flow(&mut self, key: &FlowKey) -> Result<Option<FlowEntry>, DataplaneError> {
-        let name = maps::CT_FWD;
-        match self.hash::<FlowKey, FlowEntry>(name)?.get(key, 0) {
+    fn get<K: Pod, V: Pod>(
+        &mut self,
+        name: &'static str,
+        key: &K,
+    ) -> Result<Option<V>, DataplaneError> {
+        match self.hash::<K, V>(name)?.get(key, 0) {
             Ok(v) => Ok(Some(v)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(source) => Err(DataplaneError::Map { name, source }),
         }
+    }
+
+    pub fn flow(&mut self, key: &FlowKey) -> Result<Option<FlowEntry>, DataplaneError> {
+        self.get(maps::CT_FWD, key)
     }
 
     pub fn insert_flow(&mut self, key: FlowKey, entry: FlowEntry) -> Result<(), DataplaneError> {
@@ -411,12 +430,7 @@ impl Dataplane {
     }
 
     pub fn rev(&mut self, key: &RevKey) -> Result<Option<RevEntry>, DataplaneError> {
-        let name = maps::CT_REV;
-        match self.hash::<RevKey, RevEntry>(name)?.get(key, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(DataplaneError::Map { name, source }),
-        }
+        self.get(maps::CT_REV, key)
     }
 
     pub fn remove_local_nic(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
@@ -438,23 +452,13 @@ impl Dataplane {
         src_be: u32,
         prefix: u32,
     ) -> Result<(), DataplaneError> {
-        let name = maps::SRC_WHITELIST;
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(DataplaneError::MissingMap(name))?;
-        let mut trie: LpmTrie<&mut MapData, WhitelistKey, u32> =
-            LpmTrie::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
-        let key = Key::new(
-            32 + prefix.min(32),
-            WhitelistKey {
-                endpoint_id_be: endpoint_id.to_be(),
-                src_be,
-            },
-        );
-        match trie.remove(&key) {
+        let key = Self::whitelist_key(endpoint_id, src_be, prefix);
+        match self.whitelist()?.remove(&key) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(DataplaneError::Map { name, source }),
+            Err(source) => Err(DataplaneError::Map {
+                name: maps::SRC_WHITELIST,
+                source,
+            }),
         }
     }
 
