@@ -20,7 +20,10 @@ use vpcep_common::{
     maps::{MAX_ENDPOINTS, MAX_SERVICES},
 };
 
-use crate::api::model::{self, Node, Permission, Port, Subnet, Vpc};
+use crate::{
+    api::model::{self, Node, Permission, Port, Subnet, Vpc},
+    dataplane::config::{parse_cidr, parse_mac},
+};
 
 /// The objects of the feed, as stored, by (kind, id).
 #[derive(Debug, Default, Clone)]
@@ -202,18 +205,11 @@ fn ip_be(s: &str) -> Option<u32> {
 }
 
 fn mac(s: &str) -> Option<[u8; 6]> {
-    let mut m = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut m {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(m)
+    parse_mac("mac", s).ok()
 }
 
 fn cidr(s: &str) -> Option<(u32, u32)> {
-    let (ip, len) = s.split_once('/').unwrap_or((s, "32"));
-    let len: u32 = len.parse().ok().filter(|l| *l <= 32)?;
-    let ip: Ipv4Addr = ip.parse().ok()?;
+    let (ip, len) = parse_cidr("cidr", s).ok()?;
     let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
     Some((be(Ipv4Addr::from(u32::from(ip) & mask)), len))
 }
