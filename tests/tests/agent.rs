@@ -6,11 +6,11 @@ mod agent {
     pub mod support;
 }
 
-use std::time::Duration;
+use std::{sync::atomic::Ordering, time::Duration};
 
 use agent::support::*;
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 use vpcep::agent::{AgentConfig, run};
 use vpcep_common::endpoint::{EP_ACCEPTED, EP_PERMITTED};
 use vpcep_tests::require_root;
@@ -62,13 +62,90 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.unwrap()
 }
 
+/// The `vpcep` binary as a tenant (token and project) or the operator would run it, with a
+/// HOME of its own so that no profile of the machine is read; returns its `-o json` output.
+async fn cli(
+    base: &str,
+    token: &str,
+    project: &str,
+    home: &std::path::Path,
+    args: &[&str],
+) -> Value {
+    let mut cmd = std::process::Command::new(vpcep_tests::vpcep_bin());
+    cmd.args(args)
+        .args(["-o", "json"])
+        .env("VPCEP_URL", base)
+        .env("VPCEP_TOKEN", token)
+        .env("VPCEP_PROJECT_ID", project)
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home)
+        .env_remove("VPCEP_AK")
+        .env_remove("VPCEP_SK")
+        .env_remove("VPCEP_PROFILE")
+        .env_remove("VPCEP_CONFIG");
+    let out = blocking(move || cmd.output().unwrap()).await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success(),
+        "vpcep {args:?}: {}\nstdout: {stdout}\nstderr: {stderr}",
+        out.status
+    );
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("vpcep {args:?}: not JSON ({e}): {stdout}"))
+}
+
+/// The tenant's story through the `vpcep` CLI, and what the kernel does at each step: the
+/// provider creates and whitelists a service, the consumer an endpoint; pending, nothing
+/// passes; accepted, a request succeeds; rejected, a running transfer is cut; accepted
+/// again, it works; the whitelist entry removed, the flow is cut; the endpoint deleted, its
+/// map entries and flows are gone. Along the way: NIC registration by the agent, control-
+/// plane URL rotation, drift repair, metrics and conntrack collection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_follows_the_api_and_repairs_drift() {
+async fn cli_story_through_the_agent_and_kernel() {
     require_root();
     let topo = std::sync::Arc::new(topology());
     let cp = ControlPlane::start().await;
+    let base = cp.server.url();
     // The consumer's NIC is not in the inventory: the agent registers it.
-    let w = world_with(&cp.server.url(), false).await;
+    let w = inventory(&base, false).await;
+    let home = TempDir::new(&std::env::temp_dir(), "agent-cli-home");
+    let provider = |args: Vec<String>| {
+        let (base, home) = (base.clone(), home.0.clone());
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli(&base, PROVIDER, "proj-provider", &home, &args).await
+        }
+    };
+    let consumer = |args: Vec<String>| {
+        let (base, home) = (base.clone(), home.0.clone());
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli(&base, CONSUMER, "proj-consumer", &home, &args).await
+        }
+    };
+    let argv = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let svc = provider(argv(&[
+        "service",
+        "create",
+        "--port-id",
+        &w.backend_port,
+        "--vpc-id",
+        &w.provider_vpc,
+        "--port",
+        "8080:80",
+        "--port",
+        "5353:53/udp",
+        "--name",
+        "web",
+        "--wait",
+    ]))
+    .await;
+    assert_eq!(svc["status"], "available", "{svc}");
+    let sid = svc["id"].as_str().unwrap().to_owned();
+    provider(argv(&["permission", "add", &sid, "proj-consumer"])).await;
     let pins = TempDir::new(std::path::Path::new("/sys/fs/bpf"), "agent-test");
     let metrics_port = free_port();
     // A dead control-plane URL first: the agent moves on to the next one.
@@ -85,20 +162,20 @@ async fn agent_follows_the_api_and_repairs_drift() {
     let stop_udp = backend_udp_echo(&topo);
 
     // The consumer's endpoint, pending acceptance (the service has approval on).
-    let cons = cp.client(CONSUMER);
-    let ep = cons
-        .ok(
-            Method::POST,
-            "/v1/proj-consumer/vpc-endpoints",
-            Some(json!({
-                "endpoint_service_id": w.service,
-                "vpc_id": w.consumer_vpc,
-                "subnet_id": w.consumer_subnet,
-                "port_ip": "10.0.0.100",
-            })),
-        )
-        .await;
-    assert_eq!(ep["status"], "pendingAcceptance");
+    let ep = consumer(argv(&[
+        "endpoint",
+        "create",
+        "--service-id",
+        &sid,
+        "--vpc-id",
+        &w.consumer_vpc,
+        "--subnet-id",
+        &w.consumer_subnet,
+        "--port-ip",
+        "10.0.0.100",
+    ]))
+    .await;
+    assert_eq!(ep["status"], "pendingAcceptance", "{ep}");
     let ep_id = ep["id"].as_str().unwrap().to_owned();
 
     let agent = AgentTask::start(cfg);
@@ -162,17 +239,7 @@ async fn agent_follows_the_api_and_repairs_drift() {
     );
 
     // Accept → a request succeeds.
-    let prov = cp.client(PROVIDER);
-    let action = format!(
-        "/v1/proj-provider/vpc-endpoint-services/{}/connections/action",
-        w.service
-    );
-    prov.ok(
-        Method::POST,
-        &action,
-        Some(json!({"action": "receive", "endpoints": [ep_id]})),
-    )
-    .await;
+    provider(argv(&["connection", "accept", &sid, &ep_id])).await;
     eventually(10, "the accepted flag", flags(EP_ACCEPTED | EP_PERMITTED)).await;
     let t = topo.clone();
     let body = blocking(move || http_get(&t, Duration::from_secs(2)))
@@ -192,14 +259,28 @@ async fn agent_follows_the_api_and_repairs_drift() {
         "UDP through the endpoint"
     );
 
-    // Reject → new connections are cut.
-    prov.ok(
-        Method::POST,
-        &action,
-        Some(json!({"action": "reject", "endpoints": [ep_id]})),
-    )
+    // A running TCP transfer, to be cut by the rejection too.
+    let transfer = consumer_transfer(&topo);
+    let b = transfer.bytes.clone();
+    eventually(10, "the transfer to run", move || {
+        let b = b.clone();
+        async move { (b.load(Ordering::Relaxed) > 256 * 1024).then_some(()) }
+    })
     .await;
+    assert!(
+        !transfer.ended.load(Ordering::Relaxed),
+        "the transfer ended early"
+    );
+
+    // Reject → the established flows and new connections are cut.
+    provider(argv(&["connection", "reject", &sid, &ep_id])).await;
     eventually(10, "the rejection", flags(EP_PERMITTED)).await;
+    let e = transfer.ended.clone();
+    eventually(5, "the running transfer to be cut", move || {
+        let e = e.clone();
+        async move { e.load(Ordering::Relaxed).then_some(()) }
+    })
+    .await;
     let u = udp.clone();
     assert!(
         !blocking(move || udp_ping(&u)).await,
@@ -214,12 +295,7 @@ async fn agent_follows_the_api_and_repairs_drift() {
     );
 
     // Accept again, then delete the entry behind the agent's back: it comes back.
-    prov.ok(
-        Method::POST,
-        &action,
-        Some(json!({"action": "receive", "endpoints": [ep_id]})),
-    )
-    .await;
+    provider(argv(&["connection", "accept", &sid, &ep_id])).await;
     eventually(
         10,
         "the accepted flag again",
@@ -271,20 +347,11 @@ async fn agent_follows_the_api_and_repairs_drift() {
 
     // Removing the consumer's domain from the whitelist cuts the flow; adding it back
     // restores it.
-    let perms = format!(
-        "/v1/proj-provider/vpc-endpoint-services/{}/permissions/action",
-        w.service
-    );
     for (act, want, ok) in [
         ("remove", EP_ACCEPTED, false),
         ("add", EP_ACCEPTED | EP_PERMITTED, true),
     ] {
-        prov.ok(
-            Method::POST,
-            &perms,
-            Some(json!({"permissions": ["iam:domain::proj-consumer"], "action": act})),
-        )
-        .await;
+        provider(argv(&["permission", act, &sid, "proj-consumer"])).await;
         eventually(10, "the whitelist change", flags(want)).await;
         let u = udp.clone();
         assert_eq!(
@@ -294,7 +361,7 @@ async fn agent_follows_the_api_and_repairs_drift() {
         );
     }
 
-    // Idle flows are collected (timeouts of 2-3 s in this configuration), both directions.
+    // Idle flows are collected (timeouts of 2-6 s in this configuration), both directions.
     assert!(conntrack_len(&pin_dir).0 > 0, "no flows were tracked");
     let p = pin_dir.clone();
     eventually(15, "idle conntrack entries to be collected", move || {
@@ -303,18 +370,24 @@ async fn agent_follows_the_api_and_repairs_drift() {
     })
     .await;
 
-    // Delete the endpoint → its entries (and the service's) are gone.
-    cons.ok(
-        Method::DELETE,
-        &format!("/v1/proj-consumer/vpc-endpoints/{ep_id}"),
-        None,
-    )
-    .await;
+    // Delete the endpoint while a flow is live → its entries (and the service's) and its
+    // flows are gone at once, not only after their idle timeout.
+    let u = udp.clone();
+    assert!(
+        blocking(move || udp_ping(&u)).await,
+        "UDP before the delete"
+    );
+    assert_eq!(conntrack_len(&pin_dir), (1, 1));
+    consumer(argv(&["endpoint", "delete", &ep_id])).await;
     let p = pin_dir.clone();
-    eventually(10, "the endpoint's entries to go", move || {
+    // 2 s: less than the 3 s idle timeout of the flow just used.
+    eventually(2, "the endpoint's entries and flows to go", move || {
         let p = p.clone();
         async move {
-            (endpoints(&p).is_empty() && services(&p).is_empty() && ports(&p).is_empty())
+            (endpoints(&p).is_empty()
+                && services(&p).is_empty()
+                && ports(&p).is_empty()
+                && conntrack_len(&p) == (0, 0))
                 .then_some(())
         }
     })
@@ -339,31 +412,15 @@ token = "t"
     assert!(err.to_string().starts_with("underlay_ip:"), "{err}");
 }
 
-/// Environment variable that turns [`agent_child`] into a running agent.
-const CHILD_ENV: &str = "VPCEP_AGENT_CHILD_CONFIG";
-
-/// Not a test of its own: the kill -9 test re-runs this test binary with [`CHILD_ENV`] set,
-/// so that the agent runs in a separate process it can kill. Bounded to 120 s.
-#[test]
-#[ignore = "helper process for agent_survives_kill_9"]
-fn agent_child() {
-    let Ok(path) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let cfg = AgentConfig::load(std::path::Path::new(&path)).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async { run(cfg, tokio::time::sleep(Duration::from_secs(120))).await })
-        .unwrap();
-}
-
-/// An agent process, killed with SIGKILL (by PID) and reaped on drop.
+/// A `vpcep agent` process, killed with SIGKILL (by PID) and reaped on drop.
 struct AgentProcess(std::process::Child);
 
 impl AgentProcess {
     fn spawn(config: &std::path::Path) -> Self {
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["agent_child", "--exact", "--ignored", "--nocapture"])
-            .env(CHILD_ENV, config)
+        let child = std::process::Command::new(vpcep_tests::vpcep_bin())
+            .arg("agent")
+            .arg("--config")
+            .arg(config)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -210,6 +210,7 @@ where
 /// The inventory and API objects of the scenario.
 pub struct World {
     pub consumer_vpc: String,
+    pub provider_vpc: String,
     pub consumer_subnet: String,
     pub consumer_port: String,
     pub backend_port: String,
@@ -225,6 +226,46 @@ pub async fn world(base: &str) -> World {
 /// As [`world`]; without `consumer_port` the consumer's NIC is left for the agent to
 /// register (under a fresh id).
 pub async fn world_with(base: &str, consumer_port: bool) -> World {
+    let mut w = inventory(base, consumer_port).await;
+    let prov = api(base, PROVIDER);
+    let svc = prov
+        .ok(
+            Method::POST,
+            "/v1/proj-provider/vpc-endpoint-services",
+            Some(json!({
+                "port_id": w.backend_port,
+                "vpc_id": w.provider_vpc,
+                "server_type": "VM",
+                "service_name": "web",
+                "ports": [
+                    {"client_port": 8080, "server_port": 80, "protocol": "TCP"},
+                    {"client_port": 5353, "server_port": 53, "protocol": "UDP"},
+                ],
+            })),
+        )
+        .await;
+    let service = svc["id"].as_str().unwrap().to_owned();
+    eventually(10, "the service to become available", || {
+        let prov = prov.clone();
+        let path = format!("/v1/proj-provider/vpc-endpoint-services/{service}");
+        async move {
+            let s = prov.ok(Method::GET, &path, None).await;
+            (s["status"] == "available").then_some(())
+        }
+    })
+    .await;
+    prov.ok(
+        Method::POST,
+        &format!("/v1/proj-provider/vpc-endpoint-services/{service}/permissions/action"),
+        Some(json!({"permissions": ["iam:domain::proj-consumer"], "action": "add"})),
+    )
+    .await;
+    w.service = service;
+    w
+}
+
+/// The operator's part of [`world_with`]: node, VPCs, subnets and NICs; `service` is empty.
+pub async fn inventory(base: &str, consumer_port: bool) -> World {
     let op = api(base, OPERATOR);
     op.ok(
         Method::PUT,
@@ -269,45 +310,13 @@ pub async fn world_with(base: &str, consumer_port: bool) -> World {
             port,
         ));
     }
-    let prov = api(base, PROVIDER);
-    let svc = prov
-        .ok(
-            Method::POST,
-            "/v1/proj-provider/vpc-endpoint-services",
-            Some(json!({
-                "port_id": ids[1].2,
-                "vpc_id": ids[1].0,
-                "server_type": "VM",
-                "service_name": "web",
-                "ports": [
-                    {"client_port": 8080, "server_port": 80, "protocol": "TCP"},
-                    {"client_port": 5353, "server_port": 53, "protocol": "UDP"},
-                ],
-            })),
-        )
-        .await;
-    let service = svc["id"].as_str().unwrap().to_owned();
-    eventually(10, "the service to become available", || {
-        let prov = prov.clone();
-        let path = format!("/v1/proj-provider/vpc-endpoint-services/{service}");
-        async move {
-            let s = prov.ok(Method::GET, &path, None).await;
-            (s["status"] == "available").then_some(())
-        }
-    })
-    .await;
-    prov.ok(
-        Method::POST,
-        &format!("/v1/proj-provider/vpc-endpoint-services/{service}/permissions/action"),
-        Some(json!({"permissions": ["iam:domain::proj-consumer"], "action": "add"})),
-    )
-    .await;
     World {
         consumer_vpc: ids[0].0.clone(),
+        provider_vpc: ids[1].0.clone(),
         consumer_subnet: ids[0].1.clone(),
         consumer_port: ids[0].2.clone(),
         backend_port: ids[1].2.clone(),
-        service,
+        service: String::new(),
     }
 }
 
@@ -346,6 +355,7 @@ netns = "{}"
 # Short timeouts so that the tests see idle flows collected.
 [conntrack]
 tcp_syn = 3
+tcp_established = 6
 tcp_closing = 2
 udp = 3
 gc_interval_ms = 200
@@ -394,8 +404,13 @@ pub fn backend_server(topo: &Topology) -> Arc<AtomicBool> {
                     let _ = s.set_nonblocking(false);
                     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
                     let mut buf = [0u8; 1024];
-                    let _ = s.read(&mut buf);
-                    let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+                    let n = s.read(&mut buf).unwrap_or(0);
+                    if buf[..n].starts_with(b"GET /stream") {
+                        let flag = flag.clone();
+                        std::thread::spawn(move || stream_to(s, &flag));
+                    } else {
+                        let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+                    }
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(10)),
             }
@@ -403,6 +418,63 @@ pub fn backend_server(topo: &Topology) -> Arc<AtomicBool> {
     });
     ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
     stop
+}
+
+/// An endless body, 16 KiB every 5 ms, until a write fails or stalls for 2 s, the flag is
+/// set or 30 s pass.
+fn stream_to(mut s: TcpStream, stop: &AtomicBool) {
+    let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+    let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\n");
+    let chunk = [b'x'; 16 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        if s.write_all(&chunk).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A transfer from the backend's stream through the endpoint, read in the consumer VM: the
+/// bytes received so far, and a flag set when the transfer ends (no data for 1 s, an error
+/// or the end of the stream; at most 30 s).
+pub struct Transfer {
+    pub bytes: Arc<std::sync::atomic::AtomicU64>,
+    pub ended: Arc<AtomicBool>,
+}
+
+pub fn consumer_transfer(topo: &Topology) -> Transfer {
+    let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let ended = Arc::new(AtomicBool::new(false));
+    let path = format!("/run/netns/{}", topo.vms[0].ns.name());
+    let (b, e) = (bytes.clone(), ended.clone());
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(path).unwrap();
+        // SAFETY: setns on this (detached) thread only.
+        assert_eq!(
+            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) },
+            0
+        );
+        let run = || -> std::io::Result<()> {
+            let addr: SocketAddr = "10.0.0.100:8080".parse().map_err(std::io::Error::other)?;
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(1)))?;
+            s.write_all(b"GET /stream HTTP/1.0\r\n\r\n")?;
+            let mut buf = vec![0u8; 64 * 1024];
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                let n = s.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                b.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Ok(())
+        };
+        let _ = run();
+        e.store(true, Ordering::Relaxed);
+    });
+    Transfer { bytes, ended }
 }
 
 /// A UDP echo server on the backend's 10.0.0.5:53, until the flag is set or 120 s pass.

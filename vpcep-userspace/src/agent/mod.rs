@@ -19,6 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use vpcep_common::endpoint::{Endpoint, EndpointKey};
 use vpcep_common::maps::{
     MAX_ENDPOINTS, MAX_FLOWS, MAX_LOCAL_NICS, MAX_NODES, MAX_PORT_MAPPINGS, MAX_SERVICES,
     MAX_WHITELIST_RULES,
@@ -403,6 +404,10 @@ fn link_pin_name(iface: &str, ifindex: u32) -> String {
     format!("tc-{iface}-{ifindex}")
 }
 
+fn ids_of(eps: &BTreeMap<EndpointKey, Endpoint>) -> HashSet<u32> {
+    eps.values().map(|e| e.endpoint_id).collect()
+}
+
 /// The owner thread's state.
 struct Owner {
     cfg: AgentConfig,
@@ -525,6 +530,7 @@ impl Owner {
                         .collect(),
                 };
                 let want = desired::compute(&u.state, &local, &mut self.ids);
+                let had: HashSet<u32> = ids_of(&self.syncer.shadow().endpoints);
                 match self.syncer.apply(&mut self.dp, &want) {
                     Ok(n) => {
                         dirty = false;
@@ -535,6 +541,15 @@ impl Owner {
                                 deletes = n.deletes,
                                 "maps updated"
                             );
+                        }
+                        let live = ids_of(&want.endpoints);
+                        if had.iter().any(|id| !live.contains(id)) {
+                            match sync::flush_flows(&mut self.dp, &live) {
+                                Ok(flows) => {
+                                    tracing::info!(flows, "flows of removed endpoints flushed")
+                                }
+                                Err(e) => tracing::warn!(error = %e, "flushing flows"),
+                            }
                         }
                         self.shared.applied.store(u.revision, Ordering::Relaxed);
                         applied_tx.send_replace(u.revision);

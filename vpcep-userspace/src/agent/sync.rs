@@ -167,6 +167,23 @@ pub fn monotonic_ns() -> u64 {
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
+/// Deletes the flows (both entries) of endpoints not in `live`: a deleted endpoint's flows
+/// go at once rather than at their idle timeout. Returns how many flows were removed.
+pub fn flush_flows(
+    dp: &mut Dataplane,
+    live: &std::collections::HashSet<u32>,
+) -> Result<usize, DataplaneError> {
+    let mut removed = 0;
+    for (k, e) in dp.flows()? {
+        if !live.contains(&e.endpoint_id) {
+            dp.remove_rev(&e.rev)?;
+            dp.remove_flow(&k)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Deletes forward entries idle past their state's timeout, and their reverse entries.
 /// Returns (entries remaining, entries removed).
 pub fn gc_conntrack(dp: &mut Dataplane, t: &Timeouts) -> Result<(usize, usize), DataplaneError> {
