@@ -36,7 +36,7 @@ fn object_contains_every_program_with_its_type() {
             maps::PROG_XDP | maps::PROG_NOOP_XDP => {
                 matches!(prog.section, ProgramSection::Xdp { .. })
             }
-            maps::PROG_TC_INGRESS | maps::PROG_NOOP_TC => {
+            maps::PROG_TC_INGRESS | maps::PROG_TC_TUNNEL | maps::PROG_NOOP_TC => {
                 matches!(prog.section, ProgramSection::SchedClassifier)
             }
             _ => false,

@@ -1,6 +1,7 @@
 //! The translating fast path through BPF_PROG_TEST_RUN: every verdict and drop reason of
 //! the consumer → endpoint and backend → consumer paths, with exact output fields and
 //! software-verified checksums.
+use aya::programs::{TestRun, TestRunOptions};
 use vpcep::dataplane::Dataplane;
 use vpcep_common::{
     endpoint::*,
@@ -508,4 +509,131 @@ fn icmp_error_from_consumer_reaches_backend_translated() {
         tc(&mut dp, n.c, &err, Reason::DropIcmpNoFlow, TC_SHOT);
     })
     .unwrap();
+}
+
+/// C's SYN to `dst`:8080 carrying an MSS option.
+fn syn_with_mss(dst: [u8; 4], sport: u16, mss: u16) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(C_MAC, VMAC)
+        .ipv4(C_IP, dst, 64)
+        .tcp(sport, 8080, 1000, 65535)
+        .syn()
+        .options_raw(&[2, 4, (mss >> 8) as u8, mss as u8])
+        .unwrap();
+    let mut out = Vec::new();
+    b.write(&mut out, b"").unwrap();
+    out
+}
+
+#[test]
+fn remote_backend_goes_through_the_overlay() {
+    require_root();
+    let (ns, n) = namespace();
+    ns.run(|| remote_through_overlay(&n)).unwrap();
+}
+
+fn remote_through_overlay(n: &Nics) {
+    let mut dp = scenario(n, PORT_LO, PORT_HI);
+    // No overlay yet: counted drop, as before.
+    tc(
+        &mut dp,
+        n.c,
+        &syn_with_mss(EP_REMOTE, 5000, 1460),
+        Reason::DropRemoteBackend,
+        TC_SHOT,
+    );
+    // x0 plays the VXLAN device.
+    dp.set_tunnel(TunnelConfig {
+        ifindex: n.x,
+        inner_mtu: 1450,
+        _pad: [0; 2],
+    })
+    .unwrap();
+    let out = tc(
+        &mut dp,
+        n.c,
+        &syn_with_mss(EP_REMOTE, 5000, 1460),
+        Reason::FwdNewFlow,
+        TC_REDIRECT,
+    );
+    let l4 = 14 + ihl(&out);
+    assert_eq!(ip_of(&out, 30), B_IP);
+    assert_eq!(ip_of(&out, 26), SNAT_IP);
+    assert_eq!(port_of(&out, l4 + 2), 80);
+    assert_eq!(out[0..6], B_MAC);
+    assert_eq!(out[6..12], VMAC);
+    assert_eq!(
+        &out[l4 + 20..l4 + 24],
+        &[2, 4, 0x05, 0x82],
+        "MSS clamped to 1410"
+    );
+    // The flow leaves through the overlay device.
+    let key = FlowKey {
+        vpc_id: 1,
+        src_be: be(C_IP),
+        dst_be: be(EP_REMOTE),
+        sport_be: 5000u16.to_be(),
+        dport_be: 8080u16.to_be(),
+        proto: IPPROTO_TCP,
+        _pad: [0; 3],
+    };
+    assert_eq!(dp.flow(&key).unwrap().unwrap().out_ifindex, n.x);
+    // A smaller MSS is left alone (checksum still verified by `tc`).
+    let out = tc(
+        &mut dp,
+        n.c,
+        &syn_with_mss(EP_REMOTE, 5001, 1200),
+        Reason::FwdNewFlow,
+        TC_REDIRECT,
+    );
+    let l4 = 14 + ihl(&out);
+    assert_eq!(&out[l4 + 22..l4 + 24], &1200u16.to_be_bytes());
+    // Established packets keep going through the overlay.
+    let ack = tcp(C_MAC, VMAC, C_IP, EP_REMOTE, 5000, 8080, ACK, b"data");
+    tc(&mut dp, n.c, &ack, Reason::FwdEstablished, TC_REDIRECT);
+    // A local service's flow is not clamped.
+    let out = tc(
+        &mut dp,
+        n.c,
+        &syn_with_mss(EP_IP, 5002, 1460),
+        Reason::FwdNewFlow,
+        TC_REDIRECT,
+    );
+    let l4 = 14 + ihl(&out);
+    assert_eq!(&out[l4 + 22..l4 + 24], &1460u16.to_be_bytes());
+
+    // Backend side: a reply to another node's SNAT address goes, untranslated, to the node
+    // that owns it; to an address no node owns it is dropped; a spoofed source too.
+    let other = [198, 19, 128, 20];
+    dp.set_snat_owner(be(other), be([192, 168, 50, 1])).unwrap();
+    let reply = tcp(B_MAC, VMAC, B_IP, other, 80, 40001, SYN | ACK, b"");
+    let out = tc(&mut dp, n.b, &reply, Reason::RevToOwner, TC_REDIRECT);
+    assert_eq!(out, reply, "tunnelled untranslated");
+    let nobody = tcp(B_MAC, VMAC, B_IP, [198, 19, 128, 21], 80, 40001, ACK, b"");
+    tc(&mut dp, n.b, &nobody, Reason::DropSnatNoOwner, TC_SHOT);
+    let spoofed = tcp(B_MAC, VMAC, X_IP, other, 80, 40001, ACK, b"");
+    tc(&mut dp, n.b, &spoofed, Reason::DropSpoofedIp, TC_SHOT);
+    // This node's own SNAT address still takes the local reverse path.
+    let stray = tcp(B_MAC, VMAC, B_IP, SNAT_IP, 80, 40999, ACK, b"");
+    tc(&mut dp, n.b, &stray, Reason::DropNoReverseFlow, TC_SHOT);
+
+    // The VXLAN-device program refuses a packet without tunnel metadata.
+    let before = count(&dp, Hook::TcIngress, Reason::DropTunnelBad);
+    let mut ctx = [0u8; 192];
+    ctx[40..44].copy_from_slice(&n.x.to_ne_bytes());
+    let mut buf = vec![0u8; reply.len() + 64];
+    let res = dp
+        .tc_tunnel()
+        .unwrap()
+        .test_run(TestRunOptions {
+            data_in: Some(&reply),
+            data_out: Some(&mut buf),
+            ctx_in: Some(&ctx),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(res.return_value, TC_SHOT);
+    assert_eq!(
+        count(&dp, Hook::TcIngress, Reason::DropTunnelBad),
+        before + 1
+    );
 }

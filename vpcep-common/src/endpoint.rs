@@ -226,6 +226,36 @@ pub struct RevEntry {
 }
 const _: () = assert!(size_of::<RevEntry>() == 32);
 
+/// The single entry of `TUNNEL`: this node's overlay device.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunnelConfig {
+    /// Host ifindex of the VXLAN device in collect-metadata (external) mode; 0 = no
+    /// overlay: remote backends are dropped.
+    pub ifindex: u32,
+    /// Largest inner IPv4 packet the overlay carries unfragmented (underlay MTU − 50);
+    /// TCP SYNs through it get their MSS clamped to this − 40.
+    pub inner_mtu: u16,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<TunnelConfig>() == 8);
+
+/// Value of `LOCAL_ADDRS` (key: [`EndpointKey`] of the VPC and the VM's address): where the
+/// tunnel program delivers a decapsulated packet for a local VM.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalAddr {
+    /// Host-side ifindex of the VM's NIC.
+    pub ifindex: u32,
+    pub mac: [u8; ETH_ALEN],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<LocalAddr>() == 12);
+
+/// Inner packets from the overlay must not need fragmenting: 14 (inner Ethernet) + 8 (VXLAN)
+/// + 8 (UDP) + 20 (outer IPv4).
+pub const VXLAN_OVERHEAD: u16 = 50;
+
 /// Per-endpoint counters (per CPU), indexed by endpoint id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -252,6 +282,8 @@ crate::pod!(
     FlowEntry,
     RevEntry,
     EndpointCounters,
+    TunnelConfig,
+    LocalAddr,
 );
 
 /// True when `ip_be` is inside 198.19.128.0/17.

@@ -24,6 +24,10 @@ pub const CT_FWD: &str = "VPCEP_CT_FWD_V1";
 pub const CT_REV: &str = "VPCEP_CT_REV_V1";
 /// Per-CPU endpoint id → [`crate::endpoint::EndpointCounters`].
 pub const EP_STATS: &str = "VPCEP_EP_STATS_V1";
+/// index 0 → [`crate::endpoint::TunnelConfig`].
+pub const TUNNEL: &str = "VPCEP_TUNNEL_V1";
+/// (VNI, VM address) [`crate::endpoint::EndpointKey`] → [`crate::endpoint::LocalAddr`].
+pub const LOCAL_ADDRS: &str = "VPCEP_LOCAL_ADDRS_V1";
 
 /// Every map the userspace expects in the object file.
 pub const ALL_MAPS: &[&str] = &[
@@ -38,6 +42,8 @@ pub const ALL_MAPS: &[&str] = &[
     CT_FWD,
     CT_REV,
     EP_STATS,
+    TUNNEL,
+    LOCAL_ADDRS,
 ];
 
 pub const MAX_LOCAL_NICS: u32 = 4096;
@@ -55,9 +61,18 @@ pub const PROG_XDP: &str = "vpcep_xdp";
 /// TC ingress program on the host side of a VM NIC (packets coming from the VM).
 pub const PROG_TC_INGRESS: &str = "vpcep_tc_ingress";
 
+/// TC ingress program on the node's VXLAN device (packets decapsulated from other nodes).
+pub const PROG_TC_TUNNEL: &str = "vpcep_tc_tunnel";
+
 /// Programs that do nothing: the baselines benchmarks measure against.
 pub const PROG_NOOP_XDP: &str = "vpcep_noop_xdp";
 pub const PROG_NOOP_TC: &str = "vpcep_noop_tc";
 
 /// Every program the userspace expects in the object file.
-pub const ALL_PROGRAMS: &[&str] = &[PROG_XDP, PROG_TC_INGRESS, PROG_NOOP_XDP, PROG_NOOP_TC];
+pub const ALL_PROGRAMS: &[&str] = &[
+    PROG_XDP,
+    PROG_TC_INGRESS,
+    PROG_TC_TUNNEL,
+    PROG_NOOP_XDP,
+    PROG_NOOP_TC,
+];

@@ -88,6 +88,10 @@ reasons! {
     PassFragment = 4 => "pass_fragment", false;
     /// ARP that is not for an endpoint or gateway address.
     PassArp = 5 => "pass_arp", false;
+    /// Tunnel: a translated packet from another node delivered to a local backend VM.
+    TunnelDeliver = 6 => "tunnel_deliver", false;
+    /// Backend → a SNAT address of another node: tunnelled to that node untranslated.
+    RevToOwner = 15 => "rev_to_owner", false;
     /// Frame shorter than an Ethernet header.
     DropTruncEth = 16 => "drop_trunc_eth", true;
     /// EtherType IPv4 but shorter than a minimal IPv4 header, or than its IHL says.
@@ -152,6 +156,16 @@ reasons! {
     DropHelper = 38 => "drop_helper", true;
     /// ICMP error from a consumer to an endpoint about no live flow of that endpoint.
     DropIcmpNoFlow = 39 => "drop_icmp_no_flow", true;
+    /// Tunnel: a packet without tunnel metadata, or not IPv4 inside.
+    DropTunnelBad = 40 => "drop_tunnel_bad", true;
+    /// Tunnel: no local VM with this (VNI, destination), or the source is not a SNAT address.
+    DropTunnelUnknownDst = 41 => "drop_tunnel_unknown_dst", true;
+    /// Tunnel: to a SNAT address that is not this node's.
+    DropTunnelUnknownSnat = 42 => "drop_tunnel_unknown_snat", true;
+    /// Tunnel: a reply from a node or VNI other than the flow's backend.
+    DropTunnelWrongPeer = 43 => "drop_tunnel_wrong_peer", true;
+    /// Backend → a SNAT address no known node owns (or the node has no overlay).
+    DropSnatNoOwner = 44 => "drop_snat_no_owner", true;
 }
 
 const _: () = {

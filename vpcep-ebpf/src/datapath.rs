@@ -5,12 +5,14 @@ use vpcep_common::{
     stats::Reason,
 };
 
+use network_types::eth::EthHdr;
+
 use crate::{
     arp, icmp,
-    maps::{ENDPOINTS, LOCAL_NICS, NODE},
+    maps::{ENDPOINTS, LOCAL_ADDRS, LOCAL_NICS, NODE},
     nat,
     parse::{self, Frame, Parsed},
-    stats,
+    stats, tunnel,
 };
 
 /// What to do with the packet.
@@ -63,11 +65,19 @@ pub fn tc_ingress(
         }
     };
     if in_snat_range(pkt.dst) {
+        // Another node's SNAT address: that node holds the flow; without an overlay the
+        // local lookup below finds nothing and drops.
+        if pkt.dst != node.snat_ip_be
+            && let Some(t) = tunnel::config()
+        {
+            let out = tunnel::to_owner(ctx, &frame, &pkt, &nic, &t)?;
+            return Ok((Reason::RevToOwner, Action::Redirect(out)));
+        }
         if pkt.proto == IPPROTO_ICMP && !pkt.fragment && icmp::is_error(&pkt) {
-            let out = icmp::reverse_error(&frame, &pkt, ifindex, &node)?;
+            let out = icmp::reverse_error(&frame, &pkt, ifindex, &node, None)?;
             return Ok((Reason::RevIcmpError, Action::Redirect(out)));
         }
-        let (reason, out) = nat::reverse(ctx, &pkt, ifindex, &node)?;
+        let (reason, out) = nat::reverse(ctx, &pkt, ifindex, &node, None)?;
         return Ok((reason, Action::Redirect(out)));
     }
     let Some(ep) = endpoint(&nic, pkt.dst) else {
@@ -90,6 +100,60 @@ pub fn tc_ingress(
     }
     let (reason, out) = nat::forward(ctx, &frame, &pkt, &nic, &ep, ifindex, &node)?;
     Ok((reason, Action::Redirect(out)))
+}
+
+/// TC ingress on the node's VXLAN device: what other nodes tunnel here. Replies to this
+/// node's SNAT address are translated back (if they come from the flow's backend node and
+/// VNI); translated packets for a local backend VM are delivered to it; the rest is dropped.
+#[inline(always)]
+pub fn tc_tunnel(
+    ctx: &aya_ebpf::programs::TcContext,
+    ifindex: u32,
+) -> Result<(Reason, Action), Reason> {
+    let (vni, remote_be) = tunnel::peer(ctx)?;
+    let frame = Frame::new(ctx.data(), ctx.data_end());
+    let Parsed::Ipv4(pkt) = parse::parse(&frame)? else {
+        return Err(Reason::DropTunnelBad);
+    };
+    let t = tunnel::config().ok_or(Reason::DropTunnelBad)?;
+    let node = NODE.get_ptr(0).ok_or(Reason::DropNodeNotConfigured)?;
+    // SAFETY: map value pointer from a successful lookup.
+    let node = unsafe { *node };
+    if in_snat_range(pkt.dst) {
+        if pkt.dst != node.snat_ip_be {
+            return Err(Reason::DropTunnelUnknownSnat);
+        }
+        let peer = Some(tunnel::Peer {
+            vni,
+            remote_be,
+            mss: tunnel::mss(&t),
+        });
+        if pkt.proto == IPPROTO_ICMP && !pkt.fragment && icmp::is_error(&pkt) {
+            let out = icmp::reverse_error(&frame, &pkt, ifindex, &node, peer)?;
+            return Ok((Reason::RevIcmpError, Action::Redirect(out)));
+        }
+        let (reason, out) = nat::reverse(ctx, &pkt, ifindex, &node, peer)?;
+        return Ok((reason, Action::Redirect(out)));
+    }
+    // Only translated traffic rides the overlay: its source is a SNAT address.
+    if !in_snat_range(pkt.src) {
+        return Err(Reason::DropTunnelUnknownDst);
+    }
+    let vm = LOCAL_ADDRS
+        .get_ptr(EndpointKey {
+            vpc_id: vni,
+            ip_be: pkt.dst,
+        })
+        .ok_or(Reason::DropTunnelUnknownDst)?;
+    // SAFETY: map value pointer from a successful lookup.
+    let vm = unsafe { *vm };
+    let eth: *mut EthHdr = frame.ptr_at(0, Reason::DropTruncEth)?;
+    // SAFETY: bounds checked by ptr_at.
+    unsafe {
+        (*eth).dst_addr = vm.mac;
+        (*eth).src_addr = node.vmac;
+    }
+    Ok((Reason::TunnelDeliver, Action::Redirect(vm.ifindex)))
 }
 
 /// XDP on the host side of a VM NIC: answers ARP and echo, drops what the consumer-side

@@ -196,6 +196,7 @@ pub fn reverse_error(
     pkt: &Ipv4Packet,
     ifindex: u32,
     node: &NodeConfig,
+    peer: Option<crate::tunnel::Peer>,
 ) -> Result<u32, Reason> {
     let qf = parse_quoted(frame, pkt, Reason::DropNoReverseFlow)?;
     // The quoted packet is the one we sent: SNAT address:port → backend.
@@ -217,7 +218,7 @@ pub fn reverse_error(
     };
     // SAFETY: no preconditions.
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-    let e = nat::check_reverse(&rk, &rv, ifindex, node, now)?;
+    let e = nat::check_reverse(&rk, &rv, ifindex, node, now, peer)?;
     if pkt.ttl <= 1 {
         return Err(Reason::DropTtlExceeded);
     }

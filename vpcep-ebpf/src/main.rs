@@ -17,6 +17,8 @@ mod nat;
 mod parse;
 #[cfg(target_arch = "bpf")]
 mod stats;
+#[cfg(target_arch = "bpf")]
+mod tunnel;
 
 #[cfg(target_arch = "bpf")]
 mod programs {
@@ -26,7 +28,7 @@ mod programs {
         macros::{classifier, xdp},
         programs::{TcContext, XdpContext},
     };
-    use vpcep_common::stats::Hook;
+    use vpcep_common::stats::{Hook, Reason};
 
     use crate::{
         datapath::{self, Action},
@@ -65,7 +67,21 @@ mod programs {
 
     #[classifier]
     pub fn vpcep_tc_ingress(ctx: TcContext) -> i32 {
-        // Headers of a VM's packet are normally linear; pull them in when they are not.
+        tc(&ctx, datapath::tc_ingress)
+    }
+
+    /// On the node's VXLAN device; counted under the TC ingress hook with its own reasons.
+    #[classifier]
+    pub fn vpcep_tc_tunnel(ctx: TcContext) -> i32 {
+        tc(&ctx, datapath::tc_tunnel)
+    }
+
+    #[inline(always)]
+    fn tc(
+        ctx: &TcContext,
+        f: impl FnOnce(&TcContext, u32) -> Result<(Reason, Action), Reason>,
+    ) -> i32 {
+        // Headers are normally linear; pull them in when they are not.
         let want = parse::MAX_HEADERS.min(ctx.len() as usize) as u32;
         if ctx.data_end() - ctx.data() < want as usize {
             let _ = ctx.pull_data(want);
@@ -73,7 +89,7 @@ mod programs {
         let len = ctx.len() as u64;
         // SAFETY: ctx.skb.skb points at the kernel's __sk_buff for this call.
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        let (reason, action) = match datapath::tc_ingress(&ctx, ifindex) {
+        let (reason, action) = match f(ctx, ifindex) {
             Ok(v) => v,
             Err(r) => (r, Action::Drop),
         };

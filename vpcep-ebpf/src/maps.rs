@@ -5,8 +5,8 @@ use aya_ebpf::{
 };
 use vpcep_common::{
     endpoint::{
-        Endpoint, EndpointCounters, EndpointKey, FlowEntry, FlowKey, LocalNic, NodeConfig, PortKey,
-        PortTarget, RevEntry, RevKey, Service, WhitelistKey,
+        Endpoint, EndpointCounters, EndpointKey, FlowEntry, FlowKey, LocalAddr, LocalNic,
+        NodeConfig, PortKey, PortTarget, RevEntry, RevKey, Service, TunnelConfig, WhitelistKey,
     },
     maps::{
         MAX_ENDPOINTS, MAX_FLOWS, MAX_LOCAL_NICS, MAX_NODES, MAX_PORT_MAPPINGS, MAX_SERVICES,
@@ -49,3 +49,10 @@ pub static CT_REV: LruHashMap<RevKey, RevEntry> = LruHashMap::with_max_entries(M
 #[map(name = "VPCEP_EP_STATS_V1")]
 pub static EP_STATS: PerCpuArray<EndpointCounters> =
     PerCpuArray::with_max_entries(MAX_ENDPOINTS, 0);
+
+#[map(name = "VPCEP_TUNNEL_V1")]
+pub static TUNNEL: Array<TunnelConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "VPCEP_LOCAL_ADDRS_V1")]
+pub static LOCAL_ADDRS: HashMap<EndpointKey, LocalAddr> =
+    HashMap::with_max_entries(MAX_LOCAL_NICS, 0);

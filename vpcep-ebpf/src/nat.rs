@@ -14,7 +14,8 @@ use vpcep_common::{
     endpoint::{
         CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN_SENT, CT_UDP, EP_SRC_WHITELIST, Endpoint,
         EndpointKey, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, LocalNic, NodeConfig, PortKey,
-        RevEntry, RevKey, SNAT_PROBES, SVC_LOCAL, Timeouts, WhitelistKey, snat_port_start,
+        RevEntry, RevKey, SNAT_PROBES, SVC_LOCAL, SVC_REMOTE, Timeouts, WhitelistKey,
+        snat_port_start,
     },
     stats::Reason,
 };
@@ -23,6 +24,7 @@ use crate::{
     maps::{CT_FWD, CT_REV, ENDPOINTS, PORT_MAP, SERVICES, SRC_WHITELIST},
     parse::{Frame, Ipv4Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stats,
+    tunnel::{self, Peer},
 };
 use vpcep_common::csum;
 
@@ -170,9 +172,17 @@ fn forward_inner(
         .ok_or(Reason::DropNoService)?;
     // SAFETY: map value pointer from a successful lookup.
     let svc = unsafe { *svc };
-    if svc.location != SVC_LOCAL {
-        return Err(Reason::DropRemoteBackend);
-    }
+    // A remote backend goes through the overlay device, if this node has one.
+    let (out, overlay) = if svc.location == SVC_LOCAL {
+        (svc.ifindex, None)
+    } else {
+        match tunnel::config() {
+            Some(t) if svc.location == SVC_REMOTE && svc.remote_node_be != 0 => {
+                (t.ifindex, Some(t))
+            }
+            _ => return Err(Reason::DropRemoteBackend),
+        }
+    };
     if node.snat_ip_be == 0 {
         return Err(Reason::DropNodeNotConfigured);
     }
@@ -199,7 +209,8 @@ fn forward_inner(
         let reusable = expired(e, now, &node.timeouts)
             || syn && e.state == CT_TCP_CLOSING
             || e.rev.backend_be != svc.backend_ip_be
-            || e.rev.backend_port_be != server_port;
+            || e.rev.backend_port_be != server_port
+            || e.out_ifindex != out;
         if !reusable {
             track(e, pkt, false, now);
             let rev = e.rev;
@@ -213,7 +224,11 @@ fn forward_inner(
                 &svc.backend_mac,
                 &node.vmac,
             )?;
-            return Ok((Reason::FwdEstablished, e.out_ifindex));
+            if let Some(t) = overlay {
+                tunnel::encap(ctx, svc.remote_node_be, svc.backend_vpc_id)?;
+                tunnel::clamp_mss(ctx, pkt, tunnel::mss(&t))?;
+            }
+            return Ok((Reason::FwdEstablished, out));
         }
         stale = Some(e.rev);
     }
@@ -249,7 +264,7 @@ fn forward_inner(
         rev,
         endpoint_id: ep.endpoint_id,
         service_id: ep.service_id,
-        out_ifindex: svc.ifindex,
+        out_ifindex: out,
         state: if pkt.proto == IPPROTO_TCP {
             CT_TCP_SYN_SENT
         } else {
@@ -273,7 +288,11 @@ fn forward_inner(
         &svc.backend_mac,
         &node.vmac,
     )?;
-    Ok((Reason::FwdNewFlow, svc.ifindex))
+    if let Some(t) = overlay {
+        tunnel::encap(ctx, svc.remote_node_be, svc.backend_vpc_id)?;
+        tunnel::clamp_mss(ctx, pkt, tunnel::mss(&t))?;
+    }
+    Ok((Reason::FwdNewFlow, out))
 }
 
 /// Finds a SNAT port whose reverse key is free (or held by a dead flow) and claims it with
@@ -350,6 +369,7 @@ pub fn check_reverse(
     ifindex: u32,
     node: &NodeConfig,
     now: u64,
+    peer: Option<Peer>,
 ) -> Result<*mut FlowEntry, Reason> {
     let e = CT_FWD
         .get_ptr_mut(rv.fwd)
@@ -361,6 +381,18 @@ pub fn check_reverse(
     }
     if fe.out_ifindex != ifindex {
         return Err(Reason::DropReplyWrongNic);
+    }
+    if let Some(p) = peer {
+        let ok = match SERVICES.get_ptr(fe.service_id) {
+            // SAFETY: map value pointer from a successful lookup.
+            Some(s) => unsafe {
+                (*s).remote_node_be == p.remote_be && (*s).backend_vpc_id == p.vni
+            },
+            None => false,
+        };
+        if !ok {
+            return Err(Reason::DropTunnelWrongPeer);
+        }
     }
     let ep = ENDPOINTS
         .get_ptr(EndpointKey {
@@ -387,6 +419,7 @@ pub fn reverse(
     pkt: &Ipv4Packet,
     ifindex: u32,
     node: &NodeConfig,
+    peer: Option<Peer>,
 ) -> Result<(Reason, u32), Reason> {
     if pkt.fragment {
         return Err(Reason::DropFragment);
@@ -407,7 +440,7 @@ pub fn reverse(
     let rv = unsafe { *rv };
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let e = check_reverse(&rk, &rv, ifindex, node, now)?;
+    let e = check_reverse(&rk, &rv, ifindex, node, now, peer)?;
     if pkt.ttl <= 1 {
         return Err(Reason::DropTtlExceeded);
     }
@@ -425,6 +458,9 @@ pub fn reverse(
         &rv.consumer_mac,
         &node.vmac,
     )?;
+    if let Some(p) = peer {
+        tunnel::clamp_mss(ctx, pkt, p.mss)?;
+    }
     Ok((Reason::RevReply, rv.consumer_ifindex))
 }
 

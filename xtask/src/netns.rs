@@ -255,3 +255,62 @@ impl Topology {
         self.vms.last().context("vm just pushed")
     }
 }
+
+/// Nodes joined by an underlay network: a bridge in a namespace of its own, each node
+/// attached to it by a veth (`ul0` in the node, 192.168.50.<i+1>/24) and carrying a VXLAN
+/// device `vx0` in external (collect-metadata) mode on UDP 4789. Dropping it removes
+/// everything.
+#[derive(Debug)]
+pub struct Cluster {
+    // Nodes (and their VMs) first: fields drop in declaration order.
+    pub nodes: Vec<Topology>,
+    pub underlay: NetNs,
+}
+
+/// The VXLAN device every [`Cluster`] node has.
+pub const VXLAN_IF: &str = "vx0";
+
+impl Cluster {
+    pub fn new(n: usize) -> Result<Self> {
+        let underlay = NetNs::new("underlay")?;
+        underlay.ip(&["link", "add", "br0", "type", "bridge"])?;
+        underlay.ip(&["link", "set", "br0", "up"])?;
+        let mut nodes = Vec::with_capacity(n);
+        for i in 0..n {
+            let node = Topology::new()?;
+            let port = format!("ul{i}");
+            underlay.ip(&[
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "ul0",
+                "netns",
+                node.node.name(),
+            ])?;
+            underlay.ip(&["link", "set", &port, "master", "br0", "up"])?;
+            node.node.ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", Self::underlay_ip(i)),
+                "dev",
+                "ul0",
+            ])?;
+            node.node.ip(&["link", "set", "ul0", "up"])?;
+            node.node.ip(&[
+                "link", "add", VXLAN_IF, "type", "vxlan", "dstport", "4789", "external",
+            ])?;
+            node.node.ip(&["link", "set", VXLAN_IF, "up"])?;
+            nodes.push(node);
+        }
+        Ok(Self { nodes, underlay })
+    }
+
+    /// Underlay address of node `i`.
+    pub fn underlay_ip(i: usize) -> String {
+        format!("192.168.50.{}", i + 1)
+    }
+}

@@ -21,8 +21,8 @@ use aya::{
 };
 use vpcep_common::{
     endpoint::{
-        Endpoint, EndpointCounters, EndpointKey, FlowEntry, FlowKey, LocalNic, NodeConfig, PortKey,
-        PortTarget, RevEntry, RevKey, Service, WhitelistKey,
+        Endpoint, EndpointCounters, EndpointKey, FlowEntry, FlowKey, LocalAddr, LocalNic,
+        NodeConfig, PortKey, PortTarget, RevEntry, RevKey, Service, TunnelConfig, WhitelistKey,
     },
     maps,
     stats::{Counter, Hook, Reason, stats_index},
@@ -403,6 +403,64 @@ impl Dataplane {
         array
             .set(0, node, 0)
             .map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    /// This node's overlay device (ifindex 0 = none: remote backends are dropped).
+    pub fn set_tunnel(&mut self, t: TunnelConfig) -> Result<(), DataplaneError> {
+        let name = maps::TUNNEL;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        let mut array: Array<&mut MapData, TunnelConfig> =
+            Array::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
+        array
+            .set(0, t, 0)
+            .map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    pub fn tunnel(&self) -> Result<TunnelConfig, DataplaneError> {
+        let name = maps::TUNNEL;
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        let array: Array<&MapData, TunnelConfig> =
+            Array::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
+        array
+            .get(&0, 0)
+            .map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    /// Where the tunnel program delivers packets for the local VM `key` (VNI, address).
+    pub fn set_local_addr(&mut self, key: EndpointKey, a: LocalAddr) -> Result<(), DataplaneError> {
+        self.put(maps::LOCAL_ADDRS, key, a)
+    }
+
+    pub fn remove_local_addr(&mut self, key: &EndpointKey) -> Result<(), DataplaneError> {
+        self.del::<EndpointKey, LocalAddr>(maps::LOCAL_ADDRS, key)
+    }
+
+    /// Every `LOCAL_ADDRS` entry.
+    pub fn local_addrs(&mut self) -> Result<Vec<(EndpointKey, LocalAddr)>, DataplaneError> {
+        self.entries(maps::LOCAL_ADDRS)
+    }
+
+    /// The program for the node's VXLAN device, loaded into the kernel.
+    pub fn tc_tunnel(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
+        self.tc_named(maps::PROG_TC_TUNNEL)
+    }
+
+    /// Attaches the tunnel program to the VXLAN device `iface` (TC ingress) in the caller's
+    /// network namespace; detached on drop.
+    pub fn attach_tunnel(&mut self, iface: &str) -> Result<(), DataplaneError> {
+        self.tc_tunnel()?
+            .attach(iface, TcAttachType::Ingress)
+            .map_err(|source| DataplaneError::Program {
+                name: maps::PROG_TC_TUNNEL,
+                source,
+            })?;
+        Ok(())
     }
 
     fn get<K: Pod, V: Pod>(
