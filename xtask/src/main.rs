@@ -1,4 +1,5 @@
 //! `cargo xtask <command>`: everything needed to set up, build, run and test vpcep.
+mod demo;
 mod setup;
 
 use std::{
@@ -37,7 +38,22 @@ enum Cmd {
         #[arg(long)]
         aarch64: bool,
     },
-    /// Build, load the programs onto an interface, print live counters; Ctrl-C detaches.
+    /// The whole story on this machine (root): control plane, a node with a consumer VM
+    /// and a backend VM in namespaces, an agent, then service, endpoint, accept and reject
+    /// through the `vpcep` CLI, each outcome checked. Cleans up unless --keep.
+    Demo {
+        /// Leave everything running and print how to try commands by hand.
+        #[arg(long)]
+        keep: bool,
+        /// Stop what earlier `--keep` runs left running.
+        #[arg(long, conflicts_with_all = ["keep", "debug"])]
+        stop: bool,
+        /// Use the debug build instead of release (what `cargo xtask test` runs).
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Data plane only: build, load the programs onto an interface, print live counters;
+    /// Ctrl-C detaches.
     Run {
         /// Interface to attach to; repeatable.
         #[arg(long)]
@@ -85,6 +101,9 @@ enum BenchKind {
     Hooks,
     /// API write → kernel maps of a real agent, and → the feed of 100 simulated agents.
     Convergence,
+    /// Traffic through the endpoint in namespaces next to plain routing and nftables
+    /// DNAT+SNAT: UDP pps, TCP connections/s, bulk (1 and 4 streams), RR latency.
+    E2e,
     All,
 }
 
@@ -116,6 +135,11 @@ fn run_cli(cli: Cli) -> Result<()> {
             mode,
             duration,
         } => run(&iface, config.as_deref(), mode, duration),
+        Cmd::Demo { stop: true, .. } => demo::stop(),
+        Cmd::Demo { keep, debug, .. } => demo::run(&demo::Options {
+            keep,
+            release: !debug,
+        }),
         Cmd::Test { no_aarch64, args } => test(no_aarch64, &args),
         Cmd::Lint => lint(),
         Cmd::Bench { what } => bench(what),
@@ -229,6 +253,12 @@ fn test(no_aarch64: bool, args: &[String]) -> Result<()> {
             .args(["test", "--package", "vpcep-tests", "--test", "api"])
             .args(["official_python_sdk", "--", "--ignored"])
             .env("VPCEP_SDK_PYTHON", setup::sdk_python()))?;
+        // The demo, non-interactive, on the debug binary the tests just built.
+        println!("==> cargo xtask demo (debug build)");
+        demo::run(&demo::Options {
+            keep: false,
+            release: false,
+        })?;
     }
     if !no_aarch64 {
         test_aarch64()?;
@@ -289,6 +319,29 @@ fn bench(what: BenchKind) -> Result<()> {
         sh(Command::new("bash")
             .arg(workspace_root().join("xtask/bench-hooks.sh"))
             .arg(workspace_root().join("target/release/vpcep")))?;
+    }
+    if all || what == BenchKind::E2e {
+        println!(
+            "== e2e: consumer → endpoint → backend in namespaces; plain routing, nftables, vpcep"
+        );
+        build(false)?;
+        sh(cargo().args([
+            "build",
+            "--release",
+            "--package",
+            "xtask",
+            "--bin",
+            "vpcep-load",
+        ]))?;
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+        let runs = std::env::var("VPCEP_E2E_RUNS").unwrap_or_else(|_| "3".into());
+        let secs = std::env::var("VPCEP_E2E_SECS").unwrap_or_else(|_| "3".into());
+        sh(Command::new("bash")
+            .arg(workspace_root().join("xtask/bench-e2e.sh"))
+            .arg(target.join("release/vpcep"))
+            .arg(target.join("release/vpcep-load"))
+            .args([runs, secs]))?;
     }
     if all || what == BenchKind::Dataplane {
         println!("== dataplane: ns/packet, 10,000 endpoints and 1,000,000 flows loaded");

@@ -29,6 +29,8 @@ const PACKAGES: &[&str] = &[
     "file",
     "iputils-ping",
     "curl",
+    // The demo's backend web server.
+    "python3",
 ];
 
 pub fn run() -> Result<()> {
