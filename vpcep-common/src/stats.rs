@@ -142,7 +142,8 @@ reasons! {
     DropEndpointProto = 31 => "drop_endpoint_proto", true;
     /// TTL would reach zero.
     DropTtlExceeded = 32 => "drop_ttl_exceeded", true;
-    /// The backend is on another node and no overlay is configured.
+    /// The backend is not reachable from here: on another node with no overlay configured
+    /// on this one, or its NIC or node is gone (service suspended).
     DropRemoteBackend = 33 => "drop_remote_backend", true;
     /// This node has no SNAT address configured.
     DropNodeNotConfigured = 34 => "drop_node_not_configured", true;

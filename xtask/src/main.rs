@@ -104,6 +104,8 @@ enum BenchKind {
     /// Traffic through the endpoint in namespaces next to plain routing and nftables
     /// DNAT+SNAT: UDP pps, TCP connections/s, bulk (1 and 4 streams), RR latency.
     E2e,
+    /// A backend on another node: through the overlay next to plain kernel VXLAN routing.
+    Overlay,
     All,
 }
 
@@ -320,10 +322,22 @@ fn bench(what: BenchKind) -> Result<()> {
             .arg(workspace_root().join("xtask/bench-hooks.sh"))
             .arg(workspace_root().join("target/release/vpcep")))?;
     }
-    if all || what == BenchKind::E2e {
-        println!(
-            "== e2e: consumer → endpoint → backend in namespaces; plain routing, nftables, vpcep"
-        );
+    for (kind, script, title) in [
+        (
+            BenchKind::E2e,
+            "xtask/bench-e2e.sh",
+            "== e2e: consumer → endpoint → backend in namespaces; plain routing, nftables, vpcep",
+        ),
+        (
+            BenchKind::Overlay,
+            "xtask/bench-overlay.sh",
+            "== overlay: backend on another node; plain kernel VXLAN routing, vpcep",
+        ),
+    ] {
+        if !(all || what == kind) {
+            continue;
+        }
+        println!("{title}");
         build(false)?;
         sh(cargo().args([
             "build",
@@ -338,7 +352,7 @@ fn bench(what: BenchKind) -> Result<()> {
         let runs = std::env::var("VPCEP_E2E_RUNS").unwrap_or_else(|_| "3".into());
         let secs = std::env::var("VPCEP_E2E_SECS").unwrap_or_else(|_| "3".into());
         sh(Command::new("bash")
-            .arg(workspace_root().join("xtask/bench-e2e.sh"))
+            .arg(workspace_root().join(script))
             .arg(target.join("release/vpcep"))
             .arg(target.join("release/vpcep-load"))
             .args([runs, secs]))?;

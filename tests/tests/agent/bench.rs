@@ -333,9 +333,9 @@ where
 #[ignore = "benchmark: cargo xtask bench convergence"]
 async fn resync_report() {
     vpcep_tests::require_root();
-    // 10,000 / 100,000 is the size the issue names; the store assigns an endpoint address
-    // by reading the VPC's endpoints, so loading that many through the API takes hours
-    // (docs/benchmarks.md). The default is a tenth, spread over ten consumer VPCs.
+    // The default is a tenth of the full size (10,000 / 100,000), spread over ten consumer
+    // VPCs: loading the full size through the API takes about 7.5 minutes on two cores
+    // (docs/benchmarks.md has the command).
     let services = env("VPCEP_BENCH_SERVICES", 1_000);
     let endpoints_n = env("VPCEP_BENCH_ENDPOINTS", 10_000);
     let bin = vpcep_tests::vpcep_bin();
@@ -466,6 +466,23 @@ async fn resync_report() {
         "\nresync: store holds {objects} objects ({services} services, {endpoints_n} endpoints), loaded in {:.0} s",
         t.elapsed().as_secs_f64()
     );
+    // The control plane's share of a resync: the snapshot fetched as bytes, not parsed.
+    let t = Instant::now();
+    let body = reqwest::Client::new()
+        .get(format!("{base}/feed/snapshot"))
+        .header("x-auth-token", OPERATOR)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    println!(
+        "  snapshot: {:.1} MiB served in {:.2} s",
+        body.len() as f64 / (1024.0 * 1024.0),
+        t.elapsed().as_secs_f64()
+    );
+    drop(body);
 
     // A fresh agent process on the node: time until it reports the latest revision applied.
     let pins = TempDir::new(std::path::Path::new("/sys/fs/bpf"), "agent-resync");

@@ -75,6 +75,13 @@ fn credentials() -> Credentials {
         node: NODE.to_owned(),
         token: AGENT.to_owned(),
     });
+    // More nodes, for the overlay scenarios: node2, node3, … with token agent-token-nodeN.
+    for n in 2..=4 {
+        f.agents.push(auth::AgentToken {
+            node: format!("node{n}"),
+            token: format!("{AGENT}-node{n}"),
+        });
+    }
     Credentials::new(f)
 }
 

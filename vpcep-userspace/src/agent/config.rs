@@ -19,6 +19,11 @@
 //! udp = 60
 //! gc_interval_ms = 10000
 //!
+//! [overlay]                              # optional: reach backends on other nodes
+//! device = "vpcep0"                      # VXLAN device (external mode), created if missing
+//! port = 4789
+//! underlay_mtu = 1500                    # TCP MSS through it is clamped to this − 90
+//!
 //! [[nic]]                                # host side of a VM NIC → its inventory port id
 //! iface = "tap0"
 //! port_id = "6f3c…"
@@ -31,7 +36,7 @@ use std::{
 };
 
 use serde::Deserialize;
-use vpcep_common::endpoint::{DEFAULT_PORT_HI, DEFAULT_PORT_LO, Timeouts};
+use vpcep_common::endpoint::{DEFAULT_PORT_HI, DEFAULT_PORT_LO, Timeouts, VXLAN_OVERHEAD};
 
 use crate::dataplane::config::parse_mac;
 
@@ -84,6 +89,36 @@ struct RawConfig {
     conntrack: RawConntrack,
     #[serde(default)]
     nic: Vec<NicConfig>,
+    #[serde(default)]
+    overlay: Option<RawOverlay>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawOverlay {
+    device: String,
+    port: u16,
+    underlay_mtu: u16,
+}
+
+impl Default for RawOverlay {
+    fn default() -> Self {
+        Self {
+            device: "vpcep0".to_owned(),
+            port: 4789,
+            underlay_mtu: 1500,
+        }
+    }
+}
+
+/// The VXLAN overlay to other nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overlay {
+    /// VXLAN device in external (collect-metadata) mode; created when missing.
+    pub device: String,
+    pub port: u16,
+    /// Largest inner IPv4 packet: the underlay MTU less the 50 bytes of VXLAN.
+    pub inner_mtu: u16,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -107,6 +142,10 @@ impl Default for RawConntrack {
             gc_interval_ms: 10_000,
         }
     }
+}
+
+fn iface_ok(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 15 && !name.contains(['/', ' ', '\0'])
 }
 
 fn default_pin_dir() -> PathBuf {
@@ -159,6 +198,7 @@ pub struct AgentConfig {
     pub timeouts: Timeouts,
     pub gc_interval: Duration,
     pub nics: Vec<NicConfig>,
+    pub overlay: Option<Overlay>,
     /// Replace pinned programs and links instead of reusing them (`--reload`).
     pub reload: bool,
 }
@@ -249,7 +289,7 @@ impl AgentConfig {
         let mut ifaces = BTreeSet::new();
         let mut ports = BTreeSet::new();
         for (i, n) in raw.nic.iter().enumerate() {
-            if n.iface.is_empty() || n.iface.len() > 15 || n.iface.contains(['/', ' ', '\0']) {
+            if !iface_ok(&n.iface) {
                 return Err(invalid(
                     format!("nic[{i}].iface"),
                     "must be an interface name (1-15 characters)",
@@ -279,6 +319,28 @@ impl AgentConfig {
                 return Err(invalid(format!("nic[{i}].port_id"), "listed twice"));
             }
         }
+        let overlay = match raw.overlay {
+            None => None,
+            Some(o) => {
+                if !iface_ok(&o.device) {
+                    return Err(invalid(
+                        "overlay.device",
+                        "must be an interface name (1-15 characters)",
+                    ));
+                }
+                if o.port == 0 {
+                    return Err(invalid("overlay.port", "must be a UDP port (1-65535)"));
+                }
+                if !(626..=9216).contains(&o.underlay_mtu) {
+                    return Err(invalid("overlay.underlay_mtu", "must be 626-9216"));
+                }
+                Some(Overlay {
+                    device: o.device,
+                    port: o.port,
+                    inner_mtu: o.underlay_mtu - VXLAN_OVERHEAD,
+                })
+            }
+        };
         Ok(Self {
             node_name: raw.node_name,
             underlay_ip,
@@ -298,6 +360,7 @@ impl AgentConfig {
             },
             gc_interval: Duration::from_millis(ct.gc_interval_ms),
             nics: raw.nic,
+            overlay,
             reload: false,
         })
     }
@@ -344,5 +407,28 @@ port_id = "p1"
             AgentConfig::parse(&format!("{GOOD}bogus = 1\n")),
             Err(AgentConfigError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn overlay_section() {
+        assert_eq!(AgentConfig::parse(GOOD).unwrap().overlay, None);
+        let c = AgentConfig::parse(&format!("{GOOD}[overlay]\n")).unwrap();
+        assert_eq!(
+            c.overlay,
+            Some(Overlay {
+                device: "vpcep0".into(),
+                port: 4789,
+                inner_mtu: 1450
+            })
+        );
+        let c = AgentConfig::parse(&format!("{GOOD}[overlay]\nunderlay_mtu = 9000\n")).unwrap();
+        assert_eq!(c.overlay.map(|o| o.inner_mtu), Some(8950));
+        for (bad, field) in [
+            ("device = \"a-much-too-long-name\"", "overlay.device"),
+            ("port = 0", "overlay.port"),
+            ("underlay_mtu = 100", "overlay.underlay_mtu"),
+        ] {
+            assert_eq!(field_of(&format!("{GOOD}[overlay]\n{bad}\n")), field);
+        }
     }
 }

@@ -6,9 +6,10 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
+    sync::Arc,
 };
 
-use serde::de::DeserializeOwned;
+use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::Value;
 use vpcep_common::{
     endpoint::{
@@ -21,14 +22,102 @@ use vpcep_common::{
 };
 
 use crate::{
-    api::model::{self, Node, Permission, Port, Subnet, Vpc},
+    api::model::{PortMapping, permits},
     dataplane::config::{parse_cidr, parse_mac},
 };
 
-/// The objects of the feed, as stored, by (kind, id).
+// The feed's documents, trimmed to the fields `compute` reads (parsed once, when the change
+// arrives: a whole JSON document per object costs about ten times as much memory).
+
+#[derive(Debug, Deserialize)]
+struct VpcRec {
+    vni: u32,
+}
+
+#[derive(Debug, Deserialize)]
+struct SubnetRec {
+    gateway_ip: String,
+}
+
+/// A NIC of the inventory.
+#[derive(Debug, Deserialize)]
+pub struct PortRec {
+    pub vpc_id: String,
+    pub subnet_id: String,
+    pub ip: String,
+    pub mac: String,
+    pub node: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct NodeRec {
+    underlay_ip: String,
+    snat_ip: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ServiceRec {
+    project_id: String,
+    service_type: String,
+    port_id: String,
+    vpc_id: String,
+    status: String,
+    ip: String,
+    ports: Vec<PortMapping>,
+    tcp_proxy: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct EndpointRec {
+    project_id: String,
+    domain_id: String,
+    service_id: String,
+    status: String,
+    vpc_id: String,
+    ip: String,
+    marker_id: i64,
+    whitelist: Vec<String>,
+    enable_whitelist: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct PermissionRec {
+    service_id: String,
+    permission: String,
+}
+
+/// Objects of one kind by id. Shared pointers make the copy handed to the owner thread on
+/// every update cheap.
+type Objects<T> = BTreeMap<Arc<str>, Arc<T>>;
+
+/// The objects of the feed this node uses, by kind and id.
 #[derive(Debug, Default, Clone)]
 pub struct FeedState {
-    objects: BTreeMap<(String, String), Value>,
+    vpcs: Objects<VpcRec>,
+    subnets: Objects<SubnetRec>,
+    ports: Objects<PortRec>,
+    nodes: Objects<NodeRec>,
+    services: Objects<ServiceRec>,
+    endpoints: Objects<EndpointRec>,
+    permissions: Objects<PermissionRec>,
+}
+
+/// Stores (or on `put == false` removes) one object. A document that does not parse is
+/// logged and dropped, so a newer control plane's document never stops the node.
+fn upsert<T: DeserializeOwned>(map: &mut Objects<T>, kind: &str, id: &str, put: bool, v: Value) {
+    if !put {
+        map.remove(id);
+        return;
+    }
+    match T::deserialize(v) {
+        Ok(t) => {
+            map.insert(Arc::from(id), Arc::new(t));
+        }
+        Err(e) => {
+            tracing::warn!(kind, id, error = %e, "skipping an object that does not parse");
+            map.remove(id);
+        }
+    }
 }
 
 impl FeedState {
@@ -36,48 +125,67 @@ impl FeedState {
         Self::default()
     }
 
-    /// Applies one change (`op` = `put` with the whole object, or `delete`).
+    /// Applies one change (`op` = `put` with the whole object, or `delete`). Kinds the node
+    /// does not use are ignored.
     pub fn apply(&mut self, kind: &str, id: &str, op: &str, object: Value) {
-        let key = (kind.to_owned(), id.to_owned());
-        if op == "delete" || object.is_null() {
-            self.objects.remove(&key);
-        } else {
-            self.objects.insert(key, object);
+        let put = op != "delete" && !object.is_null();
+        match kind {
+            "vpc" => upsert(&mut self.vpcs, kind, id, put, object),
+            "subnet" => upsert(&mut self.subnets, kind, id, put, object),
+            "port" => upsert(&mut self.ports, kind, id, put, object),
+            "node" => upsert(&mut self.nodes, kind, id, put, object),
+            "endpoint_service" => upsert(&mut self.services, kind, id, put, object),
+            "endpoint" => upsert(&mut self.endpoints, kind, id, put, object),
+            "permission" => upsert(&mut self.permissions, kind, id, put, object),
+            _ => {}
+        }
+    }
+
+    /// Stores the object `d` holds, parsed straight into its record (no intermediate JSON
+    /// value). Unlike [`FeedState::apply`], a document that does not parse is an error: the
+    /// deserializer cannot skip the rest of it.
+    pub(super) fn put_from<'de, D: serde::Deserializer<'de>>(
+        &mut self,
+        kind: &str,
+        id: &str,
+        d: D,
+    ) -> Result<(), D::Error> {
+        fn put<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+            map: &mut Objects<T>,
+            id: &str,
+            d: D,
+        ) -> Result<(), D::Error> {
+            map.insert(Arc::from(id), Arc::new(T::deserialize(d)?));
+            Ok(())
+        }
+        match kind {
+            "vpc" => put(&mut self.vpcs, id, d),
+            "subnet" => put(&mut self.subnets, id, d),
+            "port" => put(&mut self.ports, id, d),
+            "node" => put(&mut self.nodes, id, d),
+            "endpoint_service" => put(&mut self.services, id, d),
+            "endpoint" => put(&mut self.endpoints, id, d),
+            "permission" => put(&mut self.permissions, id, d),
+            _ => serde::de::IgnoredAny::deserialize(d).map(|_| ()),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.objects.len()
+        self.vpcs.len()
+            + self.subnets.len()
+            + self.ports.len()
+            + self.nodes.len()
+            + self.services.len()
+            + self.endpoints.len()
+            + self.permissions.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.objects.is_empty()
+        self.len() == 0
     }
 
-    /// Objects of one kind that parse; one that does not is skipped (and logged), so a
-    /// newer control plane's document never stops the node.
-    fn of<T: DeserializeOwned>(&self, kind: &str) -> impl Iterator<Item = (&str, T)> {
-        let lo = (kind.to_owned(), String::new());
-        self.objects
-            .range(lo..)
-            .take_while(move |((k, _), _)| k == kind)
-            .filter_map(move |((_, id), v)| match T::deserialize(v) {
-                Ok(t) => Some((id.as_str(), t)),
-                Err(e) => {
-                    tracing::warn!(kind, id, error = %e, "skipping an object that does not parse");
-                    None
-                }
-            })
-    }
-
-    pub fn port(&self, id: &str) -> Option<Port> {
-        self.get("port", id)
-    }
-
-    fn get<T: DeserializeOwned>(&self, kind: &str, id: &str) -> Option<T> {
-        self.objects
-            .get(&(kind.to_owned(), id.to_owned()))
-            .and_then(|v| T::deserialize(v).ok())
+    pub fn port(&self, id: &str) -> Option<&PortRec> {
+        self.ports.get(id).map(Arc::as_ref)
     }
 }
 
@@ -226,22 +334,12 @@ fn tcp_proxy(s: &str) -> u8 {
 /// Computes the desired map contents for this node.
 pub fn compute(state: &FeedState, local: &Local, ids: &mut Ids) -> Desired {
     let mut d = Desired::default();
-    let vni: HashMap<String, u32> = state.of::<Vpc>("vpc").map(|(_, v)| (v.id, v.vni)).collect();
-    let subnets: HashMap<String, Subnet> = state
-        .of::<Subnet>("subnet")
-        .map(|(_, s)| (s.id.clone(), s))
-        .collect();
-    let nodes: HashMap<String, Node> = state
-        .of::<Node>("node")
-        .map(|(_, n)| (n.name.clone(), n))
-        .collect();
-    let ports: HashMap<String, Port> = state
-        .of::<Port>("port")
-        .map(|(_, p)| (p.id.clone(), p))
-        .collect();
+    let vni = |vpc: &str| state.vpcs.get(vpc).map(|v| v.vni);
+    let nodes = &state.nodes;
+    let ports = &state.ports;
 
     if let Some(snat) = nodes
-        .get(&local.node_name)
+        .get(local.node_name.as_str())
         .and_then(|n| ip_be(&n.snat_ip))
         .filter(|ip| in_snat_range(*ip))
     {
@@ -266,79 +364,88 @@ pub fn compute(state: &FeedState, local: &Local, ids: &mut Ids) -> Desired {
     // Local VM NICs, and the VPCs (by VNI) that have one here.
     let mut local_vpcs = BTreeSet::new();
     for (port_id, ifindex) in &local.nics {
-        let Some(p) = ports.get(port_id) else {
+        let Some(p) = ports.get(port_id.as_str()) else {
             continue;
         };
-        let (Some(vpc), Some(ip), Some(m)) = (vni.get(&p.vpc_id), ip_be(&p.ip), mac(&p.mac)) else {
+        let (Some(vpc), Some(ip), Some(m)) = (vni(&p.vpc_id), ip_be(&p.ip), mac(&p.mac)) else {
             continue;
         };
-        let gateway = subnets
-            .get(&p.subnet_id)
+        let gateway = state
+            .subnets
+            .get(p.subnet_id.as_str())
             .and_then(|s| ip_be(&s.gateway_ip))
             .unwrap_or(0);
         d.nics.insert(
             *ifindex,
             LocalNic {
-                vpc_id: *vpc,
+                vpc_id: vpc,
                 ip_be: ip,
                 gateway_be: gateway,
                 mac: m,
                 _pad: [0; 2],
             },
         );
-        local_vpcs.insert(*vpc);
+        local_vpcs.insert(vpc);
     }
 
-    let mut perms: HashMap<String, Vec<Permission>> = HashMap::new();
-    for (_, p) in state.of::<Permission>("permission") {
-        perms.entry(p.service_id.clone()).or_default().push(p);
+    let mut perms: HashMap<&str, Vec<&str>> = HashMap::new();
+    for p in state.permissions.values() {
+        perms
+            .entry(p.service_id.as_str())
+            .or_default()
+            .push(p.permission.as_str());
     }
-    let services: HashMap<String, model::Service> = state
-        .of::<model::Service>("endpoint_service")
-        .map(|(_, s)| (s.id.clone(), s))
-        .collect();
 
-    for (_, ep) in state.of::<model::Endpoint>("endpoint") {
-        let Some(ep_vni) = vni.get(&ep.vpc_id) else {
+    for (ep_id, ep) in &state.endpoints {
+        let Some(ep_vni) = vni(&ep.vpc_id) else {
             continue;
         };
-        if !local_vpcs.contains(ep_vni) || matches!(ep.status.as_str(), "failed" | "deleting") {
+        if !local_vpcs.contains(&ep_vni) || matches!(ep.status.as_str(), "failed" | "deleting") {
             continue;
         }
         let Some(ep_ip) = ip_be(&ep.ip) else {
             continue;
         };
-        let Some(svc) = services.get(&ep.service_id) else {
+        let Some((svc_id, svc)) = state.services.get_key_value(ep.service_id.as_str()) else {
             continue;
         };
-        if svc.status != "available" {
+        // A suspended service lost its backend NIC (e.g. with its node): its endpoints stay,
+        // as unreachable, so that their traffic is dropped and counted (`drop_remote_backend`)
+        // instead of passing untouched.
+        if !matches!(svc.status.as_str(), "available" | "suspended") {
             continue;
         }
-        let Some(backend) = ports.get(&svc.port_id) else {
+        let backend = ports
+            .get_key_value(svc.port_id.as_str())
+            .filter(|_| svc.status == "available");
+        let (Some(backend_vni), Some(backend_ip)) = (vni(&svc.vpc_id), ip_be(&svc.ip)) else {
             continue;
         };
-        let (Some(backend_vni), Some(backend_ip)) = (vni.get(&svc.vpc_id), ip_be(&svc.ip)) else {
-            continue;
-        };
-        let backend_mac = mac(&backend.mac).unwrap_or_default();
-        let (location, ifindex, remote) = match local.nics.get(&backend.id) {
-            Some(ifindex) => (SVC_LOCAL, *ifindex, 0),
-            None if backend.node == local.node_name => continue, // here, but not attached yet
-            None => match nodes.get(&backend.node).and_then(|n| ip_be(&n.underlay_ip)) {
-                Some(u) => (SVC_REMOTE, 0, u),
-                None => continue,
+        let backend_mac = backend.and_then(|(_, b)| mac(&b.mac)).unwrap_or_default();
+        let (location, ifindex, remote) = match backend {
+            None => (SVC_REMOTE, 0, 0),
+            Some((backend_id, backend)) => match local.nics.get(backend_id.as_ref()) {
+                Some(ifindex) => (SVC_LOCAL, *ifindex, 0),
+                None if backend.node == local.node_name => continue, // here, not attached yet
+                None => match nodes
+                    .get(backend.node.as_str())
+                    .and_then(|n| ip_be(&n.underlay_ip))
+                {
+                    Some(u) => (SVC_REMOTE, 0, u),
+                    None => (SVC_REMOTE, 0, 0),
+                },
             },
         };
         let marker_id = u32::try_from(ep.marker_id).unwrap_or(u32::MAX);
-        let Some((service_id, endpoint_id)) = ids.for_endpoint(&ep.id, marker_id, &svc.id) else {
-            tracing::warn!(endpoint = %ep.id, "out of service or endpoint ids");
+        let Some((service_id, endpoint_id)) = ids.for_endpoint(ep_id, marker_id, svc_id) else {
+            tracing::warn!(endpoint = %ep_id, "out of service or endpoint ids");
             continue;
         };
         d.services.insert(
             service_id,
             Service {
                 backend_ip_be: backend_ip,
-                backend_vpc_id: *backend_vni,
+                backend_vpc_id: backend_vni,
                 ifindex,
                 remote_node_be: remote,
                 backend_mac,
@@ -368,8 +475,17 @@ pub fn compute(state: &FeedState, local: &Local, ids: &mut Ids) -> Desired {
         if ep.status == "accepted" {
             flags |= EP_ACCEPTED;
         }
-        let svc_perms = perms.get(&svc.id).map(Vec::as_slice).unwrap_or_default();
-        if model::permitted(svc, svc_perms, &ep.project_id, &ep.domain_id) {
+        let svc_perms = perms
+            .get(svc_id.as_ref())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if permits(
+            &svc.project_id,
+            &svc.service_type,
+            svc_perms.iter().copied(),
+            &ep.project_id,
+            &ep.domain_id,
+        ) {
             flags |= EP_PERMITTED;
         }
         if ep.enable_whitelist {
@@ -382,7 +498,7 @@ pub fn compute(state: &FeedState, local: &Local, ids: &mut Ids) -> Desired {
         }
         d.endpoints.insert(
             EndpointKey {
-                vpc_id: *ep_vni,
+                vpc_id: ep_vni,
                 ip_be: ep_ip,
             },
             Endpoint {
@@ -529,5 +645,31 @@ mod tests {
         assert_eq!((ep4.endpoint_id, ep4.service_id), (40, 30));
         s.apply("endpoint", "e1", "delete", Value::Null);
         assert!(compute(&s, &local(), &mut ids).endpoints.is_empty());
+    }
+
+    #[test]
+    fn bad_documents_and_unknown_kinds_are_skipped() {
+        let mut s = state();
+        let n = s.len();
+        s.apply("future_kind", "f1", "put", json!({"anything": [1]}));
+        assert_eq!(s.len(), n);
+        assert_eq!(
+            compute(&s, &local(), &mut Ids::default()).endpoints.len(),
+            1
+        );
+        // A put that does not parse takes the object out rather than keeping the old one.
+        s.apply(
+            "endpoint",
+            "e1",
+            "put",
+            json!({"id": "e1", "marker_id": "x"}),
+        );
+        assert_eq!(s.len(), n - 1);
+        assert!(
+            compute(&s, &local(), &mut Ids::default())
+                .endpoints
+                .is_empty()
+        );
+        assert_eq!(s.port("pb").map(|p| p.node.as_str()), Some("n2"));
     }
 }

@@ -4,10 +4,11 @@
 //! conntrack entries and serves Prometheus metrics. See `docs/agent.md`.
 pub mod config;
 pub mod desired;
+mod snapshot;
 pub mod sync;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     fmt::Write as _,
     future::Future,
     os::fd::AsRawFd,
@@ -19,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use vpcep_common::endpoint::{Endpoint, EndpointKey};
+use vpcep_common::endpoint::{Endpoint, EndpointKey, TunnelConfig};
 use vpcep_common::maps::{
     MAX_ENDPOINTS, MAX_FLOWS, MAX_LOCAL_NICS, MAX_NODES, MAX_PORT_MAPPINGS, MAX_SERVICES,
     MAX_WHITELIST_RULES,
@@ -200,15 +201,11 @@ async fn session(
     let (mut state, mut rev) = match have.take() {
         Some(h) => h,
         None => {
-            let snap = client.snapshot().await?;
-            let mut st = FeedState::new();
-            for o in snap.objects {
-                st.apply(&o.kind, &o.id, "put", o.object);
-            }
+            let (revision, st) = snapshot::fetch(base, &cfg.token).await?;
             register_nics(cfg, base, &st).await;
-            tracing::info!(revision = snap.revision, objects = st.len(), "snapshot");
-            send(tx, &st, snap.revision)?;
-            (st, snap.revision)
+            tracing::info!(revision, objects = st.len(), "snapshot");
+            send(tx, &st, revision)?;
+            (st, revision)
         }
     };
     shared.latest.fetch_max(rev, Ordering::Relaxed);
@@ -400,6 +397,31 @@ const LINKS_DIR: &str = "links";
 /// Where the TC program is pinned.
 const PROG_PIN: &str = "prog_tc_ingress";
 
+/// Creates the overlay's VXLAN device in external (collect-metadata) mode, in this
+/// thread's network namespace (the child inherits it), and brings it up.
+fn create_vxlan(o: &config::Overlay) -> Result<(), String> {
+    let port = o.port.to_string();
+    for args in [
+        vec![
+            "link", "add", &o.device, "type", "vxlan", "dstport", &port, "external",
+        ],
+        vec!["link", "set", &o.device, "up"],
+    ] {
+        let out = std::process::Command::new("ip")
+            .args(&args)
+            .output()
+            .map_err(|e| format!("running ip: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn link_pin_name(iface: &str, ifindex: u32) -> String {
     format!("tc-{iface}-{ifindex}")
 }
@@ -418,6 +440,8 @@ struct Owner {
     shared: Arc<Shared>,
     ct_entries: usize,
     ct_collected: u64,
+    /// ifindex of the overlay device the tunnel program is attached to (0 = none).
+    overlay_ifindex: u32,
 }
 
 /// The data-plane owner: runs on its own thread (inside `netns` when configured) because
@@ -469,6 +493,7 @@ fn owner(
         shared,
         ct_entries: 0,
         ct_collected: 0,
+        overlay_ifindex: 0,
     };
     o.main(rx, applied_tx);
 }
@@ -589,7 +614,72 @@ impl Owner {
     /// Attaches to configured NICs that appeared (or adopts the link an earlier run
     /// pinned), and releases the links of NICs that went away. Returns whether anything
     /// changed.
+    /// Keeps the overlay device present, the tunnel program attached to it (link pinned,
+    /// like the NICs') and `TUNNEL` pointing at it; repairs all three when they drift.
+    fn poll_overlay(&mut self) {
+        let Some(o) = self.cfg.overlay.clone() else {
+            // No overlay (any more): remote backends are dropped, not sent to a stale device.
+            if self.dp.tunnel().is_ok_and(|t| t.ifindex != 0) {
+                let _ = self.dp.set_tunnel(TunnelConfig::default());
+            }
+            return;
+        };
+        let mut idx = if_index(&o.device);
+        if idx == 0 {
+            match create_vxlan(&o) {
+                Ok(()) => {
+                    tracing::info!(device = %o.device, port = o.port, "overlay device created")
+                }
+                Err(e) => {
+                    tracing::warn!(device = %o.device, error = %e, "creating the overlay device")
+                }
+            }
+            idx = if_index(&o.device);
+        }
+        let links = self.cfg.pin_dir.join(LINKS_DIR);
+        if idx != self.overlay_ifindex {
+            let keep = format!("vx-{}-{idx}", o.device);
+            let prefix = format!("vx-{}-", o.device);
+            if let Ok(rd) = std::fs::read_dir(&links) {
+                for e in rd.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name.starts_with(&prefix) && name != keep {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
+            self.overlay_ifindex = 0;
+            if idx != 0 {
+                let pin = links.join(&keep);
+                if pin.exists() {
+                    self.overlay_ifindex = idx;
+                } else {
+                    match self.dp.attach_tunnel_pinned(&o.device, &pin) {
+                        Ok(()) => {
+                            tracing::info!(device = %o.device, ifindex = idx, "overlay attached");
+                            self.overlay_ifindex = idx;
+                        }
+                        Err(e) => {
+                            tracing::warn!(device = %o.device, error = %e, "attaching the overlay")
+                        }
+                    }
+                }
+            }
+        }
+        let want = TunnelConfig {
+            ifindex: self.overlay_ifindex,
+            inner_mtu: o.inner_mtu,
+            _pad: [0; 2],
+        };
+        if self.dp.tunnel().ok() != Some(want)
+            && let Err(e) = self.dp.set_tunnel(want)
+        {
+            tracing::warn!(error = %e, "writing the overlay config");
+        }
+    }
+
     fn poll_ifaces(&mut self) -> bool {
+        self.poll_overlay();
         let links = self.cfg.pin_dir.join(LINKS_DIR);
         let mut changed = false;
         for n in &self.cfg.nics {
@@ -650,6 +740,14 @@ impl Owner {
             "# TYPE vpcep_agent_revision_lag gauge\nvpcep_agent_revision_lag {}",
             (latest - applied).max(0)
         );
+        if let Some(o) = &self.cfg.overlay {
+            let _ = writeln!(
+                s,
+                "# TYPE vpcep_overlay_attached gauge\nvpcep_overlay_attached{{device=\"{}\"}} {}",
+                o.device,
+                u8::from(self.overlay_ifindex != 0)
+            );
+        }
         let _ = writeln!(s, "# TYPE vpcep_nic_attached gauge");
         for n in &self.cfg.nics {
             let up = u8::from(self.attached.contains_key(&n.iface));

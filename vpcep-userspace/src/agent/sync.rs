@@ -1,11 +1,13 @@
 //! The one owner of the maps: keeps shadow state (what it believes the kernel holds) and
-//! writes only differences, targets first (node, SNAT owners, NICs, services, port mappings,
-//! source whitelists, then the endpoints that point at them) and deletes in reverse, so the fast
+//! writes only differences, targets first (node, SNAT owners, NICs and their overlay
+//! addresses, services, port mappings, source whitelists, then the endpoints that point at
+//! them) and deletes in reverse, so the fast
 //! path never sees an endpoint whose service or ports are missing.
 use std::collections::{BTreeMap, BTreeSet};
 
 use vpcep_common::endpoint::{
-    CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN_SENT, CT_UDP, FlowEntry, Timeouts,
+    CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN_SENT, CT_UDP, EndpointKey, FlowEntry, LocalAddr,
+    LocalNic, Timeouts,
 };
 
 use super::desired::Desired;
@@ -22,6 +24,28 @@ pub struct Applied {
 #[derive(Debug, Default)]
 pub struct Syncer {
     shadow: Desired,
+    /// `LOCAL_ADDRS` as last written or read back; derived from the NICs, so not part of
+    /// [`Desired`].
+    addrs: BTreeMap<EndpointKey, LocalAddr>,
+}
+
+/// Where the overlay program delivers for each local NIC: (VNI, VM address) → NIC.
+fn local_addrs(nics: &BTreeMap<u32, LocalNic>) -> BTreeMap<EndpointKey, LocalAddr> {
+    nics.iter()
+        .map(|(ifindex, n)| {
+            (
+                EndpointKey {
+                    vpc_id: n.vpc_id,
+                    ip_be: n.ip_be,
+                },
+                LocalAddr {
+                    ifindex: *ifindex,
+                    mac: n.mac,
+                    _pad: [0; 2],
+                },
+            )
+        })
+        .collect()
 }
 
 fn changed<'a, K: Ord + Copy, V: PartialEq + Copy>(
@@ -62,6 +86,7 @@ impl Syncer {
             sources: dp.sources()?.into_iter().collect(),
             endpoints: dp.endpoints()?.into_iter().collect(),
         };
+        self.addrs = dp.local_addrs()?.into_iter().collect();
         Ok(())
     }
 
@@ -85,6 +110,12 @@ impl Syncer {
         for (k, v) in changed(&sh.nics, &want.nics).collect::<Vec<_>>() {
             dp.set_local_nic(k, v)?;
             sh.nics.insert(k, v);
+            n.puts += 1;
+        }
+        let addrs = local_addrs(&want.nics);
+        for (k, v) in changed(&self.addrs, &addrs).collect::<Vec<_>>() {
+            dp.set_local_addr(k, v)?;
+            self.addrs.insert(k, v);
             n.puts += 1;
         }
         for (k, v) in changed(&sh.services, &want.services).collect::<Vec<_>>() {
@@ -128,6 +159,11 @@ impl Syncer {
         for k in gone(&sh.services, &want.services).collect::<Vec<_>>() {
             dp.remove_service(k)?;
             sh.services.remove(&k);
+            n.deletes += 1;
+        }
+        for k in gone(&self.addrs, &addrs).collect::<Vec<_>>() {
+            dp.remove_local_addr(&k)?;
+            self.addrs.remove(&k);
             n.deletes += 1;
         }
         for k in gone(&sh.nics, &want.nics).collect::<Vec<_>>() {

@@ -1,5 +1,5 @@
 //! Endpoints: create, list, show, source whitelist, delete, policy, route tables.
-use std::{collections::HashSet, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use axum::{
     Extension, Json,
@@ -128,8 +128,8 @@ async fn own_endpoint(tx: &mut WriteTx, caller: &Caller, id: &str) -> ApiResult<
 }
 
 /// Picks (or validates, naming `field` in errors) an address in the subnet for an endpoint
-/// or a NIC: not the network, broadcast or
-/// gateway address, and not held by a NIC or another endpoint of the subnet.
+/// or a NIC: not the network, broadcast or gateway address, and not held by a NIC or an
+/// endpoint of the subnet. Both are indexed lookups in the store's address index.
 pub(crate) async fn assign_ip(
     tx: &mut WriteTx,
     subnet: &Subnet,
@@ -138,20 +138,12 @@ pub(crate) async fn assign_ip(
 ) -> ApiResult<String> {
     let cidr = Cidr::parse(&subnet.cidr)
         .ok_or_else(|| ApiError::invalid("subnet_id", "subnet has a bad CIDR"))?;
-    let mut used: HashSet<u32> = HashSet::new();
-    if let Ok(gw) = subnet.gateway_ip.parse::<Ipv4Addr>() {
-        used.insert(u32::from(gw));
-    }
-    for p in tx.list::<Port>(Filter::Ref1(&subnet.id)).await? {
-        if let Ok(ip) = p.ip.parse::<Ipv4Addr>() {
-            used.insert(u32::from(ip));
-        }
-    }
-    for e in tx.list::<Endpoint>(Filter::Ref2(&subnet.vpc_id)).await? {
-        if let Ok(ip) = e.ip.parse::<Ipv4Addr>() {
-            used.insert(u32::from(ip));
-        }
-    }
+    let gateway: Vec<u32> = subnet
+        .gateway_ip
+        .parse::<Ipv4Addr>()
+        .map(u32::from)
+        .into_iter()
+        .collect();
     let (first, last) = if cidr.len >= 31 {
         (cidr.addr, cidr.broadcast())
     } else {
@@ -165,15 +157,15 @@ pub(crate) async fn assign_ip(
                 format!("must be a host address in the subnet {cidr}"),
             ));
         }
-        if used.contains(&ip) {
+        if gateway.contains(&ip) || tx.address_taken(&subnet.id, ip).await? {
             return Err(ApiError::Conflict(format!(
                 "port_ip: {w} is already in use"
             )));
         }
         return Ok(w.to_owned());
     }
-    (first..=last)
-        .find(|ip| !used.contains(ip))
+    tx.lowest_free_address(&subnet.id, first, last, &gateway)
+        .await?
         .map(|ip| Ipv4Addr::from(ip).to_string())
         .ok_or_else(|| ApiError::Conflict("subnet_id: no free address in the subnet".to_owned()))
 }

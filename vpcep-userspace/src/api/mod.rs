@@ -134,6 +134,7 @@ pub async fn serve(args: ControlPlaneArgs) -> Result<(), ServeError> {
         }
     };
     let store = Store::open(&args.db, args.config.feed_retain).await?;
+    fill_address_index(&store).await?;
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -150,6 +151,14 @@ pub async fn serve(args: ControlPlaneArgs) -> Result<(), ServeError> {
             shutdown.send_replace(true);
         })
         .await?;
+    Ok(())
+}
+
+/// Indexes the addresses of NICs and endpoints stored before the address index existed
+/// (a no-op once done for the database).
+async fn fill_address_index(store: &Store) -> Result<(), StoreError> {
+    store.fill_addresses::<model::Port>().await?;
+    store.fill_addresses::<model::Endpoint>().await?;
     Ok(())
 }
 
@@ -188,6 +197,7 @@ impl Server {
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
         let addr = listener.local_addr()?;
+        fill_address_index(&store).await?;
         let state = AppState::new(store, creds, config);
         let shutdown = state.shutdown.clone();
         let app = app(state);

@@ -148,6 +148,11 @@ impl Object for Endpoint {
     fn refs(&self) -> (String, String) {
         (self.service_id.clone(), self.vpc_id.clone())
     }
+    const ADDRESSED: bool = true;
+    /// An interface endpoint's address in its subnet (gateway endpoints have none).
+    fn address(&self) -> Option<(String, u32)> {
+        held(&self.subnet_id, &self.ip)
+    }
 }
 
 impl Endpoint {
@@ -311,6 +316,18 @@ impl Object for Port {
     fn refs(&self) -> (String, String) {
         (self.subnet_id.clone(), self.vpc_id.clone())
     }
+    const ADDRESSED: bool = true;
+    fn address(&self) -> Option<(String, u32)> {
+        held(&self.subnet_id, &self.ip)
+    }
+}
+
+/// Ports and endpoints share one address scope per subnet: subnets of a VPC do not overlap
+/// and an address always lies in its own subnet, so this equals "any NIC of the subnet or
+/// endpoint of the VPC".
+fn held(subnet_id: &str, ip: &str) -> Option<(String, u32)> {
+    let ip = ip.parse::<Ipv4Addr>().ok()?;
+    Some((subnet_id.to_owned(), u32::from(ip)))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -611,13 +628,31 @@ pub fn check_permission(field: &str, p: &str) -> ApiResult<&'static str> {
 
 /// Whether a consumer domain may see and connect to a service with these permissions.
 pub fn permitted(service: &Service, perms: &[Permission], project: &str, domain: &str) -> bool {
-    if service.project_id == project || service.service_type == "gateway" {
+    permits(
+        &service.project_id,
+        &service.service_type,
+        perms.iter().map(|p| p.permission.as_str()),
+        project,
+        domain,
+    )
+}
+
+/// [`permitted`] on just the fields it reads (the agent keeps only those): the service's
+/// owner project and type, and its permission strings.
+pub fn permits<'a>(
+    owner: &str,
+    service_type: &str,
+    permissions: impl IntoIterator<Item = &'a str>,
+    project: &str,
+    domain: &str,
+) -> bool {
+    if owner == project || service_type == "gateway" {
         return true;
     }
     let mine = format!("iam:domain::{domain}");
-    perms
-        .iter()
-        .any(|p| p.permission == "*" || p.permission == "iam:domain::*" || p.permission == mine)
+    permissions
+        .into_iter()
+        .any(|p| p == "*" || p == "iam:domain::*" || p == mine)
 }
 
 #[cfg(test)]

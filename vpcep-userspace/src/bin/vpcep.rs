@@ -244,6 +244,11 @@ async fn run(
             format!("attaching to {iface} in {mode:?} mode; does the interface exist?")
         })?;
     }
+    if let Some(o) = config.as_ref().and_then(|c| c.overlay.as_ref()) {
+        dp.attach_tunnel(&o.device)
+            .with_context(|| format!("attaching to the overlay device {}", o.device))?;
+        ifaces.push(format!("{} (overlay)", o.device));
+    }
     println!(
         "attached to {} ({mode:?}); Ctrl-C detaches",
         ifaces.join(", ")

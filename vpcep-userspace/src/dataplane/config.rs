@@ -22,6 +22,15 @@
 //! backend_mac = "02:00:00:00:00:05"
 //! ports = [{ client = 8080, server = 80, protocol = "TCP" }]
 //!
+//! # [[service]] with its backend on another node: `remote_node` (its underlay address)
+//! # instead of `backend_iface`, and an [overlay]:
+//! # [overlay]
+//! # device = "vx0"                      # VXLAN device in external mode (must exist)
+//! # inner_mtu = 1450                    # underlay MTU − 50
+//! # [[snat_owner]]                      # where replies to other nodes' SNAT addresses go
+//! # snat_ip = "198.19.128.11"
+//! # underlay_ip = "192.168.50.2"
+//!
 //! [[endpoint]]
 //! id = 7
 //! vpc = 1
@@ -35,8 +44,8 @@ use std::{net::Ipv4Addr, path::Path};
 use serde::Deserialize;
 use vpcep_common::endpoint::{
     DEFAULT_PORT_HI, DEFAULT_PORT_LO, EP_ACCEPTED, EP_PERMITTED, EP_SRC_WHITELIST, Endpoint,
-    EndpointKey, IPPROTO_TCP, IPPROTO_UDP, LocalNic, NodeConfig, PortKey, PortTarget, SVC_LOCAL,
-    Service, TCP_PROXY_CLOSE, Timeouts, in_snat_range,
+    EndpointKey, IPPROTO_TCP, IPPROTO_UDP, LocalAddr, LocalNic, NodeConfig, PortKey, PortTarget,
+    SVC_LOCAL, SVC_REMOTE, Service, TCP_PROXY_CLOSE, Timeouts, TunnelConfig, in_snat_range,
 };
 
 use super::{Dataplane, DataplaneError};
@@ -78,6 +87,29 @@ pub struct MapConfig {
     pub service: Vec<ServiceSection>,
     #[serde(default)]
     pub endpoint: Vec<EndpointSection>,
+    #[serde(default)]
+    pub overlay: Option<OverlaySection>,
+    #[serde(default)]
+    pub snat_owner: Vec<SnatOwnerSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverlaySection {
+    pub device: String,
+    #[serde(default = "default_inner_mtu")]
+    pub inner_mtu: u16,
+}
+
+fn default_inner_mtu() -> u16 {
+    1500 - vpcep_common::endpoint::VXLAN_OVERHEAD
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnatOwnerSection {
+    pub snat_ip: Ipv4Addr,
+    pub underlay_ip: Ipv4Addr,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,7 +152,11 @@ pub struct ServiceSection {
     pub id: u32,
     pub backend_ip: Ipv4Addr,
     pub backend_vpc: u32,
-    pub backend_iface: String,
+    /// Local backend: its NIC. Remote backend: `remote_node` instead.
+    #[serde(default)]
+    pub backend_iface: Option<String>,
+    #[serde(default)]
+    pub remote_node: Option<Ipv4Addr>,
     pub backend_mac: String,
     pub ports: Vec<PortSection>,
 }
@@ -205,12 +241,13 @@ impl MapConfig {
         toml::from_str(&text).map_err(|source| ConfigError::Parse { path: p, source })
     }
 
-    /// Interfaces the programs should be attached to (every VM NIC and backend NIC).
+    /// Interfaces the programs should be attached to (every VM NIC and local backend NIC;
+    /// the overlay device gets its own program).
     pub fn interfaces(&self) -> Vec<String> {
         let mut v: Vec<String> = self.nic.iter().map(|n| n.iface.clone()).collect();
-        for s in &self.service {
-            if !v.contains(&s.backend_iface) {
-                v.push(s.backend_iface.clone());
+        for i in self.service.iter().filter_map(|s| s.backend_iface.as_ref()) {
+            if !v.contains(i) {
+                v.push(i.clone());
             }
         }
         v
@@ -265,15 +302,27 @@ impl MapConfig {
         let mut ports = Vec::new();
         for (i, s) in self.service.iter().enumerate() {
             let f = format!("service[{i}]");
+            let (location, idx, remote) = match (&s.backend_iface, s.remote_node) {
+                (Some(iface), None) => {
+                    (SVC_LOCAL, ifindex(&format!("{f}.backend_iface"), iface)?, 0)
+                }
+                (None, Some(node)) => (SVC_REMOTE, 0, be(node)),
+                _ => {
+                    return Err(invalid(
+                        format!("{f}.backend_iface"),
+                        "give exactly one of backend_iface (local) and remote_node",
+                    ));
+                }
+            };
             services.push((
                 s.id,
                 Service {
                     backend_ip_be: be(s.backend_ip),
                     backend_vpc_id: s.backend_vpc,
-                    ifindex: ifindex(&format!("{f}.backend_iface"), &s.backend_iface)?,
-                    remote_node_be: 0,
+                    ifindex: idx,
+                    remote_node_be: remote,
                     backend_mac: parse_mac(&format!("{f}.backend_mac"), &s.backend_mac)?,
-                    location: SVC_LOCAL,
+                    location,
                     tcp_proxy: TCP_PROXY_CLOSE,
                 },
             ));
@@ -342,9 +391,36 @@ impl MapConfig {
                 },
             ));
         }
+        let tunnel = match &self.overlay {
+            None => TunnelConfig::default(),
+            Some(o) => {
+                if o.inner_mtu < 576 {
+                    return Err(invalid("overlay.inner_mtu", "must be at least 576"));
+                }
+                TunnelConfig {
+                    ifindex: ifindex("overlay.device", &o.device)?,
+                    inner_mtu: o.inner_mtu,
+                    _pad: [0; 2],
+                }
+            }
+        };
         dp.set_node(node)?;
+        dp.set_tunnel(tunnel)?;
+        for o in &self.snat_owner {
+            dp.set_snat_owner(be(o.snat_ip), be(o.underlay_ip))?;
+        }
         for (idx, nic) in nics {
             dp.set_local_nic(idx, nic)?;
+            let key = EndpointKey {
+                vpc_id: nic.vpc_id,
+                ip_be: nic.ip_be,
+            };
+            let addr = LocalAddr {
+                ifindex: idx,
+                mac: nic.mac,
+                _pad: [0; 2],
+            };
+            dp.set_local_addr(key, addr)?;
         }
         for (id, s) in services {
             dp.set_service(id, s)?;

@@ -128,8 +128,21 @@ impl Dataplane {
     /// Attaches the TC ingress program to `iface` and pins the link at `path`: the
     /// attachment then outlives this process (removing the pin releases it).
     pub fn attach_tc_pinned(&mut self, iface: &str, path: &Path) -> Result<(), DataplaneError> {
-        let name = maps::PROG_TC_INGRESS;
-        let prog = self.tc_ingress()?;
+        self.attach_named_pinned(maps::PROG_TC_INGRESS, iface, path)
+    }
+
+    /// As [`Self::attach_tc_pinned`], with the tunnel program on the VXLAN device `iface`.
+    pub fn attach_tunnel_pinned(&mut self, iface: &str, path: &Path) -> Result<(), DataplaneError> {
+        self.attach_named_pinned(maps::PROG_TC_TUNNEL, iface, path)
+    }
+
+    fn attach_named_pinned(
+        &mut self,
+        name: &'static str,
+        iface: &str,
+        path: &Path,
+    ) -> Result<(), DataplaneError> {
+        let prog = self.tc_named(name)?;
         let id = prog
             .attach(iface, TcAttachType::Ingress)
             .map_err(|source| DataplaneError::Program { name, source })?;

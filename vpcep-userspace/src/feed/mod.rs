@@ -7,7 +7,7 @@ pub mod client;
 use std::{collections::VecDeque, time::Duration};
 
 use axum::{
-    Extension, Json, Router,
+    Extension, Router,
     body::{Body, Bytes},
     extract::{RawQuery, State},
     http::header,
@@ -63,10 +63,10 @@ fn agent_or_operator(id: &Identity) -> ApiResult<()> {
 async fn snapshot(
     State(st): State<AppState>,
     Extension(who): Extension<Identity>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     agent_or_operator(&who)?;
-    let (revision, objects) = st.store.snapshot(&KINDS).await?;
-    Ok(Json(json!({"revision": revision, "objects": objects})))
+    let body = st.store.snapshot_json(&KINDS).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 async fn watch(

@@ -52,6 +52,13 @@ pub trait Object: Serialize + DeserializeOwned + Send + Sync {
     fn refs(&self) -> (String, String) {
         (String::new(), String::new())
     }
+    /// Whether objects of this kind hold addresses (see [`Object::address`]).
+    const ADDRESSED: bool = false;
+    /// The address this object holds: (scope, IPv4 address). `put` and `delete` keep it in
+    /// the `addresses` index, so free addresses are found without reading the objects.
+    fn address(&self) -> Option<(String, u32)> {
+        None
+    }
 }
 
 /// One change in the log, as served by the feed.
@@ -61,15 +68,6 @@ pub struct Change {
     pub kind: String,
     pub id: String,
     pub op: String,
-    pub object: serde_json::Value,
-}
-
-/// A raw stored object (for the feed snapshot).
-#[derive(Debug, Clone, Serialize)]
-pub struct RawObject {
-    pub kind: String,
-    pub id: String,
-    pub revision: i64,
     pub object: serde_json::Value,
 }
 
@@ -268,8 +266,95 @@ impl Store {
         Ok(out)
     }
 
+    /// Indexes the addresses of the objects of kind `T` written before the `addresses` table
+    /// existed. Runs once per kind and database: the first caller claims the kind's row in
+    /// `address_fill` (other replicas wait on it, then find it gone).
+    pub async fn fill_addresses<T: Object>(&self) -> Result<usize> {
+        let _guard = match self.backend {
+            Backend::Sqlite => Some(self.sqlite_writer.clone().lock_owned().await),
+            Backend::Postgres => None,
+        };
+        let mut tx = self.pool.begin().await?;
+        let claimed = sqlx::query("DELETE FROM address_fill WHERE kind = $1")
+            .bind(T::KIND)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if claimed == 0 {
+            return Ok(0);
+        }
+        let rows = sqlx::query("SELECT body FROM objects WHERE kind = $1")
+            .bind(T::KIND)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut n = 0;
+        for r in &rows {
+            let obj = decode::<T>(r)?;
+            if let Some((scope, ip)) = obj.address() {
+                // A clash in old data keeps the first holder rather than failing the start.
+                n += sqlx::query(
+                    "INSERT INTO addresses (scope, ip, kind, id) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (scope, ip) DO NOTHING",
+                )
+                .bind(scope)
+                .bind(i64::from(ip))
+                .bind(T::KIND)
+                .bind(obj.id())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            }
+        }
+        tx.commit().await?;
+        if n > 0 {
+            tracing::info!(kind = T::KIND, addresses = n, "address index filled");
+        }
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
     /// A consistent snapshot of every object of the given kinds, and its revision.
-    pub async fn snapshot(&self, kinds: &[&str]) -> Result<(i64, Vec<RawObject>)> {
+    /// The feed snapshot as one JSON document, `{"revision": R, "objects": [{"kind", "id",
+    /// "revision", "object"}, …]}`, with each object's stored body spliced in as it is (it
+    /// was written by `serde_json`; each is still checked to be one JSON value), so serving
+    /// a large store costs no per-object decode and re-encode.
+    pub async fn snapshot_json(&self, kinds: &[&str]) -> Result<String> {
+        let (rev, rows) = self.snapshot_rows(kinds).await?;
+        let mut out =
+            String::with_capacity(rows.iter().map(|r| r.3.len() + 96).sum::<usize>() + 64);
+        out.push_str("{\"revision\":");
+        out.push_str(&rev.to_string());
+        out.push_str(",\"objects\":[");
+        for (i, (kind, id, revision, body)) in rows.iter().enumerate() {
+            serde_json::from_str::<serde::de::IgnoredAny>(body).map_err(|source| {
+                StoreError::Corrupt {
+                    kind: "snapshot",
+                    source,
+                }
+            })?;
+            if i > 0 {
+                out.push(',');
+            }
+            // Kinds and ids are our own ASCII names and UUIDs, but escape them anyway.
+            let esc = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned());
+            out.push_str("{\"kind\":");
+            out.push_str(&esc(kind));
+            out.push_str(",\"id\":");
+            out.push_str(&esc(id));
+            out.push_str(",\"revision\":");
+            out.push_str(&revision.to_string());
+            out.push_str(",\"object\":");
+            out.push_str(body);
+            out.push('}');
+        }
+        out.push_str("]}");
+        Ok(out)
+    }
+
+    /// (revision, rows of kind, id, revision, body) of one consistent read.
+    async fn snapshot_rows(
+        &self,
+        kinds: &[&str],
+    ) -> Result<(i64, Vec<(String, String, i64, String)>)> {
         let mut tx = self.pool.begin().await?;
         if self.backend == Backend::Postgres {
             // One snapshot for both statements (READ COMMITTED would take one per statement).
@@ -285,22 +370,12 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let kind: String = r.try_get(0)?;
-            if !kinds.contains(&kind.as_str()) {
-                continue;
+            if kinds.contains(&kind.as_str()) {
+                out.push((kind, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?));
             }
-            let body: String = r.try_get(3)?;
-            out.push(RawObject {
-                kind,
-                id: r.try_get(1)?,
-                revision: r.try_get(2)?,
-                object: serde_json::from_str(&body).map_err(|source| StoreError::Corrupt {
-                    kind: "snapshot",
-                    source,
-                })?,
-            });
         }
         Ok((rev, out))
     }
@@ -486,6 +561,9 @@ impl WriteTx {
         .bind(&body)
         .execute(&mut *self.tx)
         .await?;
+        if T::ADDRESSED {
+            self.hold_address(T::KIND, &id, obj.address()).await?;
+        }
         self.log(T::KIND, &id, "put", &body).await
     }
 
@@ -497,7 +575,148 @@ impl WriteTx {
             .execute(&mut *self.tx)
             .await?;
         if res.rows_affected() > 0 {
+            if T::ADDRESSED {
+                self.release_address(T::KIND, id).await?;
+            }
             self.log(T::KIND, id, "delete", "null").await?;
+        }
+        Ok(())
+    }
+
+    /// Whether `ip` is held in `scope`.
+    pub async fn address_taken(&mut self, scope: &str, ip: u32) -> Result<bool> {
+        Ok(
+            sqlx::query("SELECT 1 FROM addresses WHERE scope = $1 AND ip = $2")
+                .bind(scope)
+                .bind(i64::from(ip))
+                .fetch_optional(&mut *self.tx)
+                .await?
+                .is_some(),
+        )
+    }
+
+    /// The lowest address of `first..=last` that is neither held in `scope` nor `reserved`.
+    /// A scope must always be searched with the same range and reserved addresses: the
+    /// search starts at the scope's recorded lower bound, below which all are taken.
+    pub async fn lowest_free_address(
+        &mut self,
+        scope: &str,
+        first: u32,
+        last: u32,
+        reserved: &[u32],
+    ) -> Result<Option<u32>> {
+        const CHUNK: usize = 64;
+        let low: Option<i64> = sqlx::query("SELECT low FROM address_low WHERE scope = $1")
+            .bind(scope)
+            .fetch_optional(&mut *self.tx)
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        let (first, last) = (i64::from(first), i64::from(last));
+        let mut c = low.unwrap_or(first).max(first);
+        // Walk the held addresses upwards from `c` in chunks until one is missing.
+        'search: loop {
+            let held: Vec<i64> = sqlx::query(
+                "SELECT ip FROM addresses WHERE scope = $1 AND ip >= $2 ORDER BY ip LIMIT $3",
+            )
+            .bind(scope)
+            .bind(c)
+            .bind(CHUNK as i64)
+            .fetch_all(&mut *self.tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<std::result::Result<_, _>>()?;
+            let more = held.len() == CHUNK;
+            let mut held = held.into_iter().peekable();
+            loop {
+                if c > last {
+                    return Ok(None);
+                }
+                if reserved.iter().any(|r| i64::from(*r) == c) {
+                    c += 1;
+                    continue;
+                }
+                match held.peek() {
+                    Some(h) if *h < c => {
+                        held.next();
+                    }
+                    Some(h) if *h == c => {
+                        held.next();
+                        c += 1;
+                    }
+                    None if more => continue 'search,
+                    _ => break 'search,
+                }
+            }
+        }
+        sqlx::query(
+            "INSERT INTO address_low (scope, low) VALUES ($1, $2) \
+             ON CONFLICT (scope) DO UPDATE SET low = excluded.low",
+        )
+        .bind(scope)
+        .bind(c)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(u32::try_from(c).ok())
+    }
+
+    /// Records the address an object holds (replacing the one it held before, if different).
+    async fn hold_address(
+        &mut self,
+        kind: &str,
+        id: &str,
+        addr: Option<(String, u32)>,
+    ) -> Result<()> {
+        let old = sqlx::query("SELECT scope, ip FROM addresses WHERE kind = $1 AND id = $2")
+            .bind(kind)
+            .bind(id)
+            .fetch_optional(&mut *self.tx)
+            .await?
+            .map(|r| -> Result<(String, i64)> { Ok((r.try_get(0)?, r.try_get(1)?)) })
+            .transpose()?;
+        let new = addr.map(|(s, ip)| (s, i64::from(ip)));
+        if old == new {
+            return Ok(());
+        }
+        if old.is_some() {
+            self.release_address(kind, id).await?;
+        }
+        if let Some((scope, ip)) = new {
+            sqlx::query("INSERT INTO addresses (scope, ip, kind, id) VALUES ($1, $2, $3, $4)")
+                .bind(scope)
+                .bind(ip)
+                .bind(kind)
+                .bind(id)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Frees the addresses an object holds and lowers its scope's search start to them.
+    async fn release_address(&mut self, kind: &str, id: &str) -> Result<()> {
+        let freed =
+            sqlx::query("DELETE FROM addresses WHERE kind = $1 AND id = $2 RETURNING scope, ip")
+                .bind(kind)
+                .bind(id)
+                .fetch_all(&mut *self.tx)
+                .await?;
+        for r in freed {
+            let (scope, ip): (String, i64) = (r.try_get(0)?, r.try_get(1)?);
+            sqlx::query("UPDATE address_low SET low = $2 WHERE scope = $1 AND low > $2")
+                .bind(&scope)
+                .bind(ip)
+                .execute(&mut *self.tx)
+                .await?;
+            // An empty scope needs no bound; dropping it also forgets a deleted subnet's.
+            sqlx::query(
+                "DELETE FROM address_low WHERE scope = $1 \
+                 AND NOT EXISTS (SELECT 1 FROM addresses WHERE scope = $1)",
+            )
+            .bind(&scope)
+            .execute(&mut *self.tx)
+            .await?;
         }
         Ok(())
     }
@@ -540,7 +759,109 @@ impl WriteTx {
 
 #[cfg(test)]
 mod tests {
+    use serde::Deserialize;
+
     use super::*;
+
+    #[derive(Serialize, Deserialize)]
+    struct Nic {
+        id: String,
+        scope: String,
+        ip: u32,
+    }
+
+    impl Object for Nic {
+        const KIND: &'static str = "port";
+        fn id(&self) -> String {
+            self.id.clone()
+        }
+        fn project(&self) -> String {
+            String::new()
+        }
+        const ADDRESSED: bool = true;
+        fn address(&self) -> Option<(String, u32)> {
+            Some((self.scope.clone(), self.ip))
+        }
+    }
+
+    fn nic(id: &str, scope: &str, ip: u32) -> Nic {
+        Nic {
+            id: id.into(),
+            scope: scope.into(),
+            ip,
+        }
+    }
+
+    async fn put(store: &Store, n: Nic) {
+        let mut tx = store.write().await.unwrap();
+        tx.put(&n).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    async fn lowest(store: &Store) -> Option<u32> {
+        let mut tx = store.write().await.unwrap();
+        // 1..=6 with 3 reserved (a gateway).
+        let ip = tx.lowest_free_address("s", 1, 6, &[3]).await.unwrap();
+        tx.commit().await.unwrap();
+        ip
+    }
+
+    #[tokio::test]
+    async fn address_index() {
+        let dir = std::env::temp_dir().join(format!("vpcep-store-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.join("v.db").display()), 1000)
+            .await
+            .unwrap();
+        // What the control plane does at start; nothing to index in a new database.
+        assert_eq!(store.fill_addresses::<Nic>().await.unwrap(), 0);
+        for (id, ip) in [("a", 1), ("b", 2), ("d", 4)] {
+            put(&store, nic(id, "s", ip)).await;
+        }
+        put(&store, nic("other", "t", 5)).await;
+        assert_eq!(lowest(&store).await, Some(5), "reserved and held skipped");
+        put(&store, nic("e", "s", 5)).await;
+        put(&store, nic("f", "s", 6)).await;
+        assert_eq!(lowest(&store).await, None, "full");
+        let mut tx = store.write().await.unwrap();
+        tx.delete::<Nic>("b").await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(lowest(&store).await, Some(2), "freed address reused");
+        // Moving an object releases its old address; rewriting it unchanged keeps it.
+        put(&store, nic("a", "t", 1)).await;
+        put(&store, nic("d", "s", 4)).await;
+        assert_eq!(lowest(&store).await, Some(1));
+        let mut tx = store.write().await.unwrap();
+        assert!(tx.address_taken("s", 4).await.unwrap());
+        assert!(!tx.address_taken("s", 1).await.unwrap());
+        // A double assignment is refused by the index itself.
+        assert!(tx.put(&nic("g", "s", 4)).await.is_err());
+        drop(tx);
+
+        // A database from before the index: filled once from the stored objects.
+        for sql in [
+            "DELETE FROM addresses",
+            "DELETE FROM address_low",
+            "INSERT INTO address_fill (kind) VALUES ('port')",
+        ] {
+            sqlx::query(sql).execute(&store.pool).await.unwrap();
+        }
+        assert_eq!(lowest(&store).await, Some(1), "empty index");
+        // `lowest` left a bound behind that the fill does not know about; a real database
+        // from before the index has none.
+        sqlx::query("DELETE FROM address_low")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(store.fill_addresses::<Nic>().await.unwrap(), 5);
+        assert_eq!(store.fill_addresses::<Nic>().await.unwrap(), 0, "only once");
+        assert_eq!(lowest(&store).await, Some(1));
+        put(&store, nic("h", "s", 1)).await;
+        assert_eq!(lowest(&store).await, Some(2));
+        put(&store, nic("i", "s", 2)).await;
+        assert_eq!(lowest(&store).await, None);
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     #[test]
     fn database_urls() {
