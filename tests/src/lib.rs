@@ -64,3 +64,134 @@ pub fn vpcep_bin() -> &'static Path {
         bin
     })
 }
+
+/// Moves the calling thread into the network namespace at `path` (`/run/netns/<name>`);
+/// other threads keep theirs.
+pub fn enter_netns(path: &str) {
+    let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    // SAFETY: setns(2) on a namespace fd we hold; it changes only this thread.
+    let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+}
+
+/// Runs `f` on a new thread inside the network namespace `name` (for servers and streams
+/// that outlive one call).
+pub fn spawn_in<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/run/netns/{name}");
+    std::thread::spawn(move || {
+        enter_netns(&path);
+        f()
+    })
+}
+
+/// Captures the IPv4 frames arriving in namespace `name` (every interface, AF_PACKET) for
+/// `secs` or until `max` frames, on a thread of its own; returns once the socket is open.
+pub fn capture(name: &str, secs: u64, max: usize) -> std::sync::mpsc::Receiver<Vec<Vec<u8>>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    spawn_in(name, move || {
+        // SAFETY: raw socket calls with valid buffers and sizes.
+        unsafe {
+            let fd = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW,
+                (libc::ETH_P_IP as u16).to_be() as i32,
+            );
+            assert!(fd >= 0, "AF_PACKET socket");
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 200_000,
+            };
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                size_of::<libc::timeval>() as u32,
+            );
+            let _ = ready_tx.send(());
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+            let mut frames = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            while std::time::Instant::now() < end && frames.len() < max {
+                let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
+                if n > 0 {
+                    frames.push(buf[..n as usize].to_vec());
+                }
+            }
+            libc::close(fd);
+            let _ = tx.send(frames);
+        }
+    });
+    ready_rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("capture in {name}: {e}"));
+    rx
+}
+
+/// A UDP echo server on `addr` inside namespace `name`, until `stop` is set or `secs` pass;
+/// returns once it is bound.
+pub fn udp_echo_server(
+    name: &str,
+    addr: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    secs: u64,
+) {
+    use std::time::{Duration, Instant};
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    spawn_in(name, move || {
+        let sock = std::net::UdpSocket::bind(addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let _ = ready_tx.send(());
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut buf = [0u8; 2048];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+            if let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(&buf[..n], peer);
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("UDP echo in {name}: {e}"));
+}
+
+/// A TCP server on `addr` inside namespace `name`, until `stop` is set or `secs` pass: each
+/// connection is handed, with its peer, to `serve` on a thread of its own (blocking, 3 s
+/// read timeout). Returns once it listens.
+pub fn tcp_server(
+    name: &str,
+    addr: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    secs: u64,
+    serve: impl Fn(std::net::TcpStream, std::net::SocketAddr) + Send + Sync + 'static,
+) {
+    use std::time::{Duration, Instant};
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let serve = std::sync::Arc::new(serve);
+    spawn_in(name, move || {
+        let l = std::net::TcpListener::bind(addr).unwrap();
+        l.set_nonblocking(true).unwrap();
+        let _ = ready_tx.send(());
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+            let Ok((c, peer)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            let serve = serve.clone();
+            std::thread::spawn(move || {
+                let _ = c.set_nonblocking(false);
+                let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
+                serve(c, peer);
+            });
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("TCP server in {name}: {e}"));
+}

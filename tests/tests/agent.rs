@@ -412,37 +412,6 @@ token = "t"
     assert!(err.to_string().starts_with("underlay_ip:"), "{err}");
 }
 
-/// A `vpcep agent` process, killed with SIGKILL (by PID) and reaped on drop.
-struct AgentProcess(std::process::Child);
-
-impl AgentProcess {
-    fn spawn(config: &std::path::Path) -> Self {
-        let child = std::process::Command::new(vpcep_tests::vpcep_bin())
-            .arg("agent")
-            .arg("--config")
-            .arg(config)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        Self(child)
-    }
-
-    fn kill9(mut self) {
-        // SAFETY: kill(2) of our own child's PID.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn metrics_up(port: u16) {
     eventually(20, "the agent's metrics", || async move {
         reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
@@ -525,12 +494,7 @@ async fn agent_survives_kill_9() {
         let received = received.clone();
         let path = format!("/run/netns/{}", topo.vms[1].ns.name());
         std::thread::spawn(move || {
-            let f = std::fs::File::open(path).unwrap();
-            // SAFETY: setns on this thread only.
-            assert_eq!(
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) },
-                0
-            );
+            vpcep_tests::enter_netns(&path);
             let s = std::net::UdpSocket::bind("10.0.0.5:53").unwrap();
             s.set_read_timeout(Some(Duration::from_millis(100)))
                 .unwrap();
@@ -559,12 +523,7 @@ async fn agent_survives_kill_9() {
         let sending = sending.clone();
         let path = format!("/run/netns/{}", topo.vms[0].ns.name());
         std::thread::spawn(move || {
-            let f = std::fs::File::open(path).unwrap();
-            // SAFETY: setns on this thread only.
-            assert_eq!(
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) },
-                0
-            );
+            vpcep_tests::enter_netns(&path);
             let s = std::net::UdpSocket::bind("10.0.0.2:0").unwrap();
             s.connect("10.0.0.100:5353").unwrap();
             let deadline = std::time::Instant::now() + Duration::from_secs(60);

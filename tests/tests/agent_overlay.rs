@@ -9,7 +9,7 @@ mod support;
 use std::{
     collections::BTreeSet,
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{SocketAddr, TcpStream, UdpSocket},
     path::Path,
     sync::{
         Arc, Mutex,
@@ -24,37 +24,6 @@ use support::*;
 use vpcep_common::endpoint::EP_ACCEPTED;
 use vpcep_tests::require_root;
 use xtask::netns::{Cluster, NetNs};
-
-/// A `vpcep agent` process, killed with SIGKILL and reaped on drop.
-struct AgentProcess(std::process::Child);
-
-impl AgentProcess {
-    fn spawn(config: &Path) -> Self {
-        let child = std::process::Command::new(vpcep_tests::vpcep_bin())
-            .arg("agent")
-            .arg("--config")
-            .arg(config)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        Self(child)
-    }
-
-    fn kill9(mut self) {
-        // SAFETY: kill(2) of our own child's PID.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn node_name(i: usize) -> String {
     format!("node{}", i + 1)
@@ -96,80 +65,39 @@ port_id = "{port}"
     )
 }
 
-fn spawn_in<T: Send + 'static>(
-    ns: &NetNs,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let path = format!("/run/netns/{}", ns.name());
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(path).unwrap();
-        // SAFETY: setns on this thread only.
-        assert_eq!(
-            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) },
-            0
-        );
-        f()
-    })
-}
-
 /// The backend VM's services until `stop` or 90 s: TCP :80 (`/stream` → 16 KiB every 5 ms
 /// until the peer goes; otherwise a short body), recording peers; UDP echo on :53.
 fn backend(ns: &NetNs, stop: Arc<AtomicBool>) -> Arc<Mutex<BTreeSet<[u8; 4]>>> {
     let peers = Arc::new(Mutex::new(BTreeSet::new()));
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let (p, s, r) = (peers.clone(), stop.clone(), ready_tx.clone());
-    spawn_in(ns, move || {
-        let l = TcpListener::bind("10.0.0.5:80").unwrap();
-        l.set_nonblocking(true).unwrap();
-        r.send(()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
-            let Ok((mut c, peer)) = l.accept() else {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            };
+    let p = peers.clone();
+    let s = stop.clone();
+    vpcep_tests::tcp_server(
+        ns.name(),
+        "10.0.0.5:80",
+        stop.clone(),
+        90,
+        move |mut c, peer| {
             if let SocketAddr::V4(a) = peer {
                 p.lock().unwrap().insert(a.ip().octets());
             }
-            let s = s.clone();
-            std::thread::spawn(move || {
-                let _ = c.set_nonblocking(false);
-                let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
-                let _ = c.set_write_timeout(Some(Duration::from_secs(3)));
-                let mut buf = [0u8; 512];
-                let n = c.read(&mut buf).unwrap_or(0);
-                if !buf[..n].starts_with(b"GET /stream") {
-                    let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\nhello");
+            let _ = c.set_write_timeout(Some(Duration::from_secs(3)));
+            let mut buf = [0u8; 512];
+            let n = c.read(&mut buf).unwrap_or(0);
+            if !buf[..n].starts_with(b"GET /stream") {
+                let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\nhello");
+                return;
+            }
+            let chunk = [b'x'; 16 * 1024];
+            let end = Instant::now() + Duration::from_secs(60);
+            while !s.load(Ordering::Relaxed) && Instant::now() < end {
+                if c.write_all(&chunk).is_err() {
                     return;
                 }
-                let chunk = [b'x'; 16 * 1024];
-                let end = Instant::now() + Duration::from_secs(60);
-                while !s.load(Ordering::Relaxed) && Instant::now() < end {
-                    if c.write_all(&chunk).is_err() {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            });
-        }
-    });
-    let (s, r) = (stop, ready_tx);
-    spawn_in(ns, move || {
-        let sock = UdpSocket::bind("10.0.0.5:53").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        r.send(()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let mut buf = [0u8; 2048];
-        while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
-            if let Ok((n, peer)) = sock.recv_from(&mut buf) {
-                let _ = sock.send_to(&buf[..n], peer);
+                std::thread::sleep(Duration::from_millis(5));
             }
-        }
-    });
-    for _ in 0..2 {
-        ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
-    }
+        },
+    );
+    vpcep_tests::udp_echo_server(ns.name(), "10.0.0.5:53", stop, 90);
     peers
 }
 
@@ -605,32 +533,4 @@ fn frag_creates(ns: &NetNs) -> u64 {
 
 fn s(v: &Value, k: &str) -> String {
     v[k].as_str().unwrap_or_default().to_owned()
-}
-
-/// As `support::consumer_transfer`, from the consumer VM namespace `ns`.
-fn consumer_transfer_in(ns: &NetNs) -> Transfer {
-    let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let ended = Arc::new(AtomicBool::new(false));
-    let (b, e) = (bytes.clone(), ended.clone());
-    spawn_in(ns, move || {
-        let run = || -> std::io::Result<()> {
-            let addr: SocketAddr = "10.0.0.100:8080".parse().map_err(std::io::Error::other)?;
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-            s.set_read_timeout(Some(Duration::from_secs(1)))?;
-            s.write_all(b"GET /stream HTTP/1.0\r\n\r\n")?;
-            let mut buf = vec![0u8; 64 * 1024];
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                let n = s.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                b.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            Ok(())
-        };
-        let _ = run();
-        e.store(true, Ordering::Relaxed);
-    });
-    Transfer { bytes, ended }
 }

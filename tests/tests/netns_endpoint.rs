@@ -135,12 +135,7 @@ fn backend_http(w: &World) -> mpsc::Receiver<SocketAddr> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let path = format!("/run/netns/{}", w.topo.vms[1].ns.name());
     std::thread::spawn(move || {
-        let f = std::fs::File::open(path).unwrap();
-        // SAFETY: setns on this (detached) thread only.
-        assert_eq!(
-            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) },
-            0
-        );
+        vpcep_tests::enter_netns(&path);
         let l = TcpListener::bind("10.0.0.5:80").unwrap();
         ready_tx.send(()).unwrap();
         if let Ok((mut s, peer)) = l.accept() {
@@ -175,50 +170,7 @@ fn http_get(w: &World) -> std::io::Result<Vec<u8>> {
 
 /// Captures frames arriving at the backend's eth0 for `secs` (bounded), on a raw socket.
 fn capture(w: &World, secs: u64) -> mpsc::Receiver<Vec<Vec<u8>>> {
-    let (tx, rx) = mpsc::channel();
-    let path = format!("/run/netns/{}", w.topo.vms[1].ns.name());
-    let (ready_tx, ready_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(path).unwrap();
-        // SAFETY: setns on this thread only; raw socket calls with valid buffers.
-        unsafe {
-            assert_eq!(
-                libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET),
-                0
-            );
-            let fd = libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW,
-                (libc::ETH_P_IP as u16).to_be() as i32,
-            );
-            assert!(fd >= 0);
-            let tv = libc::timeval {
-                tv_sec: 0,
-                tv_usec: 200_000,
-            };
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const tv).cast(),
-                size_of::<libc::timeval>() as u32,
-            );
-            ready_tx.send(()).unwrap();
-            let end = std::time::Instant::now() + Duration::from_secs(secs);
-            let mut frames = Vec::new();
-            let mut buf = vec![0u8; 65536];
-            while std::time::Instant::now() < end && frames.len() < 20000 {
-                let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
-                if n > 0 {
-                    frames.push(buf[..n as usize].to_vec());
-                }
-            }
-            libc::close(fd);
-            let _ = tx.send(frames);
-        }
-    });
-    ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
-    rx
+    vpcep_tests::capture(w.topo.vms[1].ns.name(), secs, 20000)
 }
 
 /// A TCP/UDP checksum is right either fully, or — when the sender offloads it
@@ -305,12 +257,7 @@ fn udp_request_response_and_ping() {
     let path = format!("/run/netns/{}", w.topo.vms[1].ns.name());
     let (ready_tx, ready_rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let f = std::fs::File::open(path).unwrap();
-        // SAFETY: setns on this thread only.
-        assert_eq!(
-            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) },
-            0
-        );
+        vpcep_tests::enter_netns(&path);
         let s = UdpSocket::bind("10.0.0.5:53").unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         ready_tx.send(()).unwrap();
@@ -360,15 +307,8 @@ fn pending_endpoint_passes_nothing_and_accept_opens_it() {
 fn rejecting_mid_transfer_cuts_it() {
     let mut w = world(true, true);
     let _peer = backend_http(&w);
-    let ns_path = w.topo.vms[0].ns.name().to_string();
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(format!("/run/netns/{ns_path}")).unwrap();
-        // SAFETY: setns on this thread only.
-        assert_eq!(
-            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) },
-            0
-        );
+    vpcep_tests::spawn_in(w.topo.vms[0].ns.name(), move || {
         let r = (|| -> std::io::Result<usize> {
             let mut s = TcpStream::connect("10.0.0.100:8080")?;
             s.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -401,30 +341,13 @@ fn rejecting_mid_transfer_cuts_it() {
     );
 }
 
-/// Runs `f` on a new thread inside the namespace `name` (for servers that outlive a call).
-fn in_ns<T: Send + 'static>(
-    name: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let path = format!("/run/netns/{name}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(path).unwrap();
-        // SAFETY: setns on this thread only.
-        assert_eq!(
-            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) },
-            0
-        );
-        f()
-    })
-}
-
 #[test]
 fn fragmentation_needed_from_backend_reaches_consumer_and_sets_path_mtu() {
     use std::os::fd::AsRawFd;
     let w = world(true, true);
     // Backend side: capture the translated datagram as it arrives.
     let (ready_tx, ready_rx) = mpsc::channel();
-    let capture = in_ns(w.topo.vms[1].ns.name(), move || -> Option<Vec<u8>> {
+    let capture = vpcep_tests::spawn_in(w.topo.vms[1].ns.name(), move || -> Option<Vec<u8>> {
         // SAFETY: raw socket calls with valid buffers; fd closed below.
         unsafe {
             let fd = libc::socket(
@@ -467,7 +390,7 @@ fn fragmentation_needed_from_backend_reaches_consumer_and_sets_path_mtu() {
     // Consumer side: a connected UDP socket with path-MTU discovery on.
     let (sock_tx, sock_rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel::<()>();
-    let consumer = in_ns(w.topo.vms[0].ns.name(), move || -> i32 {
+    let consumer = vpcep_tests::spawn_in(w.topo.vms[0].ns.name(), move || -> i32 {
         let s = UdpSocket::bind("10.0.0.2:0").unwrap();
         let on: libc::c_int = libc::IP_PMTUDISC_DO;
         // SAFETY: valid option value.
@@ -511,7 +434,7 @@ fn fragmentation_needed_from_backend_reaches_consumer_and_sets_path_mtu() {
         .unwrap()
         .expect("translated datagram not seen at the backend");
     // Backend side: the router/host says "fragmentation needed, MTU 1400" to the sender.
-    let sent = in_ns(w.topo.vms[1].ns.name(), move || -> std::io::Result<()> {
+    let sent = vpcep_tests::spawn_in(w.topo.vms[1].ns.name(), move || -> std::io::Result<()> {
         let mut icmp = vec![3u8, 4, 0, 0, 0, 0];
         icmp.extend_from_slice(&1400u16.to_be_bytes());
         icmp.extend_from_slice(&quoted);

@@ -4,11 +4,10 @@
 //! directly here, as an agent would; each node has its own maps and SNAT address.
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{SocketAddr, TcpStream, UdpSocket},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
-        mpsc,
     },
     time::{Duration, Instant},
 };
@@ -198,68 +197,28 @@ fn spawn_in<T: Send + 'static>(
     ns: &NetNs,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> std::thread::JoinHandle<T> {
-    let path = format!("/run/netns/{}", ns.name());
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(path).unwrap();
-        // SAFETY: setns on this thread only.
-        assert_eq!(
-            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) },
-            0
-        );
-        f()
-    })
+    vpcep_tests::spawn_in(ns.name(), f)
 }
 
 /// The backend: TCP on :80 (a request for `/big` gets BIG bytes, anything else a short
 /// body) recording each peer, and a UDP echo on :53; both until `stop` or 60 s.
 fn backend(w: &World, stop: Arc<AtomicBool>) -> Arc<Mutex<Vec<SocketAddr>>> {
     let peers = Arc::new(Mutex::new(Vec::new()));
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let ns = &w.cluster.nodes[2].vms[0].ns;
-    let (p, s, r) = (peers.clone(), stop.clone(), ready_tx.clone());
-    spawn_in(ns, move || {
-        let l = TcpListener::bind("10.0.0.5:80").unwrap();
-        l.set_nonblocking(true).unwrap();
-        r.send(()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
-            let Ok((mut c, peer)) = l.accept() else {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            };
-            p.lock().unwrap().push(peer);
-            std::thread::spawn(move || {
-                let _ = c.set_nonblocking(false);
-                let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
-                let _ = c.set_write_timeout(Some(Duration::from_secs(10)));
-                let mut buf = [0u8; 512];
-                let n = c.read(&mut buf).unwrap_or(0);
-                let body: Vec<u8> = if buf[..n].starts_with(b"GET /big") {
-                    (0..BIG).map(|i| (i % 251) as u8).collect()
-                } else {
-                    b"hello".to_vec()
-                };
-                let _ = c.write_all(&body);
-            });
-        }
+    let name = w.cluster.nodes[2].vms[0].ns.name();
+    let p = peers.clone();
+    vpcep_tests::tcp_server(name, "10.0.0.5:80", stop.clone(), 60, move |mut c, peer| {
+        p.lock().unwrap().push(peer);
+        let _ = c.set_write_timeout(Some(Duration::from_secs(10)));
+        let mut buf = [0u8; 512];
+        let n = c.read(&mut buf).unwrap_or(0);
+        let body: Vec<u8> = if buf[..n].starts_with(b"GET /big") {
+            (0..BIG).map(|i| (i % 251) as u8).collect()
+        } else {
+            b"hello".to_vec()
+        };
+        let _ = c.write_all(&body);
     });
-    let (s, r) = (stop, ready_tx);
-    spawn_in(ns, move || {
-        let sock = UdpSocket::bind("10.0.0.5:53").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        r.send(()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut buf = [0u8; 2048];
-        while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
-            if let Ok((n, peer)) = sock.recv_from(&mut buf) {
-                let _ = sock.send_to(&buf[..n], peer);
-            }
-        }
-    });
-    for _ in 0..2 {
-        ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
-    }
+    vpcep_tests::udp_echo_server(name, "10.0.0.5:53", stop, 60);
     peers
 }
 
@@ -479,46 +438,7 @@ fn underlay_checksums_verify_in_software() {
     let w = world(false);
     let stop = Arc::new(AtomicBool::new(false));
     backend(&w, stop.clone());
-    let cap = {
-        let (tx, rx) = mpsc::channel();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        spawn_in(&w.cluster.nodes[2].node, move || {
-            // SAFETY: raw socket calls with valid buffers, on this thread's namespace.
-            unsafe {
-                let fd = libc::socket(
-                    libc::AF_PACKET,
-                    libc::SOCK_RAW,
-                    (libc::ETH_P_IP as u16).to_be() as i32,
-                );
-                assert!(fd >= 0);
-                let tv = libc::timeval {
-                    tv_sec: 0,
-                    tv_usec: 200_000,
-                };
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVTIMEO,
-                    (&raw const tv).cast(),
-                    size_of::<libc::timeval>() as u32,
-                );
-                ready_tx.send(()).unwrap();
-                let end = Instant::now() + Duration::from_secs(3);
-                let mut frames = Vec::new();
-                let mut buf = vec![0u8; 65536];
-                while Instant::now() < end && frames.len() < 5000 {
-                    let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
-                    if n > 0 {
-                        frames.push(buf[..n as usize].to_vec());
-                    }
-                }
-                libc::close(fd);
-                let _ = tx.send(frames);
-            }
-        });
-        ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
-        rx
-    };
+    let cap = vpcep_tests::capture(w.cluster.nodes[2].node.name(), 3, 5000);
     let body = get(&w.cluster.nodes[0].vms[0].ns, "/big")
         .join()
         .unwrap()

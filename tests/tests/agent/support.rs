@@ -395,12 +395,7 @@ pub fn backend_server(topo: &Topology) -> Arc<AtomicBool> {
     let path = format!("/run/netns/{}", topo.vms[1].ns.name());
     let flag = stop.clone();
     std::thread::spawn(move || {
-        let f = std::fs::File::open(path).unwrap();
-        // SAFETY: setns on this (detached) thread only.
-        assert_eq!(
-            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) },
-            0
-        );
+        vpcep_tests::enter_netns(&path);
         let l = TcpListener::bind("10.0.0.5:80").unwrap();
         l.set_nonblocking(true).unwrap();
         ready_tx.send(()).unwrap();
@@ -451,17 +446,15 @@ pub struct Transfer {
 }
 
 pub fn consumer_transfer(topo: &Topology) -> Transfer {
+    consumer_transfer_in(&topo.vms[0].ns)
+}
+
+/// As [`consumer_transfer`], from the consumer VM namespace `ns`.
+pub fn consumer_transfer_in(ns: &xtask::netns::NetNs) -> Transfer {
     let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let ended = Arc::new(AtomicBool::new(false));
-    let path = format!("/run/netns/{}", topo.vms[0].ns.name());
     let (b, e) = (bytes.clone(), ended.clone());
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(path).unwrap();
-        // SAFETY: setns on this (detached) thread only.
-        assert_eq!(
-            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) },
-            0
-        );
+    vpcep_tests::spawn_in(ns.name(), move || {
         let run = || -> std::io::Result<()> {
             let addr: SocketAddr = "10.0.0.100:8080".parse().map_err(std::io::Error::other)?;
             let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
@@ -487,29 +480,7 @@ pub fn consumer_transfer(topo: &Topology) -> Transfer {
 /// A UDP echo server on the backend's 10.0.0.5:53, until the flag is set or 120 s pass.
 pub fn backend_udp_echo(topo: &Topology) -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let path = format!("/run/netns/{}", topo.vms[1].ns.name());
-    let flag = stop.clone();
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(path).unwrap();
-        // SAFETY: setns on this (detached) thread only.
-        assert_eq!(
-            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) },
-            0
-        );
-        let s = UdpSocket::bind("10.0.0.5:53").unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        ready_tx.send(()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let mut buf = [0u8; 512];
-        while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
-            if let Ok((n, peer)) = s.recv_from(&mut buf) {
-                let _ = s.send_to(&buf[..n], peer);
-            }
-        }
-    });
-    ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    vpcep_tests::udp_echo_server(topo.vms[1].ns.name(), "10.0.0.5:53", stop.clone(), 120);
     stop
 }
 
@@ -602,4 +573,35 @@ pub fn snat_owners(pin_dir: &std::path::Path) -> Vec<(u32, u32)> {
     let m: HashMap<MapData, u32, u32> =
         HashMap::try_from(Map::HashMap(pinned(pin_dir, maps::SNAT_OWNERS))).unwrap();
     m.iter().map(Result::unwrap).collect()
+}
+
+/// A `vpcep agent` process, killed with SIGKILL (by PID) and reaped on drop.
+pub struct AgentProcess(std::process::Child);
+
+impl AgentProcess {
+    pub fn spawn(config: &std::path::Path) -> Self {
+        let child = std::process::Command::new(vpcep_tests::vpcep_bin())
+            .arg("agent")
+            .arg("--config")
+            .arg(config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+
+    pub fn kill9(mut self) {
+        // SAFETY: kill(2) of our own child's PID.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
