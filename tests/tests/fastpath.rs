@@ -637,3 +637,112 @@ fn remote_through_overlay(n: &Nics) {
         before + 1
     );
 }
+
+/// `vpcep dataplane run --config`: a remote service, the overlay device, SNAT owners and the
+/// local addresses derived from the NICs land in the maps; bad overlay input names its field.
+#[test]
+fn map_config_with_overlay() {
+    use vpcep::dataplane::config::MapConfig;
+    require_root();
+    let (ns, n) = namespace();
+    let dir = std::env::temp_dir().join(format!("vpcep-mapcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = r#"
+[node]
+snat_ip = "198.19.128.10"
+vmac = "02:fe:00:00:00:01"
+
+[overlay]
+device = "x0"
+
+[[snat_owner]]
+snat_ip = "198.19.128.11"
+underlay_ip = "192.168.50.2"
+
+[[nic]]
+iface = "c0"
+vpc = 101
+ip = "10.0.0.2"
+mac = "02:00:00:00:00:02"
+gateway = "10.0.0.1"
+
+[[service]]
+id = 3
+backend_ip = "10.0.0.5"
+backend_vpc = 200
+remote_node = "192.168.50.2"
+backend_mac = "02:00:00:00:00:05"
+ports = [{ client = 8080, server = 80, protocol = "TCP" }]
+
+[[endpoint]]
+id = 7
+vpc = 101
+ip = "10.0.0.100"
+service = 3
+accepted = true
+"#;
+    let load = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        MapConfig::load(&p).unwrap()
+    };
+    let cfgs = [
+        load("good.toml", good),
+        load(
+            "both.toml",
+            &good.replace(
+                "remote_node = \"192.168.50.2\"",
+                "remote_node = \"192.168.50.2\"\nbackend_iface = \"b0\"",
+            ),
+        ),
+        load(
+            "nodev.toml",
+            &good.replace("device = \"x0\"", "device = \"nope0\""),
+        ),
+    ];
+    let _ = std::fs::remove_dir_all(&dir);
+    let (c, x) = (n.c, n.x);
+    ns.run(move || {
+        let mut dp = Dataplane::load().unwrap();
+        cfgs[0].apply(&mut dp).unwrap();
+        assert_eq!(cfgs[0].interfaces(), vec!["c0".to_string()]);
+        assert_eq!(
+            dp.tunnel().unwrap(),
+            TunnelConfig {
+                ifindex: x,
+                inner_mtu: 1450,
+                _pad: [0; 2]
+            }
+        );
+        let svc = dp.services().unwrap();
+        assert_eq!(svc.len(), 1);
+        assert_eq!(svc[0].1.location, SVC_REMOTE);
+        assert_eq!(svc[0].1.remote_node_be, be([192, 168, 50, 2]));
+        assert_eq!(
+            dp.local_addrs().unwrap(),
+            vec![(
+                EndpointKey {
+                    vpc_id: 101,
+                    ip_be: be(C_IP)
+                },
+                LocalAddr {
+                    ifindex: c,
+                    mac: C_MAC,
+                    _pad: [0; 2]
+                }
+            )]
+        );
+        assert_eq!(
+            dp.snat_owners().unwrap(),
+            vec![(be([198, 19, 128, 11]), be([192, 168, 50, 2]))]
+        );
+        for (cfg, field) in [
+            (&cfgs[1], "service[0].backend_iface"),
+            (&cfgs[2], "overlay.device"),
+        ] {
+            let e = cfg.apply(&mut Dataplane::load().unwrap()).unwrap_err();
+            assert!(e.to_string().starts_with(field), "{e}");
+        }
+    })
+    .unwrap();
+}
