@@ -811,7 +811,16 @@ mod tests {
 
     #[tokio::test]
     async fn address_index() {
-        let dir = std::env::temp_dir().join(format!("vpcep-store-test-{}", std::process::id()));
+        /// Removed on drop, also when an assertion fails.
+        struct Dir(std::path::PathBuf);
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let guard =
+            Dir(std::env::temp_dir().join(format!("vpcep-store-test-{}", std::process::id())));
+        let dir = guard.0.clone();
         std::fs::create_dir_all(&dir).unwrap();
         let store = Store::open(&format!("sqlite://{}", dir.join("v.db").display()), 1000)
             .await
@@ -863,7 +872,6 @@ mod tests {
         assert_eq!(lowest(&store).await, Some(2));
         put(&store, nic("i", "s", 2)).await;
         assert_eq!(lowest(&store).await, None);
-        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
