@@ -306,15 +306,31 @@ impl Dataplane {
 
     /// The `NODE` entry.
     pub fn node(&self) -> Result<NodeConfig, DataplaneError> {
-        let name = maps::NODE;
+        self.slot0(maps::NODE)
+    }
+
+    /// Entry 0 of the single-entry array `name` (node config, overlay config).
+    fn slot0<V: Pod>(&self, name: &'static str) -> Result<V, DataplaneError> {
         let map = self
             .ebpf
             .map(name)
             .ok_or(DataplaneError::MissingMap(name))?;
-        let array: Array<&MapData, NodeConfig> =
+        let array: Array<&MapData, V> =
             Array::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
         array
             .get(&0, 0)
+            .map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    fn set_slot0<V: Pod>(&mut self, name: &'static str, v: V) -> Result<(), DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        let mut array: Array<&mut MapData, V> =
+            Array::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
+        array
+            .set(0, v, 0)
             .map_err(|source| DataplaneError::Map { name, source })
     }
 
@@ -406,43 +422,16 @@ impl Dataplane {
     }
 
     pub fn set_node(&mut self, node: NodeConfig) -> Result<(), DataplaneError> {
-        let name = maps::NODE;
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(DataplaneError::MissingMap(name))?;
-        let mut array: Array<&mut MapData, NodeConfig> =
-            Array::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
-        array
-            .set(0, node, 0)
-            .map_err(|source| DataplaneError::Map { name, source })
+        self.set_slot0(maps::NODE, node)
     }
 
     /// This node's overlay device (ifindex 0 = none: remote backends are dropped).
     pub fn set_tunnel(&mut self, t: TunnelConfig) -> Result<(), DataplaneError> {
-        let name = maps::TUNNEL;
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(DataplaneError::MissingMap(name))?;
-        let mut array: Array<&mut MapData, TunnelConfig> =
-            Array::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
-        array
-            .set(0, t, 0)
-            .map_err(|source| DataplaneError::Map { name, source })
+        self.set_slot0(maps::TUNNEL, t)
     }
 
     pub fn tunnel(&self) -> Result<TunnelConfig, DataplaneError> {
-        let name = maps::TUNNEL;
-        let map = self
-            .ebpf
-            .map(name)
-            .ok_or(DataplaneError::MissingMap(name))?;
-        let array: Array<&MapData, TunnelConfig> =
-            Array::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
-        array
-            .get(&0, 0)
-            .map_err(|source| DataplaneError::Map { name, source })
+        self.slot0(maps::TUNNEL)
     }
 
     /// Where the tunnel program delivers packets for the local VM `key` (VNI, address).
