@@ -67,8 +67,9 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         duration: u64,
     },
-    /// The whole suite: unit, privileged kernel and namespace tests, and the aarch64
-    /// cross-build with its unit tests under qemu-user.
+    /// The whole suite: formatting and clippy, unit, privileged kernel and namespace tests,
+    /// the official SDK, the demo, and the aarch64 cross-build with its unit tests under
+    /// qemu-user.
     Test {
         /// Skip the aarch64 cross-build and qemu tests.
         #[arg(long)]
@@ -246,6 +247,11 @@ fn test(no_aarch64: bool, args: &[String]) -> Result<()> {
         bail!("the kernel tests load BPF programs and create network namespaces: run as root");
     }
     setup::ensure_bpffs()?;
+    // Formatting and lints first, so that CI (which runs only this command) checks them too;
+    // a run with a test filter is a developer's quick loop and skips them.
+    if args.is_empty() {
+        lint()?;
+    }
     sh(cargo()
         .args(["test", "--workspace", "--no-fail-fast"])
         .args(args))?;

@@ -41,6 +41,7 @@ pub fn run() -> Result<()> {
 
 pub fn ensure() -> Result<()> {
     apt_packages()?;
+    host_components()?;
     nightly()?;
     aarch64_target()?;
     bpf_linker()?;
@@ -113,6 +114,26 @@ fn apt_packages() -> Result<()> {
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// clippy and rustfmt for the toolchain that builds the host crates (the lint stage).
+fn host_components() -> Result<()> {
+    let installed = output(Command::new("rustup").args(["component", "list", "--installed"]))
+        .unwrap_or_default();
+    let missing: Vec<&str> = ["clippy", "rustfmt"]
+        .into_iter()
+        .filter(|c| !installed.lines().any(|l| l.starts_with(c)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!(
+        "setup: adding {} to the host toolchain (the lint stage)",
+        missing.join(", ")
+    );
+    sh(Command::new("rustup")
+        .args(["component", "add"])
+        .args(&missing))
 }
 
 fn nightly() -> Result<()> {
