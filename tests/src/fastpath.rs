@@ -96,6 +96,7 @@ pub fn fill(dp: &mut Dataplane, nics: &Nics, port_lo: u16, port_hi: u16) {
         service_id: svc,
         marker_id: 1000 + id,
         flags,
+        epoch: 0,
     };
     let ok = EP_ACCEPTED | EP_PERMITTED;
     dp.set_endpoint(ep_key(EP_IP), ep(7, 3, ok)).unwrap();

@@ -20,7 +20,7 @@ pub fn require_root() {
     );
 }
 
-/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads, for conntrack timestamps.
+/// CLOCK_MONOTONIC in ns: the clock the fast path stamps conntrack entries with.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,

@@ -180,6 +180,7 @@ fn random_model(rng: &mut Rng, nics: &Nics, round: u32) -> Model {
                     },
                     marker_id: id,
                     flags,
+                    epoch: rng.below(3) as u32,
                 },
             );
             for _ in 0..rng.below(3) {
@@ -528,6 +529,21 @@ fn kernel_matches_reference_model() {
                     let e = m.fwd.get_mut(&k).unwrap();
                     e.last_seen_ns = 0;
                     dp.insert_flow(k, *e).unwrap();
+                }
+                if i % 50 == 24 && !m.endpoints.is_empty() {
+                    // A service change as the agent makes it: new epoch on an endpoint, and
+                    // perhaps a port mapping pointing elsewhere, in both.
+                    let k = *m.endpoints.keys().nth(rng.below(m.endpoints.len() as u64) as usize).unwrap();
+                    let ep = m.endpoints.get_mut(&k).unwrap();
+                    ep.epoch = ep.epoch.wrapping_add(1);
+                    dp.set_endpoint(k, *ep).unwrap();
+                    let svc = ep.service_id;
+                    if rng.chance(50)
+                        && let Some((pk, pt)) = m.ports.iter_mut().find(|(pk, _)| pk.service_id == svc)
+                    {
+                        pt.server_port_be = (u16::from_be(pt.server_port_be) ^ 1).to_be();
+                        dp.set_port(*pk, *pt).unwrap();
+                    }
                 }
                 let (ifx, frame) = packet(&mut rng, &m, &nics);
                 let xdp = rng.chance(20);

@@ -36,7 +36,11 @@ fn object_contains_every_program_with_its_type() {
             maps::PROG_XDP | maps::PROG_NOOP_XDP => {
                 matches!(prog.section, ProgramSection::Xdp { .. })
             }
-            maps::PROG_TC_INGRESS | maps::PROG_TC_TUNNEL | maps::PROG_NOOP_TC => {
+            maps::PROG_TC_INGRESS
+            | maps::PROG_TC_TUNNEL
+            | maps::PROG_NOOP_TC
+            | maps::PROG_FLOOR_ESTABLISHED
+            | maps::PROG_FLOOR_NEW_FLOW => {
                 matches!(prog.section, ProgramSection::SchedClassifier)
             }
             _ => false,

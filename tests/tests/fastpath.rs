@@ -278,6 +278,7 @@ fn rejecting_cuts_established_flows_both_ways() {
             service_id: 3,
             marker_id: 1007,
             flags: EP_PERMITTED,
+            epoch: 0,
         };
         dp.set_endpoint(ep_key(EP_IP), ep).unwrap();
         let data = tcp(C_MAC, VMAC, C_IP, EP_IP, 35000, 8080, ACK, b"more");
@@ -307,6 +308,84 @@ fn rejecting_cuts_established_flows_both_ways() {
         // Endpoint deleted: its flow's replies are dropped.
         dp.remove_endpoint(&ep_key(EP_IP)).unwrap();
         tc(&mut dp, n.b, &reply, Reason::DropNotAccepted, TC_SHOT);
+    })
+    .unwrap();
+}
+
+#[test]
+fn service_changes_reach_established_flows_through_the_epoch() {
+    require_root();
+    let (ns, n) = namespace();
+    ns.run(|| {
+        let mut dp = scenario(&n, PORT_LO, PORT_HI);
+        let key = FlowKey::new(
+            1,
+            be(C_IP),
+            be(EP_IP),
+            36000u16.to_be(),
+            8080u16.to_be(),
+            IPPROTO_TCP,
+        );
+        open_flow(&mut dp, &n, 36000);
+        let data = tcp(C_MAC, VMAC, C_IP, EP_IP, 36000, 8080, ACK, b"x");
+        let out = tc(&mut dp, n.c, &data, Reason::FwdEstablished, TC_REDIRECT);
+        assert_eq!(port_of(&out, 36), 80);
+        let entry = dp.flow(&key).unwrap().unwrap();
+        assert_eq!((entry.epoch, entry.backend_mac), (0, B_MAC));
+        let ep = |epoch| Endpoint {
+            endpoint_id: 7,
+            service_id: 3,
+            marker_id: 1007,
+            flags: EP_ACCEPTED | EP_PERMITTED,
+            epoch,
+        };
+        let to = |p: u16| PortTarget {
+            server_port_be: p.to_be(),
+            _pad: 0,
+        };
+        // Mapping changed but the epoch not (the agent always changes both): the flow
+        // keeps the backend port it was resolved to.
+        dp.set_port(port(3, 8080, IPPROTO_TCP), to(81)).unwrap();
+        let out = tc(&mut dp, n.c, &data, Reason::FwdEstablished, TC_REDIRECT);
+        assert_eq!(port_of(&out, 36), 80);
+        // New epoch: the next packet is checked against the mapping, which now points
+        // elsewhere, so the TCP flow is over.
+        dp.set_endpoint(ep_key(EP_IP), ep(1)).unwrap();
+        tc(&mut dp, n.c, &data, Reason::DropTcpNoFlow, TC_SHOT);
+        // A UDP flow whose mapping moves is re-created toward the new server port.
+        let q = udp(C_MAC, VMAC, C_IP, EP_IP, 40010, 5353, b"q");
+        let out = tc(&mut dp, n.c, &q, Reason::FwdNewFlow, TC_REDIRECT);
+        assert_eq!(port_of(&out, 36), 53);
+        dp.set_port(port(3, 5353, IPPROTO_UDP), to(54)).unwrap();
+        dp.set_endpoint(ep_key(EP_IP), ep(2)).unwrap();
+        let out = tc(&mut dp, n.c, &q, Reason::FwdNewFlow, TC_REDIRECT);
+        assert_eq!(port_of(&out, 36), 54);
+        // A new epoch with the same backend (say, another mapping added) keeps the flow and
+        // refreshes what it caches: a changed backend MAC is used at once.
+        let udp_key = FlowKey::new(
+            1,
+            be(C_IP),
+            be(EP_IP),
+            40010u16.to_be(),
+            5353u16.to_be(),
+            IPPROTO_UDP,
+        );
+        let snat_before = dp.flow(&udp_key).unwrap().unwrap().rev;
+        let mut svc = dp
+            .services()
+            .unwrap()
+            .into_iter()
+            .find(|(id, _)| *id == 3)
+            .unwrap()
+            .1;
+        svc.backend_mac = X_MAC;
+        dp.set_service(3, svc).unwrap();
+        dp.set_endpoint(ep_key(EP_IP), ep(3)).unwrap();
+        let out = tc(&mut dp, n.c, &q, Reason::FwdEstablished, TC_REDIRECT);
+        assert_eq!(&out[0..6], &X_MAC);
+        let entry = dp.flow(&udp_key).unwrap().unwrap();
+        assert_eq!((entry.epoch, entry.backend_mac), (3, X_MAC));
+        assert_eq!(entry.rev, snat_before, "same SNAT port");
     })
     .unwrap();
 }

@@ -123,6 +123,7 @@ fn set_accepted(dp: &mut Dataplane, accepted: bool) {
             service_id: 3,
             marker_id: 1007,
             flags,
+            epoch: 0,
         },
     )
     .unwrap();

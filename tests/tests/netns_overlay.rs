@@ -105,6 +105,7 @@ fn set_endpoint(dp: &mut Dataplane, vni: u32, id: u32, accepted: bool) {
             service_id: 3,
             marker_id: 1000 + id,
             flags,
+            epoch: 0,
         },
     )
     .unwrap();

@@ -53,8 +53,12 @@ pub struct Endpoint {
     pub service_id: u32,
     pub marker_id: u32,
     pub flags: u32,
+    /// [`service_epoch`] of the service's entry and port mappings. Established flows keep
+    /// the backend they were resolved to while this is unchanged, and skip the service
+    /// and port-mapping lookups; any change sends their next packet through both again.
+    pub epoch: u32,
 }
-const _: () = assert!(size_of::<Endpoint>() == 16);
+const _: () = assert!(size_of::<Endpoint>() == 20);
 
 impl Endpoint {
     pub const fn usable(&self) -> bool {
@@ -180,6 +184,36 @@ pub struct FlowKey {
 }
 const _: () = assert!(size_of::<FlowKey>() == 20);
 
+/// Packs two network-order ports and a protocol into the words the keys end with. Built
+/// from whole words because a three-byte zero pad written as an array compiles, for the
+/// BPF target, into a call of an out-of-line memset on every packet.
+#[inline(always)]
+const fn tail_words(a_be: u16, b_be: u16, proto: u8) -> [u32; 2] {
+    let a = a_be.to_ne_bytes();
+    let b = b_be.to_ne_bytes();
+    [
+        u32::from_ne_bytes([a[0], a[1], b[0], b[1]]),
+        u32::from_ne_bytes([proto, 0, 0, 0]),
+    ]
+}
+
+impl FlowKey {
+    #[inline(always)]
+    pub const fn new(
+        vpc_id: u32,
+        src_be: u32,
+        dst_be: u32,
+        sport_be: u16,
+        dport_be: u16,
+        proto: u8,
+    ) -> Self {
+        let [ports, proto] = tail_words(sport_be, dport_be, proto);
+        // SAFETY: `FlowKey` is `repr(C)`, five u32-sized words with no padding, and every
+        // bit pattern is a valid value.
+        unsafe { core::mem::transmute::<[u32; 5], Self>([vpc_id, src_be, dst_be, ports, proto]) }
+    }
+}
+
 /// Reverse conntrack key: the backend's reply as it arrives (src backend, dst SNAT).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -193,27 +227,50 @@ pub struct RevKey {
 }
 const _: () = assert!(size_of::<RevKey>() == 16);
 
+impl RevKey {
+    #[inline(always)]
+    pub const fn new(
+        snat_be: u32,
+        backend_be: u32,
+        snat_port_be: u16,
+        backend_port_be: u16,
+        proto: u8,
+    ) -> Self {
+        let [ports, proto] = tail_words(snat_port_be, backend_port_be, proto);
+        // SAFETY: as for `FlowKey::new`: four words, no padding, any bits valid.
+        unsafe { core::mem::transmute::<[u32; 4], Self>([snat_be, backend_be, ports, proto]) }
+    }
+}
+
 pub const CT_TCP_SYN_SENT: u8 = 1;
 pub const CT_TCP_ESTABLISHED: u8 = 2;
 pub const CT_TCP_CLOSING: u8 = 3;
 pub const CT_UDP: u8 = 4;
 
-/// Value of `CT_FWD`.
+/// Value of `CT_FWD`. Besides the flow's state it caches what the consumer's packets need
+/// from the service (backend MAC, overlay peer), valid while the endpoint's `epoch` equals
+/// the one recorded here.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEntry {
     pub rev: RevKey,
     pub endpoint_id: u32,
     pub service_id: u32,
-    /// Where translated packets go (local backend NIC).
+    /// Where translated packets go (local backend NIC, or the overlay device).
     pub out_ifindex: u32,
+    /// The endpoint's `epoch` when the backend fields were resolved.
+    pub epoch: u32,
+    /// Underlay address of the backend's node; 0 for a local backend.
+    pub remote_node_be: u32,
+    /// The backend's VPC (the VNI on the overlay).
+    pub backend_vpc_id: u32,
+    pub backend_mac: [u8; ETH_ALEN],
     pub state: u8,
     /// TCP: FIN seen from the consumer (bit 0) and from the backend (bit 1).
     pub fin: u8,
-    pub _pad: [u8; 2],
     pub last_seen_ns: u64,
 }
-const _: () = assert!(size_of::<FlowEntry>() == 40);
+const _: () = assert!(size_of::<FlowEntry>() == 56);
 
 /// Value of `CT_REV`: enough to rebuild the consumer's view without another lookup.
 #[repr(C)]
@@ -312,5 +369,83 @@ const fn mix(h: u32, v: u32) -> u32 {
     x ^ (x >> 13)
 }
 
+/// The `epoch` of a service's endpoints: a hash of its `SERVICES` entry and its port
+/// mappings (`(key, target)` pairs, in any order). A 32-bit hash may collide; a collision
+/// would keep established flows on their old backend until they end or idle out.
+pub fn service_epoch<'a>(
+    svc: &Service,
+    ports: impl IntoIterator<Item = (&'a PortKey, &'a PortTarget)>,
+) -> u32 {
+    let mut h = Fnv::new();
+    for w in [
+        svc.backend_ip_be,
+        svc.backend_vpc_id,
+        svc.ifindex,
+        svc.remote_node_be,
+    ] {
+        h.bytes(&w.to_ne_bytes());
+    }
+    h.bytes(&svc.backend_mac);
+    h.bytes(&[svc.location, svc.tcp_proxy]);
+    // Order-independent over the mappings: the sum of per-mapping hashes.
+    let mut sum: u32 = 0;
+    for (k, t) in ports {
+        let mut m = Fnv::new();
+        m.bytes(&k.service_id.to_ne_bytes());
+        m.bytes(&k.client_port_be.to_ne_bytes());
+        m.bytes(&[k.proto]);
+        m.bytes(&t.server_port_be.to_ne_bytes());
+        sum = sum.wrapping_add(m.0);
+    }
+    h.bytes(&sum.to_ne_bytes());
+    h.0
+}
+
+/// 32-bit FNV-1a.
+struct Fnv(u32);
+
+impl Fnv {
+    fn new() -> Self {
+        Self(0x811c_9dc5)
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= *b as u32;
+            self.0 = self.0.wrapping_mul(0x0100_0193);
+        }
+    }
+}
+
 /// Probes tried before a new flow is dropped as `DropSnatExhausted`.
 pub const SNAT_PROBES: u32 = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_constructors_match_the_field_layout() {
+        let k = FlowKey::new(7, 0x0a00_0002, 0x0a01_0001, 0x1234, 0xabcd, IPPROTO_UDP);
+        let want = FlowKey {
+            vpc_id: 7,
+            src_be: 0x0a00_0002,
+            dst_be: 0x0a01_0001,
+            sport_be: 0x1234,
+            dport_be: 0xabcd,
+            proto: IPPROTO_UDP,
+            _pad: [0; 3],
+        };
+        assert_eq!(k, want);
+        let r = RevKey::new(1, 2, 0x0102, 0x0304, IPPROTO_TCP);
+        let want = RevKey {
+            snat_be: 1,
+            backend_be: 2,
+            snat_port_be: 0x0102,
+            backend_port_be: 0x0304,
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        assert_eq!(r, want);
+    }
+}

@@ -7,7 +7,7 @@ pub const STATS: &str = "VPCEP_STATS_V1";
 /// ifindex → [`crate::endpoint::LocalNic`].
 pub const LOCAL_NICS: &str = "VPCEP_LOCAL_NICS_V1";
 /// [`crate::endpoint::EndpointKey`] → [`crate::endpoint::Endpoint`].
-pub const ENDPOINTS: &str = "VPCEP_ENDPOINTS_V1";
+pub const ENDPOINTS: &str = "VPCEP_ENDPOINTS_V2";
 /// [`crate::endpoint::PortKey`] → [`crate::endpoint::PortTarget`].
 pub const PORT_MAP: &str = "VPCEP_PORT_MAP_V1";
 /// service id → [`crate::endpoint::Service`].
@@ -19,7 +19,7 @@ pub const NODE: &str = "VPCEP_NODE_V1";
 /// SNAT IPv4 (be) → owning node's underlay IPv4 (be).
 pub const SNAT_OWNERS: &str = "VPCEP_SNAT_OWNERS_V1";
 /// LRU [`crate::endpoint::FlowKey`] → [`crate::endpoint::FlowEntry`].
-pub const CT_FWD: &str = "VPCEP_CT_FWD_V1";
+pub const CT_FWD: &str = "VPCEP_CT_FWD_V2";
 /// LRU [`crate::endpoint::RevKey`] → [`crate::endpoint::RevEntry`].
 pub const CT_REV: &str = "VPCEP_CT_REV_V1";
 /// Per-CPU endpoint id → [`crate::endpoint::EndpointCounters`].
@@ -68,6 +68,11 @@ pub const PROG_TC_TUNNEL: &str = "vpcep_tc_tunnel";
 pub const PROG_NOOP_XDP: &str = "vpcep_noop_xdp";
 pub const PROG_NOOP_TC: &str = "vpcep_noop_tc";
 
+/// Benchmark floors (TC): only the map and helper work an established packet, or a new
+/// flow, cannot do without; never attached.
+pub const PROG_FLOOR_ESTABLISHED: &str = "vpcep_floor_established";
+pub const PROG_FLOOR_NEW_FLOW: &str = "vpcep_floor_new_flow";
+
 /// Every program the userspace expects in the object file.
 pub const ALL_PROGRAMS: &[&str] = &[
     PROG_XDP,
@@ -75,4 +80,6 @@ pub const ALL_PROGRAMS: &[&str] = &[
     PROG_TC_TUNNEL,
     PROG_NOOP_XDP,
     PROG_NOOP_TC,
+    PROG_FLOOR_ESTABLISHED,
+    PROG_FLOOR_NEW_FLOW,
 ];

@@ -462,6 +462,12 @@ impl Model {
         nic: &LocalNic,
         ep: &Endpoint,
     ) -> Result<u16, Reason> {
+        Self::check_packet(f, p, nic)?;
+        check_endpoint(ep)?;
+        self.server_port(p, ep)
+    }
+
+    fn check_packet(f: &[u8], p: &Pkt, nic: &LocalNic) -> Result<(), Reason> {
         Self::check_source(f, p, nic)?;
         if p.fragment {
             return Err(Reason::DropFragment);
@@ -469,6 +475,10 @@ impl Model {
         if p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP {
             return Err(Reason::DropEndpointProto);
         }
+        Ok(())
+    }
+
+    fn server_port(&self, p: &Pkt, ep: &Endpoint) -> Result<u16, Reason> {
         let pt = self
             .ports
             .get(&PortKey {
@@ -478,7 +488,6 @@ impl Model {
                 _pad: 0,
             })
             .ok_or(Reason::DropNoPortMapping)?;
-        check_endpoint(ep)?;
         Ok(pt.server_port_be)
     }
 
@@ -519,6 +528,18 @@ impl Model {
 
     fn tc(&mut self, ifindex: u32, f: &mut [u8], now: u64) -> Result<(Reason, Verdict), Reason> {
         let parsed = parse(f)?;
+        // Replies to this node's SNAT address, before (and without) the NIC lookup.
+        if let Parsed::Ipv4(p) = &parsed
+            && in_snat_range(p.dst)
+            && p.dst == self.node.snat_ip_be
+        {
+            if p.proto == IPPROTO_ICMP && !p.fragment && matches!(icmp_type(p), 3 | 11) {
+                let out = self.reverse_error(f, p, ifindex, now)?;
+                return Ok((Reason::RevIcmpError, Verdict::Redirect(out)));
+            }
+            let (r, out) = self.reverse(f, p, ifindex, now)?;
+            return Ok((r, Verdict::Redirect(out)));
+        }
         let pass = (pass_reason(&parsed), Verdict::Pass);
         let Some(nic) = self.nics.get(&ifindex).copied() else {
             return Ok(pass);
@@ -580,7 +601,40 @@ impl Model {
         ifindex: u32,
         now: u64,
     ) -> Result<(Reason, u32), Reason> {
-        let server_port = self.check_forward(f, p, nic, ep)?;
+        Self::check_packet(f, p, nic)?;
+        check_endpoint(ep)?;
+        let node = self.node;
+        let key = FlowKey::new(nic.vpc_id, p.src, p.dst, p.sport, p.dport, p.proto);
+        let syn = p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        // The fast path: the flow's cached backend is current (no overlay in the model, so
+        // a flow with a remote backend always takes the full path).
+        if let Some(e) = self.fwd.get_mut(&key)
+            && e.epoch == ep.epoch
+            && !expired(e, now, &node.timeouts)
+            && !(syn && e.state == CT_TCP_CLOSING)
+            && e.remote_node_be == 0
+        {
+            if node.snat_ip_be == 0 {
+                return Err(Reason::DropNodeNotConfigured);
+            }
+            if p.ttl <= 1 {
+                return Err(Reason::DropTtlExceeded);
+            }
+            track(e, p, false, now);
+            let (rev, out, mac) = (e.rev, e.out_ifindex, e.backend_mac);
+            rewrite(
+                f,
+                p,
+                rev.snat_be,
+                rev.backend_be,
+                rev.snat_port_be,
+                rev.backend_port_be,
+                mac,
+                node.vmac,
+            );
+            return Ok((Reason::FwdEstablished, out));
+        }
+        let server_port = self.server_port(p, ep)?;
         let svc = *self
             .services
             .get(&ep.service_id)
@@ -588,30 +642,24 @@ impl Model {
         if svc.location != SVC_LOCAL {
             return Err(Reason::DropRemoteBackend);
         }
-        let node = self.node;
         if node.snat_ip_be == 0 {
             return Err(Reason::DropNodeNotConfigured);
         }
         if p.ttl <= 1 {
             return Err(Reason::DropTtlExceeded);
         }
-        let key = FlowKey {
-            vpc_id: nic.vpc_id,
-            src_be: p.src,
-            dst_be: p.dst,
-            sport_be: p.sport,
-            dport_be: p.dport,
-            proto: p.proto,
-            _pad: [0; 3],
-        };
-        let syn = p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
         let mut stale = None;
         if let Some(e) = self.fwd.get_mut(&key) {
             let reusable = expired(e, now, &node.timeouts)
                 || syn && e.state == CT_TCP_CLOSING
                 || e.rev.backend_be != svc.backend_ip_be
-                || e.rev.backend_port_be != server_port;
+                || e.rev.backend_port_be != server_port
+                || e.out_ifindex != svc.ifindex;
             if !reusable {
+                e.epoch = ep.epoch;
+                e.remote_node_be = 0;
+                e.backend_vpc_id = svc.backend_vpc_id;
+                e.backend_mac = svc.backend_mac;
                 track(e, p, false, now);
                 let (rev, out) = (e.rev, e.out_ifindex);
                 rewrite(
@@ -645,13 +693,16 @@ impl Model {
                 endpoint_id: ep.endpoint_id,
                 service_id: ep.service_id,
                 out_ifindex: svc.ifindex,
+                epoch: ep.epoch,
+                remote_node_be: 0,
+                backend_vpc_id: svc.backend_vpc_id,
+                backend_mac: svc.backend_mac,
                 state: if p.proto == IPPROTO_TCP {
                     CT_TCP_SYN_SENT
                 } else {
                     CT_UDP
                 },
                 fin: 0,
-                _pad: [0; 2],
                 last_seen_ns: now,
             },
         );
@@ -692,14 +743,13 @@ impl Model {
         };
         for i in 0..SNAT_PROBES {
             let port = lo + start.wrapping_add(i) % range;
-            let rk = RevKey {
-                snat_be: node.snat_ip_be,
-                backend_be: backend,
-                snat_port_be: (port as u16).to_be(),
-                backend_port_be: server_port,
-                proto: key.proto,
-                _pad: [0; 3],
-            };
+            let rk = RevKey::new(
+                node.snat_ip_be,
+                backend,
+                (port as u16).to_be(),
+                server_port,
+                key.proto,
+            );
             let Some(holder) = self.rev.get(&rk).map(|r| r.fwd) else {
                 self.rev.insert(rk, value);
                 return Ok(rk);
@@ -763,14 +813,7 @@ impl Model {
         if p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP {
             return Err(Reason::DropNoReverseFlow);
         }
-        let rk = RevKey {
-            snat_be: p.dst,
-            backend_be: p.src,
-            snat_port_be: p.dport,
-            backend_port_be: p.sport,
-            proto: p.proto,
-            _pad: [0; 3],
-        };
+        let rk = RevKey::new(p.dst, p.src, p.dport, p.sport, p.proto);
         let rv = *self.rev.get(&rk).ok_or(Reason::DropNoReverseFlow)?;
         self.check_reverse(&rk, &rv, ifindex, now)?;
         if p.ttl <= 1 {
@@ -805,14 +848,7 @@ impl Model {
         if q.src != p.dst {
             return Err(Reason::DropNoReverseFlow);
         }
-        let rk = RevKey {
-            snat_be: q.src,
-            backend_be: q.dst,
-            snat_port_be: q.sport,
-            backend_port_be: q.dport,
-            proto: q.proto,
-            _pad: [0; 3],
-        };
+        let rk = RevKey::new(q.src, q.dst, q.sport, q.dport, q.proto);
         let rv = *self.rev.get(&rk).ok_or(Reason::DropNoReverseFlow)?;
         self.check_reverse(&rk, &rv, ifindex, now)?;
         if p.ttl <= 1 {
@@ -851,15 +887,7 @@ impl Model {
         if q.src != p.dst || q.dst != p.src {
             return Err(Reason::DropIcmpNoFlow);
         }
-        let key = FlowKey {
-            vpc_id: nic.vpc_id,
-            src_be: q.dst,
-            dst_be: q.src,
-            sport_be: q.dport,
-            dport_be: q.sport,
-            proto: q.proto,
-            _pad: [0; 3],
-        };
+        let key = FlowKey::new(nic.vpc_id, q.dst, q.src, q.dport, q.sport, q.proto);
         let fe = *self.fwd.get(&key).ok_or(Reason::DropIcmpNoFlow)?;
         if fe.endpoint_id != ep.endpoint_id || expired(&fe, now, &self.node.timeouts) {
             return Err(Reason::DropIcmpNoFlow);

@@ -51,6 +51,23 @@ pub fn tc_ingress(
 ) -> Result<(Reason, Action), Reason> {
     let frame = Frame::new(ctx.data(), ctx.data_end());
     let parsed = parse::parse(&frame)?;
+    // A reply to this node's SNAT address needs no NIC lookup: its flow names the NIC it
+    // must arrive on.
+    if let Parsed::Ipv4(pkt) = &parsed
+        && in_snat_range(pkt.dst)
+        && let Some(node) = NODE.get_ptr(0)
+    {
+        // SAFETY: map value pointer from a successful lookup.
+        let node = unsafe { *node };
+        if pkt.dst == node.snat_ip_be {
+            if pkt.proto == IPPROTO_ICMP && !pkt.fragment && icmp::is_error(pkt) {
+                let out = icmp::reverse_error(&frame, pkt, ifindex, &node, None)?;
+                return Ok((Reason::RevIcmpError, Action::Redirect(out)));
+            }
+            let (reason, out) = nat::reverse(ctx, pkt, ifindex, &node, None)?;
+            return Ok((reason, Action::Redirect(out)));
+        }
+    }
     let pass = (parsed.pass_reason(), Action::Pass);
     let Some((nic, node)) = lookup(ifindex) else {
         return Ok(pass);
@@ -67,9 +84,7 @@ pub fn tc_ingress(
     if in_snat_range(pkt.dst) {
         // Another node's SNAT address: that node holds the flow; without an overlay the
         // local lookup below finds nothing and drops.
-        if pkt.dst != node.snat_ip_be
-            && let Some(t) = tunnel::config()
-        {
+        if let Some(t) = tunnel::config() {
             let out = tunnel::to_owner(ctx, &frame, &pkt, &nic, &t)?;
             return Ok((Reason::RevToOwner, Action::Redirect(out)));
         }

@@ -203,21 +203,13 @@ pub fn reverse_error(
     if qf.src != pkt.dst {
         return Err(Reason::DropNoReverseFlow);
     }
-    let rk = RevKey {
-        snat_be: qf.src,
-        backend_be: qf.dst,
-        snat_port_be: qf.sport,
-        backend_port_be: qf.dport,
-        proto: qf.proto,
-        _pad: [0; 3],
-    };
+    let rk = RevKey::new(qf.src, qf.dst, qf.sport, qf.dport, qf.proto);
     let rv: RevEntry = match CT_REV.get_ptr(rk) {
         // SAFETY: map value pointer from a successful lookup.
         Some(p) => unsafe { *p },
         None => return Err(Reason::DropNoReverseFlow),
     };
-    // SAFETY: no preconditions.
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let now = nat::now();
     let e = nat::check_reverse(&rk, &rv, ifindex, node, now, peer)?;
     if pkt.ttl <= 1 {
         return Err(Reason::DropTtlExceeded);
@@ -259,20 +251,11 @@ pub fn forward_error(
     if qf.src != pkt.dst || qf.dst != pkt.src {
         return Err(Reason::DropIcmpNoFlow);
     }
-    let key = FlowKey {
-        vpc_id: nic.vpc_id,
-        src_be: qf.dst,
-        dst_be: qf.src,
-        sport_be: qf.dport,
-        dport_be: qf.sport,
-        proto: qf.proto,
-        _pad: [0; 3],
-    };
+    let key = FlowKey::new(nic.vpc_id, qf.dst, qf.src, qf.dport, qf.sport, qf.proto);
     let fe = CT_FWD.get_ptr(key).ok_or(Reason::DropIcmpNoFlow)?;
     // SAFETY: map value pointer from a successful lookup.
     let fe = unsafe { *fe };
-    // SAFETY: no preconditions.
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let now = nat::now();
     if fe.endpoint_id != ep.endpoint_id || nat::expired(&fe, now, &node.timeouts) {
         return Err(Reason::DropIcmpNoFlow);
     }

@@ -8,6 +8,8 @@ mod arp;
 #[cfg(target_arch = "bpf")]
 mod datapath;
 #[cfg(target_arch = "bpf")]
+mod floor;
+#[cfg(target_arch = "bpf")]
 mod icmp;
 #[cfg(target_arch = "bpf")]
 mod maps;
@@ -32,6 +34,7 @@ mod programs {
 
     use crate::{
         datapath::{self, Action},
+        floor,
         parse::{self, Frame},
         stats,
     };
@@ -63,6 +66,18 @@ mod programs {
     #[classifier]
     pub fn vpcep_noop_tc(_ctx: TcContext) -> i32 {
         TC_ACT_OK
+    }
+
+    /// Benchmark floor: what an established flow's packet costs at least (`floor.rs`).
+    #[classifier]
+    pub fn vpcep_floor_established(ctx: TcContext) -> i32 {
+        floor::established(&ctx).unwrap_or(TC_ACT_OK)
+    }
+
+    /// Benchmark floor: what a new flow's map work costs at least (`floor.rs`).
+    #[classifier]
+    pub fn vpcep_floor_new_flow(ctx: TcContext) -> i32 {
+        floor::new_flow(&ctx).unwrap_or(TC_ACT_OK)
     }
 
     #[classifier]

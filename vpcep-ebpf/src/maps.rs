@@ -21,7 +21,7 @@ pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENT
 #[map(name = "VPCEP_LOCAL_NICS_V1")]
 pub static LOCAL_NICS: HashMap<u32, LocalNic> = HashMap::with_max_entries(MAX_LOCAL_NICS, 0);
 
-#[map(name = "VPCEP_ENDPOINTS_V1")]
+#[map(name = "VPCEP_ENDPOINTS_V2")]
 pub static ENDPOINTS: HashMap<EndpointKey, Endpoint> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
 
 #[map(name = "VPCEP_PORT_MAP_V1")]
@@ -40,7 +40,7 @@ pub static NODE: Array<NodeConfig> = Array::with_max_entries(1, 0);
 #[map(name = "VPCEP_SNAT_OWNERS_V1")]
 pub static SNAT_OWNERS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_NODES, 0);
 
-#[map(name = "VPCEP_CT_FWD_V1")]
+#[map(name = "VPCEP_CT_FWD_V2")]
 pub static CT_FWD: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
 #[map(name = "VPCEP_CT_REV_V1")]

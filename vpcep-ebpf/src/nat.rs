@@ -5,7 +5,7 @@
 //! in both directions, so rejecting an endpoint or revoking its owner cuts live flows.
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     maps::lpm_trie::Key,
     programs::TcContext,
 };
@@ -14,7 +14,7 @@ use vpcep_common::{
     endpoint::{
         CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN_SENT, CT_UDP, EP_SRC_WHITELIST, Endpoint,
         EndpointKey, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, LocalNic, NodeConfig, PortKey,
-        RevEntry, RevKey, SNAT_PROBES, SVC_LOCAL, SVC_REMOTE, Timeouts, WhitelistKey,
+        RevEntry, RevKey, SNAT_PROBES, SVC_LOCAL, SVC_REMOTE, Timeouts, TunnelConfig, WhitelistKey,
         snat_port_start,
     },
     stats::Reason,
@@ -30,6 +30,14 @@ use vpcep_common::csum;
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
+/// CLOCK_MONOTONIC at tick resolution: idle timeouts are seconds and `last_seen` is
+/// written at most every 250 ms, while reading the TSC costs ~15 ns a packet in a VM.
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
 /// Consumer-side checks that need no conntrack state (shared with the XDP early-drop
 /// path). Returns the server port.
 #[inline(always)]
@@ -39,6 +47,15 @@ pub fn check_forward(
     nic: &LocalNic,
     ep: &Endpoint,
 ) -> Result<u16, Reason> {
+    check_packet(frame, pkt, nic)?;
+    check_endpoint(ep)?;
+    server_port(pkt, ep)
+}
+
+/// What every packet to an endpoint must pass before any lookup: its own source, not a
+/// fragment, TCP or UDP.
+#[inline(always)]
+fn check_packet(frame: &Frame, pkt: &Ipv4Packet, nic: &LocalNic) -> Result<(), Reason> {
     check_source(frame, pkt, nic)?;
     if pkt.fragment {
         return Err(Reason::DropFragment);
@@ -46,6 +63,11 @@ pub fn check_forward(
     if pkt.proto != IPPROTO_TCP && pkt.proto != IPPROTO_UDP {
         return Err(Reason::DropEndpointProto);
     }
+    Ok(())
+}
+
+#[inline(always)]
+fn server_port(pkt: &Ipv4Packet, ep: &Endpoint) -> Result<u16, Reason> {
     let pt = PORT_MAP
         .get_ptr(PortKey {
             service_id: ep.service_id,
@@ -54,7 +76,6 @@ pub fn check_forward(
             _pad: 0,
         })
         .ok_or(Reason::DropNoPortMapping)?;
-    check_endpoint(ep)?;
     // SAFETY: map value pointer from a successful lookup.
     Ok(unsafe { (*pt).server_port_be })
 }
@@ -166,7 +187,24 @@ fn forward_inner(
     ifindex: u32,
     node: &NodeConfig,
 ) -> Result<(Reason, u32), Reason> {
-    let server_port = check_forward(frame, pkt, nic, ep)?;
+    check_packet(frame, pkt, nic)?;
+    // State first: a rejected consumer's packets cost no conntrack lookup.
+    check_endpoint(ep)?;
+    let key = FlowKey::new(
+        nic.vpc_id, pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto,
+    );
+    let now = now();
+    let syn = pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let flow = CT_FWD.get_ptr_mut(key);
+    if let Some(e) = flow {
+        // SAFETY: map value pointer from a successful lookup; racing updates of the
+        // state byte, timestamp and cached fields are benign.
+        let e = unsafe { &mut *e };
+        if let Some(r) = established(ctx, pkt, ep, node, e, syn, now) {
+            return r;
+        }
+    }
+    let server_port = server_port(pkt, ep)?;
     let svc = SERVICES
         .get_ptr(ep.service_id)
         .ok_or(Reason::DropNoService)?;
@@ -183,28 +221,20 @@ fn forward_inner(
             _ => return Err(Reason::DropRemoteBackend),
         }
     };
+    let remote_node_be = if overlay.is_some() {
+        svc.remote_node_be
+    } else {
+        0
+    };
     if node.snat_ip_be == 0 {
         return Err(Reason::DropNodeNotConfigured);
     }
     if pkt.ttl <= 1 {
         return Err(Reason::DropTtlExceeded);
     }
-    let key = FlowKey {
-        vpc_id: nic.vpc_id,
-        src_be: pkt.src,
-        dst_be: pkt.dst,
-        sport_be: pkt.sport,
-        dport_be: pkt.dport,
-        proto: pkt.proto,
-        _pad: [0; 3],
-    };
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let syn = pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let mut stale: Option<RevKey> = None;
-    if let Some(e) = CT_FWD.get_ptr_mut(key) {
-        // SAFETY: map value pointer from a successful lookup; racing updates of the
-        // state byte and timestamp are benign.
+    if let Some(e) = flow {
+        // SAFETY: as above.
         let e = unsafe { &mut *e };
         let reusable = expired(e, now, &node.timeouts)
             || syn && e.state == CT_TCP_CLOSING
@@ -212,6 +242,11 @@ fn forward_inner(
             || e.rev.backend_port_be != server_port
             || e.out_ifindex != out;
         if !reusable {
+            // Same backend after a service change: refresh what the fast path caches.
+            e.epoch = ep.epoch;
+            e.remote_node_be = remote_node_be;
+            e.backend_vpc_id = svc.backend_vpc_id;
+            e.backend_mac = svc.backend_mac;
             track(e, pkt, false, now);
             let rev = e.rev;
             rewrite(
@@ -265,13 +300,16 @@ fn forward_inner(
         endpoint_id: ep.endpoint_id,
         service_id: ep.service_id,
         out_ifindex: out,
+        epoch: ep.epoch,
+        remote_node_be,
+        backend_vpc_id: svc.backend_vpc_id,
+        backend_mac: svc.backend_mac,
         state: if pkt.proto == IPPROTO_TCP {
             CT_TCP_SYN_SENT
         } else {
             CT_UDP
         },
         fin: 0,
-        _pad: [0; 2],
         last_seen_ns: now,
     };
     if CT_FWD.insert(key, entry, BPF_ANY as u64).is_err() {
@@ -293,6 +331,68 @@ fn forward_inner(
         tunnel::clamp_mss(ctx, pkt, tunnel::mss(&t))?;
     }
     Ok((Reason::FwdNewFlow, out))
+}
+
+/// The common case: a live flow whose endpoint's service has not changed since the flow
+/// was resolved. Needs no service or port-mapping lookup. `None` = take the full path
+/// (service changed, flow idle past its timeout, new SYN on a closing flow, overlay
+/// device replaced).
+#[inline(always)]
+fn established(
+    ctx: &TcContext,
+    pkt: &Ipv4Packet,
+    ep: &Endpoint,
+    node: &NodeConfig,
+    e: &mut FlowEntry,
+    syn: bool,
+    now: u64,
+) -> Option<Result<(Reason, u32), Reason>> {
+    if e.epoch != ep.epoch || expired(e, now, &node.timeouts) || syn && e.state == CT_TCP_CLOSING {
+        return None;
+    }
+    let overlay = if e.remote_node_be == 0 {
+        None
+    } else {
+        match tunnel::config() {
+            Some(t) if t.ifindex == e.out_ifindex => Some(t),
+            _ => return None,
+        }
+    };
+    Some(established_inner(ctx, pkt, node, e, overlay, now))
+}
+
+#[inline(always)]
+fn established_inner(
+    ctx: &TcContext,
+    pkt: &Ipv4Packet,
+    node: &NodeConfig,
+    e: &mut FlowEntry,
+    overlay: Option<TunnelConfig>,
+    now: u64,
+) -> Result<(Reason, u32), Reason> {
+    if node.snat_ip_be == 0 {
+        return Err(Reason::DropNodeNotConfigured);
+    }
+    if pkt.ttl <= 1 {
+        return Err(Reason::DropTtlExceeded);
+    }
+    track(e, pkt, false, now);
+    let rev = e.rev;
+    rewrite(
+        ctx,
+        pkt,
+        rev.snat_be,
+        rev.backend_be,
+        rev.snat_port_be,
+        rev.backend_port_be,
+        &e.backend_mac,
+        &node.vmac,
+    )?;
+    if let Some(t) = overlay {
+        tunnel::encap(ctx, e.remote_node_be, e.backend_vpc_id)?;
+        tunnel::clamp_mss(ctx, pkt, tunnel::mss(&t))?;
+    }
+    Ok((Reason::FwdEstablished, e.out_ifindex))
 }
 
 /// Finds a SNAT port whose reverse key is free (or held by a dead flow) and claims it with
@@ -322,14 +422,13 @@ fn allocate(
     };
     for i in 0..SNAT_PROBES {
         let port = lo + start.wrapping_add(i) % range;
-        let rk = RevKey {
-            snat_be: node.snat_ip_be,
-            backend_be: backend,
-            snat_port_be: (port as u16).to_be(),
-            backend_port_be: server_port,
-            proto: key.proto,
-            _pad: [0; 3],
-        };
+        let rk = RevKey::new(
+            node.snat_ip_be,
+            backend,
+            (port as u16).to_be(),
+            server_port,
+            key.proto,
+        );
         // Look before inserting: a failed insert into an LRU map still takes and returns
         // a free element, which costs more than the lookup.
         if CT_REV.get_ptr(rk).is_none() && CT_REV.insert(rk, value, BPF_NOEXIST as u64).is_ok() {
@@ -427,19 +526,11 @@ pub fn reverse(
     if pkt.proto != IPPROTO_TCP && pkt.proto != IPPROTO_UDP {
         return Err(Reason::DropNoReverseFlow);
     }
-    let rk = RevKey {
-        snat_be: pkt.dst,
-        backend_be: pkt.src,
-        snat_port_be: pkt.dport,
-        backend_port_be: pkt.sport,
-        proto: pkt.proto,
-        _pad: [0; 3],
-    };
+    let rk = RevKey::new(pkt.dst, pkt.src, pkt.dport, pkt.sport, pkt.proto);
     let rv = CT_REV.get_ptr(rk).ok_or(Reason::DropNoReverseFlow)?;
     // SAFETY: map value pointer from a successful lookup.
     let rv = unsafe { *rv };
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now();
     let e = check_reverse(&rk, &rv, ifindex, node, now, peer)?;
     if pkt.ttl <= 1 {
         return Err(Reason::DropTtlExceeded);

@@ -16,7 +16,7 @@ use vpcep_common::{
         EP_ACCEPTED, EP_PERMITTED, EP_SRC_WHITELIST, Endpoint, EndpointKey, IPPROTO_TCP,
         IPPROTO_UDP, LocalNic, NodeConfig, PortKey, PortTarget, SVC_LOCAL, SVC_REMOTE, Service,
         TCP_PROXY_CLOSE, TCP_PROXY_OPEN, TCP_PROXY_PROXY_OPEN, TCP_PROXY_TOA_OPEN, Timeouts,
-        in_snat_range,
+        in_snat_range, service_epoch,
     },
     maps::{MAX_ENDPOINTS, MAX_SERVICES},
 };
@@ -441,24 +441,23 @@ pub fn compute(state: &FeedState, local: &Local, ids: &mut Ids) -> Desired {
             tracing::warn!(endpoint = %ep_id, "out of service or endpoint ids");
             continue;
         };
-        d.services.insert(
-            service_id,
-            Service {
-                backend_ip_be: backend_ip,
-                backend_vpc_id: backend_vni,
-                ifindex,
-                remote_node_be: remote,
-                backend_mac,
-                location,
-                tcp_proxy: tcp_proxy(&svc.tcp_proxy),
-            },
-        );
+        let service = Service {
+            backend_ip_be: backend_ip,
+            backend_vpc_id: backend_vni,
+            ifindex,
+            remote_node_be: remote,
+            backend_mac,
+            location,
+            tcp_proxy: tcp_proxy(&svc.tcp_proxy),
+        };
+        d.services.insert(service_id, service);
+        let mut svc_ports = BTreeMap::new();
         for pm in &svc.ports {
             let proto = match pm.protocol.as_str() {
                 "UDP" => IPPROTO_UDP,
                 _ => IPPROTO_TCP,
             };
-            d.ports.insert(
+            svc_ports.insert(
                 PortKey {
                     service_id,
                     client_port_be: pm.client_port.to_be(),
@@ -471,6 +470,8 @@ pub fn compute(state: &FeedState, local: &Local, ids: &mut Ids) -> Desired {
                 },
             );
         }
+        let epoch = service_epoch(&service, &svc_ports);
+        d.ports.extend(svc_ports);
         let mut flags = 0;
         if ep.status == "accepted" {
             flags |= EP_ACCEPTED;
@@ -506,6 +507,7 @@ pub fn compute(state: &FeedState, local: &Local, ids: &mut Ids) -> Desired {
                 service_id,
                 marker_id,
                 flags,
+                epoch,
             },
         );
     }
@@ -556,29 +558,29 @@ mod tests {
             "n2",
             json!({"name":"n2","underlay_ip":"192.0.2.2","snat_ip":"198.19.128.2","created_at":""}),
         );
-        put(
-            "endpoint_service",
-            "s1",
-            json!({
-            "id":"s1","project_id":"pp","domain_id":"pp","port_id":"pb","vpc_id":"vb","service_name":"x",
-            "server_type":"VM","service_type":"interface","approval_enabled":true,"status":"available",
-            "ip":"10.0.0.5","ports":[{"client_port":8080,"server_port":80,"protocol":"TCP"}],
-            "tcp_proxy":"close","tags":[],"description":"","enable_policy":false,"ip_version":"ipv4",
-            "created_at":"","updated_at":"","created_rev":1,"updated_rev":1}),
-        );
-        put(
-            "endpoint",
-            "e1",
-            json!({
-            "id":"e1","project_id":"pc","domain_id":"pc","service_id":"s1","service_name":"x",
-            "service_type":"interface","service_project_id":"pp","status":"pendingAcceptance",
-            "vpc_id":"va","subnet_id":"sa","ip":"10.0.0.100","marker_id":9,"enable_dns":false,
-            "dns_names":[],"whitelist":["10.0.0.0/25"],"enable_whitelist":true,"routetables":[],
-            "description":"","connection_description":"","policy_statement":null,
-            "policy_document":null,"tags":[],"created_at":"","updated_at":"","created_rev":9,
-            "updated_rev":9}),
-        );
+        put("endpoint_service", "s1", service("10.0.0.5", 80));
+        put("endpoint", "e1", endpoint("pendingAcceptance"));
         s
+    }
+
+    fn service(ip: &str, server_port: u16) -> Value {
+        json!({
+        "id":"s1","project_id":"pp","domain_id":"pp","port_id":"pb","vpc_id":"vb","service_name":"x",
+        "server_type":"VM","service_type":"interface","approval_enabled":true,"status":"available",
+        "ip":ip,"ports":[{"client_port":8080,"server_port":server_port,"protocol":"TCP"}],
+        "tcp_proxy":"close","tags":[],"description":"","enable_policy":false,"ip_version":"ipv4",
+        "created_at":"","updated_at":"","created_rev":1,"updated_rev":1})
+    }
+
+    fn endpoint(status: &str) -> Value {
+        json!({
+        "id":"e1","project_id":"pc","domain_id":"pc","service_id":"s1","service_name":"x",
+        "service_type":"interface","service_project_id":"pp","status":status,
+        "vpc_id":"va","subnet_id":"sa","ip":"10.0.0.100","marker_id":9,"enable_dns":false,
+        "dns_names":[],"whitelist":["10.0.0.0/25"],"enable_whitelist":true,"routetables":[],
+        "description":"","connection_description":"","policy_statement":null,
+        "policy_document":null,"tags":[],"created_at":"","updated_at":"","created_rev":9,
+        "updated_rev":9})
     }
 
     fn local() -> Local {
@@ -589,6 +591,31 @@ mod tests {
             timeouts: Timeouts::default(),
             nics: [("pc".to_owned(), 7)].into(),
         }
+    }
+
+    #[test]
+    fn endpoint_epoch_follows_its_service_and_port_mappings() {
+        let mut ids = Ids::default();
+        let mut s = state();
+        let epoch = |s: &FeedState, ids: &mut Ids| {
+            compute(s, &local(), ids)
+                .endpoints
+                .values()
+                .next()
+                .map(|e| e.epoch)
+                .unwrap()
+        };
+        let e0 = epoch(&s, &mut ids);
+        assert_eq!(e0, epoch(&s, &mut ids), "stable while nothing changes");
+        // The endpoint's own state is not part of it.
+        s.apply("endpoint", "e1", "put", endpoint("accepted"));
+        assert_eq!(e0, epoch(&s, &mut ids));
+        // A port mapping to another server port changes it, and so does the backend.
+        s.apply("endpoint_service", "s1", "put", service("10.0.0.5", 81));
+        let e1 = epoch(&s, &mut ids);
+        assert_ne!(e0, e1);
+        s.apply("endpoint_service", "s1", "put", service("10.0.0.6", 81));
+        assert_ne!(e1, epoch(&s, &mut ids));
     }
 
     #[test]
@@ -637,6 +664,7 @@ mod tests {
                 service_id: 30,
                 marker_id: 9,
                 flags: 0,
+                epoch: 0,
             }]
             .iter(),
         );

@@ -192,7 +192,7 @@ pub fn idle_limit_ns(entry: &FlowEntry, t: &Timeouts) -> u64 {
     u64::from(secs) * 1_000_000_000
 }
 
-/// The clock `bpf_ktime_get_ns` reads (CLOCK_MONOTONIC).
+/// The clock the fast path stamps flows with (CLOCK_MONOTONIC, read at tick resolution).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,

@@ -46,6 +46,7 @@ use vpcep_common::endpoint::{
     DEFAULT_PORT_HI, DEFAULT_PORT_LO, EP_ACCEPTED, EP_PERMITTED, EP_SRC_WHITELIST, Endpoint,
     EndpointKey, IPPROTO_TCP, IPPROTO_UDP, LocalAddr, LocalNic, NodeConfig, PortKey, PortTarget,
     SVC_LOCAL, SVC_REMOTE, Service, TCP_PROXY_CLOSE, Timeouts, TunnelConfig, in_snat_range,
+    service_epoch,
 };
 
 use super::{Dataplane, DataplaneError};
@@ -388,6 +389,19 @@ impl MapConfig {
                     service_id: e.service,
                     marker_id: e.id,
                     flags,
+                    epoch: services
+                        .iter()
+                        .find(|(id, _)| *id == e.service)
+                        .map(|(_, svc)| {
+                            service_epoch(
+                                svc,
+                                ports
+                                    .iter()
+                                    .filter(|(k, _)| k.service_id == e.service)
+                                    .map(|(k, t)| (k, t)),
+                            )
+                        })
+                        .unwrap_or(0),
                 },
             ));
         }
