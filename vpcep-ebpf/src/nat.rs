@@ -242,11 +242,17 @@ fn forward_inner(
             || e.rev.backend_port_be != server_port
             || e.out_ifindex != out;
         if !reusable {
-            // Same backend after a service change: refresh what the fast path caches.
-            e.epoch = ep.epoch;
-            e.remote_node_be = remote_node_be;
-            e.backend_vpc_id = svc.backend_vpc_id;
-            e.backend_mac = svc.backend_mac;
+            // Same backend after a service change: refresh what the fast path caches, the
+            // epoch last in program order (volatile stores keep their order). A CPU racing
+            // this one may still send a packet with the old fields (BPF stores carry no
+            // barrier), as it would have a moment earlier.
+            // SAFETY: `e` is a valid, aligned map value.
+            unsafe {
+                core::ptr::write_volatile(&mut e.remote_node_be, remote_node_be);
+                core::ptr::write_volatile(&mut e.backend_vpc_id, svc.backend_vpc_id);
+                core::ptr::write_volatile(&mut e.backend_mac, svc.backend_mac);
+                core::ptr::write_volatile(&mut e.epoch, ep.epoch);
+            }
             track(e, pkt, false, now);
             let rev = e.rev;
             rewrite(
