@@ -23,7 +23,7 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 use xtask::netns::{NetNs, PREFIX, Topology};
 
-use crate::{cargo, setup, sh, workspace_root};
+use crate::{cargo, setup, sh, target_dir};
 
 const NODE: &str = "node1";
 const UNDERLAY_IP: &str = "192.0.2.1";
@@ -227,13 +227,6 @@ fn tail(path: &Path, n: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn target_dir() -> PathBuf {
-    // Relative CARGO_TARGET_DIR is relative to where cargo runs: the workspace root.
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(|d| workspace_root().join(d))
-        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 fn free_port() -> Result<u16> {

@@ -150,6 +150,15 @@ fn run_cli(cli: Cli) -> Result<()> {
     }
 }
 
+/// Where cargo puts build output: `CARGO_TARGET_DIR` if set (relative to the workspace
+/// root, where cargo runs), else `target/`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || workspace_root().join("target"),
+        |d| workspace_root().join(d),
+    )
+}
+
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -196,8 +205,8 @@ fn build_ebpf() -> Result<()> {
         .env_remove("RUSTC_WORKSPACE_WRAPPER"))?;
     println!(
         "eBPF object: {}",
-        workspace_root()
-            .join("target/bpfel-unknown-none/release/vpcep")
+        target_dir()
+            .join("bpfel-unknown-none/release/vpcep")
             .display()
     );
     Ok(())
@@ -219,7 +228,7 @@ fn run(ifaces: &[String], config: Option<&Path>, mode: Mode, duration: u64) -> R
         Mode::Xdp => "xdp",
         Mode::Tc => "tc",
     };
-    let mut cmd = Command::new(workspace_root().join("target/release/vpcep"));
+    let mut cmd = Command::new(target_dir().join("release/vpcep"));
     cmd.args([
         "dataplane",
         "run",
@@ -302,7 +311,7 @@ fn test_aarch64() -> Result<()> {
         "vpcep-userspace",
         "--bins",
     ]))?;
-    let bin = workspace_root().join(format!("target/{target}/debug/vpcep"));
+    let bin = target_dir().join(format!("{target}/debug/vpcep"));
     sh(Command::new("qemu-aarch64-static")
         .args(["-L", "/usr/aarch64-linux-gnu"])
         .arg(&bin)
@@ -326,7 +335,7 @@ fn bench(what: BenchKind) -> Result<()> {
         build(false)?;
         sh(Command::new("bash")
             .arg(workspace_root().join("xtask/bench-hooks.sh"))
-            .arg(workspace_root().join("target/release/vpcep")))?;
+            .arg(target_dir().join("release/vpcep")))?;
     }
     for (kind, script, title) in [
         (
@@ -353,8 +362,7 @@ fn bench(what: BenchKind) -> Result<()> {
             "--bin",
             "vpcep-load",
         ]))?;
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+        let target = target_dir();
         let runs = std::env::var("VPCEP_E2E_RUNS").unwrap_or_else(|_| "3".into());
         let secs = std::env::var("VPCEP_E2E_SECS").unwrap_or_else(|_| "3".into());
         sh(Command::new("bash")
