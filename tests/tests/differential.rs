@@ -532,17 +532,21 @@ fn kernel_matches_reference_model() {
                 }
                 if i % 50 == 24 && !m.endpoints.is_empty() {
                     // A service change as the agent makes it: new epoch on an endpoint, and
-                    // perhaps a port mapping pointing elsewhere, in both.
+                    // perhaps a port mapping pointing elsewhere or removed, in both.
                     let k = *m.endpoints.keys().nth(rng.below(m.endpoints.len() as u64) as usize).unwrap();
                     let ep = m.endpoints.get_mut(&k).unwrap();
                     ep.epoch = ep.epoch.wrapping_add(1);
                     dp.set_endpoint(k, *ep).unwrap();
                     let svc = ep.service_id;
-                    if rng.chance(50)
-                        && let Some((pk, pt)) = m.ports.iter_mut().find(|(pk, _)| pk.service_id == svc)
-                    {
-                        pt.server_port_be = (u16::from_be(pt.server_port_be) ^ 1).to_be();
-                        dp.set_port(*pk, *pt).unwrap();
+                    if let Some((pk, pt)) = m.ports.iter_mut().find(|(pk, _)| pk.service_id == svc) {
+                        if rng.chance(33) {
+                            pt.server_port_be = (u16::from_be(pt.server_port_be) ^ 1).to_be();
+                            dp.set_port(*pk, *pt).unwrap();
+                        } else if rng.chance(50) {
+                            let pk = *pk;
+                            m.ports.remove(&pk);
+                            dp.remove_port(&pk).unwrap();
+                        }
                     }
                 }
                 let (ifx, frame) = packet(&mut rng, &m, &nics);

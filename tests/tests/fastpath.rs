@@ -386,6 +386,11 @@ fn service_changes_reach_established_flows_through_the_epoch() {
         let entry = dp.flow(&udp_key).unwrap().unwrap();
         assert_eq!((entry.epoch, entry.backend_mac), (3, X_MAC));
         assert_eq!(entry.rev, snat_before, "same SNAT port");
+        // A removed mapping (with the new epoch the agent writes after removing it) cuts
+        // the flows that used it.
+        dp.remove_port(&port(3, 5353, IPPROTO_UDP)).unwrap();
+        dp.set_endpoint(ep_key(EP_IP), ep(4)).unwrap();
+        tc(&mut dp, n.c, &q, Reason::DropNoPortMapping, TC_SHOT);
     })
     .unwrap();
 }
@@ -669,6 +674,11 @@ fn remote_through_overlay(n: &Nics) {
     // Established packets keep going through the overlay.
     let ack = tcp(C_MAC, VMAC, C_IP, EP_REMOTE, 5000, 8080, ACK, b"data");
     tc(&mut dp, n.c, &ack, Reason::FwdEstablished, TC_REDIRECT);
+    // Its replies come only through the overlay program: the same reply through the VM-NIC
+    // program, even on the overlay device itself, is refused.
+    let snat_port = u16::from_be(dp.flow(&key).unwrap().unwrap().rev.snat_port_be);
+    let reply = tcp(B_MAC, VMAC, B_IP, SNAT_IP, 80, snat_port, ACK, b"");
+    tc(&mut dp, n.x, &reply, Reason::DropReplyWrongNic, TC_SHOT);
     // A local service's flow is not clamped.
     let out = tc(
         &mut dp,

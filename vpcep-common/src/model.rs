@@ -610,6 +610,7 @@ impl Model {
         // a flow with a remote backend always takes the full path).
         if let Some(e) = self.fwd.get_mut(&key)
             && e.epoch == ep.epoch
+            && e.service_id == ep.service_id
             && !expired(e, now, &node.timeouts)
             && !(syn && e.state == CT_TCP_CLOSING)
             && e.remote_node_be == 0
@@ -780,7 +781,8 @@ impl Model {
         if fe.rev != *rk || expired(&fe, now, &self.node.timeouts) {
             return Err(Reason::DropNoReverseFlow);
         }
-        if fe.out_ifindex != ifindex {
+        // No overlay in the model: every reply arrives without a tunnel peer.
+        if fe.out_ifindex != ifindex || fe.remote_node_be != 0 {
             return Err(Reason::DropReplyWrongNic);
         }
         let ep = *self

@@ -353,7 +353,11 @@ fn established(
     syn: bool,
     now: u64,
 ) -> Option<Result<(Reason, u32), Reason>> {
-    if e.epoch != ep.epoch || expired(e, now, &node.timeouts) || syn && e.state == CT_TCP_CLOSING {
+    if e.epoch != ep.epoch
+        || e.service_id != ep.service_id
+        || expired(e, now, &node.timeouts)
+        || syn && e.state == CT_TCP_CLOSING
+    {
         return None;
     }
     let overlay = if e.remote_node_be == 0 {
@@ -484,7 +488,9 @@ pub fn check_reverse(
     if fe.rev != *rk || expired(fe, now, &node.timeouts) {
         return Err(Reason::DropNoReverseFlow);
     }
-    if fe.out_ifindex != ifindex {
+    // A remote backend's replies come only through the overlay program, which passes the
+    // tunnel peer it saw; on any other interface they are refused.
+    if fe.out_ifindex != ifindex || peer.is_none() && fe.remote_node_be != 0 {
         return Err(Reason::DropReplyWrongNic);
     }
     if let Some(p) = peer {

@@ -1,8 +1,8 @@
 //! The one owner of the maps: keeps shadow state (what it believes the kernel holds) and
 //! writes only differences, targets first (node, SNAT owners, NICs and their overlay
 //! addresses, services, port mappings, source whitelists, then the endpoints that point at
-//! them) and deletes in reverse, so the fast
-//! path never sees an endpoint whose service or ports are missing.
+//! them) and deletes in reverse, so the fast path never sees an endpoint whose service is
+//! missing. Removed port mappings go before the endpoint writes (see `Syncer::apply`).
 use std::collections::{BTreeMap, BTreeSet};
 
 use vpcep_common::endpoint::{
@@ -134,6 +134,15 @@ impl Syncer {
             sh.sources.insert(r);
             n.puts += 1;
         }
+        // Removed port mappings go before the endpoints' new epochs are written: a packet of
+        // an established flow that sees a new epoch re-resolves its mapping and, if it still
+        // found the old one, would carry the new epoch on with it. (Endpoints name a
+        // service, never a mapping, so this removes nothing still pointed at.)
+        for k in gone(&sh.ports, &want.ports).collect::<Vec<_>>() {
+            dp.remove_port(&k)?;
+            sh.ports.remove(&k);
+            n.deletes += 1;
+        }
         for (k, v) in changed(&sh.endpoints, &want.endpoints).collect::<Vec<_>>() {
             dp.set_endpoint(k, v)?;
             sh.endpoints.insert(k, v);
@@ -149,11 +158,6 @@ impl Syncer {
         for r in del {
             dp.disallow_source(r.0, r.1, r.2)?;
             sh.sources.remove(&r);
-            n.deletes += 1;
-        }
-        for k in gone(&sh.ports, &want.ports).collect::<Vec<_>>() {
-            dp.remove_port(&k)?;
-            sh.ports.remove(&k);
             n.deletes += 1;
         }
         for k in gone(&sh.services, &want.services).collect::<Vec<_>>() {
