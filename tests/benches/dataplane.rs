@@ -16,7 +16,7 @@ use vpcep_common::{
     maps,
     stats::{Hook, Reason},
 };
-use vpcep_tests::{fastpath::*, monotonic_ns};
+use vpcep_tests::{delete_namespace_on_signal, fastpath::*, monotonic_ns};
 
 const ENDPOINTS: u32 = 10_000;
 /// Conntrack entries loaded before measuring (`VPCEP_BENCH_FLOWS` overrides, to compare).
@@ -445,6 +445,7 @@ fn main() {
         std::process::exit(1);
     }
     let (ns, nics) = namespace();
+    delete_namespace_on_signal(ns.name());
     let result = ns.run(|| bench(&nics));
     // Remove the namespace before exiting (exit skips destructors).
     drop(ns);

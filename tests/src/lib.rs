@@ -20,6 +20,32 @@ pub fn require_root() {
     );
 }
 
+/// For long-running binaries (benchmarks): on SIGINT or SIGTERM, delete the namespace
+/// `name` and exit, since a signal would otherwise skip its guard's drop. Call before any
+/// other thread starts: the signals are blocked in this thread (threads started later
+/// inherit that) and taken by a dedicated thread with `sigwait`.
+pub fn delete_namespace_on_signal(name: &str) {
+    let name = name.to_owned();
+    // SAFETY: plain signal-set manipulation on a set we own; the mask change affects
+    // only this thread and the threads it starts.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        std::thread::spawn(move || {
+            let mut sig = 0;
+            libc::sigwait(&set, &mut sig);
+            eprintln!("signal {sig}: removing namespace {name}");
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &name])
+                .status();
+            std::process::exit(128 + sig);
+        });
+    }
+}
+
 /// CLOCK_MONOTONIC in ns: the clock the fast path stamps conntrack entries with.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
