@@ -253,23 +253,7 @@ fn forward_inner(
                 core::ptr::write_volatile(&mut e.backend_mac, svc.backend_mac);
                 core::ptr::write_volatile(&mut e.epoch, ep.epoch);
             }
-            track(e, pkt, false, now);
-            let rev = e.rev;
-            rewrite(
-                ctx,
-                pkt,
-                rev.snat_be,
-                rev.backend_be,
-                rev.snat_port_be,
-                rev.backend_port_be,
-                &svc.backend_mac,
-                &node.vmac,
-            )?;
-            if let Some(t) = overlay {
-                tunnel::encap(ctx, svc.remote_node_be, svc.backend_vpc_id)?;
-                tunnel::clamp_mss(ctx, pkt, tunnel::mss(&t))?;
-            }
-            return Ok((Reason::FwdEstablished, out));
+            return established_inner(ctx, pkt, node, e, overlay, now);
         }
         stale = Some(e.rev);
     }
