@@ -218,6 +218,7 @@ fn bench(n: &Nics) {
                 marker_id: k,
                 flags: EP_ACCEPTED | EP_PERMITTED,
                 epoch: 0,
+                ..Endpoint::default()
             },
         )
         .unwrap();
@@ -247,26 +248,29 @@ fn bench(n: &Nics) {
             key,
             FlowEntry {
                 rev,
+                owner: i as u64 + 1,
+                last_seen_ns: now,
+                ct: CT_F_ESTABLISHED,
                 endpoint_id: 100 + k,
                 service_id: 100 + k % BACKENDS,
                 out_ifindex: n.b,
                 epoch: 0,
+                generation: 0,
                 remote_node_be: 0,
                 backend_vpc_id: 2,
+                consumer_ifindex: n.c,
                 backend_mac: B_MAC,
-                state: CT_TCP_ESTABLISHED,
-                fin: 0,
-                last_seen_ns: now,
+                consumer_mac: C_MAC,
+                _pad: [0; 4],
             },
         )
         .unwrap();
         dp.insert_rev(
             rev,
             RevEntry {
+                owner: i as u64 + 1,
                 fwd: key,
-                consumer_ifindex: n.c,
-                consumer_mac: C_MAC,
-                _pad: [0; 2],
+                _pad: [0; 4],
             },
         )
         .unwrap();

@@ -97,6 +97,9 @@ pub fn fill(dp: &mut Dataplane, nics: &Nics, port_lo: u16, port_hi: u16) {
         marker_id: 1000 + id,
         flags,
         epoch: 0,
+        generation: 1,
+        max_flows: 0,
+        new_flows_per_sec: 0,
     };
     let ok = EP_ACCEPTED | EP_PERMITTED;
     dp.set_endpoint(ep_key(EP_IP), ep(7, 3, ok)).unwrap();

@@ -181,6 +181,13 @@ fn random_model(rng: &mut Rng, nics: &Nics, round: u32) -> Model {
                     marker_id: id,
                     flags,
                     epoch: rng.below(3) as u32,
+                    generation: 1 + rng.below(2) as u32,
+                    max_flows: if rng.chance(20) {
+                        1 + rng.below(3) as u32
+                    } else {
+                        0
+                    },
+                    new_flows_per_sec: 0,
                 },
             );
             for _ in 0..rng.below(3) {

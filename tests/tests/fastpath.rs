@@ -88,7 +88,7 @@ fn consumer_to_endpoint_and_back() {
             _pad: [0; 3],
         };
         let flow = dp.flow(&key).unwrap().expect("forward entry");
-        assert_eq!(flow.state, CT_TCP_SYN_SENT);
+        assert_eq!(flow.state(), CT_TCP_SYN_SENT);
         assert_eq!(flow.out_ifindex, n.b);
         assert_eq!(u16::from_be(flow.rev.snat_port_be), snat_port);
         assert_eq!(dp.rev(&flow.rev).unwrap().expect("reverse entry").fwd, key);
@@ -102,7 +102,7 @@ fn consumer_to_endpoint_and_back() {
         assert_eq!(ip_of(&back, 30), C_IP);
         assert_eq!(port_of(&back, 34), 8080);
         assert_eq!(port_of(&back, 36), 33000);
-        assert_eq!(dp.flow(&key).unwrap().unwrap().state, CT_TCP_ESTABLISHED);
+        assert_eq!(dp.flow(&key).unwrap().unwrap().state(), CT_TCP_ESTABLISHED);
 
         // Established: same SNAT port, payload intact.
         let data = tcp(
@@ -124,7 +124,7 @@ fn consumer_to_endpoint_and_back() {
         // RST closes the flow; a new SYN on the same tuple starts a new one.
         let rst = tcp(C_MAC, VMAC, C_IP, EP_IP, 33000, 8080, RST, b"");
         tc(&mut dp, n.c, &rst, Reason::FwdEstablished, TC_REDIRECT);
-        assert_eq!(dp.flow(&key).unwrap().unwrap().state, CT_TCP_CLOSING);
+        assert_eq!(dp.flow(&key).unwrap().unwrap().state(), CT_TCP_CLOSING);
         open_flow(&mut dp, &n, 33000);
 
         // Nothing may come in uninvited: no flow for this SNAT port.
@@ -279,6 +279,8 @@ fn rejecting_cuts_established_flows_both_ways() {
             marker_id: 1007,
             flags: EP_PERMITTED,
             epoch: 0,
+            generation: 1,
+            ..Endpoint::default()
         };
         dp.set_endpoint(ep_key(EP_IP), ep).unwrap();
         let data = tcp(C_MAC, VMAC, C_IP, EP_IP, 35000, 8080, ACK, b"more");
@@ -338,6 +340,8 @@ fn service_changes_reach_established_flows_through_the_epoch() {
             marker_id: 1007,
             flags: EP_ACCEPTED | EP_PERMITTED,
             epoch,
+            generation: 1,
+            ..Endpoint::default()
         };
         let to = |p: u16| PortTarget {
             server_port_be: p.to_be(),

@@ -124,6 +124,8 @@ fn set_accepted(dp: &mut Dataplane, accepted: bool) {
             marker_id: 1007,
             flags,
             epoch: 0,
+            generation: 1,
+            ..Endpoint::default()
         },
     )
     .unwrap();

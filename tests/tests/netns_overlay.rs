@@ -106,6 +106,8 @@ fn set_endpoint(dp: &mut Dataplane, vni: u32, id: u32, accepted: bool) {
             marker_id: 1000 + id,
             flags,
             epoch: 0,
+            generation: 1,
+            ..Endpoint::default()
         },
     )
     .unwrap();

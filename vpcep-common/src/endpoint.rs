@@ -43,28 +43,50 @@ pub const EP_ACCEPTED: u32 = 1 << 0;
 pub const EP_PERMITTED: u32 = 1 << 1;
 /// The endpoint has a source whitelist: new flows must match `SRC_WHITELIST`.
 pub const EP_SRC_WHITELIST: u32 = 1 << 2;
+/// The endpoint was deleted a moment ago: its address fails closed (every packet to it is
+/// dropped and counted) until the agent's grace period ends, instead of reaching the
+/// node's own stack through a stale ARP entry of the consumer VM.
+pub const EP_TOMBSTONE: u32 = 1 << 3;
 
 /// Value of `ENDPOINTS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Endpoint {
-    /// Dense node-local id (index into the per-endpoint counters).
+    /// Dense node-local id (index into the per-endpoint counters and `EP_FLOWS`).
     pub endpoint_id: u32,
     pub service_id: u32,
     pub marker_id: u32,
     pub flags: u32,
-    /// [`service_epoch`] of the service's entry and port mappings. Established flows keep
-    /// the backend they were resolved to while this is unchanged, and skip the service
-    /// and port-mapping lookups; any change sends their next packet through both again.
+    /// A hash of what established flows are re-checked against when it changes: the
+    /// service's entry and port mappings ([`service_epoch`]) and the endpoint's source
+    /// whitelist. Flows keep their cached backend while it is unchanged; a change sends
+    /// their next packet through the full checks, which keep the flow or cut it.
     pub epoch: u32,
+    /// The endpoint's instance: new when it is created (also at the same VPC and address
+    /// as a deleted one) and whenever it becomes usable again (re-accepted, re-permitted).
+    /// A flow of another generation is dead: a revocation is never undone for old flows.
+    pub generation: u32,
+    /// Live conntrack entries this endpoint may hold; 0 = no limit.
+    pub max_flows: u32,
+    /// New flows per second this endpoint may open; 0 = no limit.
+    pub new_flows_per_sec: u32,
 }
-const _: () = assert!(size_of::<Endpoint>() == 20);
+const _: () = assert!(size_of::<Endpoint>() == 32);
 
-impl Endpoint {
-    pub const fn usable(&self) -> bool {
-        self.flags & (EP_ACCEPTED | EP_PERMITTED) == EP_ACCEPTED | EP_PERMITTED
-    }
+/// Value of `EP_FLOWS` (index: endpoint id): what the per-endpoint limits count, shared by
+/// all CPUs and updated with atomic instructions.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointFlows {
+    /// Conntrack entries held (as i64: a decrement for a flow counted before the agent
+    /// reset the slot may take it below zero, which only admits that many more).
+    pub live: u64,
+    /// Second (CLOCK_MONOTONIC) that `opened` counts.
+    pub window_s: u64,
+    /// New flows opened in `window_s`.
+    pub opened: u64,
 }
+const _: () = assert!(size_of::<EndpointFlows>() == 24);
 
 /// Key of `PORT_MAP`.
 #[repr(C)]
@@ -247,41 +269,184 @@ pub const CT_TCP_ESTABLISHED: u8 = 2;
 pub const CT_TCP_CLOSING: u8 = 3;
 pub const CT_UDP: u8 = 4;
 
+/// Bits of [`FlowEntry::ct`]. They are only ever set (atomic fetch-or), so the CPUs of the
+/// two directions never lose each other's updates; the state is derived from them.
+pub const CT_F_UDP: u64 = 1 << 0;
+/// The backend answered the SYN (SYN+ACK seen).
+pub const CT_F_ESTABLISHED: u64 = 1 << 1;
+pub const CT_F_FIN_CONSUMER: u64 = 1 << 2;
+pub const CT_F_FIN_BACKEND: u64 = 1 << 3;
+pub const CT_F_RST: u64 = 1 << 4;
+
+/// `FlowEntry::last_seen_ns` of a flow that has been killed (expired, revoked or flushed)
+/// by the CPU or agent that won the compare-and-swap on it. Nobody else may reuse or
+/// overwrite a killed entry: only its killer deletes it, so a delete can never remove a
+/// newer flow.
+pub const CT_KILLED: u64 = u64::MAX;
+/// `RevEntry::owner` of a SNAT port claim that is being removed by its killer; it is
+/// neither reused nor taken over, only deleted.
+pub const CLAIM_RELEASED: u64 = u64::MAX;
+/// A claim younger than this (seconds) is never judged by its forward entry: between the
+/// claim and the forward entry's insert the holder looks absent, and must not lose it.
+pub const CLAIM_GUARD_S: u64 = 2;
+
+/// A new flow's owner id: the second it claimed its port (high word, for
+/// [`CLAIM_GUARD_S`]) and a per-CPU sequence number with the CPU (low word), so that no
+/// two flows alive at once share one.
+#[inline(always)]
+pub const fn flow_owner(now_s: u64, seq: u64, cpu: u32) -> u64 {
+    (now_s << 32) | ((seq & 0xf_ffff) << 12) | (cpu as u64 & 0xfff)
+}
+
+/// The second a claim was made, from its owner id.
+#[inline(always)]
+pub const fn owner_since_s(owner: u64) -> u64 {
+    owner >> 32
+}
+
 /// Value of `CT_FWD`. Besides the flow's state it caches what the consumer's packets need
 /// from the service (backend MAC, overlay peer), valid while the endpoint's `epoch` equals
-/// the one recorded here.
+/// the one recorded here, and where its replies go (consumer NIC and MAC).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEntry {
+    /// The SNAT port claim the flow holds (its key in `CT_REV`).
     pub rev: RevKey,
+    /// Equal to the claim's [`RevEntry::owner`] while the flow holds it.
+    pub owner: u64,
+    /// CLOCK_MONOTONIC of the last packet (coarse); [`CT_KILLED`] once killed. Changed
+    /// only by compare-and-swap.
+    pub last_seen_ns: u64,
+    /// `CT_F_*` bits.
+    pub ct: u64,
     pub endpoint_id: u32,
     pub service_id: u32,
     /// Where translated packets go (local backend NIC, or the overlay device).
     pub out_ifindex: u32,
-    /// The endpoint's `epoch` when the backend fields were resolved.
+    /// The endpoint's `epoch` when the flow was last checked.
     pub epoch: u32,
+    /// The endpoint's `generation` when the flow was created.
+    pub generation: u32,
     /// Underlay address of the backend's node; 0 for a local backend.
     pub remote_node_be: u32,
     /// The backend's VPC (the VNI on the overlay).
     pub backend_vpc_id: u32,
+    /// The consumer's NIC: replies are delivered there.
+    pub consumer_ifindex: u32,
     pub backend_mac: [u8; ETH_ALEN],
-    pub state: u8,
-    /// TCP: FIN seen from the consumer (bit 0) and from the backend (bit 1).
-    pub fin: u8,
-    pub last_seen_ns: u64,
+    pub consumer_mac: [u8; ETH_ALEN],
+    pub _pad: [u8; 4],
 }
-const _: () = assert!(size_of::<FlowEntry>() == 56);
+const _: () = assert!(size_of::<FlowEntry>() == 88);
 
-/// Value of `CT_REV`: enough to rebuild the consumer's view without another lookup.
+impl FlowEntry {
+    /// The conntrack state the bits amount to.
+    #[inline(always)]
+    pub const fn state(&self) -> u8 {
+        ct_state(self.ct)
+    }
+
+    /// Killed, or idle past its state's timeout at `now`.
+    #[inline(always)]
+    pub fn dead(&self, now: u64, t: &Timeouts) -> bool {
+        self.last_seen_ns == CT_KILLED
+            || now.saturating_sub(self.last_seen_ns) > idle_timeout_s(self.state(), t) * NS_PER_SEC
+    }
+}
+
+/// The state `ct` bits amount to: closing once reset or closed from both sides, else
+/// established once the backend answered, else waiting for the answer; UDP has one state.
+#[inline(always)]
+pub const fn ct_state(ct: u64) -> u8 {
+    if ct & CT_F_UDP != 0 {
+        CT_UDP
+    } else if ct & CT_F_RST != 0
+        || ct & (CT_F_FIN_CONSUMER | CT_F_FIN_BACKEND) == CT_F_FIN_CONSUMER | CT_F_FIN_BACKEND
+    {
+        CT_TCP_CLOSING
+    } else if ct & CT_F_ESTABLISHED != 0 {
+        CT_TCP_ESTABLISHED
+    } else {
+        CT_TCP_SYN_SENT
+    }
+}
+
+pub const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// Idle timeout of a state, in seconds.
+#[inline(always)]
+pub fn idle_timeout_s(state: u8, t: &Timeouts) -> u64 {
+    // Separate volatile loads: otherwise the optimiser turns the match into a stack read
+    // indexed by the state, which the verifier rejects (variable-offset stack access).
+    // SAFETY: plain reads of valid fields.
+    let (syn, est, closing, udp) = unsafe {
+        (
+            core::ptr::read_volatile(&t.tcp_syn),
+            core::ptr::read_volatile(&t.tcp_established),
+            core::ptr::read_volatile(&t.tcp_closing),
+            core::ptr::read_volatile(&t.udp),
+        )
+    };
+    (match state {
+        CT_TCP_SYN_SENT => syn,
+        CT_TCP_ESTABLISHED => est,
+        CT_TCP_CLOSING => closing,
+        _ => udp,
+    }) as u64
+}
+
+/// Value of `CT_REV`: a SNAT port claim, `(SNAT ip, backend, SNAT port, backend port,
+/// proto)`, and the flow holding it. `owner` is the claim: it is taken by insert-if-absent
+/// or, from a dead holder, by compare-and-swap, so one port has one holder at a time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RevEntry {
+    pub owner: u64,
     pub fwd: FlowKey,
-    pub consumer_ifindex: u32,
-    pub consumer_mac: [u8; ETH_ALEN],
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 4],
 }
 const _: () = assert!(size_of::<RevEntry>() == 32);
+
+/// Keys the agent hands to the GC program per run.
+pub const GC_BATCH: usize = 32;
+
+/// GC request modes.
+/// Remove the forward entries named if they are dead (idle past their timeout).
+pub const GC_EXPIRED: u32 = 0;
+/// Remove the forward entries named whatever their state (their endpoint is gone).
+pub const GC_FLUSH: u32 = 1;
+/// Release the port claims named if the flow they name no longer holds them.
+pub const GC_ORPHAN_CLAIMS: u32 = 2;
+
+/// The single entry of `GC_REQUEST`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GcRequest {
+    /// `GC_*`.
+    pub mode: u32,
+    /// Keys used, at most [`GC_BATCH`].
+    pub count: u32,
+    /// Out: entries (flows or claims) this run removed.
+    pub removed: u32,
+    /// Out: entries another CPU was changing at that instant (try again later).
+    pub busy: u32,
+    pub flows: [FlowKey; GC_BATCH],
+    pub claims: [RevKey; GC_BATCH],
+}
+const _: () = assert!(size_of::<GcRequest>() == 16 + GC_BATCH * 36);
+
+impl Default for GcRequest {
+    fn default() -> Self {
+        Self {
+            mode: GC_EXPIRED,
+            count: 0,
+            removed: 0,
+            busy: 0,
+            flows: [FlowKey::default(); GC_BATCH],
+            claims: [RevKey::default(); GC_BATCH],
+        }
+    }
+}
 
 /// The single entry of `TUNNEL`: this node's overlay device.
 #[repr(C)]
@@ -339,6 +504,8 @@ crate::pod!(
     FlowEntry,
     RevEntry,
     EndpointCounters,
+    EndpointFlows,
+    GcRequest,
     TunnelConfig,
     LocalAddr,
 );

@@ -7,7 +7,7 @@ pub const STATS: &str = "VPCEP_STATS_V1";
 /// ifindex → [`crate::endpoint::LocalNic`].
 pub const LOCAL_NICS: &str = "VPCEP_LOCAL_NICS_V1";
 /// [`crate::endpoint::EndpointKey`] → [`crate::endpoint::Endpoint`].
-pub const ENDPOINTS: &str = "VPCEP_ENDPOINTS_V2";
+pub const ENDPOINTS: &str = "VPCEP_ENDPOINTS_V3";
 /// [`crate::endpoint::PortKey`] → [`crate::endpoint::PortTarget`].
 pub const PORT_MAP: &str = "VPCEP_PORT_MAP_V1";
 /// service id → [`crate::endpoint::Service`].
@@ -18,10 +18,18 @@ pub const SRC_WHITELIST: &str = "VPCEP_SRC_WHITELIST_V1";
 pub const NODE: &str = "VPCEP_NODE_V1";
 /// SNAT IPv4 (be) → owning node's underlay IPv4 (be).
 pub const SNAT_OWNERS: &str = "VPCEP_SNAT_OWNERS_V1";
-/// LRU [`crate::endpoint::FlowKey`] → [`crate::endpoint::FlowEntry`].
-pub const CT_FWD: &str = "VPCEP_CT_FWD_V2";
-/// LRU [`crate::endpoint::RevKey`] → [`crate::endpoint::RevEntry`].
-pub const CT_REV: &str = "VPCEP_CT_REV_V1";
+/// Hash (not LRU: nothing live is ever evicted) [`crate::endpoint::FlowKey`] →
+/// [`crate::endpoint::FlowEntry`].
+pub const CT_FWD: &str = "VPCEP_CT_FWD_V3";
+/// Hash [`crate::endpoint::RevKey`] → [`crate::endpoint::RevEntry`]: the SNAT port claims.
+pub const CT_REV: &str = "VPCEP_CT_REV_V2";
+/// Endpoint id → [`crate::endpoint::EndpointFlows`] (live flows, new flows this second).
+pub const EP_FLOWS: &str = "VPCEP_EP_FLOWS_V1";
+/// Per-CPU sequence number for new flows' owner ids.
+pub const FLOW_SEQ: &str = "VPCEP_FLOW_SEQ_V1";
+/// index 0 → [`crate::endpoint::GcRequest`]: the keys the agent asks the GC program to
+/// check and remove.
+pub const GC_REQUEST: &str = "VPCEP_GC_REQUEST_V1";
 /// Per-CPU endpoint id → [`crate::endpoint::EndpointCounters`].
 pub const EP_STATS: &str = "VPCEP_EP_STATS_V1";
 /// index 0 → [`crate::endpoint::TunnelConfig`].
@@ -44,6 +52,9 @@ pub const ALL_MAPS: &[&str] = &[
     EP_STATS,
     TUNNEL,
     LOCAL_ADDRS,
+    EP_FLOWS,
+    FLOW_SEQ,
+    GC_REQUEST,
 ];
 
 pub const MAX_LOCAL_NICS: u32 = 4096;
@@ -52,8 +63,8 @@ pub const MAX_PORT_MAPPINGS: u32 = 262_144;
 pub const MAX_SERVICES: u32 = 65_536;
 pub const MAX_WHITELIST_RULES: u32 = 65_536;
 pub const MAX_NODES: u32 = 4096;
-/// Conntrack capacity (each flow has a forward and a reverse entry): twice the 1M flows a
-/// node is planned for, so that at the planned load the LRU maps do not evict live flows.
+/// Conntrack capacity of each table (each flow has a forward entry and a port claim): twice
+/// the 1M flows a node is planned for. A full table refuses new flows.
 pub const MAX_FLOWS: u32 = 1 << 21;
 
 /// XDP program on the host side of a VM NIC.
@@ -73,8 +84,14 @@ pub const PROG_NOOP_TC: &str = "vpcep_noop_tc";
 pub const PROG_FLOOR_ESTABLISHED: &str = "vpcep_floor_established";
 pub const PROG_FLOOR_NEW_FLOW: &str = "vpcep_floor_new_flow";
 
+/// Removes the conntrack entries the agent names in `GC_REQUEST` if they are dead (or all
+/// of them, for a flush), with the same compare-and-swap protocol as the fast path; run by
+/// the agent through BPF_PROG_TEST_RUN, never attached.
+pub const PROG_GC: &str = "vpcep_gc";
+
 /// Every program the userspace expects in the object file.
 pub const ALL_PROGRAMS: &[&str] = &[
+    PROG_GC,
     PROG_XDP,
     PROG_TC_INGRESS,
     PROG_TC_TUNNEL,

@@ -45,10 +45,14 @@ pub struct Model {
     pub fwd: BTreeMap<FlowKey, FlowEntry>,
     pub rev: BTreeMap<RevKey, RevEntry>,
     pub ep_stats: BTreeMap<u32, EndpointCounters>,
+    /// Live flows per endpoint id (`EP_FLOWS.live`).
+    pub ep_live: BTreeMap<u32, i64>,
     pub stats: BTreeMap<(u32, u32), Counter>,
+    /// Owner ids handed out so far (the kernel's are per CPU; the differential test
+    /// compares conntrack state up to owner ids).
+    pub owners: u64,
 }
 
-const NS_PER_SEC: u64 = 1_000_000_000;
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
@@ -171,34 +175,25 @@ fn icmp_type(p: &Pkt) -> u8 {
     p.sport.to_ne_bytes()[0]
 }
 
-fn expired(e: &FlowEntry, now: u64, t: &Timeouts) -> bool {
-    let secs = match e.state {
-        CT_TCP_SYN_SENT => t.tcp_syn,
-        CT_TCP_ESTABLISHED => t.tcp_established,
-        CT_TCP_CLOSING => t.tcp_closing,
-        _ => t.udp,
-    };
-    now.saturating_sub(e.last_seen_ns) > secs as u64 * NS_PER_SEC
+fn dead(e: &FlowEntry, now: u64, t: &Timeouts) -> bool {
+    e.dead(now, t)
 }
 
 fn track(e: &mut FlowEntry, p: &Pkt, from_backend: bool, now: u64) {
     if p.proto == IPPROTO_TCP {
         let f = p.tcp_flags;
         if f & TCP_RST != 0 {
-            e.state = CT_TCP_CLOSING;
-        } else {
-            if f & TCP_FIN != 0 {
-                e.fin |= if from_backend { 2 } else { 1 };
-                if e.fin == 3 {
-                    e.state = CT_TCP_CLOSING;
-                }
-            }
-            if from_backend
-                && e.state == CT_TCP_SYN_SENT
-                && f & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
-            {
-                e.state = CT_TCP_ESTABLISHED;
-            }
+            e.ct |= CT_F_RST;
+        }
+        if f & TCP_FIN != 0 {
+            e.ct |= if from_backend {
+                CT_F_FIN_BACKEND
+            } else {
+                CT_F_FIN_CONSUMER
+            };
+        }
+        if from_backend && f & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+            e.ct |= CT_F_ESTABLISHED;
         }
     }
     if now.wrapping_sub(e.last_seen_ns) > NS_PER_SEC / 4 {
@@ -206,7 +201,20 @@ fn track(e: &mut FlowEntry, p: &Pkt, from_backend: bool, now: u64) {
     }
 }
 
+fn syn_on_closing(e: &FlowEntry, syn: bool) -> bool {
+    syn && e.state() == CT_TCP_CLOSING
+}
+
+fn same_instance(e: &FlowEntry, ep: &Endpoint) -> bool {
+    e.generation == ep.generation
+        && e.endpoint_id == ep.endpoint_id
+        && e.service_id == ep.service_id
+}
+
 fn check_endpoint(ep: &Endpoint) -> Result<(), Reason> {
+    if ep.flags & EP_TOMBSTONE != 0 {
+        return Err(Reason::DropEndpointDeleted);
+    }
     if ep.flags & EP_ACCEPTED == 0 {
         return Err(Reason::DropNotAccepted);
     }
@@ -592,6 +600,20 @@ impl Model {
         Ok((reason, Verdict::Redirect(out)))
     }
 
+    fn allowed(&self, ep: &Endpoint, src: u32) -> bool {
+        ep.flags & EP_SRC_WHITELIST == 0 || self.whitelisted(ep.endpoint_id, src)
+    }
+
+    /// Removes a flow and what it holds (its claim, its endpoint's live-flow slot).
+    fn kill(&mut self, key: &FlowKey) {
+        if let Some(e) = self.fwd.remove(key) {
+            if self.rev.get(&e.rev).is_some_and(|r| r.owner == e.owner) {
+                self.rev.remove(&e.rev);
+            }
+            *self.ep_live.entry(e.endpoint_id).or_default() -= 1;
+        }
+    }
+
     fn forward(
         &mut self,
         f: &mut [u8],
@@ -606,13 +628,13 @@ impl Model {
         let node = self.node;
         let key = FlowKey::new(nic.vpc_id, p.src, p.dst, p.sport, p.dport, p.proto);
         let syn = p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-        // The fast path: the flow's cached backend is current (no overlay in the model, so
-        // a flow with a remote backend always takes the full path).
+        // The fast path: the flow is of this endpoint instance and its epoch (no overlay in
+        // the model, so a flow with a remote backend always takes the full path).
         if let Some(e) = self.fwd.get_mut(&key)
             && e.epoch == ep.epoch
-            && e.service_id == ep.service_id
-            && !expired(e, now, &node.timeouts)
-            && !(syn && e.state == CT_TCP_CLOSING)
+            && same_instance(e, ep)
+            && !dead(e, now, &node.timeouts)
+            && !syn_on_closing(e, syn)
             && e.remote_node_be == 0
         {
             if node.snat_ip_be == 0 {
@@ -649,14 +671,16 @@ impl Model {
         if p.ttl <= 1 {
             return Err(Reason::DropTtlExceeded);
         }
-        let mut stale = None;
+        let allowed = self.allowed(ep, p.src);
         if let Some(e) = self.fwd.get_mut(&key) {
-            let reusable = expired(e, now, &node.timeouts)
-                || syn && e.state == CT_TCP_CLOSING
-                || e.rev.backend_be != svc.backend_ip_be
-                || e.rev.backend_port_be != server_port
-                || e.out_ifindex != svc.ifindex;
-            if !reusable {
+            let current =
+                same_instance(e, ep) && !dead(e, now, &node.timeouts) && !syn_on_closing(e, syn);
+            if current
+                && allowed
+                && e.rev.backend_be == svc.backend_ip_be
+                && e.rev.backend_port_be == server_port
+                && e.out_ifindex == svc.ifindex
+            {
                 e.epoch = ep.epoch;
                 e.remote_node_be = 0;
                 e.backend_vpc_id = svc.backend_vpc_id;
@@ -675,36 +699,44 @@ impl Model {
                 );
                 return Ok((Reason::FwdEstablished, out));
             }
-            stale = Some(e.rev);
+            // Over, revoked or pointing elsewhere: it goes.
+            self.kill(&key);
+            if current && !allowed {
+                return Err(Reason::DropFlowRevoked);
+            }
         }
         if p.proto == IPPROTO_TCP && !syn {
             return Err(Reason::DropTcpNoFlow);
         }
-        if ep.flags & EP_SRC_WHITELIST != 0 && !self.whitelisted(ep.endpoint_id, p.src) {
+        if !allowed {
             return Err(Reason::DropSourceWhitelist);
         }
-        if let Some(old) = stale {
-            self.rev.remove(&old);
+        let live = self.ep_live.get(&ep.endpoint_id).copied().unwrap_or(0);
+        if ep.max_flows != 0 && live >= i64::from(ep.max_flows) {
+            return Err(Reason::DropEndpointFlowLimit);
         }
-        let rev = self.allocate(&key, ifindex, nic, svc.backend_ip_be, server_port, now)?;
+        self.owners += 1;
+        let owner = flow_owner(now / NS_PER_SEC, self.owners, 0);
+        let rev = self.claim(&key, owner, svc.backend_ip_be, server_port, now)?;
+        *self.ep_live.entry(ep.endpoint_id).or_default() += 1;
         self.fwd.insert(
             key,
             FlowEntry {
                 rev,
+                owner,
+                last_seen_ns: now,
+                ct: if p.proto == IPPROTO_TCP { 0 } else { CT_F_UDP },
                 endpoint_id: ep.endpoint_id,
                 service_id: ep.service_id,
                 out_ifindex: svc.ifindex,
                 epoch: ep.epoch,
+                generation: ep.generation,
                 remote_node_be: 0,
                 backend_vpc_id: svc.backend_vpc_id,
+                consumer_ifindex: ifindex,
                 backend_mac: svc.backend_mac,
-                state: if p.proto == IPPROTO_TCP {
-                    CT_TCP_SYN_SENT
-                } else {
-                    CT_UDP
-                },
-                fin: 0,
-                last_seen_ns: now,
+                consumer_mac: nic.mac,
+                _pad: [0; 4],
             },
         );
         rewrite(
@@ -720,11 +752,12 @@ impl Model {
         Ok((Reason::FwdNewFlow, svc.ifindex))
     }
 
-    fn allocate(
+    /// A SNAT port for a new flow: the first probed claim that is free, orphaned or held
+    /// by a dead flow; claims younger than `CLAIM_GUARD_S` are left alone.
+    fn claim(
         &mut self,
         key: &FlowKey,
-        ifindex: u32,
-        nic: &LocalNic,
+        owner: u64,
         backend: u32,
         server_port: u16,
         now: u64,
@@ -737,10 +770,9 @@ impl Model {
         let range = hi - lo + 1;
         let start = snat_port_start(key, backend, server_port);
         let value = RevEntry {
+            owner,
             fwd: *key,
-            consumer_ifindex: ifindex,
-            consumer_mac: nic.mac,
-            _pad: [0; 2],
+            _pad: [0; 4],
         };
         for i in 0..SNAT_PROBES {
             let port = lo + start.wrapping_add(i) % range;
@@ -751,34 +783,38 @@ impl Model {
                 server_port,
                 key.proto,
             );
-            let Some(holder) = self.rev.get(&rk).map(|r| r.fwd) else {
-                self.rev.insert(rk, value);
-                return Ok(rk);
-            };
-            let dead = match self.fwd.get(&holder) {
-                Some(e) => e.rev != rk || expired(e, now, &node.timeouts),
-                None => true,
-            };
-            if dead {
-                self.rev.insert(rk, value);
-                if self.fwd.get(&holder).is_some_and(|e| e.rev == rk) {
-                    self.fwd.remove(&holder);
+            if let Some(r) = self.rev.get(&rk).copied() {
+                if owner_since_s(r.owner) + CLAIM_GUARD_S > now / NS_PER_SEC {
+                    continue;
                 }
-                return Ok(rk);
+                match self.fwd.get(&r.fwd) {
+                    Some(e) if e.owner == r.owner && e.rev == rk => {
+                        if !dead(e, now, &node.timeouts) {
+                            continue;
+                        }
+                        self.kill(&r.fwd);
+                    }
+                    _ => {
+                        self.rev.remove(&rk);
+                    }
+                }
             }
+            self.rev.insert(rk, value);
+            return Ok(rk);
         }
         Err(Reason::DropSnatExhausted)
     }
 
+    /// The flow holding claim `rk` if it may take a reply on `ifindex`.
     fn check_reverse(
         &mut self,
         rk: &RevKey,
         rv: &RevEntry,
         ifindex: u32,
         now: u64,
-    ) -> Result<(), Reason> {
+    ) -> Result<FlowEntry, Reason> {
         let fe = *self.fwd.get(&rv.fwd).ok_or(Reason::DropNoReverseFlow)?;
-        if fe.rev != *rk || expired(&fe, now, &self.node.timeouts) {
+        if fe.owner != rv.owner || fe.rev != *rk || dead(&fe, now, &self.node.timeouts) {
             return Err(Reason::DropNoReverseFlow);
         }
         // No overlay in the model: every reply arrives without a tunnel peer.
@@ -799,7 +835,27 @@ impl Model {
             self.ep_drop(ep.endpoint_id);
             return Err(r);
         }
-        Ok(())
+        let still_allowed = || {
+            self.allowed(&ep, rv.fwd.src_be)
+                && self
+                    .ports
+                    .get(&PortKey {
+                        service_id: fe.service_id,
+                        client_port_be: rv.fwd.dport_be,
+                        proto: rv.fwd.proto,
+                        _pad: 0,
+                    })
+                    .is_some_and(|t| t.server_port_be == rk.backend_port_be)
+                && self
+                    .services
+                    .get(&fe.service_id)
+                    .is_some_and(|s| s.backend_ip_be == rk.backend_be)
+        };
+        if !same_instance(&fe, &ep) || ep.epoch != fe.epoch && !still_allowed() {
+            self.ep_drop(ep.endpoint_id);
+            return Err(Reason::DropFlowRevoked);
+        }
+        Ok(fe)
     }
 
     fn reverse(
@@ -824,7 +880,7 @@ impl Model {
         let len = f.len() as u64;
         let e = self.fwd.get_mut(&rv.fwd).ok_or(Reason::DropNoReverseFlow)?;
         track(e, p, true, now);
-        let id = e.endpoint_id;
+        let (id, out, mac) = (e.endpoint_id, e.consumer_ifindex, e.consumer_mac);
         self.ep_count(id, len, 0);
         rewrite(
             f,
@@ -833,10 +889,10 @@ impl Model {
             rv.fwd.src_be,
             rv.fwd.dport_be,
             rv.fwd.sport_be,
-            rv.consumer_mac,
+            mac,
             self.node.vmac,
         );
-        Ok((Reason::RevReply, rv.consumer_ifindex))
+        Ok((Reason::RevReply, out))
     }
 
     fn reverse_error(
@@ -852,7 +908,7 @@ impl Model {
         }
         let rk = RevKey::new(q.src, q.dst, q.sport, q.dport, q.proto);
         let rv = *self.rev.get(&rk).ok_or(Reason::DropNoReverseFlow)?;
-        self.check_reverse(&rk, &rv, ifindex, now)?;
+        let fe = self.check_reverse(&rk, &rv, ifindex, now)?;
         if p.ttl <= 1 {
             return Err(Reason::DropTtlExceeded);
         }
@@ -868,13 +924,12 @@ impl Model {
                 inner_dport: rv.fwd.dport_be,
                 outer_src: endpoint,
                 outer_dst: consumer,
-                dst_mac: rv.consumer_mac,
+                dst_mac: fe.consumer_mac,
                 src_mac: self.node.vmac,
             },
         );
-        let id = self.fwd.get(&rv.fwd).map_or(0, |e| e.endpoint_id);
-        self.ep_count(id, f.len() as u64, 0);
-        Ok(rv.consumer_ifindex)
+        self.ep_count(fe.endpoint_id, f.len() as u64, 0);
+        Ok(fe.consumer_ifindex)
     }
 
     fn forward_error(
@@ -891,7 +946,10 @@ impl Model {
         }
         let key = FlowKey::new(nic.vpc_id, q.dst, q.src, q.dport, q.sport, q.proto);
         let fe = *self.fwd.get(&key).ok_or(Reason::DropIcmpNoFlow)?;
-        if fe.endpoint_id != ep.endpoint_id || expired(&fe, now, &self.node.timeouts) {
+        if fe.endpoint_id != ep.endpoint_id
+            || fe.generation != ep.generation
+            || dead(&fe, now, &self.node.timeouts)
+        {
             return Err(Reason::DropIcmpNoFlow);
         }
         let backend_mac = self

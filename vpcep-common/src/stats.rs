@@ -167,6 +167,21 @@ reasons! {
     DropTunnelWrongPeer = 43 => "drop_tunnel_wrong_peer", true;
     /// Backend → a SNAT address no known node owns (or the node has no overlay).
     DropSnatNoOwner = 44 => "drop_snat_no_owner", true;
+    /// To the address of an endpoint deleted a moment ago (fails closed).
+    DropEndpointDeleted = 45 => "drop_endpoint_deleted", true;
+    /// New flow over the endpoint's limit of live flows.
+    DropEndpointFlowLimit = 46 => "drop_endpoint_flow_limit", true;
+    /// New flow over the endpoint's limit of new flows per second.
+    DropEndpointRateLimit = 47 => "drop_endpoint_rate_limit", true;
+    /// The conntrack table is full: the new flow is refused, no live flow is evicted.
+    DropCtFull = 48 => "drop_ct_full", true;
+    /// The flow's entry is being removed by another CPU or the agent at this instant.
+    DropCtBusy = 49 => "drop_ct_busy", true;
+    /// A flow of an earlier instance of its endpoint (deleted and recreated, rejected and
+    /// re-accepted), or one its endpoint's source whitelist or port mappings no longer allow.
+    DropFlowRevoked = 50 => "drop_flow_revoked", true;
+    /// Tunnel: a packet from a SNAT address that did not come from the node owning it.
+    DropTunnelNotOwner = 51 => "drop_tunnel_not_owner", true;
 }
 
 const _: () = {

@@ -9,7 +9,7 @@ use network_types::eth::EthHdr;
 
 use crate::{
     arp, icmp,
-    maps::{ENDPOINTS, LOCAL_ADDRS, LOCAL_NICS, NODE},
+    maps::{ENDPOINTS, LOCAL_ADDRS, LOCAL_NICS, NODE, SNAT_OWNERS},
     nat,
     parse::{self, Frame, Parsed},
     stats, tunnel,
@@ -106,7 +106,7 @@ pub fn tc_ingress(
     if pkt.proto == IPPROTO_ICMP && !pkt.fragment && icmp::is_error(&pkt) {
         let r = nat::check_source(&frame, &pkt, &nic)
             .and_then(|()| nat::check_endpoint(&ep))
-            .and_then(|()| icmp::forward_error(&frame, &pkt, &nic, &ep, &node));
+            .and_then(|()| icmp::forward_error(ctx, &pkt, &nic, &ep, &node));
         match r {
             Ok(_) => stats::endpoint(ep.endpoint_id, ctx.len() as u64, 0),
             Err(_) => stats::endpoint_drop(ep.endpoint_id),
@@ -150,9 +150,16 @@ pub fn tc_tunnel(
         let (reason, out) = nat::reverse(ctx, &pkt, ifindex, &node, peer)?;
         return Ok((reason, Action::Redirect(out)));
     }
-    // Only translated traffic rides the overlay: its source is a SNAT address.
+    // Only translated traffic rides the overlay: its source is a SNAT address, and the
+    // node that owns that address must be the one that sent it (any other underlay host
+    // could otherwise inject into local VMs).
     if !in_snat_range(pkt.src) {
         return Err(Reason::DropTunnelUnknownDst);
+    }
+    match SNAT_OWNERS.get_ptr(pkt.src) {
+        // SAFETY: map value pointer from a successful lookup.
+        Some(owner) if unsafe { *owner } == remote_be => {}
+        _ => return Err(Reason::DropTunnelNotOwner),
     }
     let vm = LOCAL_ADDRS
         .get_ptr(EndpointKey {

@@ -72,10 +72,9 @@ pub fn new_flow(ctx: &TcContext) -> Option<i32> {
         return Some(TC_ACT_OK);
     }
     let rv = RevEntry {
+        owner: now,
         fwd: key,
-        consumer_ifindex: 0,
-        consumer_mac: nic.mac,
-        _pad: [0; 2],
+        _pad: [0; 4],
     };
     CT_REV.insert(rk, rv, BPF_NOEXIST as u64).ok()?;
     let entry = FlowEntry {

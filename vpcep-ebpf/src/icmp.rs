@@ -13,9 +13,11 @@ use vpcep_common::{
 };
 
 use crate::{
+    conntrack,
     maps::{CT_FWD, CT_REV, SERVICES},
     nat,
     parse::{Frame, Ipv4Packet},
+    tunnel,
 };
 use vpcep_common::csum;
 
@@ -203,6 +205,11 @@ pub fn reverse_error(
     if qf.src != pkt.dst {
         return Err(Reason::DropNoReverseFlow);
     }
+    // Through the tunnel only the backend itself may report about its flow: any other VM
+    // of the backend's node and VPC could otherwise forge errors for flows it guessed.
+    if peer.is_some() && pkt.src != qf.dst {
+        return Err(Reason::DropTunnelWrongPeer);
+    }
     let rk = RevKey::new(qf.src, qf.dst, qf.sport, qf.dport, qf.proto);
     let rv: RevEntry = match CT_REV.get_ptr(rk) {
         // SAFETY: map value pointer from a successful lookup.
@@ -210,10 +217,13 @@ pub fn reverse_error(
         None => return Err(Reason::DropNoReverseFlow),
     };
     let now = nat::now();
-    let e = nat::check_reverse(&rk, &rv, ifindex, node, now, peer)?;
+    let (e, _) = nat::check_reverse(&rk, &rv, ifindex, node, now, peer)?;
     if pkt.ttl <= 1 {
         return Err(Reason::DropTtlExceeded);
     }
+    // SAFETY: map value pointer from check_reverse.
+    let (endpoint_id, out, consumer_mac) =
+        unsafe { ((*e).endpoint_id, (*e).consumer_ifindex, (*e).consumer_mac) };
     // Consumer and endpoint as the consumer knows them.
     let (consumer, endpoint) = (rv.fwd.src_be, rv.fwd.dst_be);
     rewrite_error(
@@ -227,25 +237,26 @@ pub fn reverse_error(
             inner_dport: rv.fwd.dport_be,
             outer_src: endpoint,
             outer_dst: consumer,
-            dst_mac: rv.consumer_mac,
+            dst_mac: consumer_mac,
             src_mac: node.vmac,
         },
     )?;
-    // SAFETY: map value pointer from check_reverse.
-    crate::stats::endpoint(unsafe { (*e).endpoint_id }, frame.len() as u64, 0);
-    Ok(rv.consumer_ifindex)
+    crate::stats::endpoint(endpoint_id, frame.len() as u64, 0);
+    Ok(out)
 }
 
 /// Translates an ICMP error a consumer sends to an endpoint about a flow of that endpoint
-/// (e.g. port unreachable for a reply) toward the backend. Returns the backend NIC.
+/// (e.g. port unreachable for a reply) toward the backend, through the overlay when the
+/// backend is remote. Returns the NIC to redirect to.
 #[inline(always)]
 pub fn forward_error(
-    frame: &Frame,
+    ctx: &aya_ebpf::programs::TcContext,
     pkt: &Ipv4Packet,
     nic: &LocalNic,
     ep: &Endpoint,
     node: &NodeConfig,
 ) -> Result<u32, Reason> {
+    let frame = &Frame::new(ctx.data(), ctx.data_end());
     let qf = parse_quoted(frame, pkt, Reason::DropIcmpNoFlow)?;
     // The quoted packet is one the consumer received: endpoint:port → consumer:port.
     if qf.src != pkt.dst || qf.dst != pkt.src {
@@ -256,7 +267,10 @@ pub fn forward_error(
     // SAFETY: map value pointer from a successful lookup.
     let fe = unsafe { *fe };
     let now = nat::now();
-    if fe.endpoint_id != ep.endpoint_id || nat::expired(&fe, now, &node.timeouts) {
+    if fe.endpoint_id != ep.endpoint_id
+        || fe.generation != ep.generation
+        || conntrack::dead(&fe, fe.last_seen_ns, now, &node.timeouts)
+    {
         return Err(Reason::DropIcmpNoFlow);
     }
     let svc = SERVICES
@@ -283,5 +297,8 @@ pub fn forward_error(
             src_mac: node.vmac,
         },
     )?;
+    if fe.remote_node_be != 0 {
+        tunnel::encap(ctx, fe.remote_node_be, fe.backend_vpc_id)?;
+    }
     Ok(fe.out_ifindex)
 }

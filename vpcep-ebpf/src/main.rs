@@ -2,9 +2,12 @@
 //! function; every packet is counted once under the reason for its verdict.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod arp;
+#[cfg(target_arch = "bpf")]
+mod conntrack;
 #[cfg(target_arch = "bpf")]
 mod datapath;
 #[cfg(target_arch = "bpf")]
@@ -78,6 +81,15 @@ mod programs {
     #[classifier]
     pub fn vpcep_floor_new_flow(ctx: TcContext) -> i32 {
         floor::new_flow(&ctx).unwrap_or(TC_ACT_OK)
+    }
+
+    /// Conntrack GC for the agent, run through BPF_PROG_TEST_RUN (`conntrack::gc`).
+    #[classifier]
+    pub fn vpcep_gc(_ctx: TcContext) -> i32 {
+        match crate::conntrack::gc() {
+            Some(()) => TC_ACT_OK,
+            None => TC_ACT_SHOT,
+        }
     }
 
     #[classifier]

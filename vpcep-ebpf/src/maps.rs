@@ -1,12 +1,13 @@
 //! Map definitions; names, layouts and capacities come from `vpcep_common`.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray},
 };
 use vpcep_common::{
     endpoint::{
-        Endpoint, EndpointCounters, EndpointKey, FlowEntry, FlowKey, LocalAddr, LocalNic,
-        NodeConfig, PortKey, PortTarget, RevEntry, RevKey, Service, TunnelConfig, WhitelistKey,
+        Endpoint, EndpointCounters, EndpointFlows, EndpointKey, FlowEntry, FlowKey, GcRequest,
+        LocalAddr, LocalNic, NodeConfig, PortKey, PortTarget, RevEntry, RevKey, Service,
+        TunnelConfig, WhitelistKey,
     },
     maps::{
         MAX_ENDPOINTS, MAX_FLOWS, MAX_LOCAL_NICS, MAX_NODES, MAX_PORT_MAPPINGS, MAX_SERVICES,
@@ -21,7 +22,7 @@ pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENT
 #[map(name = "VPCEP_LOCAL_NICS_V1")]
 pub static LOCAL_NICS: HashMap<u32, LocalNic> = HashMap::with_max_entries(MAX_LOCAL_NICS, 0);
 
-#[map(name = "VPCEP_ENDPOINTS_V2")]
+#[map(name = "VPCEP_ENDPOINTS_V3")]
 pub static ENDPOINTS: HashMap<EndpointKey, Endpoint> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
 
 #[map(name = "VPCEP_PORT_MAP_V1")]
@@ -40,11 +41,33 @@ pub static NODE: Array<NodeConfig> = Array::with_max_entries(1, 0);
 #[map(name = "VPCEP_SNAT_OWNERS_V1")]
 pub static SNAT_OWNERS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_NODES, 0);
 
-#[map(name = "VPCEP_CT_FWD_V2")]
-pub static CT_FWD: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+#[map(name = "VPCEP_CT_FWD_V3")]
+pub static CT_FWD: HashMap<FlowKey, FlowEntry> = HashMap::with_max_entries(MAX_FLOWS, 0);
 
-#[map(name = "VPCEP_CT_REV_V1")]
-pub static CT_REV: LruHashMap<RevKey, RevEntry> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+#[map(name = "VPCEP_CT_REV_V2")]
+pub static CT_REV: HashMap<RevKey, RevEntry> = HashMap::with_max_entries(MAX_FLOWS, 0);
+
+#[map(name = "VPCEP_EP_FLOWS_V1")]
+pub static EP_FLOWS: Array<EndpointFlows> = Array::with_max_entries(MAX_ENDPOINTS, 0);
+
+#[map(name = "VPCEP_FLOW_SEQ_V1")]
+pub static FLOW_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch space for a new flow's entry (too large for the BPF stack).
+#[map(name = "VPCEP_SCRATCH_FLOW_V1")]
+pub static SCRATCH_FLOW: PerCpuArray<FlowEntry> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch space for a new flow's port claim.
+#[map(name = "VPCEP_SCRATCH_CLAIM_V1")]
+pub static SCRATCH_CLAIM: PerCpuArray<RevEntry> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch space for the tunnel key of an encapsulated packet.
+#[map(name = "VPCEP_TUNNEL_KEY_V1")]
+pub static TUNNEL_KEY: PerCpuArray<aya_ebpf::bindings::bpf_tunnel_key> =
+    PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "VPCEP_GC_REQUEST_V1")]
+pub static GC_REQUEST: Array<GcRequest> = Array::with_max_entries(1, 0);
 
 #[map(name = "VPCEP_EP_STATS_V1")]
 pub static EP_STATS: PerCpuArray<EndpointCounters> =

@@ -1,42 +1,38 @@
 //! Endpoint translation with SNAT and connection tracking (TC).
 //!
 //! Consumer → endpoint E:p becomes SNAT:port → backend:server_port; the reply is matched by
-//! its reverse entry and becomes E:p → consumer. Endpoint state is checked on every packet
-//! in both directions, so rejecting an endpoint or revoking its owner cuts live flows.
+//! its port claim and becomes E:p → consumer. Endpoint state is checked on every packet
+//! in both directions, so rejecting an endpoint or revoking its owner cuts live flows; a
+//! flow of an earlier generation of its endpoint is dead, and a changed epoch re-checks
+//! the flow against the endpoint's whitelist and port mappings. How entries are claimed,
+//! refreshed and removed safely between CPUs is in `conntrack.rs`.
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
-    helpers::bpf_ktime_get_coarse_ns,
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
     maps::lpm_trie::Key,
     programs::TcContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use vpcep_common::{
     endpoint::{
-        CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN_SENT, CT_UDP, EP_SRC_WHITELIST, Endpoint,
-        EndpointKey, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, LocalNic, NodeConfig, PortKey,
-        RevEntry, RevKey, SNAT_PROBES, SVC_LOCAL, SVC_REMOTE, Timeouts, TunnelConfig, WhitelistKey,
+        CLAIM_RELEASED, CT_F_UDP, EP_ACCEPTED, EP_PERMITTED, EP_SRC_WHITELIST, EP_TOMBSTONE,
+        Endpoint, EndpointKey, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, LocalNic, NodeConfig,
+        PortKey, RevEntry, RevKey, SNAT_PROBES, SVC_LOCAL, SVC_REMOTE, TunnelConfig, WhitelistKey,
         snat_port_start,
     },
     stats::Reason,
 };
 
+pub use crate::conntrack::now;
 use crate::{
-    maps::{CT_FWD, CT_REV, ENDPOINTS, PORT_MAP, SERVICES, SRC_WHITELIST},
-    parse::{Frame, Ipv4Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    conntrack::{self, dead, seen, touch, track},
+    maps::{
+        CT_FWD, CT_REV, ENDPOINTS, PORT_MAP, SCRATCH_CLAIM, SCRATCH_FLOW, SERVICES, SRC_WHITELIST,
+    },
+    parse::{Frame, Ipv4Packet, TCP_ACK, TCP_SYN},
     stats,
     tunnel::{self, Peer},
 };
 use vpcep_common::csum;
-
-const NS_PER_SEC: u64 = 1_000_000_000;
-
-/// CLOCK_MONOTONIC at tick resolution: idle timeouts are seconds and `last_seen` is
-/// written at most every 250 ms, while reading the TSC costs ~15 ns a packet in a VM.
-#[inline(always)]
-pub fn now() -> u64 {
-    // SAFETY: no preconditions.
-    unsafe { bpf_ktime_get_coarse_ns() }
-}
 
 /// Consumer-side checks that need no conntrack state (shared with the XDP early-drop
 /// path). Returns the server port.
@@ -49,7 +45,7 @@ pub fn check_forward(
 ) -> Result<u16, Reason> {
     check_packet(frame, pkt, nic)?;
     check_endpoint(ep)?;
-    server_port(pkt, ep)
+    server_port(ep.service_id, pkt.dport, pkt.proto)
 }
 
 /// What every packet to an endpoint must pass before any lookup: its own source, not a
@@ -67,12 +63,12 @@ fn check_packet(frame: &Frame, pkt: &Ipv4Packet, nic: &LocalNic) -> Result<(), R
 }
 
 #[inline(always)]
-fn server_port(pkt: &Ipv4Packet, ep: &Endpoint) -> Result<u16, Reason> {
+fn server_port(service_id: u32, client_port_be: u16, proto: u8) -> Result<u16, Reason> {
     let pt = PORT_MAP
         .get_ptr(PortKey {
-            service_id: ep.service_id,
-            client_port_be: pkt.dport,
-            proto: pkt.proto,
+            service_id,
+            client_port_be,
+            proto,
             _pad: 0,
         })
         .ok_or(Reason::DropNoPortMapping)?;
@@ -96,62 +92,39 @@ pub fn check_source(frame: &Frame, pkt: &Ipv4Packet, nic: &LocalNic) -> Result<(
 
 #[inline(always)]
 pub fn check_endpoint(ep: &Endpoint) -> Result<(), Reason> {
-    if ep.flags & vpcep_common::endpoint::EP_ACCEPTED == 0 {
+    if ep.flags & EP_TOMBSTONE != 0 {
+        return Err(Reason::DropEndpointDeleted);
+    }
+    if ep.flags & EP_ACCEPTED == 0 {
         return Err(Reason::DropNotAccepted);
     }
-    if ep.flags & vpcep_common::endpoint::EP_PERMITTED == 0 {
+    if ep.flags & EP_PERMITTED == 0 {
         return Err(Reason::DropNotPermitted);
     }
     Ok(())
 }
 
+/// The endpoint's source whitelist admits `src` (or it has none).
 #[inline(always)]
-pub fn expired(e: &FlowEntry, now: u64, t: &Timeouts) -> bool {
-    // Separate loads: otherwise the optimiser turns the match into a stack read indexed by
-    // the state, which the verifier rejects (variable-offset stack access).
-    // SAFETY: plain reads of valid fields.
-    let (syn, est, closing, udp) = unsafe {
-        (
-            core::ptr::read_volatile(&t.tcp_syn),
-            core::ptr::read_volatile(&t.tcp_established),
-            core::ptr::read_volatile(&t.tcp_closing),
-            core::ptr::read_volatile(&t.udp),
-        )
-    };
-    let secs = match e.state {
-        CT_TCP_SYN_SENT => syn,
-        CT_TCP_ESTABLISHED => est,
-        CT_TCP_CLOSING => closing,
-        _ => udp,
-    };
-    now.saturating_sub(e.last_seen_ns) > secs as u64 * NS_PER_SEC
+fn whitelisted(ep: &Endpoint, src_be: u32) -> bool {
+    ep.flags & EP_SRC_WHITELIST == 0
+        || SRC_WHITELIST
+            .get(Key::new(
+                64,
+                WhitelistKey {
+                    endpoint_id_be: ep.endpoint_id.to_be(),
+                    src_be,
+                },
+            ))
+            .is_some()
 }
 
+/// The flow belongs to this instance of its endpoint.
 #[inline(always)]
-fn track(e: &mut FlowEntry, pkt: &Ipv4Packet, from_backend: bool, now: u64) {
-    if pkt.proto == IPPROTO_TCP {
-        let f = pkt.tcp_flags;
-        if f & TCP_RST != 0 {
-            e.state = CT_TCP_CLOSING;
-        } else {
-            if f & TCP_FIN != 0 {
-                e.fin |= if from_backend { 2 } else { 1 };
-                if e.fin == 3 {
-                    e.state = CT_TCP_CLOSING;
-                }
-            }
-            if from_backend
-                && e.state == CT_TCP_SYN_SENT
-                && f & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
-            {
-                e.state = CT_TCP_ESTABLISHED;
-            }
-        }
-    }
-    // Coarse: one write a second per flow keeps the cache line mostly read-only.
-    if now.wrapping_sub(e.last_seen_ns) > NS_PER_SEC / 4 {
-        e.last_seen_ns = now;
-    }
+fn same_instance(e: &FlowEntry, ep: &Endpoint) -> bool {
+    e.generation == ep.generation
+        && e.endpoint_id == ep.endpoint_id
+        && e.service_id == ep.service_id
 }
 
 /// Consumer → endpoint. Returns the reason to count and the backend NIC to redirect to.
@@ -197,19 +170,19 @@ fn forward_inner(
     let syn = pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let flow = CT_FWD.get_ptr_mut(key);
     if let Some(e) = flow {
-        // SAFETY: map value pointer from a successful lookup; racing updates of the
-        // state byte, timestamp and cached fields are benign.
+        // SAFETY: map value pointer from a successful lookup; shared fields change only
+        // through the atomic operations of `conntrack`.
         let e = unsafe { &mut *e };
         if let Some(r) = established(ctx, pkt, ep, node, e, syn, now) {
             return r;
         }
     }
-    let server_port = server_port(pkt, ep)?;
+    let server_port = server_port(ep.service_id, pkt.dport, pkt.proto)?;
     let svc = SERVICES
         .get_ptr(ep.service_id)
         .ok_or(Reason::DropNoService)?;
     // SAFETY: map value pointer from a successful lookup.
-    let svc = unsafe { *svc };
+    let svc = unsafe { &*svc };
     // A remote backend goes through the overlay device, if this node has one.
     let (out, overlay) = if svc.location == SVC_LOCAL {
         (svc.ifindex, None)
@@ -232,16 +205,24 @@ fn forward_inner(
     if pkt.ttl <= 1 {
         return Err(Reason::DropTtlExceeded);
     }
-    let mut stale: Option<RevKey> = None;
-    if let Some(e) = flow {
+    let allowed = whitelisted(ep, pkt.src);
+    if let Some(p) = flow {
         // SAFETY: as above.
-        let e = unsafe { &mut *e };
-        let reusable = expired(e, now, &node.timeouts)
-            || syn && e.state == CT_TCP_CLOSING
-            || e.rev.backend_be != svc.backend_ip_be
-            || e.rev.backend_port_be != server_port
-            || e.out_ifindex != out;
-        if !reusable {
+        let e = unsafe { &mut *p };
+        let (s, owner) = (seen(e), e.owner);
+        if s == vpcep_common::endpoint::CT_KILLED {
+            // Its killer is removing it this instant.
+            return Err(Reason::DropCtBusy);
+        }
+        let current = same_instance(e, ep)
+            && !dead(e, s, now, &node.timeouts)
+            && !conntrack::syn_on_closing(e, syn);
+        if current
+            && allowed
+            && e.rev.backend_be == svc.backend_ip_be
+            && e.rev.backend_port_be == server_port
+            && e.out_ifindex == out
+        {
             // Same backend after a service change: refresh what the fast path caches, the
             // epoch last in program order (volatile stores keep their order). A CPU racing
             // this one may still send a packet with the old fields (BPF stores carry no
@@ -253,59 +234,55 @@ fn forward_inner(
                 core::ptr::write_volatile(&mut e.backend_mac, svc.backend_mac);
                 core::ptr::write_volatile(&mut e.epoch, ep.epoch);
             }
-            return established_inner(ctx, pkt, node, e, overlay, now);
+            return established_inner(ctx, pkt, node, e, overlay, now, s);
         }
-        stale = Some(e.rev);
+        // The flow is over (idle, closed), revoked (other instance of the endpoint, source
+        // no longer whitelisted) or points elsewhere now: it goes, and this packet is
+        // judged as a new flow.
+        if !conntrack::kill(&key, p, s, owner) {
+            return Err(Reason::DropCtBusy);
+        }
+        if current && !allowed {
+            return Err(Reason::DropFlowRevoked);
+        }
     }
     // A new flow.
     if pkt.proto == IPPROTO_TCP && !syn {
         return Err(Reason::DropTcpNoFlow);
     }
-    if ep.flags & EP_SRC_WHITELIST != 0 {
-        let k = Key::new(
-            64,
-            WhitelistKey {
-                endpoint_id_be: ep.endpoint_id.to_be(),
-                src_be: pkt.src,
-            },
-        );
-        if SRC_WHITELIST.get(k).is_none() {
-            return Err(Reason::DropSourceWhitelist);
-        }
+    if !allowed {
+        return Err(Reason::DropSourceWhitelist);
     }
-    if let Some(old) = stale {
-        let _ = CT_REV.remove(old);
-    }
-    let rev = allocate(
-        &key,
-        ifindex,
-        nic,
-        node,
+    // The new entry is built in a per-CPU scratch slot, not on the 512-byte stack.
+    let fe = SCRATCH_FLOW.get_ptr_mut(0).ok_or(Reason::DropHelper)?;
+    // SAFETY: this CPU's slot of a per-CPU map; nothing else runs on it meanwhile.
+    let fe = unsafe { &mut *fe };
+    // Field by field: a struct literal would be built on the stack and copied.
+    fe.rev = RevKey::new(
+        node.snat_ip_be,
         svc.backend_ip_be,
+        0,
         server_port,
-        now,
-    )?;
-    let entry = FlowEntry {
-        rev,
-        endpoint_id: ep.endpoint_id,
-        service_id: ep.service_id,
-        out_ifindex: out,
-        epoch: ep.epoch,
-        remote_node_be,
-        backend_vpc_id: svc.backend_vpc_id,
-        backend_mac: svc.backend_mac,
-        state: if pkt.proto == IPPROTO_TCP {
-            CT_TCP_SYN_SENT
-        } else {
-            CT_UDP
-        },
-        fin: 0,
-        last_seen_ns: now,
+        key.proto,
+    );
+    fe.last_seen_ns = now;
+    fe.ct = if pkt.proto == IPPROTO_TCP {
+        0
+    } else {
+        CT_F_UDP
     };
-    if CT_FWD.insert(key, entry, BPF_ANY as u64).is_err() {
-        let _ = CT_REV.remove(rev);
-        return Err(Reason::DropCtInsert);
-    }
+    fe.endpoint_id = ep.endpoint_id;
+    fe.service_id = ep.service_id;
+    fe.out_ifindex = out;
+    fe.epoch = ep.epoch;
+    fe.generation = ep.generation;
+    fe.remote_node_be = remote_node_be;
+    fe.backend_vpc_id = svc.backend_vpc_id;
+    fe.consumer_ifindex = ifindex;
+    fe.backend_mac = svc.backend_mac;
+    fe.consumer_mac = nic.mac;
+    open_flow(&key, fe, ep, node, now)?;
+    let rev = fe.rev;
     rewrite(
         ctx,
         pkt,
@@ -323,10 +300,10 @@ fn forward_inner(
     Ok((Reason::FwdNewFlow, out))
 }
 
-/// The common case: a live flow whose endpoint's service has not changed since the flow
-/// was resolved. Needs no service or port-mapping lookup. `None` = take the full path
-/// (service changed, flow idle past its timeout, new SYN on a closing flow, overlay
-/// device replaced).
+/// The common case: a live flow of this instance of the endpoint whose epoch has not
+/// changed since the flow was checked. Needs no service, port-mapping or whitelist lookup.
+/// `None` = take the full path (epoch or generation changed, flow idle past its timeout,
+/// new SYN on a closing flow, overlay device replaced).
 #[inline(always)]
 fn established(
     ctx: &TcContext,
@@ -337,10 +314,11 @@ fn established(
     syn: bool,
     now: u64,
 ) -> Option<Result<(Reason, u32), Reason>> {
+    let s = seen(e);
     if e.epoch != ep.epoch
-        || e.service_id != ep.service_id
-        || expired(e, now, &node.timeouts)
-        || syn && e.state == CT_TCP_CLOSING
+        || !same_instance(e, ep)
+        || dead(e, s, now, &node.timeouts)
+        || conntrack::syn_on_closing(e, syn)
     {
         return None;
     }
@@ -352,7 +330,7 @@ fn established(
             _ => return None,
         }
     };
-    Some(established_inner(ctx, pkt, node, e, overlay, now))
+    Some(established_inner(ctx, pkt, node, e, overlay, now, s))
 }
 
 #[inline(always)]
@@ -363,6 +341,7 @@ fn established_inner(
     e: &mut FlowEntry,
     overlay: Option<TunnelConfig>,
     now: u64,
+    seen: u64,
 ) -> Result<(Reason, u32), Reason> {
     if node.snat_ip_be == 0 {
         return Err(Reason::DropNodeNotConfigured);
@@ -370,7 +349,10 @@ fn established_inner(
     if pkt.ttl <= 1 {
         return Err(Reason::DropTtlExceeded);
     }
-    track(e, pkt, false, now);
+    if !touch(e, seen, now) {
+        return Err(Reason::DropCtBusy);
+    }
+    track(e, pkt, false);
     let rev = e.rev;
     rewrite(
         ctx,
@@ -389,72 +371,76 @@ fn established_inner(
     Ok((Reason::FwdEstablished, e.out_ifindex))
 }
 
-/// Finds a SNAT port whose reverse key is free (or held by a dead flow) and claims it with
-/// an insert-if-absent, so two CPUs can never hand out the same port to one backend.
-#[inline(always)]
-fn allocate(
+/// Opens the flow `key` whose entry is prepared in `fe` (all but its claim): counts it
+/// against its endpoint's limits, claims a SNAT port and inserts the entry. On any
+/// failure nothing is left held. Not inlined: a BPF function of its own keeps the caller
+/// within the 512-byte stack.
+#[inline(never)]
+fn open_flow(
     key: &FlowKey,
-    ifindex: u32,
-    nic: &LocalNic,
+    fe: &mut FlowEntry,
+    ep: &Endpoint,
     node: &NodeConfig,
-    backend: u32,
-    server_port: u16,
     now: u64,
-) -> Result<RevKey, Reason> {
+) -> Result<(), Reason> {
+    conntrack::admit(ep, now)?;
+    fe.owner = conntrack::new_owner(now);
+    if let Err(r) = claim(key, fe, node, now) {
+        conntrack::flow_done(ep.endpoint_id);
+        return Err(r);
+    }
+    if let Err(e) = CT_FWD.insert(key, &*fe, BPF_NOEXIST as u64) {
+        conntrack::release_claim(&fe.rev, fe.owner);
+        conntrack::flow_done(ep.endpoint_id);
+        // Full, or another CPU created this tuple's flow in between (-EEXIST).
+        return Err(if e == -17 {
+            Reason::DropCtBusy
+        } else {
+            Reason::DropCtFull
+        });
+    }
+    Ok(())
+}
+
+/// Claims a SNAT port for the new flow in `fe` (whose `rev` names all but the port):
+/// probes from a hash of the tuple and takes the first claim that is free or whose holder
+/// is dead (`conntrack::try_claim`), leaving it in `fe.rev`. The probe key and the claim
+/// live in map memory and the loop re-reads what it needs: registers spilled around the
+/// helper calls would otherwise take the stack the caller's frame leaves.
+#[inline(always)]
+fn claim(key: &FlowKey, fe: &mut FlowEntry, node: &NodeConfig, now: u64) -> Result<(), Reason> {
     let lo = node.port_lo as u32;
     let hi = node.port_hi as u32;
     if hi < lo || lo == 0 {
         return Err(Reason::DropNodeNotConfigured);
     }
-    let range = hi - lo + 1;
-    let start = snat_port_start(key, backend, server_port);
-    let value = RevEntry {
-        fwd: *key,
-        consumer_ifindex: ifindex,
-        consumer_mac: nic.mac,
-        _pad: [0; 2],
-    };
+    let start = snat_port_start(key, fe.rev.backend_be, fe.rev.backend_port_be);
+    let value = SCRATCH_CLAIM.get_ptr_mut(0).ok_or(Reason::DropHelper)?;
+    // SAFETY: this CPU's slot of a per-CPU map.
+    let value = unsafe { &mut *value };
+    value.owner = fe.owner;
+    value.fwd = *key;
     for i in 0..SNAT_PROBES {
-        let port = lo + start.wrapping_add(i) % range;
-        let rk = RevKey::new(
-            node.snat_ip_be,
-            backend,
-            (port as u16).to_be(),
-            server_port,
-            key.proto,
-        );
-        // Look before inserting: a failed insert into an LRU map still takes and returns
-        // a free element, which costs more than the lookup.
-        if CT_REV.get_ptr(rk).is_none() && CT_REV.insert(rk, value, BPF_NOEXIST as u64).is_ok() {
-            return Ok(rk);
-        }
-        // Taken: reuse it only if the flow holding it is gone or idle past its timeout.
-        let holder = match CT_REV.get_ptr(rk) {
-            // SAFETY: map value pointer from a successful lookup.
-            Some(p) => unsafe { (*p).fwd },
-            None => continue,
+        // SAFETY: plain reads of valid fields (volatile: re-read, not kept in registers).
+        let (lo, hi) = unsafe {
+            (
+                core::ptr::read_volatile(&node.port_lo) as u32,
+                core::ptr::read_volatile(&node.port_hi) as u32,
+            )
         };
-        let dead = match CT_FWD.get_ptr(holder) {
-            // SAFETY: map value pointer from a successful lookup.
-            Some(e) => unsafe { (*e).rev != rk || expired(&*e, now, &node.timeouts) },
-            None => true,
-        };
-        if dead && CT_REV.insert(rk, value, BPF_ANY as u64).is_ok() {
-            if let Some(e) = CT_FWD.get_ptr(holder) {
-                // SAFETY: as above.
-                if unsafe { (*e).rev == rk } {
-                    let _ = CT_FWD.remove(holder);
-                }
-            }
-            return Ok(rk);
+        let range = hi.wrapping_sub(lo) + 1;
+        fe.rev.snat_port_be = ((lo + start.wrapping_add(i) % range) as u16).to_be();
+        if conntrack::try_claim(&fe.rev, value, now, &node.timeouts)? {
+            return Ok(());
         }
     }
     Err(Reason::DropSnatExhausted)
 }
 
-/// Validates a reverse entry for a packet arriving on `ifindex`: the flow is live, came
-/// from this backend NIC, and its endpoint is still accepted and permitted. Returns the
-/// forward entry.
+/// Validates a port claim for a packet arriving on `ifindex`: the flow holding it is
+/// live, of the current instance of its endpoint, came from this backend NIC (or tunnel
+/// peer), and its endpoint is still accepted and permitted and still allows it. Returns
+/// the forward entry and its `last_seen` as read.
 #[inline(always)]
 pub fn check_reverse(
     rk: &RevKey,
@@ -463,13 +449,17 @@ pub fn check_reverse(
     node: &NodeConfig,
     now: u64,
     peer: Option<Peer>,
-) -> Result<*mut FlowEntry, Reason> {
+) -> Result<(*mut FlowEntry, u64), Reason> {
+    if rv.owner == CLAIM_RELEASED {
+        return Err(Reason::DropNoReverseFlow);
+    }
     let e = CT_FWD
         .get_ptr_mut(rv.fwd)
         .ok_or(Reason::DropNoReverseFlow)?;
     // SAFETY: map value pointer from a successful lookup.
     let fe = unsafe { &*e };
-    if fe.rev != *rk || expired(fe, now, &node.timeouts) {
+    let s = seen(fe);
+    if fe.owner != rv.owner || fe.rev != *rk || dead(fe, s, now, &node.timeouts) {
         return Err(Reason::DropNoReverseFlow);
     }
     // A remote backend's replies come only through the overlay program, which passes the
@@ -504,7 +494,30 @@ pub fn check_reverse(
         stats::endpoint_drop(ep.endpoint_id);
         return Err(r);
     }
-    Ok(e)
+    if !same_instance(fe, ep) || ep.epoch != fe.epoch && !still_allowed(fe, rk, rv, ep) {
+        stats::endpoint_drop(ep.endpoint_id);
+        return Err(Reason::DropFlowRevoked);
+    }
+    Ok((e, s))
+}
+
+/// After an epoch change the consumer's next packet re-checks the flow; until then its
+/// replies are checked here: the source whitelist and the port mapping must still allow
+/// the flow, to the same backend.
+#[inline(always)]
+fn still_allowed(fe: &FlowEntry, rk: &RevKey, rv: &RevEntry, ep: &Endpoint) -> bool {
+    if !whitelisted(ep, rv.fwd.src_be) {
+        return false;
+    }
+    let Ok(port) = server_port(fe.service_id, rv.fwd.dport_be, rv.fwd.proto) else {
+        return false;
+    };
+    port == rk.backend_port_be
+        && match SERVICES.get_ptr(fe.service_id) {
+            // SAFETY: map value pointer from a successful lookup.
+            Some(s) => unsafe { (*s).backend_ip_be == rk.backend_be },
+            None => false,
+        }
 }
 
 /// Backend → SNAT address. Returns the reason and the consumer NIC to redirect to.
@@ -524,16 +537,20 @@ pub fn reverse(
     }
     let rk = RevKey::new(pkt.dst, pkt.src, pkt.dport, pkt.sport, pkt.proto);
     let rv = CT_REV.get_ptr(rk).ok_or(Reason::DropNoReverseFlow)?;
-    // SAFETY: map value pointer from a successful lookup.
+    // SAFETY: map value pointer from a successful lookup; claims are never rewritten.
     let rv = unsafe { *rv };
     let now = now();
-    let e = check_reverse(&rk, &rv, ifindex, node, now, peer)?;
+    let (e, s) = check_reverse(&rk, &rv, ifindex, node, now, peer)?;
     if pkt.ttl <= 1 {
         return Err(Reason::DropTtlExceeded);
     }
     // SAFETY: map value pointer from check_reverse.
     let e = unsafe { &mut *e };
-    track(e, pkt, true, now);
+    if !touch(e, s, now) {
+        return Err(Reason::DropCtBusy);
+    }
+    track(e, pkt, true);
+    let (out, mac) = (e.consumer_ifindex, e.consumer_mac);
     stats::endpoint(e.endpoint_id, ctx.len() as u64, 0);
     rewrite(
         ctx,
@@ -542,13 +559,13 @@ pub fn reverse(
         rv.fwd.src_be,
         rv.fwd.dport_be,
         rv.fwd.sport_be,
-        &rv.consumer_mac,
+        &mac,
         &node.vmac,
     )?;
     if let Some(p) = peer {
         tunnel::clamp_mss(ctx, pkt, p.mss)?;
     }
-    Ok((Reason::RevReply, rv.consumer_ifindex))
+    Ok((Reason::RevReply, out))
 }
 
 /// Rewrites addresses, ports, TTL and MACs. The L4 checksum goes through the kernel's

@@ -16,7 +16,7 @@ use vpcep_common::{
 };
 
 use crate::{
-    maps::{SNAT_OWNERS, TUNNEL},
+    maps::{SNAT_OWNERS, TUNNEL, TUNNEL_KEY},
     parse::{Frame, Ipv4Packet, TCP_SYN},
 };
 
@@ -55,17 +55,21 @@ pub fn mss(t: &TunnelConfig) -> u16 {
 /// it with `vni` toward `remote_be`.
 #[inline(always)]
 pub fn encap(ctx: &TcContext, remote_be: u32, vni: u32) -> Result<(), Reason> {
-    // SAFETY: bpf_tunnel_key is plain data (integers and unions of integers).
-    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
-    key.tunnel_id = vni;
+    // In per-CPU scratch space rather than on the stack, which the new-flow path needs.
+    let key = TUNNEL_KEY.get_ptr_mut(0).ok_or(Reason::DropHelper)?;
+    // SAFETY: this CPU's slot of a per-CPU map; bpf_tunnel_key is plain data.
+    let k = unsafe { &mut *key };
+    // SAFETY: as above.
+    *k = unsafe { core::mem::zeroed() };
+    k.tunnel_id = vni;
     // The helper takes the address in host order.
-    key.__bindgen_anon_1.remote_ipv4 = u32::from_be(remote_be);
-    key.tunnel_ttl = OUTER_TTL;
+    k.__bindgen_anon_1.remote_ipv4 = u32::from_be(remote_be);
+    k.tunnel_ttl = OUTER_TTL;
     // SAFETY: valid skb and key pointers; flags 0 keeps the outer UDP checksum on.
     let r = unsafe {
         bpf_skb_set_tunnel_key(
             ctx.skb.skb,
-            &mut key,
+            key,
             core::mem::size_of::<bpf_tunnel_key>() as u32,
             0,
         )

@@ -508,6 +508,9 @@ pub fn compute(state: &FeedState, local: &Local, ids: &mut Ids) -> Desired {
                 marker_id,
                 flags,
                 epoch,
+                generation: 1,
+                max_flows: 0,
+                new_flows_per_sec: 0,
             },
         );
     }
@@ -665,6 +668,7 @@ mod tests {
                 marker_id: 9,
                 flags: 0,
                 epoch: 0,
+                ..Endpoint::default()
             }]
             .iter(),
         );

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use vpcep_common::endpoint::{
-    CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN_SENT, CT_UDP, EndpointKey, FlowEntry, LocalAddr,
-    LocalNic, Timeouts,
+    EndpointKey, FlowEntry, FlowKey, GC_BATCH, GC_EXPIRED, GC_FLUSH, GC_ORPHAN_CLAIMS, LocalAddr,
+    LocalNic, RevKey, Timeouts, idle_timeout_s,
 };
 
 use super::desired::Desired;
@@ -186,14 +186,7 @@ impl Syncer {
 
 /// Idle timeout of a conntrack entry, in nanoseconds.
 pub fn idle_limit_ns(entry: &FlowEntry, t: &Timeouts) -> u64 {
-    let secs = match entry.state {
-        CT_TCP_SYN_SENT => t.tcp_syn,
-        CT_TCP_ESTABLISHED => t.tcp_established,
-        CT_TCP_CLOSING => t.tcp_closing,
-        CT_UDP => t.udp,
-        _ => t.tcp_syn,
-    };
-    u64::from(secs) * 1_000_000_000
+    idle_timeout_s(entry.state(), t) * 1_000_000_000
 }
 
 /// The clock the fast path stamps flows with (CLOCK_MONOTONIC, read at tick resolution).
@@ -207,37 +200,59 @@ pub fn monotonic_ns() -> u64 {
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
-/// Deletes the flows (both entries) of endpoints not in `live`: a deleted endpoint's flows
-/// go at once rather than at their idle timeout. Returns how many flows were removed.
+/// Hands `keys` to the GC program in batches; returns (removed, busy).
+fn gc_batches<K: Copy>(
+    dp: &mut Dataplane,
+    keys: &[K],
+    run: impl Fn(&mut Dataplane, &[K]) -> Result<(u32, u32), DataplaneError>,
+) -> Result<(usize, usize), DataplaneError> {
+    let (mut removed, mut busy) = (0, 0);
+    for chunk in keys.chunks(GC_BATCH) {
+        let (r, b) = run(dp, chunk)?;
+        removed += r as usize;
+        busy += b as usize;
+    }
+    Ok((removed, busy))
+}
+
+/// Removes the flows (both entries) of endpoints not in `live`: a deleted endpoint's flows
+/// go at once rather than at their idle timeout. The kernel's GC program removes them, so
+/// a flow created on a reused tuple since the listing is never touched. Returns how many
+/// flows were removed; an error leaves the rest for the next try.
 pub fn flush_flows(
     dp: &mut Dataplane,
     live: &std::collections::HashSet<u32>,
 ) -> Result<usize, DataplaneError> {
-    let mut removed = 0;
-    for (k, e) in dp.flows()? {
-        if !live.contains(&e.endpoint_id) {
-            dp.remove_rev(&e.rev)?;
-            dp.remove_flow(&k)?;
-            removed += 1;
-        }
-    }
+    let doomed: Vec<FlowKey> = dp
+        .flows()?
+        .into_iter()
+        .filter(|(_, e)| !live.contains(&e.endpoint_id))
+        .map(|(k, _)| k)
+        .collect();
+    let (removed, _) = gc_batches(dp, &doomed, |dp, c| dp.gc(GC_FLUSH, c, &[]))?;
     Ok(removed)
 }
 
-/// Deletes forward entries idle past their state's timeout, and their reverse entries.
-/// Returns (entries remaining, entries removed).
+/// Removes forward entries idle past their state's timeout with their port claims, and
+/// port claims no flow holds any more. The listing only picks candidates; the kernel's GC
+/// program judges each one at that instant. Returns (entries remaining, entries removed).
 pub fn gc_conntrack(dp: &mut Dataplane, t: &Timeouts) -> Result<(usize, usize), DataplaneError> {
     let now = monotonic_ns();
     let flows = dp.flows()?;
-    let mut removed = 0;
-    for (k, e) in &flows {
-        if now.saturating_sub(e.last_seen_ns) > idle_limit_ns(e, t) {
-            // Reverse first: a reply arriving in between finds no entry and is dropped
-            // rather than translated for a flow that is going away.
-            dp.remove_rev(&e.rev)?;
-            dp.remove_flow(k)?;
-            removed += 1;
-        }
-    }
-    Ok((flows.len() - removed, removed))
+    let idle: Vec<FlowKey> = flows
+        .iter()
+        .filter(|(_, e)| now.saturating_sub(e.last_seen_ns) > idle_limit_ns(e, t))
+        .map(|(k, _)| *k)
+        .collect();
+    let (removed, _) = gc_batches(dp, &idle, |dp, c| dp.gc(GC_EXPIRED, c, &[]))?;
+    let held: std::collections::HashMap<FlowKey, (RevKey, u64)> =
+        flows.iter().map(|(k, e)| (*k, (e.rev, e.owner))).collect();
+    let orphans: Vec<RevKey> = dp
+        .revs()?
+        .into_iter()
+        .filter(|(rk, rv)| held.get(&rv.fwd) != Some(&(*rk, rv.owner)))
+        .map(|(rk, _)| rk)
+        .collect();
+    let (released, _) = gc_batches(dp, &orphans, |dp, c| dp.gc(GC_ORPHAN_CLAIMS, &[], c))?;
+    Ok((flows.len() - removed, removed + released))
 }

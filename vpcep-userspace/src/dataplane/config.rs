@@ -183,6 +183,12 @@ pub struct EndpointSection {
     pub permitted: bool,
     #[serde(default)]
     pub whitelist: Vec<String>,
+    /// Live flows the endpoint may hold; 0 (default) = no limit.
+    #[serde(default)]
+    pub max_flows: u32,
+    /// New flows per second the endpoint may open; 0 (default) = no limit.
+    #[serde(default)]
+    pub new_flows_per_sec: u32,
 }
 
 fn yes() -> bool {
@@ -389,6 +395,10 @@ impl MapConfig {
                     service_id: e.service,
                     marker_id: e.id,
                     flags,
+                    // One instance per configured endpoint: the file has no history.
+                    generation: 1,
+                    max_flows: e.max_flows,
+                    new_flows_per_sec: e.new_flows_per_sec,
                     epoch: services
                         .iter()
                         .find(|(id, _)| *id == e.service)

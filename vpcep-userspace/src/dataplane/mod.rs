@@ -15,14 +15,15 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
         links::{FdLink, LinkError},
     },
 };
 use vpcep_common::{
     endpoint::{
-        Endpoint, EndpointCounters, EndpointKey, FlowEntry, FlowKey, LocalAddr, LocalNic,
-        NodeConfig, PortKey, PortTarget, RevEntry, RevKey, Service, TunnelConfig, WhitelistKey,
+        Endpoint, EndpointCounters, EndpointFlows, EndpointKey, FlowEntry, FlowKey, GC_BATCH,
+        GcRequest, LocalAddr, LocalNic, NodeConfig, PortKey, PortTarget, RevEntry, RevKey, Service,
+        TunnelConfig, WhitelistKey,
     },
     maps,
     stats::{Counter, Hook, Reason, stats_index},
@@ -67,6 +68,8 @@ pub enum DataplaneError {
         #[source]
         source: aya::pin::PinError,
     },
+    #[error("the conntrack GC program refused its request")]
+    Gc,
     #[error("link to pin at {path}")]
     Link {
         path: PathBuf,
@@ -536,6 +539,74 @@ impl Dataplane {
         self.hash::<FlowKey, FlowEntry>(name)?
             .iter()
             .collect::<Result<_, _>>()
+            .map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    /// Hands up to [`GC_BATCH`] keys to the GC program and runs it (BPF_PROG_TEST_RUN):
+    /// forward keys for `GC_EXPIRED`/`GC_FLUSH`, claims for `GC_ORPHAN_CLAIMS`. The program
+    /// judges each entry itself, at that instant, so a stale view here never removes a
+    /// newer flow. Returns (removed, busy).
+    pub fn gc(
+        &mut self,
+        mode: u32,
+        flows: &[FlowKey],
+        claims: &[RevKey],
+    ) -> Result<(u32, u32), DataplaneError> {
+        let mut req = GcRequest {
+            mode,
+            ..GcRequest::default()
+        };
+        let n = flows.len().max(claims.len()).min(GC_BATCH);
+        req.count = n as u32;
+        for (slot, k) in req.flows.iter_mut().zip(flows) {
+            *slot = *k;
+        }
+        for (slot, k) in req.claims.iter_mut().zip(claims) {
+            *slot = *k;
+        }
+        self.set_slot0(maps::GC_REQUEST, req)?;
+        let name = maps::PROG_GC;
+        // Any frame will do: the program reads only its request.
+        let frame = [0u8; 64];
+        let res = self
+            .tc_named(name)?
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                ..Default::default()
+            })
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        if res.return_value != 0 {
+            return Err(DataplaneError::Gc);
+        }
+        let done: GcRequest = self.slot0(maps::GC_REQUEST)?;
+        Ok((done.removed, done.busy))
+    }
+
+    /// An endpoint's flow accounting (live flows, new flows this second).
+    pub fn endpoint_flows(&self, endpoint_id: u32) -> Result<EndpointFlows, DataplaneError> {
+        let name = maps::EP_FLOWS;
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        let array: Array<&MapData, EndpointFlows> =
+            Array::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
+        array
+            .get(&endpoint_id, 0)
+            .map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    /// Zeroes an endpoint id's flow accounting (the id is given to a new endpoint).
+    pub fn reset_endpoint_flows(&mut self, endpoint_id: u32) -> Result<(), DataplaneError> {
+        let name = maps::EP_FLOWS;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        let mut array: Array<&mut MapData, EndpointFlows> =
+            Array::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
+        array
+            .set(endpoint_id, EndpointFlows::default(), 0)
             .map_err(|source| DataplaneError::Map { name, source })
     }
 

@@ -191,7 +191,7 @@ pub fn flows(dir: &Path, limit: usize) -> Result<Vec<FlowRow>, PinnedError> {
             endpoint: format!("{}:{}", ip(k.dst_be), port(k.dport_be)),
             snat: format!("{}:{}", ip(e.rev.snat_be), port(e.rev.snat_port_be)),
             backend: format!("{}:{}", ip(e.rev.backend_be), port(e.rev.backend_port_be)),
-            state: match e.state {
+            state: match e.state() {
                 CT_TCP_SYN_SENT => "syn-sent",
                 CT_TCP_ESTABLISHED => "established",
                 CT_TCP_CLOSING => "closing",
