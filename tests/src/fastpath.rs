@@ -245,6 +245,28 @@ pub fn icmp_frag_needed(
     out
 }
 
+/// The forward conntrack key of `src:sport` in VPC 1 to `dst:dport`.
+pub fn flow_key(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> FlowKey {
+    FlowKey::new(1, be(src), be(dst), sport.to_be(), dport.to_be(), proto)
+}
+
+/// Makes flow `key` look idle for `secs` seconds, its port claim as old (the CPU-safe
+/// claim protocol never takes over a claim younger than `CLAIM_GUARD_S`). Relative to
+/// the clock, so it holds on a machine that booted a moment ago (given `secs` of uptime).
+pub fn age_flow(dp: &mut Dataplane, key: &FlowKey, secs: u64) {
+    let now = crate::monotonic_ns();
+    let back = secs * 1_000_000_000;
+    assert!(now > back, "uptime shorter than {secs} s");
+    let mut f = dp.flow(key).unwrap().expect("flow to age");
+    let mut claim = dp.rev(&f.rev).unwrap().expect("its claim");
+    let owner = flow_owner((now - back) / 1_000_000_000, f.owner >> 12, 0);
+    f.owner = owner;
+    f.last_seen_ns = now - back;
+    claim.owner = owner;
+    dp.insert_rev(f.rev, claim).unwrap();
+    dp.insert_flow(*key, f).unwrap();
+}
+
 /// Result of one run through a program.
 pub struct Run {
     pub verdict: u32,

@@ -161,6 +161,7 @@ fn random_model(rng: &mut Rng, nics: &Nics, round: u32) -> Model {
         if rng.chance(85) {
             let id = round * 8 + k as u32;
             let flags = rng.below(8) as u32
+                | if rng.chance(5) { EP_TOMBSTONE } else { 0 }
                 | if rng.chance(60) {
                     EP_ACCEPTED | EP_PERMITTED
                 } else {
@@ -478,31 +479,81 @@ fn packet(rng: &mut Rng, m: &Model, nics: &Nics) -> (u32, Vec<u8>) {
     (ifx, f)
 }
 
+/// Compares conntrack state up to owner ids (the kernel's come from per-CPU counters):
+/// each side's claims must name owners their flows hold, and the rest must be equal.
 fn same_flows(dp: &mut Dataplane, m: &Model) -> Result<(), String> {
-    let strip = |mut e: FlowEntry| {
-        e.last_seen_ns = 0;
-        e
-    };
-    let kernel: BTreeMap<_, _> = dp
-        .flows()
-        .unwrap()
-        .into_iter()
-        .map(|(k, v)| (k, strip(v)))
-        .collect();
-    let model: BTreeMap<_, _> = m.fwd.iter().map(|(k, v)| (*k, strip(*v))).collect();
-    if kernel != model {
+    fn normalised(
+        fwd: &BTreeMap<FlowKey, FlowEntry>,
+        rev: &BTreeMap<RevKey, RevEntry>,
+    ) -> (
+        BTreeMap<FlowKey, FlowEntry>,
+        BTreeMap<RevKey, (FlowKey, bool)>,
+    ) {
+        let f = fwd
+            .iter()
+            .map(|(k, e)| {
+                let mut e = *e;
+                e.last_seen_ns = 0;
+                e.owner = 0;
+                (*k, e)
+            })
+            .collect();
+        let r = rev
+            .iter()
+            .map(|(rk, rv)| {
+                let held = fwd
+                    .get(&rv.fwd)
+                    .is_some_and(|e| e.owner == rv.owner && e.rev == *rk);
+                (*rk, (rv.fwd, held))
+            })
+            .collect();
+        (f, r)
+    }
+    let kf: BTreeMap<_, _> = dp.flows().unwrap().into_iter().collect();
+    let kr: BTreeMap<_, _> = dp.revs().unwrap().into_iter().collect();
+    let (kernel_fwd, kernel_rev) = normalised(&kf, &kr);
+    let (model_fwd, model_rev) = normalised(&m.fwd, &m.rev);
+    if kernel_fwd != model_fwd {
         return Err(format!(
-            "forward conntrack differs:\n kernel {kernel:?}\n model  {model:?}"
+            "forward conntrack differs:\n kernel {kernel_fwd:?}\n model  {model_fwd:?}"
         ));
     }
-    let kernel: BTreeMap<_, _> = dp.revs().unwrap().into_iter().collect();
-    if kernel != m.rev {
+    if kernel_rev != model_rev {
         return Err(format!(
-            "reverse conntrack differs:\n kernel {kernel:?}\n model  {:?}",
-            m.rev
+            "port claims differ:\n kernel {kernel_rev:?}\n model  {model_rev:?}"
         ));
+    }
+    for (id, live) in &m.ep_live {
+        let got = dp.endpoint_flows(*id).unwrap().live as i64;
+        if got != *live {
+            return Err(format!(
+                "endpoint {id}: kernel counts {got} live flows, model {live}"
+            ));
+        }
     }
     Ok(())
+}
+
+/// Ages flow `k` past any timeout and its claim past the claim guard, in both (relative to
+/// the clock, so that it holds on a machine that booted a moment ago).
+fn age(dp: &mut Dataplane, m: &mut Model, k: &FlowKey) {
+    let now = monotonic_ns();
+    let seen = now.saturating_sub(100_000 * 1_000_000_000);
+    let since = |owner: u64| flow_owner(0, owner >> 12, (owner & 0xfff) as u32);
+    let e = m.fwd.get_mut(k).unwrap();
+    e.last_seen_ns = seen;
+    if let Some(r) = m.rev.get_mut(&e.rev).filter(|r| r.owner == e.owner) {
+        r.owner = since(r.owner);
+    }
+    e.owner = since(e.owner);
+    let mut ke = dp.flow(k).unwrap().unwrap();
+    if let Some(mut r) = dp.rev(&ke.rev).unwrap().filter(|r| r.owner == ke.owner) {
+        r.owner = since(r.owner);
+        dp.insert_rev(ke.rev, r).unwrap();
+    }
+    ke.owner = since(ke.owner);
+    ke.last_seen_ns = seen;
+    dp.insert_flow(*k, ke).unwrap();
 }
 
 #[test]
@@ -533,9 +584,7 @@ fn kernel_matches_reference_model() {
                 if i % 50 == 49 && !m.fwd.is_empty() {
                     // Age a flow past its timeout, in both.
                     let k = *m.fwd.keys().nth(rng.below(m.fwd.len() as u64) as usize).unwrap();
-                    let e = m.fwd.get_mut(&k).unwrap();
-                    e.last_seen_ns = 0;
-                    dp.insert_flow(k, *e).unwrap();
+                    age(&mut dp, &mut m, &k);
                 }
                 if i % 50 == 24 && !m.endpoints.is_empty() {
                     // A service change as the agent makes it: new epoch on an endpoint, and
@@ -543,6 +592,10 @@ fn kernel_matches_reference_model() {
                     let k = *m.endpoints.keys().nth(rng.below(m.endpoints.len() as u64) as usize).unwrap();
                     let ep = m.endpoints.get_mut(&k).unwrap();
                     ep.epoch = ep.epoch.wrapping_add(1);
+                    if rng.chance(25) {
+                        // Re-accepted (or deleted and recreated): a new instance.
+                        ep.generation = ep.generation.wrapping_add(1);
+                    }
                     dp.set_endpoint(k, *ep).unwrap();
                     let svc = ep.service_id;
                     if let Some((pk, pt)) = m.ports.iter_mut().find(|(pk, _)| pk.service_id == svc) {
@@ -631,6 +684,9 @@ fn kernel_matches_reference_model() {
             Reason::DropSourceWhitelist,
             Reason::DropTcpNoFlow,
             Reason::DropNoReverseFlow,
+            Reason::DropEndpointDeleted,
+            Reason::DropEndpointFlowLimit,
+            Reason::DropFlowRevoked,
         ] {
             assert!(reasons.get(r.name()).copied().unwrap_or(0) > 0, "never reached {}", r.name());
         }

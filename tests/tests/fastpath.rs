@@ -483,8 +483,11 @@ fn snat_ports_never_collide_and_exhaustion_is_counted() {
     require_root();
     let (ns, n) = namespace();
     ns.run(|| {
-        // Two ports only.
+        // Two ports only; a SYN flow dies after 2 s (aged below relative to the clock).
         let mut dp = scenario(&n, PORT_LO, PORT_LO + 1);
+        let mut cfg = node(PORT_LO, PORT_LO + 1);
+        cfg.timeouts.tcp_syn = 2;
+        dp.set_node(cfg).unwrap();
         let a = open_flow(&mut dp, &n, 37000);
         let b = open_flow(&mut dp, &n, 37001);
         assert_ne!(
@@ -504,11 +507,10 @@ fn snat_ports_never_collide_and_exhaustion_is_counted() {
             proto: IPPROTO_TCP,
             _pad: [0; 3],
         };
-        let mut f = dp.flow(&key).unwrap().unwrap();
-        f.last_seen_ns = 0;
-        dp.insert_flow(key, f).unwrap();
+        age_flow(&mut dp, &key, 3);
         let out = tc(&mut dp, n.c, &c, Reason::FwdNewFlow, TC_REDIRECT);
         assert_eq!(port_of(&out, 34), port_of(&a, 34));
+        assert!(dp.flow(&key).unwrap().is_none(), "the dead holder is gone");
     })
     .unwrap();
 }
