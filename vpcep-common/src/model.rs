@@ -828,6 +828,9 @@ impl Model {
                 ip_be: rv.fwd.dst_be,
             })
             .ok_or(Reason::DropNotAccepted)?;
+        if ep.flags & EP_TOMBSTONE != 0 {
+            return Err(Reason::DropEndpointDeleted);
+        }
         if ep.endpoint_id != fe.endpoint_id {
             return Err(Reason::DropNotAccepted);
         }

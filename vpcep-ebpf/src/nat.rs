@@ -487,6 +487,9 @@ pub fn check_reverse(
         .ok_or(Reason::DropNotAccepted)?;
     // SAFETY: map value pointer from a successful lookup.
     let ep = unsafe { &*ep };
+    if ep.flags & EP_TOMBSTONE != 0 {
+        return Err(Reason::DropEndpointDeleted);
+    }
     if ep.endpoint_id != fe.endpoint_id {
         return Err(Reason::DropNotAccepted);
     }

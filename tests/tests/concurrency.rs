@@ -1,0 +1,237 @@
+//! The fast path under CPU races: several threads run BPF_PROG_TEST_RUN on one set of
+//! maps (pinned, each thread with its own loaded programs) so that both CPUs open, refresh,
+//! take over and close flows at once. Ports are forced to collide; afterwards (and during)
+//! no SNAT port may be held by two live flows, no reply may reach another consumer, and no
+//! TCP state update of either direction may be lost.
+use std::{
+    path::PathBuf,
+    sync::{Arc, Barrier},
+    time::{Duration, Instant},
+};
+
+use vpcep::dataplane::Dataplane;
+use vpcep_common::endpoint::*;
+use vpcep_tests::{fastpath::*, monotonic_ns, require_root, spawn_in};
+
+const TC_REDIRECT: u32 = 7;
+
+/// A bpffs directory for this test's pinned maps, removed on drop.
+struct Pins(PathBuf);
+
+impl Pins {
+    fn new(what: &str) -> Self {
+        Self(PathBuf::from(format!(
+            "/sys/fs/bpf/vpcep-test-{what}-{}-{}",
+            std::process::id(),
+            monotonic_ns()
+        )))
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn port_of(f: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([f[at], f[at + 1]])
+}
+
+/// Every live flow holds its claim, and no two live flows hold one claim.
+fn claims_are_exclusive(dp: &mut Dataplane, t: &Timeouts) {
+    let now = monotonic_ns();
+    let flows = dp.flows().unwrap();
+    let mut held = std::collections::HashMap::new();
+    for (k, e) in &flows {
+        if e.dead(now, t) {
+            continue;
+        }
+        let claim = dp.rev(&e.rev).unwrap().expect("a live flow's claim");
+        assert_eq!(
+            (claim.owner, claim.fwd),
+            (e.owner, *k),
+            "claim {:?} names another flow",
+            e.rev
+        );
+        if let Some(other) = held.insert(e.rev, *k) {
+            panic!("port claim {:?} held by {other:?} and {k:?}", e.rev);
+        }
+    }
+}
+
+#[test]
+fn no_port_is_shared_and_no_reply_misdelivered_under_contention() {
+    require_root();
+    let (ns, n) = namespace();
+    let pins = Pins::new("contention");
+    // Sixteen SNAT ports for four threads' flows; a UDP flow dies after 1 s idle, so ports
+    // keep changing hands between the threads' flows.
+    let mut cfg = node(PORT_LO, PORT_LO + 15);
+    cfg.timeouts.udp = 1;
+    ns.run(|| {
+        let mut dp = Dataplane::load_pinned(&pins.0).unwrap();
+        fill(&mut dp, &n, PORT_LO, PORT_LO + 15);
+        dp.set_node(cfg).unwrap();
+    })
+    .unwrap();
+    let threads = 4;
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let dir = pins.0.clone();
+            let barrier = barrier.clone();
+            let (nic, mac, ip) = if t % 2 == 0 {
+                (n.c, C_MAC, C_IP)
+            } else {
+                (n.x, X_MAC, X_IP)
+            };
+            let b = n.b;
+            spawn_in(ns.name(), move || {
+                let mut dp = Dataplane::load_pinned(&dir).unwrap();
+                run_tc(&mut dp, nic, &udp(mac, VMAC, ip, EP_IP, 1, 5353, b""));
+                barrier.wait();
+                let (mut opened, mut replies, mut wrong) = (0u64, 0u64, Vec::new());
+                let first = 20000 + t as u16 * 2000;
+                let deadline = Instant::now() + Duration::from_secs(5);
+                // The thread's live flows: each new one that gets a port joins, the oldest
+                // is abandoned (and dies 1 s later, freeing its port for a takeover).
+                let mut live: std::collections::VecDeque<u16> = Default::default();
+                let mut i = 0u32;
+                while Instant::now() < deadline && i < 10_000_000 {
+                    i += 1;
+                    let new = first + (i % 2000) as u16;
+                    let mut tries: Vec<u16> = live.iter().copied().collect();
+                    tries.push(new);
+                    for sport in tries {
+                        let q = udp(mac, VMAC, ip, EP_IP, sport, 5353, b"q");
+                        let r = run_tc(&mut dp, nic, &q);
+                        if r.verdict != TC_REDIRECT {
+                            continue;
+                        }
+                        if sport == new {
+                            opened += 1;
+                            live.push_back(new);
+                            if live.len() > 2 {
+                                live.pop_front();
+                            }
+                        }
+                        // The flow was alive this instant: a reply on its port is its own.
+                        let snat = port_of(&r.out, 34);
+                        let reply = udp(B_MAC, VMAC, B_IP, SNAT_IP, 53, snat, b"r");
+                        let back = run_tc(&mut dp, b, &reply);
+                        if back.verdict == TC_REDIRECT {
+                            replies += 1;
+                            let to = (back.out[30..34].to_vec(), port_of(&back.out, 36));
+                            if to != (ip.to_vec(), sport) && wrong.len() < 5 {
+                                wrong.push(format!("reply for {ip:?}:{sport} went to {to:?}"));
+                            }
+                        }
+                    }
+                }
+                (opened, replies, wrong)
+            })
+        })
+        .collect();
+    let mut total = (0, 0);
+    for h in handles {
+        let (opened, replies, wrong) = h.join().unwrap();
+        assert!(wrong.is_empty(), "misdelivered: {wrong:?}");
+        total.0 += opened;
+        total.1 += replies;
+    }
+    println!(
+        "{} flows opened or refreshed, {} replies delivered",
+        total.0, total.1
+    );
+    assert!(
+        total.1 > 1000,
+        "too little contention to prove anything: {total:?}"
+    );
+    ns.run(|| {
+        let mut dp = Dataplane::load_pinned(&pins.0).unwrap();
+        claims_are_exclusive(&mut dp, &cfg.timeouts);
+        let stats: Vec<_> = dp
+            .stats()
+            .unwrap()
+            .into_iter()
+            .map(|(k, c)| (k.1, c.packets))
+            .collect();
+        println!("counters: {stats:?}");
+        assert!(dp.flows().unwrap().len() <= 16);
+    })
+    .unwrap();
+}
+
+#[test]
+fn tcp_state_updates_from_both_directions_are_not_lost() {
+    require_root();
+    let (ns, n) = namespace();
+    let pins = Pins::new("tcpstate");
+    let flows = 4000u16;
+    let snat: Vec<u16> = ns
+        .run(|| {
+            let mut dp = Dataplane::load_pinned(&pins.0).unwrap();
+            fill(&mut dp, &n, 20000, 60000);
+            (0..flows)
+                .map(|i| {
+                    let syn = tcp(C_MAC, VMAC, C_IP, EP_IP, 30000 + i, 8080, SYN, b"");
+                    let out = run_tc(&mut dp, n.c, &syn).out;
+                    let p = port_of(&out, 34);
+                    let synack = tcp(B_MAC, VMAC, B_IP, SNAT_IP, 80, p, SYN | ACK, b"");
+                    assert_eq!(run_tc(&mut dp, n.b, &synack).verdict, TC_REDIRECT);
+                    p
+                })
+                .collect()
+        })
+        .unwrap();
+    let snat = Arc::new(snat);
+    let barrier = Arc::new(Barrier::new(2));
+    // One thread closes every flow from the consumer, the other from the backend, in the
+    // same order and at the same time: each flow's two FINs race.
+    let (c, b) = (n.c, n.b);
+    let handles: Vec<_> = [false, true]
+        .into_iter()
+        .map(|from_backend| {
+            let (dir, snat, barrier) = (pins.0.clone(), snat.clone(), barrier.clone());
+            spawn_in(ns.name(), move || {
+                let mut dp = Dataplane::load_pinned(&dir).unwrap();
+                let frames: Vec<(u32, Vec<u8>)> = (0..flows)
+                    .map(|i| {
+                        if from_backend {
+                            let p = snat[i as usize];
+                            (b, tcp(B_MAC, VMAC, B_IP, SNAT_IP, 80, p, FIN | ACK, b""))
+                        } else {
+                            let f = tcp(C_MAC, VMAC, C_IP, EP_IP, 30000 + i, 8080, FIN | ACK, b"");
+                            (c, f)
+                        }
+                    })
+                    .collect();
+                barrier.wait();
+                for (nic, f) in &frames {
+                    assert_eq!(run_tc(&mut dp, *nic, f).verdict, TC_REDIRECT);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    ns.run(|| {
+        let mut dp = Dataplane::load_pinned(&pins.0).unwrap();
+        let all = dp.flows().unwrap();
+        assert_eq!(all.len(), flows as usize);
+        let open: Vec<_> = all
+            .iter()
+            .filter(|(_, e)| e.state() != CT_TCP_CLOSING)
+            .map(|(k, e)| (u16::from_be(k.sport_be), e.ct))
+            .collect();
+        assert!(
+            open.is_empty(),
+            "{} flows lost a FIN: {:?}",
+            open.len(),
+            &open[..open.len().min(5)]
+        );
+    })
+    .unwrap();
+}
