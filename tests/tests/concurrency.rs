@@ -140,12 +140,10 @@ fn no_port_is_shared_and_no_reply_misdelivered_under_contention() {
         total.0 += opened;
         total.1 += replies;
     }
-    println!(
-        "{} flows opened or refreshed, {} replies delivered",
-        total.0, total.1
-    );
+    println!("{} flows opened, {} replies delivered", total.0, total.1);
+    // Sixteen ports, each held at least 1 s and then taken over: tens of takeovers.
     assert!(
-        total.1 > 1000,
+        total.0 > 40 && total.1 > 10_000,
         "too little contention to prove anything: {total:?}"
     );
     ns.run(|| {
