@@ -387,16 +387,90 @@ fn reject_cuts_flows_on_both_consumer_nodes() {
 
 /// A VXLAN packet sent from node 1's underlay address to node 3, as another node would.
 fn vxlan_to_node3(w: &World, vni: u32, inner: Vec<u8>) {
-    w.cluster.nodes[0]
+    vxlan(w, 0, 2, vni, inner);
+}
+
+/// A VXLAN packet from node `from`'s underlay address to node `to`.
+fn vxlan(w: &World, from: usize, to: usize, vni: u32, inner: Vec<u8>) {
+    let (src, dst) = (underlay(from), underlay(to));
+    w.cluster.nodes[from]
         .node
         .run(move || {
-            let s = UdpSocket::bind("192.168.50.1:0").unwrap();
+            let s = UdpSocket::bind((std::net::Ipv4Addr::from(src), 0)).unwrap();
             let mut pkt = vec![0x08, 0, 0, 0];
             pkt.extend_from_slice(&(vni << 8).to_be_bytes());
             pkt.extend_from_slice(&inner);
-            s.send_to(&pkt, "192.168.50.3:4789").unwrap();
+            s.send_to(&pkt, (std::net::Ipv4Addr::from(dst), 4789))
+                .unwrap();
         })
         .unwrap();
+}
+
+fn wait_count(dp: &Dataplane, r: Reason, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while count(dp, r) < want {
+        assert!(Instant::now() < deadline, "{} not counted", r.name());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_overlay_accepts_only_what_the_owning_node_sends() {
+    let mut w = world(true);
+    let stop = Arc::new(AtomicBool::new(false));
+    backend(&w, stop.clone());
+    let udp_frame = |src: [u8; 4], dst: [u8; 4]| {
+        let mut out = Vec::new();
+        etherparse::PacketBuilder::ethernet2(VMAC, B_MAC)
+            .ipv4(src, dst, 64)
+            .udp(40000, 53)
+            .write(&mut out, b"x")
+            .unwrap();
+        out
+    };
+    // Node 1 may speak for its own SNAT address, not for node 2's.
+    vxlan(&w, 0, 2, VNI_B, udp_frame(snat(1), [10, 0, 0, 5]));
+    wait_count(&w.dps[2], Reason::DropTunnelNotOwner, 1);
+    assert_eq!(count(&w.dps[2], Reason::TunnelDeliver), 0);
+    vxlan(&w, 0, 2, VNI_B, udp_frame(snat(0), [10, 0, 0, 5]));
+    wait_count(&w.dps[2], Reason::TunnelDeliver, 1);
+
+    // A live flow from node 1's consumer; an ICMP error about it through the tunnel is
+    // taken only from the backend itself, not from another VM of the backend's node.
+    let c1 = &w.cluster.nodes[0].vms[0].ns;
+    assert!(udp_echo(c1, 100), "UDP from node 1");
+    let (_, f) = w.dps[0]
+        .flows()
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k.proto == IPPROTO_UDP)
+        .expect("the UDP flow");
+    let quoted = {
+        let mut q = Vec::new();
+        etherparse::PacketBuilder::ethernet2(B_MAC, VMAC)
+            .ipv4(snat(0), [10, 0, 0, 5], 64)
+            .udp(u16::from_be(f.rev.snat_port_be), 53)
+            .write(&mut q, b"")
+            .unwrap();
+        q
+    };
+    let error_from = |src: [u8; 4]| {
+        let mut out = Vec::new();
+        etherparse::PacketBuilder::ethernet2(B_MAC, VMAC)
+            .ipv4(src, snat(0), 64)
+            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::Port,
+            ))
+            .write(&mut out, &quoted[14..])
+            .unwrap();
+        out
+    };
+    vxlan(&w, 2, 0, VNI_B, error_from([10, 0, 0, 9]));
+    wait_count(&w.dps[0], Reason::DropTunnelWrongPeer, 1);
+    assert_eq!(count(&w.dps[0], Reason::RevIcmpError), 0);
+    vxlan(&w, 2, 0, VNI_B, error_from([10, 0, 0, 5]));
+    wait_count(&w.dps[0], Reason::RevIcmpError, 1);
+    stop.store(true, Ordering::Relaxed);
 }
 
 #[test]
