@@ -24,6 +24,22 @@ fn object_contains_every_map() {
     }
 }
 
+/// Conntrack tables are plain hash maps: an LRU map would evict live flows (or half of
+/// one) under pressure; a full hash map refuses the new flow instead.
+#[test]
+fn conntrack_tables_never_evict() {
+    let obj = object();
+    for name in [maps::CT_FWD, maps::CT_REV] {
+        let t = obj.maps[name].map_type();
+        assert_eq!(
+            t,
+            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_HASH as u32,
+            "{name}"
+        );
+        assert_eq!(obj.maps[name].max_entries(), maps::MAX_FLOWS, "{name}");
+    }
+}
+
 #[test]
 fn object_contains_every_program_with_its_type() {
     let obj = object();
@@ -38,6 +54,7 @@ fn object_contains_every_program_with_its_type() {
             }
             maps::PROG_TC_INGRESS
             | maps::PROG_TC_TUNNEL
+            | maps::PROG_GC
             | maps::PROG_NOOP_TC
             | maps::PROG_FLOOR_ESTABLISHED
             | maps::PROG_FLOOR_NEW_FLOW => {
