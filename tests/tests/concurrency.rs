@@ -233,3 +233,74 @@ fn tcp_state_updates_from_both_directions_are_not_lost() {
     })
     .unwrap();
 }
+
+#[test]
+fn node_configuration_is_never_read_half_written() {
+    require_root();
+    let (ns, n) = namespace();
+    let pins = Pins::new("nodecfg");
+    // Two configurations that differ in every field a new flow uses.
+    let a = node(40000, 40999);
+    let mut b = node(50000, 50999);
+    b.snat_ip_be = be([198, 19, 128, 20]);
+    b.vmac = [0x02, 0xfe, 0, 0, 0, 0x02];
+    ns.run(|| {
+        let mut dp = Dataplane::load_pinned(&pins.0).unwrap();
+        fill(&mut dp, &n, 40000, 40999);
+    })
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let dir = pins.0.clone();
+    let writer = spawn_in(ns.name(), move || {
+        let mut dp = Dataplane::load_pinned(&dir).unwrap();
+        let mut switches = 0u64;
+        while Instant::now() < deadline {
+            dp.set_node(if switches % 2 == 0 { b } else { a }).unwrap();
+            switches += 1;
+        }
+        switches
+    });
+    let dir = pins.0.clone();
+    let c = n.c;
+    let reader = spawn_in(ns.name(), move || {
+        let mut dp = Dataplane::load_pinned(&dir).unwrap();
+        let (mut seen, mut torn) = ([0u64; 2], Vec::new());
+        let mut i = 0u32;
+        while Instant::now() < deadline {
+            i += 1;
+            let sport = 1024 + (i % 60000) as u16;
+            let q = udp(C_MAC, VMAC, C_IP, EP_IP, sport, 5353, b"q");
+            let r = run_tc(&mut dp, c, &q);
+            if r.verdict != TC_REDIRECT {
+                continue;
+            }
+            if (seen[0] + seen[1]) % 500 == 499 {
+                // Free the ports for more new flows.
+                vpcep::agent::sync::flush_flows(&mut dp, &Default::default()).unwrap();
+            }
+            let (mac, ip, port) = (&r.out[6..12], &r.out[26..30], port_of(&r.out, 34));
+            let which = [&a, &b].iter().position(|cfg| {
+                mac == cfg.vmac
+                    && ip == cfg.snat_ip_be.to_ne_bytes()
+                    && (cfg.port_lo..=cfg.port_hi).contains(&port)
+            });
+            match which {
+                Some(w) => seen[w] += 1,
+                None if torn.len() < 5 => torn.push(format!("{mac:02x?} {ip:?}:{port}")),
+                None => {}
+            }
+        }
+        (seen, torn)
+    });
+    let switches = writer.join().unwrap();
+    let (seen, torn) = reader.join().unwrap();
+    println!(
+        "{switches} switches; flows translated with A {} and B {} times",
+        seen[0], seen[1]
+    );
+    assert!(torn.is_empty(), "half-written configuration used: {torn:?}");
+    assert!(
+        seen[0] > 0 && seen[1] > 0,
+        "both configurations used: {seen:?}"
+    );
+}

@@ -76,3 +76,22 @@ fn stats_map_has_a_slot_per_hook_and_reason() {
         size_of::<vpcep_common::stats::Counter>()
     );
 }
+
+/// No program can reach a panic (its handler would be an endless loop the verifier
+/// refuses): the object has no panicking function at all, e.g. from a division the
+/// compiler could not prove safe.
+#[test]
+fn object_has_no_panic_paths() {
+    use object::{Object as _, ObjectSymbol as _};
+    let bytes = vpcep::dataplane::object();
+    let file = object::File::parse(bytes).unwrap();
+    let panics: Vec<_> = file
+        .symbols()
+        .filter_map(|s| s.name().ok().map(str::to_owned))
+        .filter(|n| n.contains("panic"))
+        .collect();
+    assert!(
+        panics.is_empty(),
+        "panicking functions in the object: {panics:?}"
+    );
+}

@@ -3,7 +3,7 @@
 //! Capacities live here too so userspace sizes and checks agree with the object.
 
 /// Per-CPU counters per hook and reason ([`crate::stats::Counter`]).
-pub const STATS: &str = "VPCEP_STATS_V1";
+pub const STATS: &str = "VPCEP_STATS_V2";
 /// ifindex → [`crate::endpoint::LocalNic`].
 pub const LOCAL_NICS: &str = "VPCEP_LOCAL_NICS_V1";
 /// [`crate::endpoint::EndpointKey`] → [`crate::endpoint::Endpoint`].
@@ -14,8 +14,15 @@ pub const PORT_MAP: &str = "VPCEP_PORT_MAP_V1";
 pub const SERVICES: &str = "VPCEP_SERVICES_V1";
 /// LPM [`crate::endpoint::WhitelistKey`] → 1.
 pub const SRC_WHITELIST: &str = "VPCEP_SRC_WHITELIST_V1";
-/// index 0 → [`crate::endpoint::NodeConfig`].
-pub const NODE: &str = "VPCEP_NODE_V1";
+/// Two slots of [`crate::endpoint::NodeConfig`]; `CONFIG_SLOT[CFG_NODE]` names the one in
+/// use (see [`CONFIG_SLOT`]).
+pub const NODE: &str = "VPCEP_NODE_V2";
+/// Which slot of `NODE` (index [`CFG_NODE`]) and of `TUNNEL` (index [`CFG_TUNNEL`]) is in
+/// use. Userspace writes the unused slot whole, then switches: a program never reads a
+/// configuration half-written.
+pub const CONFIG_SLOT: &str = "VPCEP_CONFIG_SLOT_V1";
+pub const CFG_NODE: u32 = 0;
+pub const CFG_TUNNEL: u32 = 1;
 /// SNAT IPv4 (be) → owning node's underlay IPv4 (be).
 pub const SNAT_OWNERS: &str = "VPCEP_SNAT_OWNERS_V1";
 /// Hash (not LRU: nothing live is ever evicted) [`crate::endpoint::FlowKey`] →
@@ -32,8 +39,8 @@ pub const FLOW_SEQ: &str = "VPCEP_FLOW_SEQ_V1";
 pub const GC_REQUEST: &str = "VPCEP_GC_REQUEST_V1";
 /// Per-CPU endpoint id → [`crate::endpoint::EndpointCounters`].
 pub const EP_STATS: &str = "VPCEP_EP_STATS_V1";
-/// index 0 → [`crate::endpoint::TunnelConfig`].
-pub const TUNNEL: &str = "VPCEP_TUNNEL_V1";
+/// Two slots of [`crate::endpoint::TunnelConfig`], switched like `NODE`.
+pub const TUNNEL: &str = "VPCEP_TUNNEL_V2";
 /// (VNI, VM address) [`crate::endpoint::EndpointKey`] → [`crate::endpoint::LocalAddr`].
 pub const LOCAL_ADDRS: &str = "VPCEP_LOCAL_ADDRS_V1";
 
@@ -55,6 +62,7 @@ pub const ALL_MAPS: &[&str] = &[
     EP_FLOWS,
     FLOW_SEQ,
     GC_REQUEST,
+    CONFIG_SLOT,
 ];
 
 pub const MAX_LOCAL_NICS: u32 = 4096;

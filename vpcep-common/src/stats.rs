@@ -20,17 +20,15 @@ crate::pod!(Counter);
 pub enum Hook {
     Xdp = 0,
     TcIngress = 1,
-    TcEgress = 2,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 3] = [Hook::Xdp, Hook::TcIngress, Hook::TcEgress];
+    pub const ALL: [Hook; 2] = [Hook::Xdp, Hook::TcIngress];
 
     pub const fn name(self) -> &'static str {
         match self {
             Hook::Xdp => "xdp",
             Hook::TcIngress => "tc-ingress",
-            Hook::TcEgress => "tc-egress",
         }
     }
 }

@@ -32,7 +32,7 @@ use vpcep_common::{
 };
 
 use crate::{
-    maps::{CT_FWD, CT_REV, EP_FLOWS, FLOW_SEQ, GC_REQUEST, NODE},
+    maps::{CT_FWD, CT_REV, EP_FLOWS, FLOW_SEQ, GC_REQUEST},
     parse::{Ipv4Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -332,7 +332,7 @@ pub fn gc() -> Option<()> {
     // SAFETY: map value pointer from a successful lookup; only the agent (one thread)
     // runs this program.
     let req = unsafe { &mut *req };
-    let node = NODE.get_ptr(0)?;
+    let node = crate::maps::node()?;
     // SAFETY: as above.
     let t = unsafe { (*node).timeouts };
     let now = now();

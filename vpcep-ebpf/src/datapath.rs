@@ -9,7 +9,7 @@ use network_types::eth::EthHdr;
 
 use crate::{
     arp, icmp,
-    maps::{ENDPOINTS, LOCAL_ADDRS, LOCAL_NICS, NODE, SNAT_OWNERS},
+    maps::{ENDPOINTS, LOCAL_ADDRS, LOCAL_NICS, SNAT_OWNERS},
     nat,
     parse::{self, Frame, Parsed},
     stats, tunnel,
@@ -28,7 +28,7 @@ pub enum Action {
 #[inline(always)]
 fn lookup(ifindex: u32) -> Option<(LocalNic, NodeConfig)> {
     let nic = LOCAL_NICS.get_ptr(ifindex)?;
-    let node = NODE.get_ptr(0)?;
+    let node = crate::maps::node()?;
     // SAFETY: map value pointers from successful lookups.
     Some(unsafe { (*nic, *node) })
 }
@@ -55,7 +55,7 @@ pub fn tc_ingress(
     // must arrive on.
     if let Parsed::Ipv4(pkt) = &parsed
         && in_snat_range(pkt.dst)
-        && let Some(node) = NODE.get_ptr(0)
+        && let Some(node) = crate::maps::node()
     {
         // SAFETY: map value pointer from a successful lookup.
         let node = unsafe { *node };
@@ -131,7 +131,7 @@ pub fn tc_tunnel(
         return Err(Reason::DropTunnelBad);
     };
     let t = tunnel::config().ok_or(Reason::DropTunnelBad)?;
-    let node = NODE.get_ptr(0).ok_or(Reason::DropNodeNotConfigured)?;
+    let node = crate::maps::node().ok_or(Reason::DropNodeNotConfigured)?;
     // SAFETY: map value pointer from a successful lookup.
     let node = unsafe { *node };
     if in_snat_range(pkt.dst) {

@@ -16,7 +16,7 @@ use vpcep_common::{
     stats::{Counter, STATS_ENTRIES},
 };
 
-#[map(name = "VPCEP_STATS_V1")]
+#[map(name = "VPCEP_STATS_V2")]
 pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
 
 #[map(name = "VPCEP_LOCAL_NICS_V1")]
@@ -35,8 +35,11 @@ pub static SERVICES: HashMap<u32, Service> = HashMap::with_max_entries(MAX_SERVI
 pub static SRC_WHITELIST: LpmTrie<WhitelistKey, u32> =
     LpmTrie::with_max_entries(MAX_WHITELIST_RULES, 0);
 
-#[map(name = "VPCEP_NODE_V1")]
-pub static NODE: Array<NodeConfig> = Array::with_max_entries(1, 0);
+#[map(name = "VPCEP_NODE_V2")]
+pub static NODE: Array<NodeConfig> = Array::with_max_entries(2, 0);
+
+#[map(name = "VPCEP_CONFIG_SLOT_V1")]
+pub static CONFIG_SLOT: Array<u32> = Array::with_max_entries(2, 0);
 
 #[map(name = "VPCEP_SNAT_OWNERS_V1")]
 pub static SNAT_OWNERS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_NODES, 0);
@@ -73,8 +76,30 @@ pub static GC_REQUEST: Array<GcRequest> = Array::with_max_entries(1, 0);
 pub static EP_STATS: PerCpuArray<EndpointCounters> =
     PerCpuArray::with_max_entries(MAX_ENDPOINTS, 0);
 
-#[map(name = "VPCEP_TUNNEL_V1")]
-pub static TUNNEL: Array<TunnelConfig> = Array::with_max_entries(1, 0);
+#[map(name = "VPCEP_TUNNEL_V2")]
+pub static TUNNEL: Array<TunnelConfig> = Array::with_max_entries(2, 0);
+
+/// The slot of `NODE` or `TUNNEL` in use (`which`: `CFG_NODE`, `CFG_TUNNEL`).
+#[inline(always)]
+fn config_slot(which: u32) -> u32 {
+    match CONFIG_SLOT.get_ptr(which) {
+        // SAFETY: map value pointer from a successful lookup; one aligned word.
+        Some(p) => (unsafe { core::ptr::read_volatile(p) }) & 1,
+        None => 0,
+    }
+}
+
+/// The node configuration in use.
+#[inline(always)]
+pub fn node() -> Option<*const NodeConfig> {
+    NODE.get_ptr(config_slot(vpcep_common::maps::CFG_NODE))
+}
+
+/// The overlay configuration in use.
+#[inline(always)]
+pub fn tunnel() -> Option<*const TunnelConfig> {
+    TUNNEL.get_ptr(config_slot(vpcep_common::maps::CFG_TUNNEL))
+}
 
 #[map(name = "VPCEP_LOCAL_ADDRS_V1")]
 pub static LOCAL_ADDRS: HashMap<EndpointKey, LocalAddr> =

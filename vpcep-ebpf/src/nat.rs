@@ -428,7 +428,8 @@ fn claim(key: &FlowKey, fe: &mut FlowEntry, node: &NodeConfig, now: u64) -> Resu
                 core::ptr::read_volatile(&node.port_hi) as u32,
             )
         };
-        let range = hi.wrapping_sub(lo) + 1;
+        // At least 1 whatever was read: no division by zero (hence no panic path).
+        let range = (hi.wrapping_sub(lo) + 1).max(1);
         fe.rev.snat_port_be = ((lo + start.wrapping_add(i) % range) as u16).to_be();
         if conntrack::try_claim(&fe.rev, value, now, &node.timeouts)? {
             return Ok(());

@@ -16,7 +16,7 @@ use vpcep_common::{
 };
 
 use crate::{
-    maps::{SNAT_OWNERS, TUNNEL, TUNNEL_KEY},
+    maps::{SNAT_OWNERS, TUNNEL_KEY},
     parse::{Frame, Ipv4Packet, TCP_SYN},
 };
 
@@ -38,7 +38,7 @@ pub struct Peer {
 /// The overlay device, when this node has one.
 #[inline(always)]
 pub fn config() -> Option<TunnelConfig> {
-    let t = TUNNEL.get_ptr(0)?;
+    let t = crate::maps::tunnel()?;
     // SAFETY: map value pointer from a successful lookup.
     let t = unsafe { *t };
     (t.ifindex != 0).then_some(t)

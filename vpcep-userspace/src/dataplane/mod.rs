@@ -90,9 +90,15 @@ pub enum Mode {
 /// Counters summed over CPUs, keyed by (hook, reason); zero slots are left out.
 pub type Stats = BTreeMap<(&'static str, &'static str), Counter>;
 
+/// How long a configuration slot just switched away from is left alone (far longer than
+/// any program run holding it).
+pub const CONFIG_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The loaded programs and maps. Dropping it detaches what it attached.
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// When `NODE` and `TUNNEL` were last switched (see `switch_config`).
+    switched: [Option<std::time::Instant>; 2],
 }
 
 impl Dataplane {
@@ -103,7 +109,10 @@ impl Dataplane {
             return Err(DataplaneError::NoObject);
         }
         let ebpf = EbpfLoader::new().load(bytes)?;
-        Ok(Self { ebpf })
+        Ok(Self {
+            ebpf,
+            switched: [None; 2],
+        })
     }
 
     /// Loads the embedded object, reusing the maps pinned under `dir` (the ones missing are
@@ -125,7 +134,10 @@ impl Dataplane {
             loader.map_pin_path(name, path.as_path());
         }
         let ebpf = loader.load(bytes)?;
-        Ok(Self { ebpf })
+        Ok(Self {
+            ebpf,
+            switched: [None; 2],
+        })
     }
 
     /// Attaches the TC ingress program to `iface` and pins the link at `path`: the
@@ -307,34 +319,10 @@ impl Dataplane {
             .map_err(|source| DataplaneError::Map { name, source })
     }
 
-    /// The `NODE` entry.
+    /// The `NODE` configuration in use.
     pub fn node(&self) -> Result<NodeConfig, DataplaneError> {
-        self.slot0(maps::NODE)
-    }
-
-    /// Entry 0 of the single-entry array `name` (node config, overlay config).
-    fn slot0<V: Pod>(&self, name: &'static str) -> Result<V, DataplaneError> {
-        let map = self
-            .ebpf
-            .map(name)
-            .ok_or(DataplaneError::MissingMap(name))?;
-        let array: Array<&MapData, V> =
-            Array::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
-        array
-            .get(&0, 0)
-            .map_err(|source| DataplaneError::Map { name, source })
-    }
-
-    fn set_slot0<V: Pod>(&mut self, name: &'static str, v: V) -> Result<(), DataplaneError> {
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(DataplaneError::MissingMap(name))?;
-        let mut array: Array<&mut MapData, V> =
-            Array::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
-        array
-            .set(0, v, 0)
-            .map_err(|source| DataplaneError::Map { name, source })
+        let slot = self.config_slot(maps::CFG_NODE)?;
+        self.array_get(maps::NODE, slot)
     }
 
     fn hash<K: Pod, V: Pod>(
@@ -425,16 +413,74 @@ impl Dataplane {
     }
 
     pub fn set_node(&mut self, node: NodeConfig) -> Result<(), DataplaneError> {
-        self.set_slot0(maps::NODE, node)
+        self.switch_config(maps::CFG_NODE, maps::NODE, node)
     }
 
     /// This node's overlay device (ifindex 0 = none: remote backends are dropped).
     pub fn set_tunnel(&mut self, t: TunnelConfig) -> Result<(), DataplaneError> {
-        self.set_slot0(maps::TUNNEL, t)
+        self.switch_config(maps::CFG_TUNNEL, maps::TUNNEL, t)
     }
 
     pub fn tunnel(&self) -> Result<TunnelConfig, DataplaneError> {
-        self.slot0(maps::TUNNEL)
+        let slot = self.config_slot(maps::CFG_TUNNEL)?;
+        self.array_get(maps::TUNNEL, slot)
+    }
+
+    /// The slot of `NODE` or `TUNNEL` the programs use (`CONFIG_SLOT[which]`).
+    fn config_slot(&self, which: u32) -> Result<u32, DataplaneError> {
+        Ok(self.array_get::<u32>(maps::CONFIG_SLOT, which)? & 1)
+    }
+
+    /// Writes `v` whole into the slot of `name` the programs do not use, then switches
+    /// them to it, so that no packet sees a half-written configuration. A program holds a
+    /// slot for the microseconds of one packet; the slot just left is not written again
+    /// for [`CONFIG_GRACE`].
+    fn switch_config<V: Pod>(
+        &mut self,
+        which: u32,
+        name: &'static str,
+        v: V,
+    ) -> Result<(), DataplaneError> {
+        if let Some(at) = self.switched[which as usize] {
+            let since = at.elapsed();
+            if since < CONFIG_GRACE {
+                std::thread::sleep(CONFIG_GRACE - since);
+            }
+        }
+        let next = self.config_slot(which)? ^ 1;
+        self.array_set(name, next, v)?;
+        self.array_set(maps::CONFIG_SLOT, which, next)?;
+        self.switched[which as usize] = Some(std::time::Instant::now());
+        Ok(())
+    }
+
+    fn array_get<V: Pod>(&self, name: &'static str, index: u32) -> Result<V, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        let array: Array<&MapData, V> =
+            Array::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
+        array
+            .get(&index, 0)
+            .map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    fn array_set<V: Pod>(
+        &mut self,
+        name: &'static str,
+        index: u32,
+        v: V,
+    ) -> Result<(), DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        let mut array: Array<&mut MapData, V> =
+            Array::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
+        array
+            .set(index, v, 0)
+            .map_err(|source| DataplaneError::Map { name, source })
     }
 
     /// Where the tunnel program delivers packets for the local VM `key` (VNI, address).
@@ -564,7 +610,7 @@ impl Dataplane {
         for (slot, k) in req.claims.iter_mut().zip(claims) {
             *slot = *k;
         }
-        self.set_slot0(maps::GC_REQUEST, req)?;
+        self.array_set(maps::GC_REQUEST, 0, req)?;
         let name = maps::PROG_GC;
         // Any frame will do: the program reads only its request.
         let frame = [0u8; 64];
@@ -578,36 +624,18 @@ impl Dataplane {
         if res.return_value != 0 {
             return Err(DataplaneError::Gc);
         }
-        let done: GcRequest = self.slot0(maps::GC_REQUEST)?;
+        let done: GcRequest = self.array_get(maps::GC_REQUEST, 0)?;
         Ok((done.removed, done.busy))
     }
 
     /// An endpoint's flow accounting (live flows, new flows this second).
     pub fn endpoint_flows(&self, endpoint_id: u32) -> Result<EndpointFlows, DataplaneError> {
-        let name = maps::EP_FLOWS;
-        let map = self
-            .ebpf
-            .map(name)
-            .ok_or(DataplaneError::MissingMap(name))?;
-        let array: Array<&MapData, EndpointFlows> =
-            Array::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
-        array
-            .get(&endpoint_id, 0)
-            .map_err(|source| DataplaneError::Map { name, source })
+        self.array_get(maps::EP_FLOWS, endpoint_id)
     }
 
     /// Zeroes an endpoint id's flow accounting (the id is given to a new endpoint).
     pub fn reset_endpoint_flows(&mut self, endpoint_id: u32) -> Result<(), DataplaneError> {
-        let name = maps::EP_FLOWS;
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(DataplaneError::MissingMap(name))?;
-        let mut array: Array<&mut MapData, EndpointFlows> =
-            Array::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
-        array
-            .set(endpoint_id, EndpointFlows::default(), 0)
-            .map_err(|source| DataplaneError::Map { name, source })
+        self.array_set(maps::EP_FLOWS, endpoint_id, EndpointFlows::default())
     }
 
     /// Every reverse conntrack entry.
