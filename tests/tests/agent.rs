@@ -722,7 +722,7 @@ async fn traffic_continues_while_the_control_plane_is_down() {
         "UDP after the rejection"
     );
 
-    // --reload replaces the pinned links with the new program's; traffic flows after it.
+    // --reload puts the newly loaded program into the pinned links; traffic flows after it.
     api(&base, PROVIDER)
         .ok(
             Method::POST,
@@ -732,16 +732,24 @@ async fn traffic_continues_while_the_control_plane_is_down() {
         .await;
     eventually(20, "the accepted endpoint again", accepted(EP_ACCEPTED)).await;
     agent.stop().await;
-    let links = pins.0.join("links");
-    let link_inode = move || {
-        use std::os::unix::fs::MetadataExt as _;
-        std::fs::read_dir(&links)
-            .unwrap()
-            .flatten()
-            .find(|e| e.file_name().to_string_lossy().starts_with("tc-tapc-"))
-            .map(|e| e.metadata().unwrap().ino())
+    // The program running on tapc (TCX on this kernel).
+    let node_ns = format!("/run/netns/{}", topo.node.name());
+    let running = move || {
+        let ns = node_ns.clone();
+        std::thread::spawn(move || {
+            vpcep_tests::enter_netns(&ns);
+            aya::programs::SchedClassifier::query_tcx("tapc", aya::programs::TcAttachType::Ingress)
+                .unwrap()
+                .1
+                .iter()
+                .map(|p| p.id())
+                .collect::<Vec<_>>()
+        })
+        .join()
+        .unwrap()
     };
-    let before = link_inode().expect("a pinned link for tapc");
+    let before = running();
+    assert_eq!(before.len(), 1, "one program on tapc: {before:?}");
     let mut cfg = AgentConfig::parse(&agent_toml(
         std::slice::from_ref(&base),
         &topo,
@@ -752,9 +760,10 @@ async fn traffic_continues_while_the_control_plane_is_down() {
     .unwrap();
     cfg.reload = true;
     let agent = AgentTask::start(cfg);
-    eventually(20, "the link to be replaced", || {
-        let now = link_inode();
-        async move { now.filter(|i| *i != before).map(|_| ()) }
+    // The pinned link now runs the newly loaded program: still one, another id.
+    eventually(20, "the new program in the link", || {
+        let changed = running().len() == 1 && running() != before;
+        async move { changed.then_some(()) }
     })
     .await;
     let t = topo.clone();

@@ -579,11 +579,7 @@ pub fn snat_owners(pin_dir: &std::path::Path) -> Vec<(u32, u32)> {
 pub struct AgentProcess(std::process::Child);
 
 impl AgentProcess {
-    pub fn spawn(config: &std::path::Path) -> Self {
-        Self::spawn_with(config, &[])
-    }
-
-    /// With extra arguments after `--config FILE` (e.g. `--reload`).
+    /// `vpcep agent --config FILE` with extra arguments (e.g. `--reload`).
     pub fn spawn_with(config: &std::path::Path, args: &[&str]) -> Self {
         let child = std::process::Command::new(vpcep_tests::vpcep_bin())
             .arg("agent")
