@@ -274,7 +274,7 @@ async fn three_nodes_with_agents() {
             agent_toml(&base, &cluster, i, &pins[i].0, &ports[i], metrics[i]),
         )
         .unwrap();
-        AgentProcess::spawn(&path)
+        AgentProcess::spawn_with(&path, &[])
     };
     let mut agents: Vec<Option<AgentProcess>> = (0..3).map(|i| Some(start(i, 0))).collect();
     for (i, p) in pins.iter().take(2).enumerate() {

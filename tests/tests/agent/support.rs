@@ -579,11 +579,13 @@ pub fn snat_owners(pin_dir: &std::path::Path) -> Vec<(u32, u32)> {
 pub struct AgentProcess(std::process::Child);
 
 impl AgentProcess {
-    pub fn spawn(config: &std::path::Path) -> Self {
+    /// `vpcep agent --config FILE` with extra arguments (e.g. `--reload`).
+    pub fn spawn_with(config: &std::path::Path, args: &[&str]) -> Self {
         let child = std::process::Command::new(vpcep_tests::vpcep_bin())
             .arg("agent")
             .arg("--config")
             .arg(config)
+            .args(args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -11,6 +11,7 @@
 //! # netns = "node1"                      # namespace holding the VM NICs (default: the agent's)
 //! # vmac = "02:fe:00:00:00:01"           # MAC answering ARP for endpoints and gateways
 //! # snat_ports = [1024, 65535]
+//! # tc_attach = "auto"                  # "tcx" (Linux ≥ 6.6), "netlink" (clsact), auto: TCX if there
 //!
 //! [conntrack]                            # idle timeouts in seconds; defaults shown
 //! tcp_syn = 60
@@ -38,7 +39,7 @@ use std::{
 use serde::Deserialize;
 use vpcep_common::endpoint::{DEFAULT_PORT_HI, DEFAULT_PORT_LO, Timeouts, VXLAN_OVERHEAD};
 
-use crate::dataplane::config::parse_mac;
+use crate::dataplane::{TcAttach, config::parse_mac};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentConfigError {
@@ -91,6 +92,8 @@ struct RawConfig {
     nic: Vec<NicConfig>,
     #[serde(default)]
     overlay: Option<RawOverlay>,
+    #[serde(default)]
+    tc_attach: TcAttach,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -199,7 +202,9 @@ pub struct AgentConfig {
     pub gc_interval: Duration,
     pub nics: Vec<NicConfig>,
     pub overlay: Option<Overlay>,
-    /// Replace pinned programs and links instead of reusing them (`--reload`).
+    /// How the TC programs attach (TCX where the kernel has it, by default).
+    pub tc_attach: TcAttach,
+    /// Put the newly loaded programs into the existing attachments (`--reload`).
     pub reload: bool,
 }
 
@@ -361,6 +366,7 @@ impl AgentConfig {
             gc_interval: Duration::from_millis(ct.gc_interval_ms),
             nics: raw.nic,
             overlay,
+            tc_attach: raw.tc_attach,
             reload: false,
         })
     }

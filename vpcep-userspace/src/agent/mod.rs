@@ -387,7 +387,8 @@ fn if_index(name: &str) -> u32 {
     }
 }
 
-/// A NIC the program is attached to (through a link pinned under `links/`).
+/// A NIC the program is attached to (a TCX link pinned under `links/`, or a netlink
+/// filter at [`crate::dataplane::NL_PRIORITY`]).
 struct Attached {
     ifindex: u32,
 }
@@ -458,12 +459,12 @@ fn owner(
             enter_netns(ns)?;
         }
         let mut dp = Dataplane::load_pinned(&cfg.pin_dir)?;
+        dp.set_tc_attach(cfg.tc_attach);
+        tracing::info!(tc_attach = ?dp.tc_attach(), "TC attach mode");
         let links = cfg.pin_dir.join(LINKS_DIR);
         if cfg.reload {
-            // Releasing the old links detaches the old programs until the new ones are
-            // attached on the first interface poll: the gap is why --reload warns.
-            tracing::warn!("--reload: replacing pinned links; traffic may be interrupted");
-            let _ = std::fs::remove_dir_all(&links);
+            // Each NIC's attachment gets the new program in place on the first poll.
+            tracing::warn!("--reload: the newly loaded programs replace the attached ones");
         }
         std::fs::create_dir_all(&links).map_err(|source| {
             AgentError::Dataplane(DataplaneError::PinDir {
@@ -651,17 +652,18 @@ impl Owner {
             self.overlay_ifindex = 0;
             if idx != 0 {
                 let pin = links.join(&keep);
-                if pin.exists() {
-                    self.overlay_ifindex = idx;
-                } else {
-                    match self.dp.attach_tunnel_pinned(&o.device, &pin) {
-                        Ok(()) => {
-                            tracing::info!(device = %o.device, ifindex = idx, "overlay attached");
-                            self.overlay_ifindex = idx;
-                        }
-                        Err(e) => {
-                            tracing::warn!(device = %o.device, error = %e, "attaching the overlay")
-                        }
+                match self.dp.attach_persistent(
+                    vpcep_common::maps::PROG_TC_TUNNEL,
+                    &o.device,
+                    &pin,
+                    self.cfg.reload,
+                ) {
+                    Ok(how) => {
+                        tracing::info!(device = %o.device, ifindex = idx, ?how, "overlay attached");
+                        self.overlay_ifindex = idx;
+                    }
+                    Err(e) => {
+                        tracing::warn!(device = %o.device, error = %e, "attaching the overlay")
                     }
                 }
             }
@@ -707,13 +709,17 @@ impl Owner {
                 continue;
             }
             let pin = links.join(&keep);
-            if pin.exists() {
-                tracing::info!(iface = %n.iface, ifindex = idx, "reusing the pinned link");
-            } else if let Err(e) = self.dp.attach_tc_pinned(&n.iface, &pin) {
-                tracing::warn!(iface = %n.iface, error = %e, "attaching");
-                continue;
-            } else {
-                tracing::info!(iface = %n.iface, ifindex = idx, "attached");
+            match self.dp.attach_persistent(
+                vpcep_common::maps::PROG_TC_INGRESS,
+                &n.iface,
+                &pin,
+                self.cfg.reload,
+            ) {
+                Ok(how) => tracing::info!(iface = %n.iface, ifindex = idx, ?how, "attached"),
+                Err(e) => {
+                    tracing::warn!(iface = %n.iface, error = %e, "attaching");
+                    continue;
+                }
             }
             self.attached
                 .insert(n.iface.clone(), Attached { ifindex: idx });

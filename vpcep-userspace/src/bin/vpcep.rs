@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use vpcep::dataplane::{Dataplane, Mode, config::MapConfig};
+use vpcep::dataplane::{Dataplane, Mode, TcAttach, config::MapConfig};
 
 #[derive(Parser)]
 #[command(
@@ -30,7 +30,7 @@ enum Command {
         /// Node configuration (TOML; docs/agent.md).
         #[arg(long)]
         config: std::path::PathBuf,
-        /// Replace the pinned programs with this binary's; this may interrupt traffic.
+        /// Put this binary's programs into the existing attachments (in place, no gap).
         #[arg(long)]
         reload: bool,
     },
@@ -58,6 +58,9 @@ enum DataplaneCmd {
         /// Hook to attach.
         #[arg(long, value_enum, default_value_t = Mode::Tc)]
         mode: Mode,
+        /// How TC programs attach: TCX (Linux ≥ 6.6), netlink (clsact + cls_bpf), or auto.
+        #[arg(long, value_enum, default_value_t = TcAttach::Auto)]
+        tc_attach: TcAttach,
         /// Stop after this many seconds (0 = until Ctrl-C).
         #[arg(long, default_value_t = 0)]
         duration: u64,
@@ -104,8 +107,9 @@ async fn main() -> anyhow::Result<()> {
             iface,
             config,
             mode,
+            tc_attach,
             duration,
-        }) => run(iface, config, mode, duration).await,
+        }) => run(iface, config, mode, tc_attach, duration).await,
         Command::ControlPlane(args) => match vpcep::api::run(args).await {
             // Invalid configuration: EX_CONFIG-style exit with the cause (which names the field).
             Err(e @ vpcep::api::ServeError::Credentials(_)) => {
@@ -131,7 +135,10 @@ async fn agent(path: std::path::PathBuf, reload: bool) -> anyhow::Result<()> {
         }
     };
     if reload {
-        eprintln!("warning: --reload replaces the kernel programs; traffic may be interrupted");
+        eprintln!(
+            "--reload: the newly loaded programs replace the attached ones in place; flows in \
+             maps of a replaced layout are lost"
+        );
         cfg.reload = true;
     }
     // Ctrl-C or SIGTERM stop the agent; pins and links stay, so traffic goes on.
@@ -212,6 +219,7 @@ async fn run(
     mut ifaces: Vec<String>,
     config: Option<std::path::PathBuf>,
     mode: Mode,
+    tc_attach: TcAttach,
     duration: u64,
 ) -> anyhow::Result<()> {
     let config = match config {
@@ -235,6 +243,7 @@ async fn run(
         anyhow::bail!("nothing to attach to: give --iface or a --config with NICs");
     }
     let mut dp = Dataplane::load().context("loading the eBPF programs (are you root?)")?;
+    dp.set_tc_attach(tc_attach);
     if let Some(Err(e)) = config.as_ref().map(|c| c.apply(&mut dp)) {
         eprintln!("error: {e}");
         std::process::exit(64);

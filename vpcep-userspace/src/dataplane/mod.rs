@@ -15,9 +15,14 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
-        SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
-        links::{FdLink, LinkError},
+        ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
+        links::{FdLink, LinkError, LinkOrder, PinnedLink},
+        tc::{
+            self, NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, TcError,
+            TcHandle,
+        },
     },
+    util::KernelVersion,
 };
 use vpcep_common::{
     endpoint::{
@@ -76,6 +81,128 @@ pub enum DataplaneError {
         #[source]
         source: LinkError,
     },
+    #[error("adding the clsact qdisc to {iface} (needed for TC without TCX)")]
+    Clsact {
+        iface: String,
+        #[source]
+        source: TcError,
+    },
+    #[error("attaching {name} to {iface} ({mode:?})")]
+    Attach {
+        name: &'static str,
+        iface: String,
+        mode: TcAttach,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("reading the pinned map {path}")]
+    PinnedMap {
+        path: PathBuf,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error(
+        "the map pinned at {path} is not the program's {name}: {mismatch}; remove the pin \
+         (losing its entries) or give the new layout a new versioned name"
+    )]
+    MapMismatch {
+        name: String,
+        path: PathBuf,
+        mismatch: String,
+    },
+    #[error("parsing the eBPF object")]
+    Parse(#[source] aya_obj::ParseError),
+}
+
+/// How the TC programs attach to an interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcAttach {
+    /// TCX where the kernel has it (Linux ≥ 6.6), netlink otherwise.
+    #[default]
+    Auto,
+    /// A TCX link (Linux ≥ 6.6), pinned so that it outlives the process.
+    Tcx,
+    /// A cls_bpf filter in direct-action mode on the interface's `clsact` qdisc (created
+    /// when missing) at [`NL_PRIORITY`]/[`NL_HANDLE`]; it outlives the process by itself and
+    /// is replaced in place.
+    Netlink,
+}
+
+impl TcAttach {
+    /// `Auto` decided for the running kernel.
+    pub fn resolve(self) -> Self {
+        match self {
+            Self::Auto
+                if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)) =>
+            {
+                Self::Tcx
+            }
+            Self::Auto => Self::Netlink,
+            m => m,
+        }
+    }
+}
+
+/// Priority of this project's cls_bpf filters at TC ingress. One fixed priority and handle
+/// per interface is what lets a restarted agent find its filter and replace it in place
+/// (an auto-assigned priority would add a filter per attempt).
+pub const NL_PRIORITY: u16 = 64;
+/// Handle of this project's cls_bpf filters (at [`NL_PRIORITY`]).
+pub const NL_HANDLE: u32 = 1;
+
+/// What a persistent attach found and did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// A new attachment was made.
+    Created,
+    /// An earlier run's attachment now runs this program (swapped in one kernel operation).
+    Replaced,
+    /// An earlier run's attachment was left as it is (TCX link pin, no reload asked for).
+    Kept,
+}
+
+/// Checks that the pinned map behind `path` has the shape the object declares for `name`.
+fn check_pinned_map(name: &str, def: &aya_obj::Map, path: &Path) -> Result<(), DataplaneError> {
+    let pinned = aya::maps::MapData::from_pin(path)
+        .and_then(|m| m.info())
+        .map_err(|source| DataplaneError::PinnedMap {
+            path: path.to_owned(),
+            source,
+        })?;
+    let want_type = aya_obj::generated::bpf_map_type::try_from(def.map_type())
+        .ok()
+        .and_then(|t| aya::maps::MapType::try_from(t).ok());
+    let have_type = pinned.map_type().ok();
+    let mut diffs = Vec::new();
+    if want_type.is_none() || have_type != want_type {
+        let show = |t: Option<aya::maps::MapType>| {
+            t.map_or_else(|| "unknown".to_owned(), |t| format!("{t:?}"))
+        };
+        diffs.push(format!(
+            "type {} (pinned) != {}",
+            show(have_type),
+            show(want_type)
+        ));
+    }
+    for (what, have, want) in [
+        ("key size", pinned.key_size(), def.key_size()),
+        ("value size", pinned.value_size(), def.value_size()),
+        ("max_entries", pinned.max_entries(), def.max_entries()),
+    ] {
+        if have != want {
+            diffs.push(format!("{what} {have} (pinned) != {want}"));
+        }
+    }
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(DataplaneError::MapMismatch {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            mismatch: diffs.join(", "),
+        })
+    }
 }
 
 /// Where the programs attach on a VM NIC's host side.
@@ -83,7 +210,7 @@ pub enum DataplaneError {
 pub enum Mode {
     /// XDP on the NIC's receive path.
     Xdp,
-    /// TC (TCX on kernels ≥ 6.6) ingress.
+    /// TC ingress (TCX on kernels ≥ 6.6, netlink cls_bpf otherwise: see [`TcAttach`]).
     Tc,
 }
 
@@ -94,9 +221,11 @@ pub type Stats = BTreeMap<(&'static str, &'static str), Counter>;
 /// any program run holding it).
 pub const CONFIG_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// The loaded programs and maps. Dropping it detaches what it attached.
+/// The loaded programs and maps. Dropping it detaches what it attached, except the
+/// attachments made to outlive it ([`Self::attach_persistent`]).
 pub struct Dataplane {
     ebpf: Ebpf,
+    tc_attach: TcAttach,
     /// When `NODE` and `TUNNEL` were last switched (see `switch_config`).
     switched: [Option<std::time::Instant>; 2],
 }
@@ -109,10 +238,7 @@ impl Dataplane {
             return Err(DataplaneError::NoObject);
         }
         let ebpf = EbpfLoader::new().load(bytes)?;
-        Ok(Self {
-            ebpf,
-            switched: [None; 2],
-        })
+        Ok(Self::new(ebpf))
     }
 
     /// Loads the embedded object, reusing the maps pinned under `dir` (the ones missing are
@@ -129,50 +255,197 @@ impl Dataplane {
         })?;
         let paths: Vec<(&'static str, PathBuf)> =
             maps::ALL_MAPS.iter().map(|n| (*n, dir.join(n))).collect();
+        // aya reuses a pin by name whatever its shape: check each one against the object
+        // first, so that a map of another layout is refused rather than misread.
+        let obj = aya_obj::Object::parse(bytes).map_err(DataplaneError::Parse)?;
+        for (name, path) in &paths {
+            if let Some(def) = obj.maps.get(*name)
+                && path.exists()
+            {
+                check_pinned_map(name, def, path)?;
+            }
+        }
         let mut loader = EbpfLoader::new();
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
         let ebpf = loader.load(bytes)?;
-        Ok(Self {
+        Ok(Self::new(ebpf))
+    }
+
+    fn new(ebpf: Ebpf) -> Self {
+        Self {
             ebpf,
+            tc_attach: TcAttach::Auto.resolve(),
             switched: [None; 2],
-        })
+        }
     }
 
-    /// Attaches the TC ingress program to `iface` and pins the link at `path`: the
-    /// attachment then outlives this process (removing the pin releases it).
-    pub fn attach_tc_pinned(&mut self, iface: &str, path: &Path) -> Result<(), DataplaneError> {
-        self.attach_named_pinned(maps::PROG_TC_INGRESS, iface, path)
+    /// Chooses how TC programs attach from now on (default: [`TcAttach::Auto`]).
+    pub fn set_tc_attach(&mut self, mode: TcAttach) {
+        self.tc_attach = mode.resolve();
     }
 
-    /// As [`Self::attach_tc_pinned`], with the tunnel program on the VXLAN device `iface`.
-    pub fn attach_tunnel_pinned(&mut self, iface: &str, path: &Path) -> Result<(), DataplaneError> {
-        self.attach_named_pinned(maps::PROG_TC_TUNNEL, iface, path)
+    /// How TC programs attach ([`TcAttach::Tcx`] or [`TcAttach::Netlink`]).
+    pub fn tc_attach(&self) -> TcAttach {
+        self.tc_attach
     }
 
-    fn attach_named_pinned(
+    /// Attaches program `name` (a TC program of the object) at TC ingress of `iface` so that
+    /// the attachment outlives this process, taking over what an earlier run left there
+    /// without a moment without a program:
+    /// * TCX: a link pinned at `pin` is kept, or with `replace` updated to this program
+    ///   (`BPF_LINK_UPDATE`); without a pin a new link is made and pinned there. If pinning
+    ///   fails the new link is released: nothing is left attached.
+    /// * netlink: the filter at [`NL_PRIORITY`]/[`NL_HANDLE`] gets this program in place
+    ///   (`RTM_NEWTFILTER` without `NLM_F_CREATE`), or is created when there is none;
+    ///   `pin` is not used. However often it is called, there is one filter.
+    pub fn attach_persistent(
         &mut self,
         name: &'static str,
         iface: &str,
-        path: &Path,
-    ) -> Result<(), DataplaneError> {
+        pin: &Path,
+        replace: bool,
+    ) -> Result<Attached, DataplaneError> {
+        match self.tc_attach {
+            TcAttach::Netlink => {
+                let (id, how) = self.attach_netlink(name, iface)?;
+                let link = self
+                    .tc_named(name)?
+                    .take_link(id)
+                    .map_err(|source| DataplaneError::Program { name, source })?;
+                // Dropping the link would delete the filter; a netlink filter holds no fd,
+                // so forgetting it leaks nothing and leaves the filter to the next run.
+                std::mem::forget(link);
+                Ok(how)
+            }
+            _ if pin.exists() && !replace => Ok(Attached::Kept),
+            _ if pin.exists() => {
+                let err = |source| DataplaneError::Link {
+                    path: pin.to_owned(),
+                    source,
+                };
+                let fd: FdLink = PinnedLink::from_pin(pin).map_err(err)?.into();
+                let link = SchedClassifierLink::try_from(fd).map_err(err)?;
+                let prog = self.tc_named(name)?;
+                let id = prog
+                    .attach_to_link(link)
+                    .map_err(|source| DataplaneError::Program { name, source })?;
+                // The pin keeps the updated link; this fd can go.
+                drop(prog.take_link(id));
+                Ok(Attached::Replaced)
+            }
+            mode => {
+                let prog = self.tc_named(name)?;
+                let id = prog
+                    .attach_with_options(
+                        iface,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .map_err(|source| DataplaneError::Attach {
+                        name,
+                        iface: iface.to_owned(),
+                        mode,
+                        source: Box::new(source),
+                    })?;
+                let link = prog
+                    .take_link(id)
+                    .map_err(|source| DataplaneError::Program { name, source })?;
+                let link: FdLink = link.try_into().map_err(|source| DataplaneError::Link {
+                    path: pin.to_owned(),
+                    source,
+                })?;
+                link.pin(pin).map_err(|source| DataplaneError::Pin {
+                    path: pin.to_owned(),
+                    source,
+                })?;
+                Ok(Attached::Created)
+            }
+        }
+    }
+
+    /// Adds the `clsact` qdisc netlink TC filters hang from, unless `iface` has one. It is
+    /// never removed: other filters may use it.
+    fn ensure_clsact(iface: &str) -> Result<(), DataplaneError> {
+        match tc::qdisc_add_clsact(iface) {
+            Ok(()) => Ok(()),
+            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            Err(source) => Err(DataplaneError::Clsact {
+                iface: iface.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Puts program `name` in the filter at [`NL_PRIORITY`]/[`NL_HANDLE`] on `iface`:
+    /// replaced in place when it exists, created otherwise. The link stays in the program's
+    /// set (deleted on drop) unless the caller takes it.
+    fn attach_netlink(
+        &mut self,
+        name: &'static str,
+        iface: &str,
+    ) -> Result<(SchedClassifierLinkId, Attached), DataplaneError> {
+        Self::ensure_clsact(iface)?;
+        let err = |source| DataplaneError::Attach {
+            name,
+            iface: iface.to_owned(),
+            mode: TcAttach::Netlink,
+            source: Box::new(source),
+        };
+        let handle = TcHandle::from(NL_HANDLE);
+        let existing =
+            SchedClassifierLink::attached(iface, TcAttachType::Ingress, NL_PRIORITY, handle, None)
+                .map_err(|e| err(ProgramError::IOError(e)))?;
         let prog = self.tc_named(name)?;
-        let id = prog
-            .attach(iface, TcAttachType::Ingress)
-            .map_err(|source| DataplaneError::Program { name, source })?;
-        let link = prog
-            .take_link(id)
-            .map_err(|source| DataplaneError::Program { name, source })?;
-        let link: FdLink = link.try_into().map_err(|source| DataplaneError::Link {
-            path: path.to_owned(),
-            source,
-        })?;
-        link.pin(path).map_err(|source| DataplaneError::Pin {
-            path: path.to_owned(),
-            source,
-        })?;
-        Ok(())
+        match prog.attach_to_link(existing) {
+            Ok(id) => Ok((id, Attached::Replaced)),
+            // No filter there yet (the kernel wants NLM_F_CREATE for a new one).
+            Err(ProgramError::TcError(TcError::NetlinkError(e)))
+                if e.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                let opts = NlOptions {
+                    priority: NL_PRIORITY,
+                    handle,
+                    classid: None,
+                };
+                let id = prog
+                    .attach_with_options(
+                        iface,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::Netlink(opts),
+                    )
+                    .map_err(err)?;
+                Ok((id, Attached::Created))
+            }
+            Err(source) => Err(err(source)),
+        }
+    }
+
+    /// Attaches TC program `name` at ingress of `iface` for the life of this value.
+    fn attach_tc_transient(
+        &mut self,
+        name: &'static str,
+        iface: &str,
+    ) -> Result<(), DataplaneError> {
+        match self.tc_attach {
+            TcAttach::Netlink => self.attach_netlink(name, iface).map(|_| ()),
+            mode => {
+                self.tc_named(name)?
+                    .attach_with_options(
+                        iface,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .map_err(|source| DataplaneError::Attach {
+                        name,
+                        iface: iface.to_owned(),
+                        mode,
+                        source: Box::new(source),
+                    })?;
+                Ok(())
+            }
+        }
     }
 
     /// Pins the TC ingress program at `path` (replacing an older pin), for inspection
@@ -238,14 +511,7 @@ impl Dataplane {
                         source,
                     })?;
             }
-            Mode::Tc => {
-                self.tc_ingress()?
-                    .attach(iface, TcAttachType::Ingress)
-                    .map_err(|source| DataplaneError::Program {
-                        name: maps::PROG_TC_INGRESS,
-                        source,
-                    })?;
-            }
+            Mode::Tc => self.attach_tc_transient(maps::PROG_TC_INGRESS, iface)?,
         }
         Ok(())
     }
@@ -505,13 +771,7 @@ impl Dataplane {
     /// Attaches the tunnel program to the VXLAN device `iface` (TC ingress) in the caller's
     /// network namespace; detached on drop.
     pub fn attach_tunnel(&mut self, iface: &str) -> Result<(), DataplaneError> {
-        self.tc_tunnel()?
-            .attach(iface, TcAttachType::Ingress)
-            .map_err(|source| DataplaneError::Program {
-                name: maps::PROG_TC_TUNNEL,
-                source,
-            })?;
-        Ok(())
+        self.attach_tc_transient(maps::PROG_TC_TUNNEL, iface)
     }
 
     fn get<K: Pod, V: Pod>(
