@@ -249,10 +249,15 @@ fn node_configuration_is_never_read_half_written() {
         fill(&mut dp, &n, 40000, 40999);
     })
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(4);
+    // Both start the clock once loaded (loading verifies the programs, which takes a
+    // while on a busy machine).
+    let start = Arc::new(Barrier::new(2));
     let dir = pins.0.clone();
+    let go = start.clone();
     let writer = spawn_in(ns.name(), move || {
         let mut dp = Dataplane::load_pinned(&dir).unwrap();
+        go.wait();
+        let deadline = Instant::now() + Duration::from_secs(4);
         let mut switches = 0u64;
         while Instant::now() < deadline {
             dp.set_node(if switches % 2 == 0 { b } else { a }).unwrap();
@@ -264,6 +269,9 @@ fn node_configuration_is_never_read_half_written() {
     let c = n.c;
     let reader = spawn_in(ns.name(), move || {
         let mut dp = Dataplane::load_pinned(&dir).unwrap();
+        run_tc(&mut dp, c, &udp(C_MAC, VMAC, C_IP, EP_IP, 1, 5353, b""));
+        start.wait();
+        let deadline = Instant::now() + Duration::from_secs(4);
         let (mut seen, mut torn) = ([0u64; 2], Vec::new());
         let mut i = 0u32;
         while Instant::now() < deadline {
@@ -294,6 +302,7 @@ fn node_configuration_is_never_read_half_written() {
     });
     let switches = writer.join().unwrap();
     let (seen, torn) = reader.join().unwrap();
+
     println!(
         "{switches} switches; flows translated with A {} and B {} times",
         seen[0], seen[1]

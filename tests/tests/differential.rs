@@ -86,6 +86,15 @@ fn random_model(rng: &mut Rng, nics: &Nics, round: u32) -> Model {
             udp: 1 + rng.below(100) as u32,
         },
     };
+    // An overlay device (any ifindex: the test run does not follow the redirect) with an
+    // inner MTU that clamps some MSS options, or none.
+    if rng.chance(60) {
+        m.tunnel = TunnelConfig {
+            ifindex: rng.pick(&[nics.x, 999]),
+            inner_mtu: rng.pick(&[1450u16, 1400, 8950, 500]),
+            _pad: [0; 2],
+        };
+    }
     for (i, ifx) in [nics.c, nics.x, nics.b].into_iter().enumerate() {
         if rng.chance(90) {
             m.nics.insert(
@@ -114,9 +123,9 @@ fn random_model(rng: &mut Rng, nics: &Nics, round: u32) -> Model {
                     backend_ip_be: be(rng.pick(&[IPS[2], IPS[2], IPS[4]])),
                     backend_vpc_id: 2,
                     ifindex: rng.pick(&[nics.b, nics.b, nics.b, nics.x]),
-                    remote_node_be: 0,
+                    remote_node_be: rng.pick(&[0, be([192, 168, 50, 3]), be([192, 168, 50, 3])]),
                     backend_mac: MACS[2],
-                    location: if rng.chance(90) {
+                    location: if rng.chance(75) {
                         SVC_LOCAL
                     } else {
                         SVC_REMOTE
@@ -207,6 +216,7 @@ fn random_model(rng: &mut Rng, nics: &Nics, round: u32) -> Model {
 
 fn load(dp: &mut Dataplane, m: &Model) {
     dp.set_node(m.node).unwrap();
+    dp.set_tunnel(m.tunnel).unwrap();
     for (k, v) in &m.nics {
         dp.set_local_nic(*k, *v).unwrap();
     }
@@ -300,6 +310,13 @@ fn tcp_l4(rng: &mut Rng, sport: u16, dport: u16) -> Vec<u8> {
     t[12] = if rng.chance(3) { 0x40 } else { 0x50 };
     t[13] = flags;
     t[16..18].copy_from_slice(&(rng.next() as u16).to_be_bytes());
+    if rng.chance(40) {
+        // An MSS option first, as stacks send it on SYNs (the overlay clamps it).
+        t[12] = 0x60;
+        let mss = rng.pick(&[536u16, 1360, 1460, 8960, 65495]);
+        t.extend_from_slice(&[2, 4]);
+        t.extend_from_slice(&mss.to_be_bytes());
+    }
     let n = rng.below(40) as usize;
     t.extend((0..n).map(|_| rng.next() as u8));
     t

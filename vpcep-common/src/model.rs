@@ -42,6 +42,9 @@ pub struct Model {
     /// (endpoint id, source network (raw), prefix length).
     pub whitelist: Vec<(u32, u32, u32)>,
     pub node: NodeConfig,
+    /// The overlay device (ifindex 0 = none). Packets to a remote backend are redirected
+    /// to it (the tunnel key they carry is metadata, not bytes of the frame).
+    pub tunnel: TunnelConfig,
     pub fwd: BTreeMap<FlowKey, FlowEntry>,
     pub rev: BTreeMap<RevKey, RevEntry>,
     pub ep_stats: BTreeMap<u32, EndpointCounters>,
@@ -199,6 +202,34 @@ fn track(e: &mut FlowEntry, p: &Pkt, from_backend: bool, now: u64) {
     if now.wrapping_sub(e.last_seen_ns) > NS_PER_SEC / 4 {
         e.last_seen_ns = now;
     }
+}
+
+/// The overlay's MSS: its inner MTU (at least the IPv4 minimum) less IPv4 and TCP headers.
+fn overlay_mss(t: &TunnelConfig) -> u16 {
+    t.inner_mtu.max(576) - 40
+}
+
+/// Lowers the MSS of a SYN (or SYN-ACK) whose first option is an MSS above `max`.
+fn clamp_mss(f: &mut [u8], p: &Pkt, max: u16) {
+    if p.proto != IPPROTO_TCP || p.fragment || p.tcp_flags & TCP_SYN == 0 {
+        return;
+    }
+    let l4 = p.l4;
+    if !has(f, l4, 24) || f[l4 + 12] >> 4 < 6 || f[l4 + 20] != 2 || f[l4 + 21] != 4 {
+        return;
+    }
+    let old = u16::from_be_bytes([f[l4 + 22], f[l4 + 23]]);
+    if old <= max {
+        return;
+    }
+    let (old_be, new_be) = (old.to_be(), max.to_be());
+    let c = rd16(f, l4 + 16).unwrap_or(0);
+    wr16(
+        f,
+        l4 + 16,
+        csum::kernel_l4_replace(c, csum::diff16(old_be, new_be), false),
+    );
+    wr16(f, l4 + 22, new_be);
 }
 
 fn syn_on_closing(e: &FlowEntry, syn: bool) -> bool {
@@ -628,14 +659,15 @@ impl Model {
         let node = self.node;
         let key = FlowKey::new(nic.vpc_id, p.src, p.dst, p.sport, p.dport, p.proto);
         let syn = p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-        // The fast path: the flow is of this endpoint instance and its epoch (no overlay in
-        // the model, so a flow with a remote backend always takes the full path).
+        // The fast path: the flow is of this endpoint instance and its epoch, and a remote
+        // backend's flow still has its overlay device.
+        let tunnel = self.tunnel;
         if let Some(e) = self.fwd.get_mut(&key)
             && e.epoch == ep.epoch
             && same_instance(e, ep)
             && !dead(e, now, &node.timeouts)
             && !syn_on_closing(e, syn)
-            && e.remote_node_be == 0
+            && (e.remote_node_be == 0 || tunnel.ifindex != 0 && tunnel.ifindex == e.out_ifindex)
         {
             if node.snat_ip_be == 0 {
                 return Err(Reason::DropNodeNotConfigured);
@@ -644,7 +676,7 @@ impl Model {
                 return Err(Reason::DropTtlExceeded);
             }
             track(e, p, false, now);
-            let (rev, out, mac) = (e.rev, e.out_ifindex, e.backend_mac);
+            let (rev, out, mac, remote) = (e.rev, e.out_ifindex, e.backend_mac, e.remote_node_be);
             rewrite(
                 f,
                 p,
@@ -655,6 +687,9 @@ impl Model {
                 mac,
                 node.vmac,
             );
+            if remote != 0 {
+                clamp_mss(f, p, overlay_mss(&tunnel));
+            }
             return Ok((Reason::FwdEstablished, out));
         }
         let server_port = self.server_port(p, ep)?;
@@ -662,9 +697,13 @@ impl Model {
             .services
             .get(&ep.service_id)
             .ok_or(Reason::DropNoService)?;
-        if svc.location != SVC_LOCAL {
+        let (out, remote) = if svc.location == SVC_LOCAL {
+            (svc.ifindex, 0)
+        } else if tunnel.ifindex != 0 && svc.location == SVC_REMOTE && svc.remote_node_be != 0 {
+            (tunnel.ifindex, svc.remote_node_be)
+        } else {
             return Err(Reason::DropRemoteBackend);
-        }
+        };
         if node.snat_ip_be == 0 {
             return Err(Reason::DropNodeNotConfigured);
         }
@@ -679,14 +718,14 @@ impl Model {
                 && allowed
                 && e.rev.backend_be == svc.backend_ip_be
                 && e.rev.backend_port_be == server_port
-                && e.out_ifindex == svc.ifindex
+                && e.out_ifindex == out
             {
                 e.epoch = ep.epoch;
-                e.remote_node_be = 0;
+                e.remote_node_be = remote;
                 e.backend_vpc_id = svc.backend_vpc_id;
                 e.backend_mac = svc.backend_mac;
                 track(e, p, false, now);
-                let (rev, out) = (e.rev, e.out_ifindex);
+                let rev = e.rev;
                 rewrite(
                     f,
                     p,
@@ -697,6 +736,9 @@ impl Model {
                     svc.backend_mac,
                     node.vmac,
                 );
+                if remote != 0 {
+                    clamp_mss(f, p, overlay_mss(&tunnel));
+                }
                 return Ok((Reason::FwdEstablished, out));
             }
             // Over, revoked or pointing elsewhere: it goes.
@@ -728,10 +770,10 @@ impl Model {
                 ct: if p.proto == IPPROTO_TCP { 0 } else { CT_F_UDP },
                 endpoint_id: ep.endpoint_id,
                 service_id: ep.service_id,
-                out_ifindex: svc.ifindex,
+                out_ifindex: out,
                 epoch: ep.epoch,
                 generation: ep.generation,
-                remote_node_be: 0,
+                remote_node_be: remote,
                 backend_vpc_id: svc.backend_vpc_id,
                 consumer_ifindex: ifindex,
                 backend_mac: svc.backend_mac,
@@ -749,7 +791,10 @@ impl Model {
             svc.backend_mac,
             node.vmac,
         );
-        Ok((Reason::FwdNewFlow, svc.ifindex))
+        if remote != 0 {
+            clamp_mss(f, p, overlay_mss(&tunnel));
+        }
+        Ok((Reason::FwdNewFlow, out))
     }
 
     /// A SNAT port for a new flow: the first probed claim that is free, orphaned or held
