@@ -88,6 +88,12 @@ fn random_model(rng: &mut Rng, nics: &Nics, round: u32) -> Model {
     };
     // An overlay device (any ifindex: the test run does not follow the redirect) with an
     // inner MTU that clamps some MSS options, or none.
+    for third in [10u8, 11, 12] {
+        if rng.chance(50) {
+            m.snat_owners
+                .insert(be([198, 19, 128, third]), be([192, 168, 50, third]));
+        }
+    }
     if rng.chance(60) {
         m.tunnel = TunnelConfig {
             ifindex: rng.pick(&[nics.x, 999]),
@@ -217,6 +223,9 @@ fn random_model(rng: &mut Rng, nics: &Nics, round: u32) -> Model {
 fn load(dp: &mut Dataplane, m: &Model) {
     dp.set_node(m.node).unwrap();
     dp.set_tunnel(m.tunnel).unwrap();
+    for (k, v) in &m.snat_owners {
+        dp.set_snat_owner(*k, *v).unwrap();
+    }
     for (k, v) in &m.nics {
         dp.set_local_nic(*k, *v).unwrap();
     }
@@ -235,6 +244,9 @@ fn load(dp: &mut Dataplane, m: &Model) {
 }
 
 fn unload(dp: &mut Dataplane, m: &Model) {
+    for k in m.snat_owners.keys() {
+        dp.remove_snat_owner(*k).unwrap();
+    }
     for k in m.nics.keys() {
         dp.remove_local_nic(*k).unwrap();
     }
@@ -465,7 +477,13 @@ fn packet(rng: &mut Rng, m: &Model, nics: &Nics) -> (u32, Vec<u8>) {
         let dport = rng.below(65535) as u16;
         let l4 = tcp_l4(rng, 80, dport);
         let proto = rng.pick(&[IPPROTO_TCP, 47]);
-        ipv4(rng, MACS[2], IPS[2], [198, 19, 128, 10], proto, &l4)
+        let dst = rng.pick(&[[198, 19, 128, 10], [198, 19, 128, 11], [198, 19, 128, 12]]);
+        let f = ipv4(rng, MACS[2], IPS[2], dst, proto, &l4);
+        // From the backend's own NIC too: to a node's SNAT address, or another node's.
+        if rng.chance(50) {
+            return (nics.b, f);
+        }
+        f
     } else if kind < 92 {
         // Random garbage in an IPv4 frame.
         let mut f = Vec::new();
@@ -704,6 +722,9 @@ fn kernel_matches_reference_model() {
             Reason::DropEndpointDeleted,
             Reason::DropEndpointFlowLimit,
             Reason::DropFlowRevoked,
+            Reason::RevToOwner,
+            Reason::DropSnatNoOwner,
+            Reason::DropRemoteBackend,
         ] {
             assert!(reasons.get(r.name()).copied().unwrap_or(0) > 0, "never reached {}", r.name());
         }

@@ -45,6 +45,8 @@ pub struct Model {
     /// The overlay device (ifindex 0 = none). Packets to a remote backend are redirected
     /// to it (the tunnel key they carry is metadata, not bytes of the frame).
     pub tunnel: TunnelConfig,
+    /// SNAT address → the underlay address of the node that owns it.
+    pub snat_owners: BTreeMap<u32, u32>,
     pub fwd: BTreeMap<FlowKey, FlowEntry>,
     pub rev: BTreeMap<RevKey, RevEntry>,
     pub ep_stats: BTreeMap<u32, EndpointCounters>,
@@ -593,6 +595,15 @@ impl Model {
             }
         };
         if in_snat_range(p.dst) {
+            // Another node's SNAT address: with an overlay, tunnelled untranslated to the
+            // node that owns it (it alone holds the flow).
+            if self.tunnel.ifindex != 0 {
+                Self::check_source(f, &p, &nic)?;
+                if !self.snat_owners.contains_key(&p.dst) {
+                    return Err(Reason::DropSnatNoOwner);
+                }
+                return Ok((Reason::RevToOwner, Verdict::Redirect(self.tunnel.ifindex)));
+            }
             if p.proto == IPPROTO_ICMP && !p.fragment && matches!(icmp_type(&p), 3 | 11) {
                 let out = self.reverse_error(f, &p, ifindex, now)?;
                 return Ok((Reason::RevIcmpError, Verdict::Redirect(out)));
