@@ -12,7 +12,7 @@ use agent::support::*;
 use reqwest::Method;
 use serde_json::{Value, json};
 use vpcep::agent::{AgentConfig, run};
-use vpcep_common::endpoint::{EP_ACCEPTED, EP_PERMITTED};
+use vpcep_common::endpoint::{EP_ACCEPTED, EP_PERMITTED, EP_SRC_WHITELIST};
 use vpcep_tests::require_root;
 
 /// Stops the in-process agent (and waits for its data-plane thread) when dropped.
@@ -371,7 +371,8 @@ async fn cli_story_through_the_agent_and_kernel() {
     .await;
 
     // Delete the endpoint while a flow is live → its entries (and the service's) and its
-    // flows are gone at once, not only after their idle timeout.
+    // flows are gone at once, not only after their idle timeout; its address is left as a
+    // tombstone (fails closed).
     let u = udp.clone();
     assert!(
         blocking(move || udp_ping(&u)).await,
@@ -384,7 +385,9 @@ async fn cli_story_through_the_agent_and_kernel() {
     eventually(2, "the endpoint's entries and flows to go", move || {
         let p = p.clone();
         async move {
-            (endpoints(&p).is_empty()
+            let eps = endpoints(&p);
+            (eps.len() == 1
+                && eps[0].1.flags == vpcep_common::endpoint::EP_TOMBSTONE
                 && services(&p).is_empty()
                 && ports(&p).is_empty()
                 && conntrack_len(&p) == (0, 0))
@@ -839,4 +842,491 @@ port_id = "p-c"
     })
     .await;
     agent.stop().await;
+}
+
+// Isolation under revocations: one node, one agent, one endpoint at 10.0.0.100, a TCP echo
+// backend; each scenario revokes something and checks the established flow at its next
+// packet.
+
+/// A TCP echo server on the backend's 10.0.0.5:80, until the flag is set or 60 s pass.
+fn backend_echo(topo: &xtask::netns::Topology) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use std::{
+        io::{Read, Write},
+        sync::{Arc, atomic::AtomicBool},
+        time::Instant,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    vpcep_tests::spawn_in(topo.vms[1].ns.name(), move || {
+        let l = std::net::TcpListener::bind("10.0.0.5:80").unwrap();
+        l.set_nonblocking(true).unwrap();
+        ready_tx.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    let flag = flag.clone();
+                    std::thread::spawn(move || {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+                        let mut buf = [0u8; 64];
+                        while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                            match s.read(&mut buf) {
+                                Ok(0) => return,
+                                Ok(n) => {
+                                    if s.write_all(&buf[..n]).is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                                Err(_) => return,
+                            }
+                        }
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    stop
+}
+
+/// A TCP connection from the consumer VM to the endpoint's 10.0.0.100:8080.
+async fn echo_connect(
+    topo: &std::sync::Arc<xtask::netns::Topology>,
+    timeout: Duration,
+) -> std::io::Result<std::sync::Arc<std::net::TcpStream>> {
+    let t = topo.clone();
+    blocking(move || {
+        t.vms[0]
+            .ns
+            .run(move || {
+                let addr: std::net::SocketAddr = "10.0.0.100:8080".parse().unwrap();
+                std::net::TcpStream::connect_timeout(&addr, timeout)
+            })
+            .unwrap()
+    })
+    .await
+    .map(std::sync::Arc::new)
+}
+
+/// Sends one byte on the connection; whether anything comes back within `timeout`.
+async fn echo_once(s: &std::sync::Arc<std::net::TcpStream>, b: u8, timeout: Duration) -> bool {
+    use std::io::{Read, Write};
+    let s = s.clone();
+    blocking(move || {
+        let mut r = &*s;
+        if r.write_all(&[b]).is_err() {
+            return false;
+        }
+        s.set_read_timeout(Some(timeout)).unwrap();
+        let mut buf = [0u8; 8];
+        matches!(r.read(&mut buf), Ok(n) if n > 0)
+    })
+    .await
+}
+
+/// The packets the kernel counted with `reason`, over all hooks, from the agent's metrics.
+async fn dropped(metrics: u16, reason: &str) -> u64 {
+    let Ok(r) = reqwest::get(format!("http://127.0.0.1:{metrics}/metrics")).await else {
+        return 0;
+    };
+    let text = r.text().await.unwrap_or_default();
+    let tag = format!("reason=\"{reason}\"}}");
+    text.lines()
+        .filter(|l| l.starts_with("vpcep_packets_total{") && l.contains(&tag))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Waits until the metrics count `reason` more than `before`.
+async fn counted(metrics: u16, reason: &'static str, before: u64) {
+    eventually(5, reason, || async move {
+        (dropped(metrics, reason).await > before).then_some(())
+    })
+    .await;
+}
+
+/// The live (not tombstoned) entry at the endpoint's address, if any.
+fn live_entry(pins: &std::path::Path) -> Option<vpcep_common::endpoint::Endpoint> {
+    use vpcep_common::endpoint::EP_TOMBSTONE;
+    endpoints(pins)
+        .into_iter()
+        .find(|(k, e)| {
+            k.ip_be == u32::from_ne_bytes([10, 0, 0, 100]) && e.flags & EP_TOMBSTONE == 0
+        })
+        .map(|(_, e)| e)
+}
+
+/// The scenario's node: control plane, world, the accepted endpoint, the agent, the echo
+/// backend. Stopped and removed on drop (agent first).
+struct Scene {
+    agent: Option<AgentTask>,
+    stop_echo: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    topo: std::sync::Arc<xtask::netns::Topology>,
+    pins: TempDir,
+    metrics: u16,
+    w: World,
+    ep: String,
+    cp: ControlPlane,
+}
+
+impl Scene {
+    /// `endpoint` holds extra fields of the endpoint's create request; `toml` extra
+    /// top-level agent settings.
+    async fn start(tag: &str, endpoint: Value, toml: &str) -> Self {
+        let topo = std::sync::Arc::new(topology());
+        let cp = ControlPlane::start().await;
+        let w = world(&cp.server.url()).await;
+        let pins = TempDir::new(std::path::Path::new("/sys/fs/bpf"), tag);
+        let metrics = free_port();
+        let text = agent_toml(&[cp.server.url()], &topo, &w, &pins.0, metrics).replacen(
+            "netns = ",
+            &format!("{toml}\nnetns = "),
+            1,
+        );
+        let cfg = AgentConfig::parse(&text).unwrap();
+        let stop_echo = backend_echo(&topo);
+        let mut s = Self {
+            agent: None,
+            stop_echo,
+            topo,
+            pins,
+            metrics,
+            w,
+            ep: String::new(),
+            cp,
+        };
+        s.ep = s.create_endpoint(endpoint).await;
+        s.agent = Some(AgentTask::start(cfg));
+        let p = s.pins.0.clone();
+        eventually(20, "the accepted endpoint in the map", move || {
+            let p = p.clone();
+            async move {
+                p.join(vpcep_common::maps::ENDPOINTS)
+                    .exists()
+                    .then_some(())?;
+                live_entry(&p)
+                    .filter(|e| {
+                        e.flags & (EP_ACCEPTED | EP_PERMITTED) == EP_ACCEPTED | EP_PERMITTED
+                    })
+                    .map(|_| ())
+            }
+        })
+        .await;
+        s
+    }
+
+    /// Creates an endpoint at 10.0.0.100 and accepts it; returns its id.
+    async fn create_endpoint(&self, extra: Value) -> String {
+        let mut body = json!({
+            "endpoint_service_id": self.w.service,
+            "vpc_id": self.w.consumer_vpc,
+            "subnet_id": self.w.consumer_subnet,
+            "port_ip": "10.0.0.100",
+        });
+        if let (Some(b), Some(x)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(x.clone());
+        }
+        let ep = self
+            .cp
+            .client(CONSUMER)
+            .ok(Method::POST, "/v1/proj-consumer/vpc-endpoints", Some(body))
+            .await;
+        let id = ep["id"].as_str().unwrap().to_owned();
+        self.connection(&id, "receive").await;
+        id
+    }
+
+    async fn connection(&self, ep: &str, action: &str) {
+        self.cp
+            .client(PROVIDER)
+            .ok(
+                Method::POST,
+                &format!(
+                    "/v1/proj-provider/vpc-endpoint-services/{}/connections/action",
+                    self.w.service
+                ),
+                Some(json!({"action": action, "endpoints": [ep]})),
+            )
+            .await;
+    }
+
+    /// Waits until the live entry satisfies `f`; returns it.
+    async fn entry(
+        &self,
+        what: &str,
+        f: impl Fn(&vpcep_common::endpoint::Endpoint) -> bool,
+    ) -> vpcep_common::endpoint::Endpoint {
+        let f = &f;
+        eventually(10, what, || {
+            let p = self.pins.0.clone();
+            async move { live_entry(&p).filter(f) }
+        })
+        .await
+    }
+
+    async fn stop(mut self) {
+        if let Some(a) = self.agent.take() {
+            a.stop().await;
+        }
+    }
+}
+
+impl Drop for Scene {
+    fn drop(&mut self) {
+        self.stop_echo.store(true, Ordering::Relaxed);
+    }
+}
+
+const USABLE: u32 = EP_ACCEPTED | EP_PERMITTED;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_flow_stays_dead_after_re_accept() {
+    require_root();
+    let s = Scene::start("agent-reaccept", json!({}), "").await;
+    let conn = echo_connect(&s.topo, Duration::from_secs(2)).await.unwrap();
+    assert!(
+        echo_once(&conn, b'a', Duration::from_secs(2)).await,
+        "echo before the rejection"
+    );
+    let gen0 = s.entry("the endpoint", |_| true).await.generation;
+
+    s.connection(&s.ep, "reject").await;
+    s.entry("the rejection", |e| e.flags & USABLE == EP_PERMITTED)
+        .await;
+    assert!(
+        !echo_once(&conn, b'b', Duration::from_millis(700)).await,
+        "the established flow survived the rejection"
+    );
+    let before = dropped(s.metrics, "drop_tcp_no_flow").await;
+    s.connection(&s.ep, "receive").await;
+    let e = s
+        .entry("the re-acceptance", |e| e.flags & USABLE == USABLE)
+        .await;
+    assert_ne!(e.generation, gen0, "re-accepted with the old generation");
+    // Neither the byte sent while rejected (retransmitted) nor a new one gets through.
+    assert!(
+        !echo_once(&conn, b'c', Duration::from_millis(1500)).await,
+        "the old flow came back after re-accept"
+    );
+    counted(s.metrics, "drop_tcp_no_flow", before).await;
+    // A new connection is a new flow of the new generation.
+    let fresh = echo_connect(&s.topo, Duration::from_secs(2)).await.unwrap();
+    assert!(
+        echo_once(&fresh, b'd', Duration::from_secs(2)).await,
+        "a new connection after re-accept"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_endpoint_does_not_inherit_old_flows() {
+    require_root();
+    let s = Scene::start("agent-recreate", json!({}), "").await;
+    let conn = echo_connect(&s.topo, Duration::from_secs(2)).await.unwrap();
+    assert!(
+        echo_once(&conn, b'a', Duration::from_secs(2)).await,
+        "echo before the delete"
+    );
+    let old = s.entry("the endpoint", |_| true).await;
+
+    s.cp.client(CONSUMER)
+        .ok(
+            Method::DELETE,
+            &format!("/v1/proj-consumer/vpc-endpoints/{}", s.ep),
+            None,
+        )
+        .await;
+    let p = s.pins.0.clone();
+    eventually(10, "the endpoint to go", move || {
+        let p = p.clone();
+        async move { live_entry(&p).is_none().then_some(()) }
+    })
+    .await;
+    // The same VPC and address, a new endpoint.
+    let ep2 = s.create_endpoint(json!({})).await;
+    assert_ne!(ep2, s.ep);
+    let new = s
+        .entry("the new endpoint", |e| {
+            e.marker_id != old.marker_id && e.flags & USABLE == USABLE
+        })
+        .await;
+    assert_ne!(new.generation, old.generation);
+    assert_ne!(new.endpoint_id, old.endpoint_id);
+    assert!(
+        !echo_once(&conn, b'b', Duration::from_millis(1500)).await,
+        "a flow of the deleted endpoint passed through the new one"
+    );
+    let fresh = echo_connect(&s.topo, Duration::from_secs(2)).await.unwrap();
+    assert!(
+        echo_once(&fresh, b'c', Duration::from_secs(2)).await,
+        "a new connection to the new endpoint"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrowing_the_source_whitelist_cuts_the_established_flow() {
+    require_root();
+    let s = Scene::start("agent-whitelist", json!({}), "").await;
+    let path = format!("/v1/proj-consumer/vpc-endpoints/{}", s.ep);
+    let cons = s.cp.client(CONSUMER);
+    let conn = echo_connect(&s.topo, Duration::from_secs(2)).await.unwrap();
+    assert!(
+        echo_once(&conn, b'a', Duration::from_secs(2)).await,
+        "echo without a whitelist"
+    );
+    let e0 = s.entry("the endpoint", |_| true).await;
+
+    // Turned on with the consumer's address in it: re-checked, and kept.
+    cons.ok(
+        Method::PUT,
+        &path,
+        Some(json!({"whitelist": ["10.0.0.2/32", "10.0.0.64/26"], "enable_whitelist": true})),
+    )
+    .await;
+    let e1 = s
+        .entry("the whitelist on", |e| e.flags & EP_SRC_WHITELIST != 0)
+        .await;
+    assert_ne!(
+        e1.epoch, e0.epoch,
+        "turning the whitelist on kept the epoch"
+    );
+    assert_eq!(e1.generation, e0.generation);
+    assert!(
+        echo_once(&conn, b'b', Duration::from_secs(2)).await,
+        "an allowed flow was cut"
+    );
+
+    // The consumer's CIDR removed: cut at its next packet.
+    let before = dropped(s.metrics, "drop_flow_revoked").await;
+    cons.ok(
+        Method::PUT,
+        &path,
+        Some(json!({"whitelist": ["10.0.0.64/26"]})),
+    )
+    .await;
+    let e2 = s
+        .entry("the narrowed whitelist", |e| e.epoch != e1.epoch)
+        .await;
+    assert_eq!(
+        e2.generation, e0.generation,
+        "the whitelist is not a new instance"
+    );
+    assert!(
+        !echo_once(&conn, b'c', Duration::from_millis(1500)).await,
+        "the flow survived the removal of its source CIDR"
+    );
+    counted(s.metrics, "drop_flow_revoked", before).await;
+    assert!(
+        echo_connect(&s.topo, Duration::from_millis(700))
+            .await
+            .is_err(),
+        "a new connection from a removed source"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_endpoint_fails_closed_for_its_grace_period() {
+    use vpcep_common::endpoint::EP_TOMBSTONE;
+    require_root();
+    // Long enough to outlast the first agent; the restarted one has a short one.
+    let mut s = Scene::start("agent-tombstone", json!({}), "tombstone_secs = 60").await;
+    let key = endpoints(&s.pins.0)[0].0;
+    s.cp.client(CONSUMER)
+        .ok(
+            Method::DELETE,
+            &format!("/v1/proj-consumer/vpc-endpoints/{}", s.ep),
+            None,
+        )
+        .await;
+    let pins = s.pins.0.clone();
+    let tombstone = move || {
+        let p = pins.clone();
+        move || {
+            let p = p.clone();
+            async move {
+                let eps = endpoints(&p);
+                (eps.len() == 1 && eps[0].0 == key && eps[0].1.flags == EP_TOMBSTONE)
+                    .then(|| eps[0].1)
+            }
+        }
+    };
+    let t = eventually(10, "the tombstone", tombstone()).await;
+    assert_eq!(
+        t,
+        vpcep_common::endpoint::Endpoint {
+            flags: EP_TOMBSTONE,
+            ..Default::default()
+        }
+    );
+    // A packet to the address is dropped and counted, not handed to the node's stack.
+    let before = dropped(s.metrics, "drop_endpoint_deleted").await;
+    assert!(
+        echo_connect(&s.topo, Duration::from_millis(700))
+            .await
+            .is_err()
+    );
+    counted(s.metrics, "drop_endpoint_deleted", before).await;
+
+    // A restarted agent keeps the tombstone it finds, for a grace period of its own.
+    if let Some(a) = s.agent.take() {
+        a.stop().await;
+    }
+    let text = agent_toml(&[s.cp.server.url()], &s.topo, &s.w, &s.pins.0, s.metrics).replacen(
+        "netns = ",
+        "tombstone_secs = 3\nnetns = ",
+        1,
+    );
+    let restarted = std::time::Instant::now();
+    s.agent = Some(AgentTask::start(AgentConfig::parse(&text).unwrap()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    eventually(1, "the tombstone after the restart", tombstone()).await;
+    // Then it goes.
+    let p = s.pins.0.clone();
+    eventually(10, "the tombstone to expire", move || {
+        let p = p.clone();
+        async move { endpoints(&p).is_empty().then_some(()) }
+    })
+    .await;
+    assert!(
+        restarted.elapsed() >= Duration::from_secs(3),
+        "the tombstone went before its grace period"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_through_the_api_limits_live_flows() {
+    require_root();
+    let s = Scene::start("agent-limit", json!({}), "").await;
+    s.cp.client(PROVIDER)
+        .ok(
+            Method::PUT,
+            &format!("/v1/proj-provider/vpc-endpoint-services/{}", s.w.service),
+            Some(json!({"max_connections": 2})),
+        )
+        .await;
+    let e = s.entry("the limit in the map", |e| e.max_flows == 2).await;
+    assert_eq!(e.new_flows_per_sec, 0);
+    let c1 = echo_connect(&s.topo, Duration::from_secs(2)).await.unwrap();
+    let c2 = echo_connect(&s.topo, Duration::from_secs(2)).await.unwrap();
+    assert!(echo_once(&c1, b'a', Duration::from_secs(2)).await);
+    assert!(echo_once(&c2, b'b', Duration::from_secs(2)).await);
+    let before = dropped(s.metrics, "drop_endpoint_flow_limit").await;
+    assert!(
+        echo_connect(&s.topo, Duration::from_millis(1000))
+            .await
+            .is_err(),
+        "a third concurrent connection over max_connections = 2"
+    );
+    counted(s.metrics, "drop_endpoint_flow_limit", before).await;
+    // The two live flows are untouched.
+    assert!(echo_once(&c1, b'c', Duration::from_secs(2)).await);
+    s.stop().await;
 }

@@ -31,6 +31,7 @@ mod endpoints;
 mod feed;
 mod input;
 mod inventory;
+mod limits;
 mod permissions;
 mod sdk;
 mod services;

@@ -12,6 +12,7 @@
 //! # vmac = "02:fe:00:00:00:01"           # MAC answering ARP for endpoints and gateways
 //! # snat_ports = [1024, 65535]
 //! # tc_attach = "auto"                  # "tcx" (Linux ≥ 6.6), "netlink" (clsact), auto: TCX if there
+//! tombstone_secs = 300                   # default: a deleted endpoint's address fails closed
 //!
 //! [conntrack]                            # idle timeouts in seconds; defaults shown
 //! tcp_syn = 60
@@ -86,6 +87,8 @@ struct RawConfig {
     vmac: String,
     #[serde(default = "default_ports")]
     snat_ports: [u16; 2],
+    #[serde(default = "default_tombstone")]
+    tombstone_secs: u64,
     #[serde(default)]
     conntrack: RawConntrack,
     #[serde(default)]
@@ -166,6 +169,11 @@ fn default_vmac() -> String {
 fn default_ports() -> [u16; 2] {
     [DEFAULT_PORT_LO, DEFAULT_PORT_HI]
 }
+fn default_tombstone() -> u64 {
+    300
+}
+/// Longest grace period: a day (a tombstone holds an `ENDPOINTS` entry meanwhile).
+const MAX_TOMBSTONE_SECS: u64 = 86_400;
 
 /// One local VM NIC.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -198,6 +206,9 @@ pub struct AgentConfig {
     pub netns: Option<String>,
     pub vmac: [u8; 6],
     pub snat_ports: (u16, u16),
+    /// How long the address of an endpoint that left the node fails closed (0 = not at
+    /// all: its packets go to the node's stack again at once).
+    pub tombstone: Duration,
     pub timeouts: Timeouts,
     pub gc_interval: Duration,
     pub nics: Vec<NicConfig>,
@@ -276,6 +287,12 @@ impl AgentConfig {
         let [lo, hi] = raw.snat_ports;
         if lo == 0 || lo > hi {
             return Err(invalid("snat_ports", "must be [lo, hi] with 1 <= lo <= hi"));
+        }
+        if raw.tombstone_secs > MAX_TOMBSTONE_SECS {
+            return Err(invalid(
+                "tombstone_secs",
+                format!("must be 0-{MAX_TOMBSTONE_SECS}"),
+            ));
         }
         let ct = &raw.conntrack;
         for (field, v) in [
@@ -357,6 +374,7 @@ impl AgentConfig {
             netns: raw.netns,
             vmac,
             snat_ports: (lo, hi),
+            tombstone: Duration::from_secs(raw.tombstone_secs),
             timeouts: Timeouts {
                 tcp_syn: ct.tcp_syn,
                 tcp_established: ct.tcp_established,
@@ -399,6 +417,13 @@ port_id = "p1"
         assert_eq!(c.nics.len(), 1);
         assert_eq!(c.timeouts, Timeouts::default());
         assert_eq!(c.pin_dir, PathBuf::from("/sys/fs/bpf/vpcep"));
+        assert_eq!(c.tombstone, Duration::from_secs(300));
+        let c = AgentConfig::parse(&GOOD.replace("token", "tombstone_secs = 0\ntoken")).unwrap();
+        assert_eq!(c.tombstone, Duration::ZERO);
+        assert_eq!(
+            field_of(&GOOD.replace("token", "tombstone_secs = 86401\ntoken")),
+            "tombstone_secs"
+        );
         assert_eq!(field_of(&GOOD.replace("192.0.2.1", "x")), "underlay_ip");
         assert_eq!(
             field_of(&GOOD.replace("http://", "ftp://")),

@@ -13,10 +13,10 @@ use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::Value;
 use vpcep_common::{
     endpoint::{
-        EP_ACCEPTED, EP_PERMITTED, EP_SRC_WHITELIST, Endpoint, EndpointKey, IPPROTO_TCP,
-        IPPROTO_UDP, LocalNic, NodeConfig, PortKey, PortTarget, SVC_LOCAL, SVC_REMOTE, Service,
-        TCP_PROXY_CLOSE, TCP_PROXY_OPEN, TCP_PROXY_PROXY_OPEN, TCP_PROXY_TOA_OPEN, Timeouts,
-        in_snat_range, service_epoch,
+        EP_ACCEPTED, EP_PERMITTED, EP_SRC_WHITELIST, EP_TOMBSTONE, Endpoint, EndpointKey,
+        IPPROTO_TCP, IPPROTO_UDP, LocalNic, NodeConfig, PortKey, PortTarget, SVC_LOCAL, SVC_REMOTE,
+        Service, TCP_PROXY_CLOSE, TCP_PROXY_OPEN, TCP_PROXY_PROXY_OPEN, TCP_PROXY_TOA_OPEN,
+        Timeouts, in_snat_range, service_epoch,
     },
     maps::{MAX_ENDPOINTS, MAX_SERVICES},
 };
@@ -65,6 +65,12 @@ struct ServiceRec {
     ip: String,
     ports: Vec<PortMapping>,
     tcp_proxy: String,
+    /// The default limits of the service's endpoints (0 = none); absent in documents
+    /// written before limits existed.
+    #[serde(default)]
+    max_connections: u32,
+    #[serde(default)]
+    max_new_connections_per_second: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,6 +84,11 @@ struct EndpointRec {
     marker_id: i64,
     whitelist: Vec<String>,
     enable_whitelist: bool,
+    /// The consumer's own limits, if set: they can only lower the service's.
+    #[serde(default)]
+    max_connections: Option<u32>,
+    #[serde(default)]
+    max_new_connections_per_second: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,6 +213,9 @@ pub struct Ids {
     seeds: HashMap<u32, (u32, u32)>,
     next_service: u32,
     next_endpoint: u32,
+    /// Endpoint ids given out (not taken back from the maps) since the last
+    /// [`Ids::take_fresh`]: their flow accounting may hold an earlier run's counts.
+    fresh: Vec<u32>,
 }
 
 fn assign(
@@ -231,7 +245,8 @@ fn assign(
 impl Ids {
     /// Remembers the ids of endpoints already in the kernel map.
     pub fn seed<'a>(&mut self, existing: impl Iterator<Item = &'a Endpoint>) {
-        for e in existing {
+        // A tombstone names no endpoint (its ids are zero).
+        for e in existing.filter(|e| e.flags & EP_TOMBSTONE == 0) {
             self.seeds
                 .insert(e.marker_id, (e.endpoint_id, e.service_id));
         }
@@ -258,6 +273,7 @@ impl Ids {
             svc,
             MAX_SERVICES,
         )?;
+        let known = self.endpoints.contains_key(ep);
         let e = assign(
             &mut self.endpoints,
             &mut self.used_endpoints,
@@ -265,7 +281,16 @@ impl Ids {
             ep,
             MAX_ENDPOINTS,
         )?;
+        if !known {
+            self.fresh.push(e);
+        }
         Some((s, e))
+    }
+
+    /// The endpoint ids newly given out since the last call; a seeded id is not among
+    /// them (its flows and their accounting live on).
+    pub fn take_fresh(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.fresh)
     }
 
     /// The id an endpoint was given, if any.
@@ -302,6 +327,99 @@ pub struct Desired {
     /// (endpoint id, source address be, prefix length).
     pub sources: BTreeSet<(u32, u32, u32)>,
     pub endpoints: BTreeMap<EndpointKey, Endpoint>,
+    /// Local NICs (ifindex) that are the backend of an available service: the only VMs the
+    /// overlay delivers to.
+    pub backend_nics: BTreeSet<u32>,
+}
+
+/// An endpoint's epoch: its service's ([`service_epoch`]) combined with its source
+/// whitelist (on or off, and the rules), so that narrowing the whitelist or turning it on
+/// re-checks the established flows too.
+pub fn endpoint_epoch(service_epoch: u32, whitelist: Option<&BTreeSet<(u32, u32)>>) -> u32 {
+    // 32-bit FNV-1a, as `service_epoch`.
+    let mut h: u32 = 0x811c_9dc5;
+    let mut bytes = |b: &[u8]| {
+        for x in b {
+            h ^= u32::from(*x);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+    };
+    bytes(&service_epoch.to_ne_bytes());
+    match whitelist {
+        None => bytes(&[0]),
+        Some(rules) => {
+            bytes(&[1]);
+            for (src, len) in rules {
+                bytes(&src.to_ne_bytes());
+                bytes(&len.to_ne_bytes());
+            }
+        }
+    }
+    h
+}
+
+/// The smaller of the limits set (0 = none).
+pub fn effective_limit(service: u32, endpoint: Option<u32>) -> u32 {
+    match (service, endpoint.unwrap_or(0)) {
+        (0, e) => e,
+        (s, 0) => s,
+        (s, e) => s.min(e),
+    }
+}
+
+/// Whether new flows may be opened through an endpoint with these flags.
+pub fn usable(flags: u32) -> bool {
+    flags & (EP_ACCEPTED | EP_PERMITTED | EP_TOMBSTONE) == EP_ACCEPTED | EP_PERMITTED
+}
+
+/// The value that makes an endpoint's address fail closed after the endpoint left.
+pub const TOMBSTONE: Endpoint = Endpoint {
+    endpoint_id: 0,
+    service_id: 0,
+    marker_id: 0,
+    flags: EP_TOMBSTONE,
+    epoch: 0,
+    generation: 0,
+    max_flows: 0,
+    new_flows_per_sec: 0,
+};
+
+/// Gives each endpoint of `want` its generation: the one `had` (what the maps hold) has
+/// for the same endpoint at the same key, unless the endpoint just became usable again;
+/// otherwise a fresh one from `fresh`, which must not return 0. So a flow opened before a
+/// revocation, or through an earlier endpoint at the same address, never passes again.
+pub fn carry_generations(
+    want: &mut BTreeMap<EndpointKey, Endpoint>,
+    had: &BTreeMap<EndpointKey, Endpoint>,
+    mut fresh: impl FnMut() -> u32,
+) {
+    for (k, e) in want.iter_mut() {
+        if e.flags & EP_TOMBSTONE != 0 {
+            continue;
+        }
+        e.generation = match had.get(k) {
+            Some(old)
+                if old.flags & EP_TOMBSTONE == 0
+                    && old.generation != 0
+                    && old.endpoint_id == e.endpoint_id
+                    && old.marker_id == e.marker_id
+                    && (usable(old.flags) || !usable(e.flags)) =>
+            {
+                old.generation
+            }
+            _ => fresh(),
+        };
+    }
+}
+
+/// A random generation (never 0, which no live endpoint has).
+pub fn random_generation() -> u32 {
+    loop {
+        let g: u32 = rand::random();
+        if g != 0 {
+            return g;
+        }
+    }
 }
 
 fn be(ip: Ipv4Addr) -> u32 {
@@ -388,6 +506,15 @@ pub fn compute(state: &FeedState, local: &Local, ids: &mut Ids) -> Desired {
         local_vpcs.insert(vpc);
     }
 
+    // The VMs that serve an endpoint service: whatever the overlay brings is for them.
+    for svc in state.services.values() {
+        if svc.status == "available"
+            && let Some(ifindex) = local.nics.get(svc.port_id.as_str())
+        {
+            d.backend_nics.insert(*ifindex);
+        }
+    }
+
     let mut perms: HashMap<&str, Vec<&str>> = HashMap::new();
     for p in state.permissions.values() {
         perms
@@ -470,7 +597,7 @@ pub fn compute(state: &FeedState, local: &Local, ids: &mut Ids) -> Desired {
                 },
             );
         }
-        let epoch = service_epoch(&service, &svc_ports);
+        let svc_epoch = service_epoch(&service, &svc_ports);
         d.ports.extend(svc_ports);
         let mut flags = 0;
         if ep.status == "accepted" {
@@ -489,14 +616,17 @@ pub fn compute(state: &FeedState, local: &Local, ids: &mut Ids) -> Desired {
         ) {
             flags |= EP_PERMITTED;
         }
+        let mut rules = BTreeSet::new();
         if ep.enable_whitelist {
             flags |= EP_SRC_WHITELIST;
             for w in &ep.whitelist {
                 if let Some((src, len)) = cidr(w) {
                     d.sources.insert((endpoint_id, src, len));
+                    rules.insert((src, len));
                 }
             }
         }
+        let epoch = endpoint_epoch(svc_epoch, ep.enable_whitelist.then_some(&rules));
         d.endpoints.insert(
             EndpointKey {
                 vpc_id: ep_vni,
@@ -508,9 +638,13 @@ pub fn compute(state: &FeedState, local: &Local, ids: &mut Ids) -> Desired {
                 marker_id,
                 flags,
                 epoch,
-                generation: 1,
-                max_flows: 0,
-                new_flows_per_sec: 0,
+                // Given by `carry_generations`, which knows what the maps hold.
+                generation: 0,
+                max_flows: effective_limit(svc.max_connections, ep.max_connections),
+                new_flows_per_sec: effective_limit(
+                    svc.max_new_connections_per_second,
+                    ep.max_new_connections_per_second,
+                ),
             },
         );
     }
@@ -619,6 +753,183 @@ mod tests {
         assert_ne!(e0, e1);
         s.apply("endpoint_service", "s1", "put", service("10.0.0.6", 81));
         assert_ne!(e1, epoch(&s, &mut ids));
+    }
+
+    fn endpoint_with(whitelist: &[&str], enabled: bool, limits: Value) -> Value {
+        let mut e = endpoint("accepted");
+        e["whitelist"] = json!(whitelist);
+        e["enable_whitelist"] = json!(enabled);
+        if let (Some(e), Some(l)) = (e.as_object_mut(), limits.as_object()) {
+            e.extend(l.clone());
+        }
+        e
+    }
+
+    fn the_endpoint(s: &FeedState, ids: &mut Ids) -> Endpoint {
+        compute(s, &local(), ids)
+            .endpoints
+            .values()
+            .next()
+            .copied()
+            .unwrap()
+    }
+
+    #[test]
+    fn endpoint_epoch_follows_its_source_whitelist() {
+        let mut ids = Ids::default();
+        let mut s = state();
+        let mut epoch = |w: &[&str], on: bool| {
+            s.apply("endpoint", "e1", "put", endpoint_with(w, on, json!({})));
+            the_endpoint(&s, &mut ids).epoch
+        };
+        let two = epoch(&["10.0.0.0/25", "10.0.0.128/26"], true);
+        assert_eq!(two, epoch(&["10.0.0.128/26", "10.0.0.0/25"], true));
+        // A CIDR removed, or the whitelist turned off or on, changes it.
+        let one = epoch(&["10.0.0.0/25"], true);
+        assert_ne!(one, two);
+        let off = epoch(&["10.0.0.0/25"], false);
+        assert_ne!(off, one);
+        // Off, the rules do not count; on with none is not the same as off.
+        assert_eq!(off, epoch(&[], false));
+        assert_ne!(off, epoch(&[], true));
+    }
+
+    #[test]
+    fn limits_are_the_smaller_of_the_service_and_the_endpoint() {
+        let mut ids = Ids::default();
+        let mut s = state();
+        let limits = |s: &FeedState, ids: &mut Ids| {
+            let e = the_endpoint(s, ids);
+            (e.max_flows, e.new_flows_per_sec)
+        };
+        // A service document from before limits: none.
+        assert_eq!(limits(&s, &mut ids), (0, 0));
+        let mut svc = service("10.0.0.5", 80);
+        svc["max_connections"] = json!(3000);
+        svc["max_new_connections_per_second"] = json!(0);
+        s.apply("endpoint_service", "s1", "put", svc);
+        assert_eq!(limits(&s, &mut ids), (3000, 0));
+        for (own, want) in [
+            (
+                json!({"max_connections": 2, "max_new_connections_per_second": 50}),
+                (2, 50),
+            ),
+            // A consumer cannot raise the provider's limit.
+            (json!({"max_connections": 5000}), (3000, 0)),
+            (
+                json!({"max_connections": 0, "max_new_connections_per_second": null}),
+                (3000, 0),
+            ),
+        ] {
+            s.apply("endpoint", "e1", "put", endpoint_with(&[], false, own));
+            assert_eq!(limits(&s, &mut ids), want);
+        }
+        assert_eq!(effective_limit(0, Some(7)), 7);
+        assert_eq!(effective_limit(9, None), 9);
+        assert_eq!(effective_limit(0, None), 0);
+    }
+
+    #[test]
+    fn generations_are_new_for_a_new_or_usable_again_endpoint_only() {
+        let key = EndpointKey {
+            vpc_id: 11,
+            ip_be: 100,
+        };
+        let ep = |id, flags, generation| Endpoint {
+            endpoint_id: id,
+            service_id: 1,
+            marker_id: id * 10,
+            flags,
+            generation,
+            ..Endpoint::default()
+        };
+        let usable_flags = EP_ACCEPTED | EP_PERMITTED;
+        let mut n = 0;
+        let mut fresh = || {
+            n += 1;
+            1000 + n
+        };
+        let mut gen_of = |want: Endpoint, had: Option<Endpoint>| {
+            let mut w: BTreeMap<_, _> = [(key, want)].into();
+            let h: BTreeMap<_, _> = had.map(|h| (key, h)).into_iter().collect();
+            carry_generations(&mut w, &h, &mut fresh);
+            w[&key].generation
+        };
+        // New on the node.
+        assert_eq!(gen_of(ep(1, usable_flags, 0), None), 1001);
+        // Unchanged while usable, and when it stops being usable (flows are cut by the flags).
+        assert_eq!(
+            gen_of(ep(1, usable_flags, 0), Some(ep(1, usable_flags, 7))),
+            7
+        );
+        assert_eq!(
+            gen_of(ep(1, EP_PERMITTED, 0), Some(ep(1, usable_flags, 7))),
+            7
+        );
+        assert_eq!(
+            gen_of(ep(1, EP_ACCEPTED, 0), Some(ep(1, EP_PERMITTED, 7))),
+            7
+        );
+        // Usable again (re-accepted, re-permitted): new.
+        assert_eq!(
+            gen_of(ep(1, usable_flags, 0), Some(ep(1, EP_PERMITTED, 7))),
+            1002
+        );
+        assert_eq!(
+            gen_of(ep(1, usable_flags, 0), Some(ep(1, EP_ACCEPTED, 7))),
+            1003
+        );
+        // Another endpoint at the same key, or one replacing a tombstone: new.
+        assert_eq!(
+            gen_of(ep(2, usable_flags, 0), Some(ep(1, usable_flags, 7))),
+            1004
+        );
+        assert_eq!(gen_of(ep(1, usable_flags, 0), Some(TOMBSTONE)), 1005);
+        // A tombstone stays one.
+        assert_eq!(gen_of(TOMBSTONE, Some(ep(1, usable_flags, 7))), 0);
+        assert_ne!(random_generation(), 0);
+    }
+
+    #[test]
+    fn overlay_delivers_to_local_backends_only() {
+        let mut l = local();
+        l.nics.insert("pb".to_owned(), 8);
+        let d = compute(&state(), &l, &mut Ids::default());
+        assert_eq!(d.nics.len(), 2);
+        assert_eq!(d.backend_nics, [8].into());
+        // Not available: not a backend.
+        let mut s = state();
+        let mut svc = service("10.0.0.5", 80);
+        svc["status"] = json!("suspended");
+        s.apply("endpoint_service", "s1", "put", svc);
+        assert!(compute(&s, &l, &mut Ids::default()).backend_nics.is_empty());
+    }
+
+    #[test]
+    fn fresh_ids_and_tombstones_in_the_seed() {
+        let mut ids = Ids::default();
+        ids.seed([TOMBSTONE, TOMBSTONE].iter());
+        let mut s = state();
+        let e = the_endpoint(&s, &mut ids);
+        assert_eq!(e.endpoint_id, 1, "tombstones hold no id");
+        assert_eq!(ids.take_fresh(), vec![1]);
+        the_endpoint(&s, &mut ids);
+        assert!(ids.take_fresh().is_empty(), "only once");
+        // An id taken back from the maps keeps its accounting.
+        let mut seeded = Ids::default();
+        seeded.seed(
+            [Endpoint {
+                endpoint_id: 5,
+                service_id: 3,
+                marker_id: 9,
+                ..Endpoint::default()
+            }]
+            .iter(),
+        );
+        assert_eq!(the_endpoint(&s, &mut seeded).endpoint_id, 5);
+        assert!(seeded.take_fresh().is_empty());
+        s.apply("endpoint", "e1", "delete", Value::Null);
+        assert!(compute(&s, &local(), &mut ids).endpoints.is_empty());
     }
 
     #[test]

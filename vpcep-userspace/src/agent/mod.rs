@@ -8,7 +8,7 @@ mod snapshot;
 pub mod sync;
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     fmt::Write as _,
     future::Future,
     os::fd::AsRawFd,
@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use vpcep_common::endpoint::{Endpoint, EndpointKey, TunnelConfig};
+use vpcep_common::endpoint::{EP_TOMBSTONE, Endpoint, EndpointKey, TunnelConfig};
 use vpcep_common::maps::{
     MAX_ENDPOINTS, MAX_FLOWS, MAX_LOCAL_NICS, MAX_NODES, MAX_PORT_MAPPINGS, MAX_SERVICES,
     MAX_WHITELIST_RULES,
@@ -29,7 +29,7 @@ use vpcep_common::maps::{
 pub use self::config::{AgentConfig, AgentConfigError};
 use self::{
     desired::{FeedState, Ids, Local},
-    sync::Syncer,
+    sync::{FlushQueue, Syncer},
 };
 use crate::{
     dataplane::{Dataplane, DataplaneError},
@@ -427,9 +427,16 @@ fn link_pin_name(iface: &str, ifindex: u32) -> String {
     format!("tc-{iface}-{ifindex}")
 }
 
+/// The ids of the endpoints (not the tombstones) of a map's contents.
 fn ids_of(eps: &BTreeMap<EndpointKey, Endpoint>) -> HashSet<u32> {
-    eps.values().map(|e| e.endpoint_id).collect()
+    eps.values()
+        .filter(|e| e.flags & EP_TOMBSTONE == 0)
+        .map(|e| e.endpoint_id)
+        .collect()
 }
+
+/// How long a failed flush of removed endpoints' flows waits before it is tried again.
+const FLUSH_RETRY: Duration = Duration::from_secs(1);
 
 /// The owner thread's state.
 struct Owner {
@@ -443,6 +450,12 @@ struct Owner {
     ct_collected: u64,
     /// ifindex of the overlay device the tunnel program is attached to (0 = none).
     overlay_ifindex: u32,
+    /// Addresses of endpoints that left the node, failing closed until the instant given.
+    tombstones: BTreeMap<EndpointKey, Instant>,
+    /// Removed endpoints whose flows are still to be flushed.
+    flush: FlushQueue,
+    /// Endpoint ids given to new endpoints whose flow accounting is still to be zeroed.
+    reset_flows: BTreeSet<u32>,
 }
 
 /// The data-plane owner: runs on its own thread (inside `netns` when configured) because
@@ -495,6 +508,9 @@ fn owner(
         ct_entries: 0,
         ct_collected: 0,
         overlay_ifindex: 0,
+        tombstones: BTreeMap::new(),
+        flush: FlushQueue::default(),
+        reset_flows: BTreeSet::new(),
     };
     o.main(rx, applied_tx);
 }
@@ -508,9 +524,19 @@ impl Owner {
         let mut last_resync = now;
         let mut last_gc = now;
         let mut last_metrics = now - METRICS_EVERY;
-        // The maps may hold entries from an earlier run: start from what is there.
+        let mut last_flush = now - FLUSH_RETRY;
+        // The maps may hold entries from an earlier run: start from what is there. Its
+        // tombstones get a grace period of their own (when it began is not recorded).
         match self.syncer.read_back(&mut self.dp) {
-            Ok(()) => self.ids.seed(self.syncer.shadow().endpoints.values()),
+            Ok(()) => {
+                let sh = self.syncer.shadow();
+                self.ids.seed(sh.endpoints.values());
+                for (k, e) in &sh.endpoints {
+                    if e.flags & EP_TOMBSTONE != 0 {
+                        self.tombstones.insert(*k, now + self.cfg.tombstone);
+                    }
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "reading the maps back"),
         }
         loop {
@@ -538,6 +564,8 @@ impl Owner {
                     Err(e) => tracing::warn!(error = %e, "reading the maps back"),
                 }
             }
+            // A tombstone whose grace period ended is removed by the next write.
+            dirty |= self.tombstones.values().any(|until| *until <= now);
             if dirty && let Some(u) = &latest {
                 let local = Local {
                     node_name: self.cfg.node_name.clone(),
@@ -555,8 +583,17 @@ impl Owner {
                         })
                         .collect(),
                 };
-                let want = desired::compute(&u.state, &local, &mut self.ids);
+                let mut want = desired::compute(&u.state, &local, &mut self.ids);
+                self.reset_flows.extend(self.ids.take_fresh());
+                self.reset_endpoint_flows();
+                self.add_tombstones(&mut want, now);
+                desired::carry_generations(
+                    &mut want.endpoints,
+                    &self.syncer.shadow().endpoints,
+                    desired::random_generation,
+                );
                 let had: HashSet<u32> = ids_of(&self.syncer.shadow().endpoints);
+                self.flush.note(&had, &ids_of(&want.endpoints));
                 match self.syncer.apply(&mut self.dp, &want) {
                     Ok(n) => {
                         dirty = false;
@@ -568,15 +605,8 @@ impl Owner {
                                 "maps updated"
                             );
                         }
-                        let live = ids_of(&want.endpoints);
-                        if had.iter().any(|id| !live.contains(id)) {
-                            match sync::flush_flows(&mut self.dp, &live) {
-                                Ok(flows) => {
-                                    tracing::info!(flows, "flows of removed endpoints flushed")
-                                }
-                                Err(e) => tracing::warn!(error = %e, "flushing flows"),
-                            }
-                        }
+                        // Flushed at once, not after the retry delay.
+                        last_flush = now - FLUSH_RETRY;
                         self.shared.applied.store(u.revision, Ordering::Relaxed);
                         applied_tx.send_replace(u.revision);
                     }
@@ -585,6 +615,16 @@ impl Owner {
                         // The shadow may be off after a failed write: read it back first.
                         last_resync = now - self.cfg.resync_interval;
                     }
+                }
+            }
+            if !self.flush.is_empty() && now.duration_since(last_flush) >= FLUSH_RETRY {
+                last_flush = now;
+                let live = ids_of(&self.syncer.shadow().endpoints);
+                let dp = &mut self.dp;
+                match self.flush.run(&live, |live| sync::flush_flows(dp, live)) {
+                    Some(Ok(flows)) => tracing::info!(flows, "flows of removed endpoints flushed"),
+                    Some(Err(e)) => tracing::warn!(error = %e, "flushing flows; retrying"),
+                    None => {}
                 }
             }
             if now.duration_since(last_gc) >= self.cfg.gc_interval {
@@ -610,6 +650,38 @@ impl Owner {
         }
         // Links made here are detached when `dp` drops with the owner.
         tracing::info!("data-plane owner stopping");
+    }
+
+    /// Zeroes the flow accounting of endpoint ids given out anew (an earlier run may have
+    /// left counts there); what fails is tried again on the next write.
+    fn reset_endpoint_flows(&mut self) {
+        let dp = &mut self.dp;
+        self.reset_flows
+            .retain(|id| match dp.reset_endpoint_flows(*id) {
+                Ok(()) => false,
+                Err(e) => {
+                    tracing::warn!(endpoint_id = id, error = %e, "zeroing the flow accounting");
+                    true
+                }
+            });
+    }
+
+    /// Puts the tombstones into `want`: the addresses of endpoints the maps hold and
+    /// `want` drops get one for the grace period; one whose address `want` gives a new
+    /// endpoint, or whose period ended, goes.
+    fn add_tombstones(&mut self, want: &mut desired::Desired, now: Instant) {
+        for (k, e) in &self.syncer.shadow().endpoints {
+            if e.flags & EP_TOMBSTONE == 0 && !want.endpoints.contains_key(k) {
+                self.tombstones
+                    .entry(*k)
+                    .or_insert(now + self.cfg.tombstone);
+            }
+        }
+        self.tombstones
+            .retain(|k, until| !want.endpoints.contains_key(k) && *until > now);
+        for k in self.tombstones.keys() {
+            want.endpoints.insert(*k, desired::TOMBSTONE);
+        }
     }
 
     /// Attaches to configured NICs that appeared (or adopts the link an earlier run

@@ -29,9 +29,15 @@ pub struct Syncer {
     addrs: BTreeMap<EndpointKey, LocalAddr>,
 }
 
-/// Where the overlay program delivers for each local NIC: (VNI, VM address) → NIC.
-fn local_addrs(nics: &BTreeMap<u32, LocalNic>) -> BTreeMap<EndpointKey, LocalAddr> {
+/// Where the overlay program delivers: (VNI, VM address) → NIC, for the local NICs that
+/// are a service's backend only. Other VMs receive nothing through the overlay, so an
+/// underlay host cannot reach them that way.
+fn local_addrs(
+    nics: &BTreeMap<u32, LocalNic>,
+    backends: &BTreeSet<u32>,
+) -> BTreeMap<EndpointKey, LocalAddr> {
     nics.iter()
+        .filter(|(ifindex, _)| backends.contains(ifindex))
         .map(|(ifindex, n)| {
             (
                 EndpointKey {
@@ -85,6 +91,8 @@ impl Syncer {
             ports: dp.ports()?.into_iter().collect(),
             sources: dp.sources()?.into_iter().collect(),
             endpoints: dp.endpoints()?.into_iter().collect(),
+            // Not a map of its own: `LOCAL_ADDRS` (read below) is what it shapes.
+            backend_nics: BTreeSet::new(),
         };
         self.addrs = dp.local_addrs()?.into_iter().collect();
         Ok(())
@@ -112,7 +120,7 @@ impl Syncer {
             sh.nics.insert(k, v);
             n.puts += 1;
         }
-        let addrs = local_addrs(&want.nics);
+        let addrs = local_addrs(&want.nics, &want.backend_nics);
         for (k, v) in changed(&self.addrs, &addrs).collect::<Vec<_>>() {
             dp.set_local_addr(k, v)?;
             self.addrs.insert(k, v);
@@ -143,6 +151,14 @@ impl Syncer {
             sh.ports.remove(&k);
             n.deletes += 1;
         }
+        // Removed whitelist rules too, for the same reason: the new epoch re-checks the
+        // flow's source, which must not still find the rule.
+        let del: BTreeSet<_> = sh.sources.difference(&want.sources).copied().collect();
+        for r in del {
+            dp.disallow_source(r.0, r.1, r.2)?;
+            sh.sources.remove(&r);
+            n.deletes += 1;
+        }
         for (k, v) in changed(&sh.endpoints, &want.endpoints).collect::<Vec<_>>() {
             dp.set_endpoint(k, v)?;
             sh.endpoints.insert(k, v);
@@ -152,12 +168,6 @@ impl Syncer {
         for k in gone(&sh.endpoints, &want.endpoints).collect::<Vec<_>>() {
             dp.remove_endpoint(&k)?;
             sh.endpoints.remove(&k);
-            n.deletes += 1;
-        }
-        let del: BTreeSet<_> = sh.sources.difference(&want.sources).copied().collect();
-        for r in del {
-            dp.disallow_source(r.0, r.1, r.2)?;
-            sh.sources.remove(&r);
             n.deletes += 1;
         }
         for k in gone(&sh.services, &want.services).collect::<Vec<_>>() {
@@ -255,4 +265,125 @@ pub fn gc_conntrack(dp: &mut Dataplane, t: &Timeouts) -> Result<(usize, usize), 
         .collect();
     let (released, _) = gc_batches(dp, &orphans, |dp, c| dp.gc(GC_ORPHAN_CLAIMS, &[], c))?;
     Ok((flows.len() - removed, removed + released))
+}
+
+/// Endpoint ids that left the maps and whose flows may still be in conntrack. An id stays
+/// until a flush succeeds with the id no longer live, so a failed flush is tried again.
+#[derive(Debug, Default)]
+pub struct FlushQueue {
+    pending: std::collections::HashSet<u32>,
+}
+
+impl FlushQueue {
+    /// Notes the ids of `had` (the maps before a write) that `want` no longer has; ids back
+    /// in `want` are no longer due (their endpoint's new generation kills its old flows).
+    pub fn note(
+        &mut self,
+        had: &std::collections::HashSet<u32>,
+        want: &std::collections::HashSet<u32>,
+    ) {
+        self.pending.extend(had.difference(want));
+        self.pending.retain(|id| !want.contains(id));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Runs `flush` (which removes the flows of every endpoint not in `live`, the ids the
+    /// maps hold now) if any id is due; ids still in `live` (their removal has not been
+    /// written yet) stay due after a success, all of them after a failure.
+    pub fn run<E>(
+        &mut self,
+        live: &std::collections::HashSet<u32>,
+        flush: impl FnOnce(&std::collections::HashSet<u32>) -> Result<usize, E>,
+    ) -> Option<Result<usize, E>> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let r = flush(live);
+        if r.is_ok() {
+            self.pending.retain(|id| live.contains(id));
+        }
+        Some(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::Cell, collections::HashSet};
+
+    use super::*;
+
+    fn ids(v: &[u32]) -> HashSet<u32> {
+        v.iter().copied().collect()
+    }
+
+    /// One pass of the owner: the endpoints the maps held before the write, the ones
+    /// wanted (written), then the flush of removed endpoints' flows.
+    fn pass(
+        q: &mut FlushQueue,
+        had: &[u32],
+        want: &[u32],
+        flush: impl FnOnce(&HashSet<u32>) -> Result<usize, ()>,
+    ) -> Option<Result<usize, ()>> {
+        q.note(&ids(had), &ids(want));
+        q.run(&ids(want), flush)
+    }
+
+    #[test]
+    fn a_failed_flush_is_retried_until_it_succeeds() {
+        let mut q = FlushQueue::default();
+        let calls = Cell::new(0);
+        // Endpoint 2 is removed; the flush fails.
+        let r = pass(&mut q, &[1, 2], &[1], |live| {
+            calls.set(calls.get() + 1);
+            assert_eq!(*live, ids(&[1]));
+            Err(())
+        });
+        assert_eq!(r, Some(Err(())));
+        // The next pass has nothing new (the maps no longer hold 2): the flush runs again.
+        let r = pass(&mut q, &[1], &[1], |_| {
+            calls.set(calls.get() + 1);
+            Ok(3)
+        });
+        assert_eq!(r, Some(Ok(3)));
+        assert_eq!(calls.get(), 2);
+        // Done: no more flushes.
+        assert_eq!(pass(&mut q, &[1], &[1], |_| Ok(0)), None);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn an_id_not_yet_removed_stays_due_and_one_back_is_dropped() {
+        let mut q = FlushQueue::default();
+        q.note(&ids(&[1, 2, 3]), &ids(&[1]));
+        // The write stopped before removing 3: the flush keeps its flows, 3 stays due.
+        assert_eq!(q.run(&ids(&[1, 3]), |_| Ok::<_, ()>(1)), Some(Ok(1)));
+        assert!(!q.is_empty());
+        // 3 comes back before it was removed: nothing is due any more.
+        q.note(&ids(&[1, 3]), &ids(&[1, 3]));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn overlay_delivers_to_backend_nics_only() {
+        let nic = |ip: u32| LocalNic {
+            vpc_id: 7,
+            ip_be: ip,
+            ..LocalNic::default()
+        };
+        let nics: BTreeMap<u32, LocalNic> = [(3, nic(5)), (4, nic(6))].into();
+        let addrs = local_addrs(&nics, &[4].into());
+        assert_eq!(addrs.len(), 1);
+        assert_eq!(
+            addrs[&EndpointKey {
+                vpc_id: 7,
+                ip_be: 6
+            }]
+                .ifindex,
+            4
+        );
+        assert!(local_addrs(&nics, &BTreeSet::new()).is_empty());
+    }
 }

@@ -35,6 +35,10 @@ pub struct CreateEndpoint {
     policy_statement: Option<Vec<PolicyStatement>>,
     policy_document: Option<serde_json::Map<String, Value>>,
     ip_version: Option<String>,
+    /// Extension: lower limits than the service's (wide integers: a range error names
+    /// the field).
+    max_connections: Option<i64>,
+    max_new_connections_per_second: Option<i64>,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
@@ -197,6 +201,12 @@ pub async fn create(
     if let Some(v) = &req.ip_version {
         check_enum("ip_version", v, &["ipv4"])?;
     }
+    let max_connections = check_limit("max_connections", req.max_connections, MAX_CONNECTIONS)?;
+    let max_new_connections_per_second = check_limit(
+        "max_new_connections_per_second",
+        req.max_new_connections_per_second,
+        MAX_NEW_CONNECTIONS_PER_SECOND,
+    )?;
 
     let mut tx = st.store.write().await?;
     let svc = tx
@@ -282,6 +292,8 @@ pub async fn create(
             .map(Value::Object)
             .unwrap_or(Value::Null),
         tags,
+        max_connections,
+        max_new_connections_per_second,
         created_at: now.clone(),
         updated_at: now,
         created_rev: rev,

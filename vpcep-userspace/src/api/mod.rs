@@ -10,7 +10,7 @@ use axum::{
 };
 use tokio::net::TcpListener;
 
-use crate::store::{Store, StoreError};
+use crate::store::{self, Object, Store, StoreError};
 
 pub mod auth;
 pub mod bench;
@@ -65,6 +65,14 @@ pub struct Config {
     /// How often (ms) to look for changes written by other replicas.
     #[arg(long, default_value_t = 200)]
     pub feed_poll_ms: u64,
+    /// Live connections an endpoint may hold when its service sets no `max_connections`
+    /// (0 = no limit).
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u32).range(0..=i64::from(model::MAX_CONNECTIONS)))]
+    pub default_max_connections: u32,
+    /// New connections per second an endpoint may open when its service sets no
+    /// `max_new_connections_per_second` (0 = no limit).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=i64::from(model::MAX_NEW_CONNECTIONS_PER_SECOND)))]
+    pub default_max_new_connections_per_second: u32,
 }
 
 impl Default for Config {
@@ -76,6 +84,8 @@ impl Default for Config {
             max_body: 1 << 20,
             feed_retain: 100_000,
             feed_poll_ms: 200,
+            default_max_connections: 3000,
+            default_max_new_connections_per_second: 0,
         }
     }
 }
@@ -135,6 +145,7 @@ pub async fn serve(args: ControlPlaneArgs) -> Result<(), ServeError> {
     };
     let store = Store::open(&args.db, args.config.feed_retain).await?;
     fill_address_index(&store).await?;
+    fill_service_limits(&store, &args.config).await?;
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -160,6 +171,32 @@ async fn fill_address_index(store: &Store) -> Result<(), StoreError> {
     store.fill_addresses::<model::Port>().await?;
     store.fill_addresses::<model::Endpoint>().await?;
     Ok(())
+}
+
+/// Gives the services stored before limits existed the region's default limits (once per
+/// database; a no-op afterwards).
+pub async fn fill_service_limits(store: &Store, config: &Config) -> Result<usize, StoreError> {
+    let mut tx = store.write().await?;
+    if !tx.claim_limits_fill(model::Service::KIND).await? {
+        // Dropped: the revision bump rolls back.
+        return Ok(0);
+    }
+    let mut n = 0;
+    for mut s in tx.list::<model::Service>(store::Filter::All).await? {
+        if s.max_connections.is_none() || s.max_new_connections_per_second.is_none() {
+            s.max_connections
+                .get_or_insert(config.default_max_connections);
+            s.max_new_connections_per_second
+                .get_or_insert(config.default_max_new_connections_per_second);
+            tx.put(&s).await?;
+            n += 1;
+        }
+    }
+    tx.commit().await?;
+    if n > 0 {
+        tracing::info!(services = n, "default connection limits filled in");
+    }
+    Ok(n)
 }
 
 /// Ctrl-C or SIGTERM (what service managers send).
@@ -198,6 +235,7 @@ impl Server {
             .map_err(|source| ServeError::Bind { addr, source })?;
         let addr = listener.local_addr()?;
         fill_address_index(&store).await?;
+        fill_service_limits(&store, &config).await?;
         let state = AppState::new(store, creds, config);
         let shutdown = state.shutdown.clone();
         let app = app(state);

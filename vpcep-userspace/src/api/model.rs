@@ -55,6 +55,14 @@ pub struct Service {
     pub ip_version: String,
     #[serde(default)]
     pub server_resources: Vec<Value>,
+    /// Extension: live connections each endpoint of the service may hold (0 = no limit),
+    /// the default for its endpoints. `None` only in documents stored before limits
+    /// existed, until the control plane fills in the region default at start.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    /// Extension: new connections per second each endpoint may open (0 = no limit).
+    #[serde(default)]
+    pub max_new_connections_per_second: Option<u32>,
     pub created_at: String,
     pub updated_at: String,
     /// Creation and update revisions: a total order for sorting (timestamps tie).
@@ -98,6 +106,8 @@ impl Service {
             "description": self.description,
             "enable_policy": self.enable_policy,
             "ip_version": self.ip_version,
+            "max_connections": self.max_connections.unwrap_or(0),
+            "max_new_connections_per_second": self.max_new_connections_per_second.unwrap_or(0),
             "supported_editions": ["Professional"],
             "cidr_type": "private",
             "public_border_group": "center",
@@ -131,6 +141,12 @@ pub struct Endpoint {
     pub policy_statement: Value,
     pub policy_document: Value,
     pub tags: Vec<Tag>,
+    /// Extension: the consumer's own limits, if set. The smaller of these and the
+    /// service's applies, so a consumer can lower but never raise what the provider set.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    #[serde(default)]
+    pub max_new_connections_per_second: Option<u32>,
     pub created_at: String,
     pub updated_at: String,
     pub created_rev: i64,
@@ -162,6 +178,23 @@ impl Endpoint {
         } else {
             vec![]
         };
+        let mut v = self.base_view(active);
+        // Only when the consumer set them: otherwise the service's apply.
+        for (k, val) in [
+            ("max_connections", self.max_connections),
+            (
+                "max_new_connections_per_second",
+                self.max_new_connections_per_second,
+            ),
+        ] {
+            if let Some(n) = val {
+                v[k] = json!(n);
+            }
+        }
+        v
+    }
+
+    fn base_view(&self, active: Vec<&str>) -> Value {
         json!({
             "id": self.id,
             "service_type": self.service_type,
@@ -369,6 +402,28 @@ pub fn field_uuid(field: &str, v: &str) -> ApiResult<String> {
     uuid::Uuid::parse_str(v)
         .map(|u| u.hyphenated().to_string())
         .map_err(|_| ApiError::invalid(field, "must be a UUID"))
+}
+
+/// Largest `max_connections`: a node's conntrack table holds this many flows.
+pub const MAX_CONNECTIONS: u32 = vpcep_common::maps::MAX_FLOWS;
+/// Largest `max_new_connections_per_second`.
+pub const MAX_NEW_CONNECTIONS_PER_SECOND: u32 = 1_000_000;
+
+/// A connection limit of a request: an integer from 0 (no limit) to `max`.
+pub fn check_limit(field: &str, v: Option<i64>, max: u32) -> ApiResult<Option<u32>> {
+    match v {
+        None => Ok(None),
+        Some(n) => u32::try_from(n)
+            .ok()
+            .filter(|n| *n <= max)
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    field,
+                    format!("must be an integer from 0 (no limit) to {max}"),
+                )
+            }),
+    }
 }
 
 pub fn required<T>(field: &str, v: Option<T>) -> ApiResult<T> {

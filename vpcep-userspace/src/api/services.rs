@@ -39,6 +39,9 @@ pub struct CreateService {
     ip_version: Option<String>,
     #[allow(dead_code)]
     snat_network_id: Option<String>,
+    /// Extension: the limits of each endpoint (default: the region's).
+    max_connections: Option<i64>,
+    max_new_connections_per_second: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -50,6 +53,8 @@ pub struct UpdateService {
     tcp_proxy: Option<String>,
     description: Option<String>,
     ip: Option<String>,
+    max_connections: Option<i64>,
+    max_new_connections_per_second: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -60,6 +65,18 @@ pub struct RenameService {
 /// The SDK's four values plus `proxy_vni`, which the product documentation also lists.
 const TCP_PROXY: [&str; 5] = ["close", "toa_open", "proxy_open", "open", "proxy_vni"];
 const SERVER_TYPES: [&str; 3] = ["VM", "LB", "VIP"];
+
+/// The two limit extension fields of a request.
+fn check_limits(conns: Option<i64>, rate: Option<i64>) -> ApiResult<(Option<u32>, Option<u32>)> {
+    Ok((
+        check_limit("max_connections", conns, MAX_CONNECTIONS)?,
+        check_limit(
+            "max_new_connections_per_second",
+            rate,
+            MAX_NEW_CONNECTIONS_PER_SECOND,
+        )?,
+    ))
+}
 
 fn full_name(region: &str, name: Option<&str>, id: &str) -> String {
     match name {
@@ -182,6 +199,8 @@ pub async fn create(
     if let Some(ip) = &req.ip {
         parse_ip("ip", ip)?;
     }
+    let (max_connections, max_new_connections_per_second) =
+        check_limits(req.max_connections, req.max_new_connections_per_second)?;
 
     let mut tx = st.store.write().await?;
     let quota = quota_for(&mut tx, &st.config, &caller.project_id, Service::KIND).await?;
@@ -217,6 +236,11 @@ pub async fn create(
         enable_policy: false,
         ip_version,
         server_resources: Vec::new(),
+        max_connections: Some(max_connections.unwrap_or(st.config.default_max_connections)),
+        max_new_connections_per_second: Some(
+            max_new_connections_per_second
+                .unwrap_or(st.config.default_max_new_connections_per_second),
+        ),
         created_at: now.clone(),
         updated_at: now,
         created_rev: rev,
@@ -366,6 +390,8 @@ pub async fn update(
     if let Some(ip) = &req.ip {
         parse_ip("ip", ip)?;
     }
+    let (max_connections, max_new_connections_per_second) =
+        check_limits(req.max_connections, req.max_new_connections_per_second)?;
     let mut tx = st.store.write().await?;
     let mut s = own_service(&mut tx, &caller, &id).await?;
     if ports.is_some() || new_port.is_some() {
@@ -400,6 +426,12 @@ pub async fn update(
     }
     if let Some(ip) = req.ip {
         s.ip = ip;
+    }
+    if let Some(n) = max_connections {
+        s.max_connections = Some(n);
+    }
+    if let Some(n) = max_new_connections_per_second {
+        s.max_new_connections_per_second = Some(n);
     }
     s.updated_at = now();
     s.updated_rev = tx.revision();

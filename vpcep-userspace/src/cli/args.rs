@@ -191,6 +191,12 @@ pub struct ServiceCreate {
     pub tcp_proxy: Option<String>,
     #[arg(long)]
     pub description: Option<String>,
+    /// Live connections each endpoint may hold (0 = no limit); default: the region's.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<u32>,
+    /// New connections per second each endpoint may open (0 = no limit); default: the region's.
+    #[arg(long, value_name = "N")]
+    pub max_new_connections_per_second: Option<u32>,
     /// Tag `KEY=VALUE`; repeatable.
     #[arg(long = "tag", value_name = "KEY=VALUE")]
     pub tags: Vec<String>,
@@ -218,6 +224,12 @@ pub struct ServiceUpdate {
     pub tcp_proxy: Option<String>,
     #[arg(long)]
     pub description: Option<String>,
+    /// Live connections each endpoint may hold (0 = no limit).
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<u32>,
+    /// New connections per second each endpoint may open (0 = no limit).
+    #[arg(long, value_name = "N")]
+    pub max_new_connections_per_second: Option<u32>,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -281,6 +293,12 @@ pub struct EndpointCreate {
     pub enable_dns: bool,
     #[arg(long)]
     pub description: Option<String>,
+    /// Live connections this endpoint may hold: can only lower the service's limit.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<u32>,
+    /// New connections per second this endpoint may open: can only lower the service's.
+    #[arg(long, value_name = "N")]
+    pub max_new_connections_per_second: Option<u32>,
     /// Tag `KEY=VALUE`; repeatable.
     #[arg(long = "tag", value_name = "KEY=VALUE")]
     pub tags: Vec<String>,

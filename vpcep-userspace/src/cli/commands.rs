@@ -323,6 +323,12 @@ async fn service_create(c: &Client, base: &str, a: ServiceCreate) -> CliResult<O
     put_opt(&mut body, "ip", a.ip);
     put_opt(&mut body, "tcp_proxy", a.tcp_proxy);
     put_opt(&mut body, "description", a.description);
+    put_opt(&mut body, "max_connections", a.max_connections);
+    put_opt(
+        &mut body,
+        "max_new_connections_per_second",
+        a.max_new_connections_per_second,
+    );
     if !a.tags.is_empty() {
         body.insert("tags".into(), tags_body(&a.tags)?);
     }
@@ -366,10 +372,17 @@ async fn service_update(c: &Client, base: &str, a: ServiceUpdate) -> CliResult<O
     put_opt(&mut body, "ip", a.ip);
     put_opt(&mut body, "tcp_proxy", a.tcp_proxy);
     put_opt(&mut body, "description", a.description);
+    put_opt(&mut body, "max_connections", a.max_connections);
+    put_opt(
+        &mut body,
+        "max_new_connections_per_second",
+        a.max_new_connections_per_second,
+    );
     if body.is_empty() {
         return Err(CliError::Usage(
             "nothing to update: give at least one of --port, --approval, --name, --port-id, \
-             --ip, --tcp-proxy, --description"
+             --ip, --tcp-proxy, --description, --max-connections, \
+             --max-new-connections-per-second"
                 .to_owned(),
         ));
     }
@@ -462,6 +475,12 @@ async fn endpoint_create(c: &Client, base: &str, a: EndpointCreate) -> CliResult
     if a.enable_dns {
         body.insert("enable_dns".into(), json!(true));
     }
+    put_opt(&mut body, "max_connections", a.max_connections);
+    put_opt(
+        &mut body,
+        "max_new_connections_per_second",
+        a.max_new_connections_per_second,
+    );
     put_opt(&mut body, "description", a.description);
     if !a.tags.is_empty() {
         body.insert("tags".into(), tags_body(&a.tags)?);

@@ -586,6 +586,17 @@ impl WriteTx {
         Ok(())
     }
 
+    /// Claims the one-time filling of limits into the stored objects of `kind` (see
+    /// migration 0004): true for the one transaction that removes its row.
+    pub async fn claim_limits_fill(&mut self, kind: &str) -> Result<bool> {
+        Ok(sqlx::query("DELETE FROM limits_fill WHERE kind = $1")
+            .bind(kind)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected()
+            > 0)
+    }
+
     /// Whether `ip` is held in `scope`.
     pub async fn address_taken(&mut self, scope: &str, ip: u32) -> Result<bool> {
         Ok(
