@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: everything needed to set up, build, run and test vpcep.
 mod demo;
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -74,6 +75,9 @@ enum Cmd {
         /// Skip the aarch64 cross-build and qemu tests.
         #[arg(long)]
         no_aarch64: bool,
+        /// Skip the stages that boot Debian's kernels in qemu.
+        #[arg(long)]
+        no_vm: bool,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<String>,
@@ -89,6 +93,12 @@ enum Cmd {
     /// Formatting check and clippy with -D warnings: the host crates, then the eBPF crate
     /// for the bpf target in its own pass.
     Lint,
+    /// Boot Debian's own kernel in qemu (TCG) and run the kernel tiers there (root): 6.1 on
+    /// x86_64, and Debian's arm64 kernel with the aarch64 build.
+    Vm {
+        #[arg(value_enum, default_value = "all")]
+        arch: VmArch,
+    },
     /// Create or destroy a network namespace by hand (tests use the library guards).
     #[command(subcommand)]
     Netns(NetnsCmd),
@@ -107,6 +117,13 @@ enum BenchKind {
     E2e,
     /// A backend on another node: through the overlay next to plain kernel VXLAN routing.
     Overlay,
+    All,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum VmArch {
+    X86_64,
+    Arm64,
     All,
 }
 
@@ -143,7 +160,12 @@ fn run_cli(cli: Cli) -> Result<()> {
             keep,
             release: !debug,
         }),
-        Cmd::Test { no_aarch64, args } => test(no_aarch64, &args),
+        Cmd::Test {
+            no_aarch64,
+            no_vm,
+            args,
+        } => test(no_aarch64, no_vm, &args),
+        Cmd::Vm { arch } => vm_stages(arch),
         Cmd::Lint => lint(),
         Cmd::Bench { what } => bench(what),
         Cmd::Netns(cmd) => netns(cmd),
@@ -248,7 +270,29 @@ fn run(ifaces: &[String], config: Option<&Path>, mode: Mode, duration: u64) -> R
     sh(&mut cmd)
 }
 
-fn test(no_aarch64: bool, args: &[String]) -> Result<()> {
+/// The qemu stages, each timed.
+fn vm_stages(arch: VmArch) -> Result<()> {
+    setup::ensure()?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "the guests load BPF programs and create namespaces, and qemu exports / over 9p: run as root"
+        );
+    }
+    if arch != VmArch::Arm64 {
+        let t = Instant::now();
+        vm::stage_x86_64()?;
+        println!("stage vm x86_64: {:.0} s", t.elapsed().as_secs_f64());
+    }
+    if arch != VmArch::X86_64 {
+        let t = Instant::now();
+        vm::stage_arm64()?;
+        println!("stage vm arm64: {:.0} s", t.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+fn test(no_aarch64: bool, no_vm: bool, args: &[String]) -> Result<()> {
     let started = Instant::now();
     setup::ensure()?;
     // SAFETY: geteuid has no preconditions.
@@ -279,6 +323,14 @@ fn test(no_aarch64: bool, args: &[String]) -> Result<()> {
     }
     if !no_aarch64 {
         test_aarch64()?;
+    }
+    // Other kernels: a developer's filtered run skips them, like the SDK and demo stages.
+    if !no_vm && args.is_empty() {
+        vm_stages(if no_aarch64 {
+            VmArch::X86_64
+        } else {
+            VmArch::All
+        })?;
     }
     println!(
         "xtask test: all stages passed in {:.0} s",

@@ -31,6 +31,12 @@ const PACKAGES: &[&str] = &[
     "curl",
     // The demo's backend web server.
     "python3",
+    // The qemu stages: emulators, the guest's busybox, the initramfs and module tools.
+    "qemu-system-x86",
+    "qemu-system-arm",
+    "busybox-static",
+    "cpio",
+    "kmod",
 ];
 
 pub fn run() -> Result<()> {
