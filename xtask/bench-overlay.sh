@@ -179,8 +179,9 @@ measure() {
   echo "$m $r bulk1 ${v:-0}" >> $RES
 }
 
+# VPCEP_BENCH_MODES="vpcep" (or "vxlan") runs one side only, e.g. under a profiler.
 for r in $(seq 1 $RUNS); do
-  for m in vxlan vpcep; do
+  for m in ${VPCEP_BENCH_MODES:-vxlan vpcep}; do
     echo "run $r/$RUNS: $m (UDP pps, connections/s, bulk; ${SECS} s each)"
     mode_on $m
     measure $m $r
