@@ -260,7 +260,8 @@ fn node_configuration_is_never_read_half_written() {
         let deadline = Instant::now() + Duration::from_secs(4);
         let mut switches = 0u64;
         while Instant::now() < deadline {
-            dp.set_node(if switches % 2 == 0 { b } else { a }).unwrap();
+            dp.set_node(if switches.is_multiple_of(2) { b } else { a })
+                .unwrap();
             switches += 1;
         }
         switches
