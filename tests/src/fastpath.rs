@@ -259,7 +259,8 @@ pub fn age_flow(dp: &mut Dataplane, key: &FlowKey, secs: u64) {
     assert!(now > back, "uptime shorter than {secs} s");
     let mut f = dp.flow(key).unwrap().expect("flow to age");
     let mut claim = dp.rev(&f.rev).unwrap().expect("its claim");
-    let owner = flow_owner((now - back) / 1_000_000_000, f.owner >> 12, 0);
+    // Only the claim's second changes: owner ids stay unique, as the protocol needs.
+    let owner = ((now - back) / 1_000_000_000) << 32 | (f.owner & 0xffff_ffff);
     f.owner = owner;
     f.last_seen_ns = now - back;
     claim.owner = owner;

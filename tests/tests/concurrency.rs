@@ -38,6 +38,72 @@ fn port_of(f: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([f[at], f[at + 1]])
 }
 
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity act
+    // on the set we own and on this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
+
+/// Rounds in which the two CPUs start a packet at the same instant: the coordinator opens
+/// round `r` (`go = r`); each worker spins until then, sends, and reports (`done += 1`).
+/// Spinning rather than blocking puts both syscalls within a few hundred nanoseconds of
+/// each other, so that their programs really overlap.
+struct Lockstep {
+    go: std::sync::atomic::AtomicU64,
+    done: std::sync::atomic::AtomicU64,
+}
+
+impl Lockstep {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            go: 0.into(),
+            done: 0.into(),
+        })
+    }
+
+    /// Worker: waits for round `r` (or the end, `u64::MAX`); false at the end.
+    fn wait(&self, r: u64) -> bool {
+        use std::sync::atomic::Ordering::Acquire;
+        loop {
+            let g = self.go.load(Acquire);
+            if g == u64::MAX {
+                return false;
+            }
+            if g >= r {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    fn report(&self) {
+        self.done.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Coordinator: opens round `r` and waits until `workers` reported it.
+    fn round(&self, r: u64, workers: u64) {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        self.go.store(r, std::sync::atomic::Ordering::Release);
+        while self.done.load(Acquire) < r * workers {
+            std::thread::yield_now();
+        }
+        let _ = AcqRel;
+    }
+
+    fn end(&self) {
+        self.go
+            .store(u64::MAX, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// Every live flow holds its claim, and no two live flows hold one claim.
 fn claims_are_exclusive(dp: &mut Dataplane, t: &Timeouts) {
     let now = monotonic_ns();
@@ -313,4 +379,171 @@ fn node_configuration_is_never_read_half_written() {
         seen[0] > 0 && seen[1] > 0,
         "both configurations used: {seen:?}"
     );
+}
+
+#[test]
+fn a_dead_holders_port_is_taken_by_one_flow_only() {
+    require_root();
+    let (ns, n) = namespace();
+    let pins = Pins::new("takeover");
+    // Two SNAT ports; SYN flows die after 2 s (aged by the coordinator each round).
+    let mut cfg = node(PORT_LO, PORT_LO + 1);
+    cfg.timeouts.tcp_syn = 2;
+    ns.run(|| {
+        let mut dp = Dataplane::load_pinned(&pins.0).unwrap();
+        fill(&mut dp, &n, PORT_LO, PORT_LO + 1);
+        dp.set_node(cfg).unwrap();
+    })
+    .unwrap();
+    let rounds = 2000u64;
+    let step = Lockstep::new();
+    let workers: Vec<_> = [(n.c, C_MAC, C_IP), (n.x, X_MAC, X_IP)]
+        .into_iter()
+        .enumerate()
+        .map(|(t, (nic, mac, ip))| {
+            let (dir, step) = (pins.0.clone(), step.clone());
+            spawn_in(ns.name(), move || {
+                pin_to(t);
+                let mut dp = Dataplane::load_pinned(&dir).unwrap();
+                run_tc(&mut dp, nic, &tcp(mac, VMAC, ip, EP_IP, 1, 8080, ACK, b""));
+                let mut ports = Vec::new();
+                let mut r = 1;
+                while step.wait(r) {
+                    let sport = 20000 + r as u16;
+                    let out = run_tc(
+                        &mut dp,
+                        nic,
+                        &tcp(mac, VMAC, ip, EP_IP, sport, 8080, SYN, b""),
+                    );
+                    ports.push((
+                        r,
+                        (out.verdict == TC_REDIRECT).then(|| port_of(&out.out, 34)),
+                    ));
+                    step.report();
+                    r += 1;
+                }
+                ports
+            })
+        })
+        .collect();
+    // Each round: every flow aged past its timeout (claims too), then both CPUs open a new
+    // flow at once, both probing onto the same two dead holders.
+    ns.run(|| {
+        let mut dp = Dataplane::load_pinned(&pins.0).unwrap();
+        for r in 1..=rounds {
+            // The flows of the round before (listing the table each round is slow).
+            for ip in [C_IP, X_IP] {
+                let k = flow_key(ip, EP_IP, 20000 + r as u16 - 1, 8080, IPPROTO_TCP);
+                if dp.flow(&k).unwrap().is_some() {
+                    age_flow(&mut dp, &k, 3);
+                }
+            }
+            step.round(r, 2);
+        }
+        step.end();
+        claims_are_exclusive(&mut dp, &cfg.timeouts);
+    })
+    .unwrap();
+    let got: Vec<Vec<(u64, Option<u16>)>> =
+        workers.into_iter().map(|w| w.join().unwrap()).collect();
+    let mut shared = Vec::new();
+    let mut taken = 0;
+    for (a, b) in got[0].iter().zip(&got[1]) {
+        assert_eq!(a.0, b.0);
+        taken += a.1.is_some() as u32 + b.1.is_some() as u32;
+        if a.1.is_some() && a.1 == b.1 && shared.len() < 5 {
+            shared.push((a.0, a.1));
+        }
+    }
+    println!("{rounds} rounds, {taken} ports taken over");
+    assert!(
+        shared.is_empty(),
+        "one SNAT port given to both CPUs' flows in rounds {shared:?}"
+    );
+    assert!(
+        taken as u64 > rounds,
+        "too few takeovers to prove anything: {taken}"
+    );
+}
+
+#[test]
+fn fins_from_both_sides_at_once_close_the_flow() {
+    require_root();
+    let (ns, n) = namespace();
+    let pins = Pins::new("fins");
+    ns.run(|| {
+        let mut dp = Dataplane::load_pinned(&pins.0).unwrap();
+        fill(&mut dp, &n, 20000, 60000);
+    })
+    .unwrap();
+    let rounds = 2000u64;
+    let step = Lockstep::new();
+    let snat = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let workers: Vec<_> = [false, true]
+        .into_iter()
+        .enumerate()
+        .map(|(t, from_backend)| {
+            let (dir, step, snat) = (pins.0.clone(), step.clone(), snat.clone());
+            let (c, b) = (n.c, n.b);
+            spawn_in(ns.name(), move || {
+                pin_to(t);
+                let mut dp = Dataplane::load_pinned(&dir).unwrap();
+                run_tc(
+                    &mut dp,
+                    c,
+                    &tcp(C_MAC, VMAC, C_IP, EP_IP, 1, 8080, ACK, b""),
+                );
+                let mut r = 1;
+                while step.wait(r) {
+                    let sport = 30000 + r as u16;
+                    let (nic, f) = if from_backend {
+                        let p = snat.load(std::sync::atomic::Ordering::Acquire) as u16;
+                        (b, tcp(B_MAC, VMAC, B_IP, SNAT_IP, 80, p, FIN | ACK, b""))
+                    } else {
+                        (
+                            c,
+                            tcp(C_MAC, VMAC, C_IP, EP_IP, sport, 8080, FIN | ACK, b""),
+                        )
+                    };
+                    assert_eq!(run_tc(&mut dp, nic, &f).verdict, TC_REDIRECT);
+                    step.report();
+                    r += 1;
+                }
+            })
+        })
+        .collect();
+    // Each round a new established flow; then its two FINs race on the two CPUs.
+    let lost = ns
+        .run(|| {
+            let mut dp = Dataplane::load_pinned(&pins.0).unwrap();
+            let mut lost = Vec::new();
+            for r in 1..=rounds {
+                let sport = 30000 + r as u16;
+                let out = run_tc(
+                    &mut dp,
+                    n.c,
+                    &tcp(C_MAC, VMAC, C_IP, EP_IP, sport, 8080, SYN, b""),
+                );
+                let p = port_of(&out.out, 34);
+                run_tc(
+                    &mut dp,
+                    n.b,
+                    &tcp(B_MAC, VMAC, B_IP, SNAT_IP, 80, p, SYN | ACK, b""),
+                );
+                snat.store(u64::from(p), std::sync::atomic::Ordering::Release);
+                step.round(r, 2);
+                let key = flow_key(C_IP, EP_IP, sport, 8080, IPPROTO_TCP);
+                let e = dp.flow(&key).unwrap().unwrap();
+                if e.state() != CT_TCP_CLOSING && lost.len() < 5 {
+                    lost.push((r, e.ct));
+                }
+            }
+            step.end();
+            lost
+        })
+        .unwrap();
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert!(lost.is_empty(), "a FIN of one side lost in rounds {lost:?}");
 }

@@ -574,7 +574,7 @@ fn same_flows(dp: &mut Dataplane, m: &Model) -> Result<(), String> {
 fn age(dp: &mut Dataplane, m: &mut Model, k: &FlowKey) {
     let now = monotonic_ns();
     let seen = now.saturating_sub(100_000 * 1_000_000_000);
-    let since = |owner: u64| flow_owner(0, owner >> 12, (owner & 0xfff) as u32);
+    let since = |owner: u64| owner & 0xffff_ffff;
     let e = m.fwd.get_mut(k).unwrap();
     e.last_seen_ns = seen;
     if let Some(r) = m.rev.get_mut(&e.rev).filter(|r| r.owner == e.owner) {
