@@ -12,7 +12,9 @@
 //!
 //! Placement (docs/benchmarks.md): B's load generators and the servers on CPU 1, the
 //! flood and the data-plane process on CPU 0, all at nice -20, so that the flood competes
-//! with B in the data plane and the backend rather than for B's CPU.
+//! with B in the data plane and the backend rather than for B's CPU. The baseline keeps
+//! CPU 0 just as busy (A's sender aimed at its own loopback); a case with CPU 0 idle is
+//! printed too.
 use std::{
     fs::File,
     io::{BufRead, BufReader, Write},
@@ -42,28 +44,37 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Flood {
+    /// Nothing on CPU 0.
+    Idle,
+    /// The baseline: A's sender as busy as in a flood, but towards its own loopback, so
+    /// that CPU 0 is as loaded as during a flood and only the data plane's share differs.
+    /// (In a VM an idle vCPU slows its sibling's wake-ups: against `Idle`, B *gains* from
+    /// a flood on this machine.)
     None,
     Max,
     Paced,
 }
 
 impl Flood {
-    const ALL: [Flood; 3] = [Flood::None, Flood::Max, Flood::Paced];
+    const ALL: [Flood; 4] = [Flood::Idle, Flood::None, Flood::Max, Flood::Paced];
 
     fn label(self) -> &'static str {
         match self {
-            Flood::None => "no flood",
+            Flood::Idle => "no flood, CPU 0 idle",
+            Flood::None => "no flood, A busy on lo",
             Flood::Max => "SYN flood, max rate",
             Flood::Paced => "100 flows/ms",
         }
     }
 
-    /// SYNs/s for `vpcep-load syn-flood` (0 = as fast as it can).
-    fn rate(self) -> Option<u64> {
+    /// `vpcep-load syn-flood` target, SYNs/s (0 = as fast as it can) and source.
+    fn sender(self) -> Option<(String, u64, &'static str)> {
+        let ep = format!("10.0.0.100:{CPS_PORT}");
         match self {
-            Flood::None => None,
-            Flood::Max => Some(0),
-            Flood::Paced => Some(PACED_RATE),
+            Flood::Idle => None,
+            Flood::None => Some(("127.0.0.1:9".to_string(), 0, "127.0.0.1")),
+            Flood::Max => Some((ep, 0, "10.0.0.2")),
+            Flood::Paced => Some((ep, PACED_RATE, "10.0.0.2")),
         }
     }
 }
@@ -122,7 +133,7 @@ fn bench(vpcep: &Path, load: &Path, runs: u64, secs: u64) -> Result<()> {
 
     // Upper bound of the whole run; every process started below ends by then on its own.
     let per_phase = 3 * secs + 4;
-    let total = (runs * 3 * per_phase + 60).to_string();
+    let total = (runs * Flood::ALL.len() as u64 * per_phase + 60).to_string();
     let load_s = load.to_string_lossy().into_owned();
     let mut servers = Vec::new();
     for (mode, port) in [("tcp-server", 80), ("tcp-server", 81), ("tcp-sink", 82)] {
@@ -143,8 +154,7 @@ fn bench(vpcep: &Path, load: &Path, runs: u64, secs: u64) -> Result<()> {
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    let mut dataplane =
-        ChildGuard::from(dp_cmd.spawn().context("starting vpcep dataplane run")?);
+    let mut dataplane = ChildGuard::from(dp_cmd.spawn().context("starting vpcep dataplane run")?);
     wait_for(&log_path, "attached", &mut dataplane)?;
     println!(
         "data plane attached; A's endpoint: max_flows {A_MAX_FLOWS}, new_flows_per_sec \
@@ -166,9 +176,9 @@ fn bench(vpcep: &Path, load: &Path, runs: u64, secs: u64) -> Result<()> {
                 flood.label()
             );
             let mut smp = Sample::default();
-            let flooder = match flood.rate() {
+            let flooder = match flood.sender() {
                 None => None,
-                Some(rate) => {
+                Some((to, rate, src)) => {
                     let dur = (RAMP + Duration::from_secs(3 * secs) + Duration::from_millis(1500))
                         .as_secs_f64();
                     let g = spawn_piped(pinned(
@@ -177,10 +187,10 @@ fn bench(vpcep: &Path, load: &Path, runs: u64, secs: u64) -> Result<()> {
                         &load_s,
                         &[
                             "syn-flood",
-                            &format!("10.0.0.100:{CPS_PORT}"),
+                            &to,
                             &format!("{dur:.1}"),
                             &rate.to_string(),
-                            "10.0.0.2",
+                            src,
                         ],
                     ))?;
                     std::thread::sleep(RAMP);
@@ -435,7 +445,12 @@ fn report(
             |s| s.rr_p99_us,
             None,
         ),
-        ("A's SYNs sent", "pps", |s| s.flood_pps, None),
+        (
+            "A's SYNs sent (to lo without flood)",
+            "pps",
+            |s| s.flood_pps,
+            None,
+        ),
     ];
     let fmt = |unit: &str, x: f64| {
         if unit == "Gbit/s" {
@@ -448,18 +463,21 @@ fn report(
     };
     println!();
     println!(
-        "| measure | no flood | SYN flood, max rate | ratio | 100 flows/ms | ratio | target | met |"
+        "| measure | CPU 0 idle | no flood (A busy on lo) | SYN flood, max rate | ratio \
+         | 100 flows/ms | ratio | target | met |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---|---|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---|---|");
     for (label, unit, get, target) in rows {
         let cell = |f: Flood| {
             let v = of(f, get);
-            let (lo, hi) = (min(&v), max(&v));
+            if f == Flood::Idle && unit == "pps" {
+                return "—".to_string();
+            }
             format!(
                 "{} ({}–{})",
                 fmt(unit, median(&v)),
-                fmt(unit, lo),
-                fmt(unit, hi)
+                fmt(unit, min(&v)),
+                fmt(unit, max(&v))
             )
         };
         let base = median(&of(Flood::None, get));
@@ -467,16 +485,7 @@ fn report(
             let m = median(&of(f, get));
             if base > 0.0 { m / base } else { 0.0 }
         };
-        let (none, max_f, paced) = (
-            if label.starts_with("A's") {
-                "—".to_string()
-            } else {
-                cell(Flood::None)
-            },
-            cell(Flood::Max),
-            cell(Flood::Paced),
-        );
-        let (rm, rp) = if label.starts_with("A's") || unit == "count" {
+        let (rm, rp) = if unit == "pps" || unit == "count" {
             (String::new(), String::new())
         } else {
             (
@@ -495,14 +504,23 @@ fn report(
             ),
             None => (String::new(), ""),
         };
-        println!("| {label} ({unit}) | {none} | {max_f} | {rm} | {paced} | {rp} | {t} | {met} |");
+        println!(
+            "| {label} ({unit}) | {} | {} | {} | {rm} | {} | {rp} | {t} | {met} |",
+            cell(Flood::Idle),
+            cell(Flood::None),
+            cell(Flood::Max),
+            cell(Flood::Paced)
+        );
     }
     println!(
-        "| established flows lost (bulk + RR, whole run) | | | | | | 0 | {} |",
+        "| established flows lost (bulk + RR, whole run) | | | | | | | 0 | {} |",
         if lost == 0 { "yes" } else { "**no**" }
     );
     println!();
-    println!("medians of the runs (min–max); ratio = median with flood / median without");
+    println!(
+        "medians of the runs (min–max); ratio = median with flood / median without flood \
+         (A busy on lo)"
+    );
     for l in lost_during {
         println!("lost: {l}");
     }
@@ -538,7 +556,7 @@ fn report(
                     s.cps_failed,
                     s.bulk_gbps,
                     s.rr_p99_us,
-                    if f == Flood::None {
+                    if f == Flood::Idle {
                         String::new()
                     } else {
                         format!(" flood {:.0}", s.flood_pps)
@@ -546,7 +564,7 @@ fn report(
                 )
             })
             .collect();
-        println!("  {:<20} {}", f.label(), line.join(" | "));
+        println!("  {:<24} {}", f.label(), line.join(" | "));
     }
 }
 
