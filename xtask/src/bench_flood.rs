@@ -686,3 +686,44 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_last_counter_table_summed_over_hooks() {
+        let log = "attached to tapa (Tc); Ctrl-C detaches\n\
+                   hook         reason                    packets          bytes\n\
+                   tc-ingress   fwd_new_flow                    1             60\n\n\
+                   hook         reason                    packets          bytes\n\
+                   tc-ingress   fwd_new_flow                    5            300\n\
+                   xdp          fwd_new_flow                    2            120\n\
+                   tc-ingress   drop_endpoint_flow_limit        7            420\n\n\
+                   detached from tapa\n";
+        assert_eq!(
+            last_counters(log),
+            vec![
+                ("fwd_new_flow".to_string(), 7),
+                ("drop_endpoint_flow_limit".to_string(), 7)
+            ]
+        );
+        assert!(last_counters("").is_empty());
+    }
+
+    #[test]
+    fn medians_and_thousands() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(thousands(1_234_567.4), "1,234,567");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(min(&[]), 0.0);
+    }
+
+    #[test]
+    fn the_config_gives_only_a_limits() {
+        let t = dataplane_toml();
+        assert_eq!(t.matches("max_flows = 3000").count(), 1);
+        assert_eq!(t.matches("[[endpoint]]").count(), 2);
+    }
+}
