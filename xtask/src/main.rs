@@ -1,4 +1,5 @@
 //! `cargo xtask <command>`: everything needed to set up, build, run and test vpcep.
+mod bench_flood;
 mod demo;
 mod setup;
 mod vm;
@@ -117,6 +118,9 @@ enum BenchKind {
     E2e,
     /// A backend on another node: through the overlay next to plain kernel VXLAN routing.
     Overlay,
+    /// One tenant floods new flows; another tenant's connections/s and an established
+    /// flow's throughput and RR p99, next to the same figures with no flood.
+    Flood,
     All,
 }
 
@@ -422,6 +426,23 @@ fn bench(what: BenchKind) -> Result<()> {
             .arg(target.join("release/vpcep"))
             .arg(target.join("release/vpcep-load"))
             .args([runs, secs]))?;
+    }
+    if all || what == BenchKind::Flood {
+        println!("== flood: tenant A floods its endpoint; tenant B's connections and flows");
+        build(false)?;
+        sh(cargo().args([
+            "build",
+            "--release",
+            "--package",
+            "xtask",
+            "--bin",
+            "vpcep-load",
+        ]))?;
+        let target = target_dir();
+        bench_flood::run(
+            &target.join("release/vpcep"),
+            &target.join("release/vpcep-load"),
+        )?;
     }
     if all || what == BenchKind::Dataplane {
         println!("== dataplane: ns/packet, 10,000 endpoints and 1,000,000 flows loaded");

@@ -7,9 +7,10 @@
 use std::{
     fs::File,
     os::fd::AsRawFd,
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -185,6 +186,40 @@ impl ChildGuard {
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let _ = child.try_wait();
         Ok(child.wait_with_output()?)
+    }
+}
+
+impl From<Child> for ChildGuard {
+    /// Guards a child spawned by hand (e.g. from [`NetNs::command`] with its own stdio).
+    fn from(child: Child) -> Self {
+        Self { child: Some(child) }
+    }
+}
+
+impl ChildGuard {
+    /// The exit status if the child has exited (it is then reaped).
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        match self.child.as_mut() {
+            Some(c) => Ok(c.try_wait()?),
+            None => bail!("child already reaped"),
+        }
+    }
+
+    /// Sends `signal` (e.g. SIGINT, for a clean detach), waits up to `grace` for the exit,
+    /// then kills.
+    pub fn signal_and_wait(mut self, signal: i32, grace: Duration) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("child already reaped")?;
+        // SAFETY: plain kill(2) of our own child's PID.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let start = Instant::now();
+        while start.elapsed() < grace {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        Ok(child.wait()?)
     }
 }
 
