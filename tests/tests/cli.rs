@@ -4,7 +4,7 @@
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use vpcep::{
     api::{Config, Credentials, CredentialsFile, Server, auth},
     store::Store,
@@ -549,6 +549,45 @@ async fn provider_consumer_story() {
         .await;
     assert_eq!(upd["approval_enabled"], false);
     assert_eq!(upd["ports"][0]["client_port"], 443);
+    // Connection limits: the region default on create, set by update; out of range is the
+    // API's 400 naming the field (exit 1), not a number is a usage error (exit 2).
+    assert_eq!(upd["max_connections"], 3000);
+    let upd = w
+        .json(
+            Provider,
+            &[
+                "service",
+                "update",
+                &sid,
+                "--max-connections",
+                "100",
+                "--max-new-connections-per-second",
+                "20",
+            ],
+        )
+        .await;
+    assert_eq!(
+        (
+            &upd["max_connections"],
+            &upd["max_new_connections_per_second"]
+        ),
+        (&json!(100), &json!(20))
+    );
+    let r = w
+        .run(
+            Provider,
+            &["service", "update", &sid, "--max-connections", "3000000"],
+        )
+        .await;
+    r.fails(1, "VPCEP.0002");
+    assert!(r.stderr.contains("max_connections"), "{}", r.stderr);
+    let r = w
+        .run(
+            Provider,
+            &["service", "update", &sid, "--max-connections", "-1"],
+        )
+        .await;
+    assert_eq!(r.code, 2, "{r:?}");
     let r = w.json(Provider, &["service", "rename", &sid, "web2"]).await;
     assert!(s(&r, "endpoint_service_name").contains(".web2."));
 
@@ -560,6 +599,28 @@ async fn provider_consumer_story() {
     w.run(Consumer, &["endpoint", "show", &eid])
         .await
         .fails(3, "VPCEP.0404");
+    // An endpoint's own, lower limit.
+    let lim = w
+        .json(
+            Consumer,
+            &[
+                "endpoint",
+                "create",
+                "--service-id",
+                &sid,
+                "--vpc-id",
+                &cvpc,
+                "--subnet-id",
+                &csub,
+                "--max-connections",
+                "7",
+            ],
+        )
+        .await;
+    assert_eq!(lim["max_connections"], 7, "{lim}");
+    w.run(Consumer, &["endpoint", "delete", &s(&lim, "id")])
+        .await
+        .ok();
     let gone = w.run(Provider, &["service", "rm", &sid]).await;
     assert!(gone.ok().stdout.contains("deleted"));
     assert_eq!(
@@ -642,6 +703,19 @@ async fn credentials_errors_and_exit_codes() {
     // Usage errors: clap's, and ours.
     let r = w.run(Who::Provider, &["service", "list", "--bogus"]).await;
     assert_eq!(r.code, 2, "{r:?}");
+    // A region default out of range stops the control plane before it serves.
+    let r = w
+        .run(
+            Who::Operator,
+            &["control-plane", "--default-max-connections", "3000000"],
+        )
+        .await;
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("--default-max-connections"),
+        "{}",
+        r.stderr
+    );
     let r = w
         .run(
             Who::Provider,
