@@ -539,9 +539,22 @@ async fn kill_9_and_reload_keep_the_stream(tc_attach: Option<&str>) {
             let s = std::net::UdpSocket::bind("10.0.0.5:53").unwrap();
             s.set_read_timeout(Some(Duration::from_millis(100)))
                 .unwrap();
+            // A deep receive buffer: a sink starved of CPU (an agent loading its programs
+            // under an emulated CPU) must not drop at its own socket.
+            let size: libc::c_int = 16 << 20;
+            // SAFETY: setsockopt on our socket with a valid int.
+            unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&s),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUFFORCE,
+                    (&size as *const libc::c_int).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
             ready_tx.send(()).unwrap();
             let mut seen = std::collections::HashSet::new();
-            let deadline = std::time::Instant::now() + Duration::from_secs(90);
+            let deadline = std::time::Instant::now() + Duration::from_secs(180);
             let mut buf = [0u8; 64];
             while std::time::Instant::now() < deadline {
                 match s.recv(&mut buf) {
@@ -618,7 +631,7 @@ async fn kill_9_and_reload_keep_the_stream(tc_attach: Option<&str>) {
     sending.store(false, Ordering::Relaxed);
     sender.join().unwrap();
     let total = sent.load(Ordering::Relaxed);
-    eventually(5, "the last packets", || {
+    eventually(30, "the last packets", || {
         let r = received.clone();
         async move { (r.load(Ordering::Relaxed) >= total).then_some(()) }
     })

@@ -56,7 +56,7 @@ pub const ARM64: Guest = Guest {
         "tcg,thread=multi",
     ],
     console: "ttyAMA0",
-    timeout_secs: 360,
+    timeout_secs: 540,
 };
 
 /// Modules the guest loads by hand (with their dependencies): the 9p root, then what the
