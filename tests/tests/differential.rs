@@ -719,6 +719,15 @@ fn kernel_matches_reference_model() {
             Reason::DropSourceWhitelist,
             Reason::DropTcpNoFlow,
             Reason::DropNoReverseFlow,
+        ] {
+            assert!(reasons.get(r.name()).copied().unwrap_or(0) > 0, "never reached {}", r.name());
+        }
+        // Rarer paths, reached by a run of the default length (short runs, as in the qemu
+        // stages, prove the comparison rather than the coverage).
+        if total < 50_000 {
+            return;
+        }
+        for r in [
             Reason::DropEndpointDeleted,
             Reason::DropEndpointFlowLimit,
             Reason::DropFlowRevoked,
