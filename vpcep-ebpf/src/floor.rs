@@ -54,7 +54,7 @@ pub fn established(ctx: &TcContext) -> Option<i32> {
 }
 
 /// New flow: after the NIC and endpoint lookups, the conntrack lookup that misses, the
-/// reverse-key probe and the two LRU inserts, for a tuple made unique by the clock (so
+/// reverse-key probe and the two inserts, for a tuple made unique by the clock (so
 /// every run, repeated or not, inserts fresh keys).
 #[inline(always)]
 pub fn new_flow(ctx: &TcContext) -> Option<i32> {
