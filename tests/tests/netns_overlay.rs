@@ -535,3 +535,96 @@ fn underlay_checksums_verify_in_software() {
     }
     stop.store(true, Ordering::Relaxed);
 }
+
+/// A consumer's ICMP error about a flow to a remote backend travels the overlay to that
+/// backend, translated: the consumer closes its socket before the reply comes, so its own
+/// kernel answers the reply with port unreachable, and the backend's kernel sees that error
+/// quoting its own datagram (10.0.0.5:53 → node 1's SNAT address and port).
+#[test]
+fn a_consumers_icmp_error_reaches_the_remote_backend() {
+    let w = world(true);
+    let b = w.cluster.nodes[2].vms[0].ns.name().to_owned();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let backend = vpcep_tests::spawn_in(&b, move || {
+        // SAFETY: a raw ICMP socket of our own, read with a timeout, closed below.
+        let icmp = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+        assert!(
+            icmp >= 0,
+            "raw ICMP socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 200_000,
+        };
+        // SAFETY: setsockopt with a valid timeval on our socket.
+        unsafe {
+            libc::setsockopt(
+                icmp,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        let s = UdpSocket::bind("10.0.0.5:53").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buf = [0u8; 1500];
+        let (_, peer) = s.recv_from(&mut buf).unwrap();
+        // By now the consumer's socket is closed.
+        std::thread::sleep(Duration::from_millis(300));
+        s.send_to(b"late reply", peer).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut quoted = None;
+        while quoted.is_none() && Instant::now() < deadline {
+            // SAFETY: recv into our buffer of its length.
+            let n = unsafe { libc::recv(icmp, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 28 {
+                continue;
+            }
+            let ihl = usize::from(buf[0] & 0x0f) * 4;
+            let (ty, code) = (buf[ihl], buf[ihl + 1]);
+            let inner = &buf[ihl + 8..n as usize];
+            if ty == 3 && code == 3 && inner.len() >= 28 {
+                let iihl = usize::from(inner[0] & 0x0f) * 4;
+                let src: [u8; 4] = inner[12..16].try_into().unwrap();
+                let dst: [u8; 4] = inner[16..20].try_into().unwrap();
+                let sport = u16::from_be_bytes([inner[iihl], inner[iihl + 1]]);
+                let dport = u16::from_be_bytes([inner[iihl + 2], inner[iihl + 3]]);
+                quoted = Some(((src, sport), (dst, dport), peer));
+            }
+        }
+        // SAFETY: closing the socket opened above.
+        unsafe { libc::close(icmp) };
+        quoted
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    w.cluster.nodes[0].vms[0]
+        .ns
+        .run(|| {
+            let s = UdpSocket::bind("10.0.0.2:0").unwrap();
+            s.send_to(b"ask", "10.0.0.100:5353").unwrap();
+            // Closed at once: the reply finds no socket.
+        })
+        .unwrap();
+    let quoted = backend.join().unwrap();
+    let Some(((src, sport), (dst, dport), peer)) = quoted else {
+        panic!(
+            "no port-unreachable reached the backend (node 1 fwd_icmp_error {})",
+            count(&w.dps[0], Reason::FwdIcmpError)
+        );
+    };
+    assert_eq!((src, sport), ([10, 0, 0, 5], 53), "the quoted source");
+    let SocketAddr::V4(peer) = peer else {
+        panic!("v6 peer")
+    };
+    assert_eq!(
+        (dst, dport),
+        (snat(0), peer.port()),
+        "the quoted destination"
+    );
+    assert_eq!(*peer.ip(), std::net::Ipv4Addr::from(snat(0)));
+    assert!(count(&w.dps[0], Reason::FwdIcmpError) >= 1);
+    assert!(count(&w.dps[2], Reason::TunnelDeliver) >= 2);
+}
