@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: everything needed to set up, build, run and test vpcep.
 mod bench_flood;
 mod demo;
+mod package;
 mod setup;
 mod vm;
 
@@ -100,6 +101,17 @@ enum Cmd {
         #[arg(value_enum, default_value = "all")]
         arch: VmArch,
     },
+    /// Debian packages (cargo-deb) in target/packages/: the release binary, the systemd units
+    /// and the default configuration (docs/packaging.md); then lintian and
+    /// `systemd-analyze verify` on each.
+    Package {
+        /// Also the arm64 package, from the aarch64 cross-build.
+        #[arg(long)]
+        aarch64: bool,
+        /// Package version instead of the workspace's (e.g. 0.1.0-2).
+        #[arg(long)]
+        deb_version: Option<String>,
+    },
     /// Create or destroy a network namespace by hand (tests use the library guards).
     #[command(subcommand)]
     Netns(NetnsCmd),
@@ -171,6 +183,10 @@ fn run_cli(cli: Cli) -> Result<()> {
         } => test(no_aarch64, no_vm, &args),
         Cmd::Vm { arch } => vm_stages(arch),
         Cmd::Lint => lint(),
+        Cmd::Package {
+            aarch64,
+            deb_version,
+        } => package::run(aarch64, deb_version.as_deref()).map(|_| ()),
         Cmd::Bench { what } => bench(what),
         Cmd::Netns(cmd) => netns(cmd),
     }
@@ -202,6 +218,22 @@ pub fn sh(cmd: &mut Command) -> Result<()> {
         bail!("{shown} failed ({status})");
     }
     Ok(())
+}
+
+/// Runs a command from the workspace root, echoing it; its standard output, failing on
+/// non-zero exit.
+pub fn output(cmd: &mut Command) -> Result<String> {
+    cmd.current_dir(workspace_root());
+    let shown = format!("{cmd:?}").replace('"', "");
+    println!("==> {shown}");
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("starting {shown}"))?;
+    if !out.status.success() {
+        bail!("{shown} failed ({})", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn cargo() -> Command {
@@ -327,6 +359,11 @@ fn test(no_aarch64: bool, no_vm: bool, args: &[String]) -> Result<()> {
     }
     if !no_aarch64 {
         test_aarch64()?;
+    }
+    if args.is_empty() {
+        let t = Instant::now();
+        package::stage(!no_aarch64)?;
+        println!("stage package: {:.0} s", t.elapsed().as_secs_f64());
     }
     // Other kernels: a developer's filtered run skips them, like the SDK and demo stages.
     if !no_vm && args.is_empty() {

@@ -11,6 +11,7 @@ use crate::sh;
 /// vpcep-userspace/build.rs.
 pub const NIGHTLY: &str = "nightly-2026-06-20";
 pub const BPF_LINKER_VERSION: &str = "0.10.4";
+pub const CARGO_DEB_VERSION: &str = "3.7.0";
 const AARCH64: &str = "aarch64-unknown-linux-gnu";
 
 /// Debian packages the build, the tests and the tools need.
@@ -37,6 +38,9 @@ const PACKAGES: &[&str] = &[
     "busybox-static",
     "cpio",
     "kmod",
+    // The package stage: lintian on the .deb files; adduser for their maintainer scripts.
+    "lintian",
+    "adduser",
 ];
 
 pub fn run() -> Result<()> {
@@ -51,6 +55,7 @@ pub fn ensure() -> Result<()> {
     nightly()?;
     aarch64_target()?;
     bpf_linker()?;
+    cargo_deb()?;
     sdk_venv()?;
     Ok(())
 }
@@ -195,6 +200,21 @@ fn bpf_linker() -> Result<()> {
         "--force",
     ]))
     .context("installing bpf-linker")
+}
+
+fn cargo_deb() -> Result<()> {
+    let version = output(Command::new("cargo").args(["deb", "--version"])).unwrap_or_default();
+    if version.contains(CARGO_DEB_VERSION) {
+        return Ok(());
+    }
+    println!("setup: installing cargo-deb {CARGO_DEB_VERSION} (builds the .deb packages)");
+    sh(Command::new("cargo").args([
+        "install",
+        &format!("cargo-deb@{CARGO_DEB_VERSION}"),
+        "--locked",
+        "--force",
+    ]))
+    .context("installing cargo-deb")
 }
 
 /// Mounts bpffs at /sys/fs/bpf when it is not (pinning needs it).

@@ -4,6 +4,7 @@
 //! conntrack entries and serves Prometheus metrics. See `docs/agent.md`.
 pub mod config;
 pub mod desired;
+pub mod privileges;
 mod snapshot;
 pub mod sync;
 

@@ -65,6 +65,14 @@ enum DataplaneCmd {
         #[arg(long, default_value_t = 0)]
         duration: u64,
     },
+    /// Take this node's data plane down: remove our TC filters from every interface of this
+    /// network namespace and the pin directory (maps, links, programs). Stop the agent
+    /// first; the package's removal runs this.
+    Detach {
+        /// The agent's pin directory.
+        #[arg(long, default_value = "/sys/fs/bpf/vpcep")]
+        pin_dir: std::path::PathBuf,
+    },
     /// Verdict counters of this node, from the maps the agent pinned.
     Stats(PinnedArgs),
     /// Endpoints programmed on this node, with their state and counters.
@@ -119,6 +127,17 @@ async fn main() -> anyhow::Result<()> {
             r => r.context("running the control plane"),
         },
         Command::Agent { config, reload } => agent(config, reload).await,
+        Command::Dataplane(DataplaneCmd::Detach { pin_dir }) => {
+            let d = vpcep::dataplane::detach::detach_all(&pin_dir)
+                .context("taking the data plane down")?;
+            for f in &d.filters {
+                println!("removed the TC filter {f}");
+            }
+            if d.pins {
+                println!("removed {}", pin_dir.display());
+            }
+            Ok(())
+        }
         Command::Dataplane(DataplaneCmd::Stats(a)) => view(&a, "stats", 0),
         Command::Dataplane(DataplaneCmd::Endpoints(a)) => view(&a, "endpoints", 0),
         Command::Dataplane(DataplaneCmd::Flows { pinned, limit }) => view(&pinned, "flows", limit),
@@ -134,6 +153,14 @@ async fn agent(path: std::path::PathBuf, reload: bool) -> anyhow::Result<()> {
             std::process::exit(64);
         }
     };
+    let missing = vpcep::agent::privileges::missing(&cfg);
+    if !missing.is_empty() {
+        for m in &missing {
+            eprintln!("error: {m}");
+        }
+        // EX_NOPERM: the unit's RestartPreventExitStatus; restarting will not help.
+        std::process::exit(77);
+    }
     if reload {
         eprintln!(
             "--reload: the newly loaded programs replace the attached ones in place; flows in \

@@ -1,6 +1,7 @@
 //! Loading the kernel programs, attaching them to VM NICs, filling their maps and reading
 //! their counters.
 pub mod config;
+pub mod detach;
 pub mod pinned;
 
 use std::{
