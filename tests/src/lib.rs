@@ -5,6 +5,7 @@ use std::{
     sync::OnceLock,
 };
 
+pub mod api_load;
 pub mod fastpath;
 pub mod packets;
 pub mod raw;

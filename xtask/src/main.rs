@@ -51,7 +51,7 @@ enum Cmd {
         /// Stop what earlier `--keep` runs left running.
         #[arg(long, conflicts_with_all = ["keep", "debug"])]
         stop: bool,
-        /// Use the debug build instead of release (what `cargo xtask test` runs).
+        /// Use the debug build instead of release.
         #[arg(long)]
         debug: bool,
     },
@@ -341,20 +341,29 @@ fn test(no_aarch64: bool, no_vm: bool, args: &[String]) -> Result<()> {
     if args.is_empty() {
         lint()?;
     }
+    // One profile for every stage: the release build the packages ship is the one the tests,
+    // the demo and the guests run, so each architecture's dependencies compile once.
     sh(cargo()
-        .args(["test", "--workspace", "--no-fail-fast"])
+        .args(["test", "--release", "--workspace", "--no-fail-fast"])
         .args(args))?;
     if args.is_empty() {
         // The official SDK, unchanged, against the API server.
         sh(cargo()
-            .args(["test", "--package", "vpcep-tests", "--test", "api"])
+            .args([
+                "test",
+                "--release",
+                "--package",
+                "vpcep-tests",
+                "--test",
+                "api",
+            ])
             .args(["official_python_sdk", "--", "--ignored"])
             .env("VPCEP_SDK_PYTHON", setup::sdk_python()))?;
-        // The demo, non-interactive, on the debug binary the tests just built.
-        println!("==> cargo xtask demo (debug build)");
+        // The demo, non-interactive, on the binary the tests just built.
+        println!("==> cargo xtask demo (release build)");
         demo::run(&demo::Options {
             keep: false,
-            release: false,
+            release: true,
         })?;
     }
     if !no_aarch64 {
@@ -387,6 +396,7 @@ fn test_aarch64() -> Result<()> {
     let target = "aarch64-unknown-linux-gnu";
     sh(cargo().args([
         "test",
+        "--release",
         "--target",
         target,
         "--package",
@@ -398,13 +408,14 @@ fn test_aarch64() -> Result<()> {
     ]))?;
     sh(cargo().args([
         "build",
+        "--release",
         "--target",
         target,
         "--package",
         "vpcep-userspace",
         "--bins",
     ]))?;
-    let bin = target_dir().join(format!("{target}/debug/vpcep"));
+    let bin = target_dir().join(format!("{target}/release/vpcep"));
     sh(Command::new("qemu-aarch64-static")
         .args(["-L", "/usr/aarch64-linux-gnu"])
         .arg(&bin)

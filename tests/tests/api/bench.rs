@@ -2,11 +2,11 @@
 //! an ignored full run that prints the report (`-- --ignored --nocapture`, in release).
 use std::time::Duration;
 
-use vpcep::api::bench::{BenchOptions, run};
+use vpcep_tests::api_load::{BenchOptions, Report, run};
 
 use crate::harness::{Db, Postgres, TempDir};
 
-async fn bench(db: Db, secs: u64, concurrency: usize) -> vpcep::api::bench::Report {
+async fn bench(db: Db, secs: u64, concurrency: usize) -> Report {
     let dir = TempDir::new("bench");
     let pg = (db == Db::Postgres).then(Postgres::start);
     let db_url = match &pg {

@@ -13,7 +13,6 @@ use tokio::net::TcpListener;
 use crate::store::{self, Object, Store, StoreError};
 
 pub mod auth;
-pub mod bench;
 mod endpoints;
 pub mod error;
 mod inventory;

@@ -1,5 +1,5 @@
-//! API load generator (`cargo xtask bench api`): starts an in-process server on the given
-//! database, prepares a provider/consumer set-up, then measures signed reads and writes from
+//! API load generator (`cargo xtask bench api`, and the smoke test in tests/tests/api): starts
+//! an in-process server on the given database, prepares a provider/consumer set-up, then measures signed reads and writes from
 //! concurrent clients over loopback HTTP in the same process.
 use std::{
     fmt,
@@ -9,11 +9,13 @@ use std::{
 
 use serde_json::{Value, json};
 
-use super::{
-    Config, Credentials, CredentialsFile, ServeError, Server,
-    auth::{self, AkSk},
+use vpcep::{
+    api::{
+        Config, Credentials, CredentialsFile, ServeError, Server,
+        auth::{self, AkSk},
+    },
+    store::{Store, StoreError},
 };
-use crate::store::{Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
