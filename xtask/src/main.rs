@@ -347,16 +347,10 @@ fn test(no_aarch64: bool, no_vm: bool, args: &[String]) -> Result<()> {
         .args(["test", "--release", "--workspace", "--no-fail-fast"])
         .args(args))?;
     if args.is_empty() {
-        // The official SDK, unchanged, against the API server.
+        // The official SDK, unchanged, against the API server; `--workspace` as above, for
+        // the same feature resolution (nothing to rebuild).
         sh(cargo()
-            .args([
-                "test",
-                "--release",
-                "--package",
-                "vpcep-tests",
-                "--test",
-                "api",
-            ])
+            .args(["test", "--release", "--workspace", "--test", "api"])
             .args(["official_python_sdk", "--", "--ignored"])
             .env("VPCEP_SDK_PYTHON", setup::sdk_python()))?;
         // The demo, non-interactive, on the binary the tests just built.

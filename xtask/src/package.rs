@@ -188,7 +188,8 @@ pub fn stage(aarch64: bool) -> Result<()> {
     let debs = run(aarch64, None)?;
     let upgrade = build(false, Some(&upgrade_version()?))?;
     sh(cargo()
-        .args(["test", "--package", "vpcep-tests", "--test", "package"])
+        // The workspace test run's profile and feature resolution: nothing to rebuild.
+        .args(["test", "--release", "--workspace", "--test", "package"])
         .args(["--", "--ignored", "--nocapture", "--test-threads=1"])
         .env("VPCEP_DEB", &debs[0])
         .env("VPCEP_DEB_UPGRADE", &upgrade))

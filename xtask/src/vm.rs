@@ -448,8 +448,8 @@ pub fn build_tests(target: Option<&str>, tests: &[&str]) -> Result<BTreeMap<Stri
         "--release",
         "--no-run",
         "--message-format=json",
-        "-p",
-        "vpcep-tests",
+        // The selection of `cargo xtask test`'s own run: the same feature resolution.
+        "--workspace",
     ]);
     for t in tests {
         cmd.args(["--test", t]);
