@@ -421,6 +421,20 @@ fn test_aarch64() -> Result<()> {
     Ok(())
 }
 
+/// Release builds of `vpcep` and of the load generator `vpcep-load`; the target directory.
+fn build_with_load() -> Result<PathBuf> {
+    build(false)?;
+    sh(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "xtask",
+        "--bin",
+        "vpcep-load",
+    ]))?;
+    Ok(target_dir())
+}
+
 fn bench(what: BenchKind) -> Result<()> {
     setup::ensure()?;
     // SAFETY: geteuid has no preconditions.
@@ -451,16 +465,7 @@ fn bench(what: BenchKind) -> Result<()> {
             continue;
         }
         println!("{title}");
-        build(false)?;
-        sh(cargo().args([
-            "build",
-            "--release",
-            "--package",
-            "xtask",
-            "--bin",
-            "vpcep-load",
-        ]))?;
-        let target = target_dir();
+        let target = build_with_load()?;
         let runs = std::env::var("VPCEP_E2E_RUNS").unwrap_or_else(|_| "3".into());
         let secs = std::env::var("VPCEP_E2E_SECS").unwrap_or_else(|_| "3".into());
         sh(Command::new("bash")
@@ -471,16 +476,7 @@ fn bench(what: BenchKind) -> Result<()> {
     }
     if all || what == BenchKind::Flood {
         println!("== flood: tenant A floods its endpoint; tenant B's connections and flows");
-        build(false)?;
-        sh(cargo().args([
-            "build",
-            "--release",
-            "--package",
-            "xtask",
-            "--bin",
-            "vpcep-load",
-        ]))?;
-        let target = target_dir();
+        let target = build_with_load()?;
         bench_flood::run(
             &target.join("release/vpcep"),
             &target.join("release/vpcep-load"),
