@@ -46,21 +46,26 @@ async fn lowest(store: &Store) -> Option<u32> {
     ip
 }
 
+/// A directory removed on drop, also when an assertion fails.
+struct Dir(std::path::PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A new SQLite store in its own temp directory.
+async fn temp_store(tag: &str) -> (Dir, Store) {
+    let guard = Dir(std::env::temp_dir().join(format!("vpcep-store-{tag}-{}", std::process::id())));
+    std::fs::create_dir_all(&guard.0).unwrap();
+    let url = format!("sqlite://{}", guard.0.join("v.db").display());
+    (guard, Store::open(&url, 1000).await.unwrap())
+}
+
 #[tokio::test]
 async fn address_index() {
-    /// Removed on drop, also when an assertion fails.
-    struct Dir(std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let guard = Dir(std::env::temp_dir().join(format!("vpcep-store-test-{}", std::process::id())));
-    let dir = guard.0.clone();
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = Store::open(&format!("sqlite://{}", dir.join("v.db").display()), 1000)
-        .await
-        .unwrap();
+    let (_dir, store) = temp_store("address").await;
     // What the control plane does at start; nothing to index in a new database.
     assert_eq!(store.fill_addresses::<Nic>().await.unwrap(), 0);
     for (id, ip) in [("a", 1), ("b", 2), ("d", 4)] {
@@ -108,6 +113,29 @@ async fn address_index() {
     assert_eq!(lowest(&store).await, Some(2));
     put(&store, nic("i", "s", 2)).await;
     assert_eq!(lowest(&store).await, None);
+}
+
+/// The snapshot's exact bytes, which the agents parse as they stream in.
+#[tokio::test]
+async fn snapshot_document() {
+    let (_dir, store) = temp_store("snapshot").await;
+    let empty = store.snapshot_json(&["port"]).await.unwrap();
+    assert_eq!(empty, r#"{"revision":0,"objects":[]}"#);
+    put(&store, nic("b", "s", 2)).await;
+    put(&store, nic("a\"", "s", 1)).await;
+    let json = store.snapshot_json(&["port"]).await.unwrap();
+    assert_eq!(
+        json,
+        concat!(
+            r#"{"revision":2,"objects":["#,
+            r#"{"kind":"port","id":"a\"","revision":2,"object":{"id":"a\"","scope":"s","ip":1}},"#,
+            r#"{"kind":"port","id":"b","revision":1,"object":{"id":"b","scope":"s","ip":2}}]}"#
+        )
+    );
+    assert_eq!(
+        store.snapshot_json(&["vpc"]).await.unwrap(),
+        r#"{"revision":2,"objects":[]}"#
+    );
 }
 
 #[test]
