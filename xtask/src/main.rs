@@ -106,8 +106,9 @@ enum Cmd {
         #[arg(long, conflicts_with_all = ["runs", "secs"])]
         quick: bool,
     },
-    /// Formatting check and clippy with -D warnings: the host crates, then the eBPF crate
-    /// for the bpf target in its own pass.
+    /// Formatting check and clippy with -D warnings: the host crates (and the dataplane
+    /// bench with its `bench` feature), then the eBPF crate for the bpf target in its own
+    /// passes, without and with that feature.
     Lint,
     /// Boot Debian's own kernel in qemu (TCG) and run the kernel tiers there (root): 6.1 on
     /// x86_64, and Debian's arm64 kernel with the aarch64 build.
@@ -440,6 +441,11 @@ fn lint() -> Result<()> {
             "-D",
             "warnings",
         ])
+        .env("AYA_BUILD_SKIP", "1"))?;
+    // The dataplane bench needs the `bench` feature, which the pass above leaves off.
+    sh(cargo()
+        .args(["clippy", "--package", "vpcep-tests", "--bench", "dataplane"])
+        .args(["--features", "bench", "--", "-D", "warnings"])
         .env("AYA_BUILD_SKIP", "1"))?;
     // The shipped programs, then with the benchmark-only ones (`bench` feature).
     for features in [&[][..], &["--features", "bench"]] {
