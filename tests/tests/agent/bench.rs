@@ -8,9 +8,10 @@ use std::{
 
 use reqwest::Method;
 use serde_json::json;
-use vpcep::{
-    agent::{AgentConfig, run},
-    feed::client::{Event, FeedClient},
+use vpcep::agent::{
+    AgentConfig,
+    feed_client::{Event, FeedClient},
+    run,
 };
 use vpcep_common::endpoint::EP_ACCEPTED;
 

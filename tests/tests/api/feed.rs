@@ -183,7 +183,7 @@ async fn two_replicas(db: Db) {
 
 /// The agent's client: register, list, watch, apply, report the applied revision.
 async fn agent_client(db: Db) {
-    use vpcep::feed::client::{Event, FeedClient};
+    use vpcep::agent::feed_client::{Event, FeedClient};
 
     let env = Env::new(db).await;
     let agent = FeedClient::new(&env.server.url(), crate::harness::AGENT1_TOKEN);

@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::desired::FeedState;
-use crate::feed::client::FeedError;
+use super::feed_client::FeedError;
 
 /// Chunks of the body in flight between the HTTP task and the parser.
 const IN_FLIGHT: usize = 16;

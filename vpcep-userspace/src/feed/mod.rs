@@ -2,7 +2,6 @@
 //! `GET /feed/snapshot` lists every agent-relevant object at revision R, and
 //! `GET /feed/watch?after=R` streams the changes after R as newline-delimited JSON.
 //! A watcher whose R is older than the retained log is told to relist.
-pub mod client;
 
 use std::{collections::VecDeque, time::Duration};
 

@@ -1,5 +1,5 @@
-//! The agent's side of the feed: list (snapshot), watch (NDJSON stream) and report the
-//! applied revision, over HTTP with the node's agent token.
+//! The agent's client of the feed: list (snapshot), watch (NDJSON stream), register the node
+//! and report the applied revision, over HTTP with the node's agent token.
 use serde::Deserialize;
 use serde_json::Value;
 
