@@ -42,8 +42,7 @@ pub(super) struct Figures {
 /// Encodes one metric family: `samples` are (labels, value) pairs.
 fn family<L: EncodeLabelSet, M: EncodeMetric>(
     enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
+    (name, help): (&str, &str),
     kind: MetricType,
     samples: impl IntoIterator<Item = (L, M)>,
 ) -> Result<(), std::fmt::Error> {
@@ -54,139 +53,136 @@ fn family<L: EncodeLabelSet, M: EncodeMetric>(
     Ok(())
 }
 
-fn gauge(v: impl TryInto<i64>) -> ConstGauge<i64> {
-    ConstGauge::new(v.try_into().unwrap_or(i64::MAX))
+/// A gauge family of integer values.
+fn gauges<L: EncodeLabelSet, V: TryInto<i64>>(
+    enc: &mut DescriptorEncoder,
+    desc: (&str, &str),
+    samples: impl IntoIterator<Item = (L, V)>,
+) -> Result<(), std::fmt::Error> {
+    let s = samples
+        .into_iter()
+        .map(|(l, v)| (l, ConstGauge::new(v.try_into().unwrap_or(i64::MAX))));
+    family(enc, desc, MetricType::Gauge, s)
 }
 
-/// A metric without labels.
-fn single<M: EncodeMetric>(m: M) -> [([(&'static str, &'static str); 0], M); 1] {
-    [([], m)]
+/// A counter family; the encoder names its samples `<name>_total`.
+fn counters<L: EncodeLabelSet>(
+    enc: &mut DescriptorEncoder,
+    desc: (&str, &str),
+    samples: impl IntoIterator<Item = (L, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let s = samples.into_iter().map(|(l, v)| (l, ConstCounter::new(v)));
+    family(enc, desc, MetricType::Counter, s)
+}
+
+/// A sample without labels.
+fn one<V>(v: V) -> [([(&'static str, &'static str); 0], V); 1] {
+    [([], v)]
+}
+
+type Pick = fn(&EndpointCounters) -> u64;
+
+/// The per-endpoint counters: (name, help, which field).
+const PER_ENDPOINT: [(&str, &str, Pick); 4] = [
+    (
+        "vpcep_endpoint_packets",
+        "Packets through the endpoint.",
+        |c| c.packets,
+    ),
+    ("vpcep_endpoint_bytes", "Bytes through the endpoint.", |c| {
+        c.bytes
+    }),
+    (
+        "vpcep_endpoint_new_flows",
+        "Flows opened through the endpoint.",
+        |c| c.new_flows,
+    ),
+    (
+        "vpcep_endpoint_drops",
+        "Packets to the endpoint dropped.",
+        |c| c.drops,
+    ),
+];
+
+impl Figures {
+    /// Whether the programs are attached to the overlay device and the NICs.
+    fn encode_attachments(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Some((device, up)) = &self.overlay {
+            let desc = (
+                "vpcep_overlay_attached",
+                "1 when the tunnel program is attached to the overlay device.",
+            );
+            gauges(e, desc, [([("device", device.as_str())], u8::from(*up))])?;
+        }
+        let nics = self.nics.iter().map(|(iface, port, up)| {
+            let labels = [("iface", iface.as_str()), ("port_id", port.as_str())];
+            (labels, u8::from(*up))
+        });
+        let desc = (
+            "vpcep_nic_attached",
+            "1 when the program is attached to the NIC.",
+        );
+        gauges(e, desc, nics)
+    }
+
+    /// The per-endpoint and per-verdict counters and conntrack.
+    fn encode_traffic(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, pick) in PER_ENDPOINT {
+            let s =
+                (self.endpoints.iter()).map(|(uuid, c)| ([("endpoint", uuid.as_str())], pick(c)));
+            counters(e, (name, help), s)?;
+        }
+        let verdicts = (self.packets.iter())
+            .map(|((hook, reason), n)| ([("hook", *hook), ("reason", *reason)], *n));
+        let desc = (
+            "vpcep_packets",
+            "Packets by hook and verdict, including drops by reason.",
+        );
+        counters(e, desc, verdicts)?;
+        let desc = (
+            "vpcep_conntrack_entries",
+            "Forward entries after the last collection.",
+        );
+        gauges(e, desc, one(self.ct_entries))?;
+        let desc = ("vpcep_conntrack_collected", "Conntrack entries collected.");
+        counters(e, desc, one(self.ct_collected))
+    }
+
+    /// Map pressure.
+    fn encode_maps(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let entries = self.maps.iter().map(|(m, n, _)| ([("map", *m)], *n));
+        gauges(e, ("vpcep_map_entries", "Entries in the map."), entries)?;
+        let capacity = self.maps.iter().map(|(m, _, cap)| ([("map", *m)], *cap));
+        gauges(
+            e,
+            ("vpcep_map_capacity", "Entries the map can hold."),
+            capacity,
+        )
+    }
 }
 
 impl Collector for Shared {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let applied = self.applied.load(Ordering::Relaxed);
         let latest = self.latest.load(Ordering::Relaxed);
-        let f = self.figures.lock().map(|f| f.clone()).unwrap_or_default();
-        let g = MetricType::Gauge;
-        let c = MetricType::Counter;
         let e = &mut enc;
-        family(
-            e,
+        let desc = (
             "vpcep_agent_applied_revision",
             "Revision written to the maps.",
-            g,
-            single(gauge(applied)),
-        )?;
-        family(
-            e,
+        );
+        gauges(e, desc, one(applied))?;
+        let desc = (
             "vpcep_agent_latest_revision",
             "Newest revision seen on the feed.",
-            g,
-            single(gauge(latest)),
-        )?;
+        );
+        gauges(e, desc, one(latest))?;
         // Revisions seen on the feed but not yet in the maps (0 when in sync).
-        let lag = gauge((latest - applied).max(0));
-        family(
-            e,
-            "vpcep_agent_revision_lag",
-            "Latest less applied revision.",
-            g,
-            single(lag),
-        )?;
-        if let Some((device, up)) = &f.overlay {
-            let s = [([("device", device.as_str())], gauge(u8::from(*up)))];
-            family(
-                e,
-                "vpcep_overlay_attached",
-                "1 when the tunnel program is attached to the overlay device.",
-                g,
-                s,
-            )?;
-        }
-        let nics = f.nics.iter().map(|(iface, port, up)| {
-            (
-                [("iface", iface.as_str()), ("port_id", port.as_str())],
-                gauge(u8::from(*up)),
-            )
-        });
-        family(
-            e,
-            "vpcep_nic_attached",
-            "1 when the program is attached to the NIC.",
-            g,
-            nics,
-        )?;
-        type Pick = fn(&EndpointCounters) -> u64;
-        let per_endpoint: [(&str, &str, Pick); 4] = [
-            (
-                "vpcep_endpoint_packets",
-                "Packets through the endpoint.",
-                |c| c.packets,
-            ),
-            ("vpcep_endpoint_bytes", "Bytes through the endpoint.", |c| {
-                c.bytes
-            }),
-            (
-                "vpcep_endpoint_new_flows",
-                "Flows opened through the endpoint.",
-                |c| c.new_flows,
-            ),
-            (
-                "vpcep_endpoint_drops",
-                "Packets to the endpoint dropped.",
-                |c| c.drops,
-            ),
-        ];
-        for (name, help, pick) in per_endpoint {
-            let s = f
-                .endpoints
-                .iter()
-                .map(|(uuid, cs)| ([("endpoint", uuid.as_str())], ConstCounter::new(pick(cs))));
-            family(e, name, help, c, s)?;
-        }
-        let verdicts = f.packets.iter().map(|((hook, reason), n)| {
-            (
-                [("hook", *hook), ("reason", *reason)],
-                ConstCounter::new(*n),
-            )
-        });
-        family(
-            e,
-            "vpcep_packets",
-            "Packets by hook and verdict, including drops by reason.",
-            c,
-            verdicts,
-        )?;
-        let ct = single(gauge(f.ct_entries));
-        family(
-            e,
-            "vpcep_conntrack_entries",
-            "Forward entries after the last collection.",
-            g,
-            ct,
-        )?;
-        let collected = single(ConstCounter::new(f.ct_collected));
-        family(
-            e,
-            "vpcep_conntrack_collected",
-            "Conntrack entries collected.",
-            c,
-            collected,
-        )?;
-        let entries = f.maps.iter().map(|(m, n, _)| ([("map", *m)], gauge(*n)));
-        family(e, "vpcep_map_entries", "Entries in the map.", g, entries)?;
-        let capacity = f
-            .maps
-            .iter()
-            .map(|(m, _, cap)| ([("map", *m)], gauge(*cap)));
-        family(
-            e,
-            "vpcep_map_capacity",
-            "Entries the map can hold.",
-            g,
-            capacity,
-        )
+        let desc = ("vpcep_agent_revision_lag", "Latest less applied revision.");
+        gauges(e, desc, one((latest - applied).max(0)))?;
+        let f = self.figures.lock().map(|f| f.clone()).unwrap_or_default();
+        f.encode_attachments(e)?;
+        f.encode_traffic(e)?;
+        f.encode_maps(e)
     }
 }
 
