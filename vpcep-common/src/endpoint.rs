@@ -568,15 +568,16 @@ pub fn service_epoch<'a>(
     h.0
 }
 
-/// 32-bit FNV-1a.
-struct Fnv(u32);
+/// 32-bit FNV-1a, for the epochs (the agent's endpoint epoch uses it too).
+pub struct Fnv(pub u32);
 
 impl Fnv {
-    fn new() -> Self {
+    #[allow(clippy::new_without_default)] // the offset basis, not a zero value
+    pub fn new() -> Self {
         Self(0x811c_9dc5)
     }
 
-    fn bytes(&mut self, bytes: &[u8]) {
+    pub fn bytes(&mut self, bytes: &[u8]) {
         for b in bytes {
             self.0 ^= *b as u32;
             self.0 = self.0.wrapping_mul(0x0100_0193);

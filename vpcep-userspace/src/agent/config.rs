@@ -40,32 +40,13 @@ use std::{
 use serde::Deserialize;
 use vpcep_common::endpoint::{DEFAULT_PORT_HI, DEFAULT_PORT_LO, Timeouts, VXLAN_OVERHEAD};
 
-use crate::dataplane::{TcAttach, config::parse_mac};
+use crate::dataplane::{
+    TcAttach,
+    config::{FileError, invalid, parse_mac, read_file},
+};
 
-#[derive(Debug, thiserror::Error)]
-pub enum AgentConfigError {
-    #[error("reading {path}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    Parse {
-        path: String,
-        #[source]
-        source: toml::de::Error,
-    },
-    #[error("{field}: {msg}")]
-    Invalid { field: String, msg: String },
-}
-
-fn invalid(field: impl Into<String>, msg: impl Into<String>) -> AgentConfigError {
-    AgentConfigError::Invalid {
-        field: field.into(),
-        msg: msg.into(),
-    }
-}
+/// A configuration that cannot be read, parsed or validated; `Invalid` names the field.
+pub type AgentConfigError = FileError;
 
 /// The file as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -219,44 +200,28 @@ pub struct AgentConfig {
     pub reload: bool,
 }
 
-impl AgentConfig {
-    pub fn load(path: &Path) -> Result<Self, AgentConfigError> {
-        let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| AgentConfigError::Read {
-            path: p.clone(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|e| match e {
-            AgentConfigError::Parse { source, .. } => AgentConfigError::Parse { path: p, source },
-            e => e,
-        })
-    }
-
-    /// Parses and validates; the error names the offending field.
-    pub fn parse(text: &str) -> Result<Self, AgentConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|source| AgentConfigError::Parse {
-            path: "config".to_owned(),
-            source,
-        })?;
+impl RawConfig {
+    /// Checks who the node is and where its control plane is; returns the underlay address.
+    fn check_identity(&self) -> Result<Ipv4Addr, AgentConfigError> {
         let name_ok = |s: &str| {
             !s.is_empty()
                 && s.len() <= 64
                 && s.chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         };
-        if !name_ok(&raw.node_name) {
+        if !name_ok(&self.node_name) {
             return Err(invalid("node_name", "must be 1-64 of [A-Za-z0-9._-]"));
         }
-        let underlay_ip: Ipv4Addr = raw.underlay_ip.parse().map_err(|_| {
+        let underlay_ip: Ipv4Addr = self.underlay_ip.parse().map_err(|_| {
             invalid(
                 "underlay_ip",
-                format!("{:?} is not an IPv4 address", raw.underlay_ip),
+                format!("{:?} is not an IPv4 address", self.underlay_ip),
             )
         })?;
-        if raw.control_plane.is_empty() {
+        if self.control_plane.is_empty() {
             return Err(invalid("control_plane", "needs at least one URL"));
         }
-        for (i, u) in raw.control_plane.iter().enumerate() {
+        for (i, u) in self.control_plane.iter().enumerate() {
             let rest = u
                 .strip_prefix("http://")
                 .or_else(|| u.strip_prefix("https://"));
@@ -267,34 +232,43 @@ impl AgentConfig {
                 ));
             }
         }
-        if raw.token.is_empty() {
+        if self.token.is_empty() {
             return Err(invalid("token", "must not be empty"));
         }
-        if !raw.pin_dir.is_absolute() {
+        Ok(underlay_ip)
+    }
+
+    /// Checks the node-local settings; returns the metrics address and the vMAC.
+    fn check_local(&self) -> Result<(SocketAddr, [u8; 6]), AgentConfigError> {
+        if !self.pin_dir.is_absolute() {
             return Err(invalid("pin_dir", "must be an absolute path (under bpffs)"));
         }
-        let metrics_address: SocketAddr = raw.metrics_address.parse().map_err(|_| {
+        let metrics_address: SocketAddr = self.metrics_address.parse().map_err(|_| {
             invalid(
                 "metrics_address",
-                format!("{:?} is not an address:port", raw.metrics_address),
+                format!("{:?} is not an address:port", self.metrics_address),
             )
         })?;
-        if raw.resync_interval_ms < 100 {
+        if self.resync_interval_ms < 100 {
             return Err(invalid("resync_interval_ms", "must be at least 100"));
         }
-        let vmac = parse_mac("vmac", &raw.vmac)
-            .map_err(|_| invalid("vmac", format!("{:?} is not a MAC address", raw.vmac)))?;
-        let [lo, hi] = raw.snat_ports;
+        let vmac = parse_mac("vmac", &self.vmac)
+            .map_err(|_| invalid("vmac", format!("{:?} is not a MAC address", self.vmac)))?;
+        let [lo, hi] = self.snat_ports;
         if lo == 0 || lo > hi {
             return Err(invalid("snat_ports", "must be [lo, hi] with 1 <= lo <= hi"));
         }
-        if raw.tombstone_secs > MAX_TOMBSTONE_SECS {
+        if self.tombstone_secs > MAX_TOMBSTONE_SECS {
             return Err(invalid(
                 "tombstone_secs",
                 format!("must be 0-{MAX_TOMBSTONE_SECS}"),
             ));
         }
-        let ct = &raw.conntrack;
+        Ok((metrics_address, vmac))
+    }
+
+    fn check_conntrack(&self) -> Result<(), AgentConfigError> {
+        let ct = &self.conntrack;
         for (field, v) in [
             ("conntrack.tcp_syn", ct.tcp_syn),
             ("conntrack.tcp_established", ct.tcp_established),
@@ -308,32 +282,14 @@ impl AgentConfig {
         if ct.gc_interval_ms < 100 {
             return Err(invalid("conntrack.gc_interval_ms", "must be at least 100"));
         }
+        Ok(())
+    }
+
+    fn check_nics(&self) -> Result<(), AgentConfigError> {
         let mut ifaces = BTreeSet::new();
         let mut ports = BTreeSet::new();
-        for (i, n) in raw.nic.iter().enumerate() {
-            if !iface_ok(&n.iface) {
-                return Err(invalid(
-                    format!("nic[{i}].iface"),
-                    "must be an interface name (1-15 characters)",
-                ));
-            }
-            if n.port_id.is_empty() {
-                return Err(invalid(format!("nic[{i}].port_id"), "must not be empty"));
-            }
-            if let Some(m) = &n.mac {
-                parse_mac("", m).map_err(|_| {
-                    invalid(
-                        format!("nic[{i}].mac"),
-                        format!("{m:?} is not a MAC address"),
-                    )
-                })?;
-            }
-            if n.subnet_id.is_none() && (n.ip.is_some() || n.mac.is_some()) {
-                return Err(invalid(
-                    format!("nic[{i}].subnet_id"),
-                    "needed with ip or mac (they are only used to register the NIC)",
-                ));
-            }
+        for (i, n) in self.nic.iter().enumerate() {
+            n.check(i)?;
             if !ifaces.insert(n.iface.clone()) {
                 return Err(invalid(format!("nic[{i}].iface"), "listed twice"));
             }
@@ -341,28 +297,86 @@ impl AgentConfig {
                 return Err(invalid(format!("nic[{i}].port_id"), "listed twice"));
             }
         }
-        let overlay = match raw.overlay {
-            None => None,
-            Some(o) => {
-                if !iface_ok(&o.device) {
-                    return Err(invalid(
-                        "overlay.device",
-                        "must be an interface name (1-15 characters)",
-                    ));
-                }
-                if o.port == 0 {
-                    return Err(invalid("overlay.port", "must be a UDP port (1-65535)"));
-                }
-                if !(626..=9216).contains(&o.underlay_mtu) {
-                    return Err(invalid("overlay.underlay_mtu", "must be 626-9216"));
-                }
-                Some(Overlay {
-                    device: o.device,
-                    port: o.port,
-                    inner_mtu: o.underlay_mtu - VXLAN_OVERHEAD,
-                })
-            }
-        };
+        Ok(())
+    }
+}
+
+impl NicConfig {
+    /// Checks the `i`-th NIC on its own.
+    fn check(&self, i: usize) -> Result<(), AgentConfigError> {
+        if !iface_ok(&self.iface) {
+            return Err(invalid(
+                format!("nic[{i}].iface"),
+                "must be an interface name (1-15 characters)",
+            ));
+        }
+        if self.port_id.is_empty() {
+            return Err(invalid(format!("nic[{i}].port_id"), "must not be empty"));
+        }
+        if let Some(m) = &self.mac {
+            parse_mac("", m).map_err(|_| {
+                invalid(
+                    format!("nic[{i}].mac"),
+                    format!("{m:?} is not a MAC address"),
+                )
+            })?;
+        }
+        if self.subnet_id.is_none() && (self.ip.is_some() || self.mac.is_some()) {
+            return Err(invalid(
+                format!("nic[{i}].subnet_id"),
+                "needed with ip or mac (they are only used to register the NIC)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl RawOverlay {
+    fn check(self) -> Result<Overlay, AgentConfigError> {
+        if !iface_ok(&self.device) {
+            return Err(invalid(
+                "overlay.device",
+                "must be an interface name (1-15 characters)",
+            ));
+        }
+        if self.port == 0 {
+            return Err(invalid("overlay.port", "must be a UDP port (1-65535)"));
+        }
+        if !(626..=9216).contains(&self.underlay_mtu) {
+            return Err(invalid("overlay.underlay_mtu", "must be 626-9216"));
+        }
+        Ok(Overlay {
+            device: self.device,
+            port: self.port,
+            inner_mtu: self.underlay_mtu - VXLAN_OVERHEAD,
+        })
+    }
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<Self, AgentConfigError> {
+        let text = read_file(path)?;
+        Self::parse(&text).map_err(|e| match e {
+            AgentConfigError::Parse { source, .. } => AgentConfigError::Parse {
+                path: path.display().to_string(),
+                source,
+            },
+            e => e,
+        })
+    }
+
+    /// Parses and validates; the error names the offending field.
+    pub fn parse(text: &str) -> Result<Self, AgentConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|source| AgentConfigError::Parse {
+            path: "config".to_owned(),
+            source,
+        })?;
+        let underlay_ip = raw.check_identity()?;
+        let (metrics_address, vmac) = raw.check_local()?;
+        raw.check_conntrack()?;
+        raw.check_nics()?;
+        let overlay = raw.overlay.map(RawOverlay::check).transpose()?;
+        let ct = &raw.conntrack;
         Ok(Self {
             node_name: raw.node_name,
             underlay_ip,
@@ -373,7 +387,7 @@ impl AgentConfig {
             resync_interval: Duration::from_millis(raw.resync_interval_ms),
             netns: raw.netns,
             vmac,
-            snat_ports: (lo, hi),
+            snat_ports: (raw.snat_ports[0], raw.snat_ports[1]),
             tombstone: Duration::from_secs(raw.tombstone_secs),
             timeouts: Timeouts {
                 tcp_syn: ct.tcp_syn,

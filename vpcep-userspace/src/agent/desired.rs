@@ -13,7 +13,7 @@ use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::Value;
 use vpcep_common::{
     endpoint::{
-        EP_ACCEPTED, EP_PERMITTED, EP_SRC_WHITELIST, EP_TOMBSTONE, Endpoint, EndpointKey,
+        EP_ACCEPTED, EP_PERMITTED, EP_SRC_WHITELIST, EP_TOMBSTONE, Endpoint, EndpointKey, Fnv,
         IPPROTO_TCP, IPPROTO_UDP, LocalNic, NodeConfig, PortKey, PortTarget, SVC_LOCAL, SVC_REMOTE,
         Service, TCP_PROXY_CLOSE, TCP_PROXY_OPEN, TCP_PROXY_PROXY_OPEN, TCP_PROXY_TOA_OPEN,
         Timeouts, in_snat_range, service_epoch,
@@ -336,26 +336,19 @@ pub struct Desired {
 /// whitelist (on or off, and the rules), so that narrowing the whitelist or turning it on
 /// re-checks the established flows too.
 pub fn endpoint_epoch(service_epoch: u32, whitelist: Option<&BTreeSet<(u32, u32)>>) -> u32 {
-    // 32-bit FNV-1a, as `service_epoch`.
-    let mut h: u32 = 0x811c_9dc5;
-    let mut bytes = |b: &[u8]| {
-        for x in b {
-            h ^= u32::from(*x);
-            h = h.wrapping_mul(0x0100_0193);
-        }
-    };
-    bytes(&service_epoch.to_ne_bytes());
+    let mut h = Fnv::new();
+    h.bytes(&service_epoch.to_ne_bytes());
     match whitelist {
-        None => bytes(&[0]),
+        None => h.bytes(&[0]),
         Some(rules) => {
-            bytes(&[1]);
+            h.bytes(&[1]);
             for (src, len) in rules {
-                bytes(&src.to_ne_bytes());
-                bytes(&len.to_ne_bytes());
+                h.bytes(&src.to_ne_bytes());
+                h.bytes(&len.to_ne_bytes());
             }
         }
     }
-    h
+    h.0
 }
 
 /// The smaller of the limits set (0 = none).
@@ -435,9 +428,8 @@ fn mac(s: &str) -> Option<[u8; 6]> {
 }
 
 fn cidr(s: &str) -> Option<(u32, u32)> {
-    let (ip, len) = parse_cidr("cidr", s).ok()?;
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    Some((be(Ipv4Addr::from(u32::from(ip) & mask)), len))
+    let net = parse_cidr("cidr", s).ok()?;
+    Some((be(net.network()), u32::from(net.prefix())))
 }
 
 fn tcp_proxy(s: &str) -> u8 {

@@ -41,6 +41,7 @@
 //! ```
 use std::{net::Ipv4Addr, path::Path};
 
+use ipnetwork::{IpNetworkError, Ipv4Network};
 use serde::Deserialize;
 use vpcep_common::endpoint::{
     DEFAULT_PORT_HI, DEFAULT_PORT_LO, EP_ACCEPTED, EP_PERMITTED, EP_SRC_WHITELIST, Endpoint,
@@ -51,8 +52,10 @@ use vpcep_common::endpoint::{
 
 use super::{Dataplane, DataplaneError};
 
+/// A configuration file that cannot be read, parsed or validated: the map configuration
+/// here and the agent's (`crate::agent::AgentConfigError`).
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub enum FileError {
     #[error("reading {path}")]
     Read {
         path: String,
@@ -67,15 +70,30 @@ pub enum ConfigError {
     },
     #[error("{field}: {msg}")]
     Invalid { field: String, msg: String },
-    #[error(transparent)]
-    Dataplane(#[from] DataplaneError),
 }
 
-fn invalid(field: impl Into<String>, msg: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
+/// The error naming a bad field.
+pub fn invalid(field: impl Into<String>, msg: impl Into<String>) -> FileError {
+    FileError::Invalid {
         field: field.into(),
         msg: msg.into(),
     }
+}
+
+/// Reads a configuration file whole.
+pub fn read_file(path: &Path) -> Result<String, FileError> {
+    std::fs::read_to_string(path).map_err(|source| FileError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
 }
 
 #[derive(Debug, Deserialize)]
@@ -196,7 +214,7 @@ fn yes() -> bool {
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(field: &str, s: &str) -> Result<[u8; 6], ConfigError> {
+pub fn parse_mac(field: &str, s: &str) -> Result<[u8; 6], FileError> {
     let mut mac = [0u8; 6];
     let parts: Vec<&str> = s.split(':').collect();
     if parts.len() != 6 {
@@ -209,18 +227,17 @@ pub fn parse_mac(field: &str, s: &str) -> Result<[u8; 6], ConfigError> {
     Ok(mac)
 }
 
-/// Parses `a.b.c.d/n` (or a bare address as /32).
-pub fn parse_cidr(field: &str, s: &str) -> Result<(Ipv4Addr, u32), ConfigError> {
-    let (ip, len) = s.split_once('/').unwrap_or((s, "32"));
-    let ip: Ipv4Addr = ip
-        .parse()
-        .map_err(|_| invalid(field, format!("{s:?} is not an IPv4 CIDR")))?;
-    let len: u32 = len
-        .parse()
-        .ok()
-        .filter(|l| *l <= 32)
-        .ok_or_else(|| invalid(field, format!("{s:?} has a bad prefix length")))?;
-    Ok((ip, len))
+/// Parses `a.b.c.d/n` (or a bare address as /32); the address may have host bits set.
+pub fn parse_cidr(field: &str, s: &str) -> Result<Ipv4Network, FileError> {
+    let bad_prefix = || invalid(field, format!("{s:?} has a bad prefix length"));
+    // A netmask (`/255.255.255.0`), which the crate also takes, is not a prefix length.
+    if s.split_once('/').is_some_and(|(_, p)| p.contains('.')) {
+        return Err(bad_prefix());
+    }
+    s.parse().map_err(|e| match e {
+        IpNetworkError::InvalidAddr(_) => invalid(field, format!("{s:?} is not an IPv4 CIDR")),
+        _ => bad_prefix(),
+    })
 }
 
 fn be(ip: Ipv4Addr) -> u32 {
@@ -228,7 +245,7 @@ fn be(ip: Ipv4Addr) -> u32 {
 }
 
 /// Resolves an interface name in the caller's network namespace.
-fn ifindex(field: &str, name: &str) -> Result<u32, ConfigError> {
+fn ifindex(field: &str, name: &str) -> Result<u32, FileError> {
     let c = std::ffi::CString::new(name).map_err(|_| invalid(field, "contains NUL"))?;
     // SAFETY: valid NUL-terminated string.
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
@@ -239,13 +256,12 @@ fn ifindex(field: &str, name: &str) -> Result<u32, ConfigError> {
 }
 
 impl MapConfig {
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: p.clone(),
+    pub fn load(path: &Path) -> Result<Self, FileError> {
+        let text = read_file(path)?;
+        toml::from_str(&text).map_err(|source| FileError::Parse {
+            path: path.display().to_string(),
             source,
-        })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: p, source })
+        })
     }
 
     /// Interfaces the programs should be attached to (every VM NIC and local backend NIC;
@@ -264,6 +280,23 @@ impl MapConfig {
     /// services, port mappings, whitelists, and the endpoints that point at them last), so
     /// the programs never see an endpoint whose service is missing.
     pub fn apply(&self, dp: &mut Dataplane) -> Result<(), ConfigError> {
+        let node = self.node_config()?;
+        let nics = self.nics()?;
+        let (services, ports) = self.services()?;
+        let (endpoints, rules) = self.endpoints(&services, &ports)?;
+        let plan = Plan {
+            node,
+            tunnel: self.tunnel()?,
+            nics,
+            services,
+            ports,
+            rules,
+            endpoints,
+        };
+        Ok(plan.write(dp, &self.snat_owner)?)
+    }
+
+    fn node_config(&self) -> Result<NodeConfig, FileError> {
         let n = &self.node;
         if !in_snat_range(be(n.snat_ip)) {
             return Err(invalid("node.snat_ip", "must be inside 198.19.128.0/17"));
@@ -275,7 +308,7 @@ impl MapConfig {
                 "must be [lo, hi] with 0 < lo <= hi",
             ));
         }
-        let node = NodeConfig {
+        Ok(NodeConfig {
             snat_ip_be: be(n.snat_ip),
             port_lo: lo,
             port_hi: hi,
@@ -290,7 +323,10 @@ impl MapConfig {
                     tcp_closing: t.tcp_closing,
                     udp: t.udp,
                 }),
-        };
+        })
+    }
+
+    fn nics(&self) -> Result<Vec<(u32, LocalNic)>, FileError> {
         let mut nics = Vec::new();
         for (i, nic) in self.nic.iter().enumerate() {
             let f = format!("nic[{i}]");
@@ -305,6 +341,10 @@ impl MapConfig {
                 },
             ));
         }
+        Ok(nics)
+    }
+
+    fn services(&self) -> Result<(Services, Ports), FileError> {
         let mut services = Vec::new();
         let mut ports = Vec::new();
         for (i, s) in self.service.iter().enumerate() {
@@ -334,33 +374,18 @@ impl MapConfig {
                 },
             ));
             for (j, p) in s.ports.iter().enumerate() {
-                let proto = match p.protocol.as_str() {
-                    "TCP" | "tcp" => IPPROTO_TCP,
-                    "UDP" | "udp" => IPPROTO_UDP,
-                    other => {
-                        return Err(invalid(
-                            format!("{f}.ports[{j}].protocol"),
-                            format!("{other:?}: expected TCP or UDP"),
-                        ));
-                    }
-                };
-                if p.client == 0 || p.server == 0 {
-                    return Err(invalid(format!("{f}.ports[{j}]"), "ports are 1-65535"));
-                }
-                ports.push((
-                    PortKey {
-                        service_id: s.id,
-                        client_port_be: p.client.to_be(),
-                        proto,
-                        _pad: 0,
-                    },
-                    PortTarget {
-                        server_port_be: p.server.to_be(),
-                        _pad: 0,
-                    },
-                ));
+                ports.push(port_entry(&format!("{f}.ports[{j}]"), s.id, p)?);
             }
         }
+        Ok((services, ports))
+    }
+
+    /// The endpoints and their source whitelist rules (endpoint id, source be, length).
+    fn endpoints(
+        &self,
+        services: &[(u32, Service)],
+        ports: &[(PortKey, PortTarget)],
+    ) -> Result<(Endpoints, Rules), FileError> {
         let mut endpoints = Vec::new();
         let mut rules = Vec::new();
         for (i, e) in self.endpoint.iter().enumerate() {
@@ -372,8 +397,8 @@ impl MapConfig {
                 ));
             }
             for (j, w) in e.whitelist.iter().enumerate() {
-                let (ip, len) = parse_cidr(&format!("{f}.whitelist[{j}]"), w)?;
-                rules.push((e.id, be(ip), len));
+                let net = parse_cidr(&format!("{f}.whitelist[{j}]"), w)?;
+                rules.push((e.id, be(net.ip()), u32::from(net.prefix())));
             }
             let mut flags = 0;
             if e.accepted {
@@ -385,6 +410,14 @@ impl MapConfig {
             if !e.whitelist.is_empty() {
                 flags |= EP_SRC_WHITELIST;
             }
+            let epoch = services
+                .iter()
+                .find(|(id, _)| *id == e.service)
+                .map(|(_, svc)| {
+                    let mine = ports.iter().filter(|(k, _)| k.service_id == e.service);
+                    service_epoch(svc, mine.map(|(k, t)| (k, t)))
+                })
+                .unwrap_or(0);
             endpoints.push((
                 EndpointKey {
                     vpc_id: e.vpc,
@@ -399,41 +432,83 @@ impl MapConfig {
                     generation: 1,
                     max_flows: e.max_flows,
                     new_flows_per_sec: e.new_flows_per_sec,
-                    epoch: services
-                        .iter()
-                        .find(|(id, _)| *id == e.service)
-                        .map(|(_, svc)| {
-                            service_epoch(
-                                svc,
-                                ports
-                                    .iter()
-                                    .filter(|(k, _)| k.service_id == e.service)
-                                    .map(|(k, t)| (k, t)),
-                            )
-                        })
-                        .unwrap_or(0),
+                    epoch,
                 },
             ));
         }
-        let tunnel = match &self.overlay {
-            None => TunnelConfig::default(),
-            Some(o) => {
-                if o.inner_mtu < 576 {
-                    return Err(invalid("overlay.inner_mtu", "must be at least 576"));
-                }
-                TunnelConfig {
-                    ifindex: ifindex("overlay.device", &o.device)?,
-                    inner_mtu: o.inner_mtu,
-                    _pad: [0; 2],
-                }
-            }
+        Ok((endpoints, rules))
+    }
+
+    fn tunnel(&self) -> Result<TunnelConfig, FileError> {
+        let Some(o) = &self.overlay else {
+            return Ok(TunnelConfig::default());
         };
-        dp.set_node(node)?;
-        dp.set_tunnel(tunnel)?;
-        for o in &self.snat_owner {
+        if o.inner_mtu < 576 {
+            return Err(invalid("overlay.inner_mtu", "must be at least 576"));
+        }
+        Ok(TunnelConfig {
+            ifindex: ifindex("overlay.device", &o.device)?,
+            inner_mtu: o.inner_mtu,
+            _pad: [0; 2],
+        })
+    }
+}
+
+/// One port mapping of service `id`; `f` names it in errors.
+fn port_entry(f: &str, id: u32, p: &PortSection) -> Result<(PortKey, PortTarget), FileError> {
+    let proto = match p.protocol.as_str() {
+        "TCP" | "tcp" => IPPROTO_TCP,
+        "UDP" | "udp" => IPPROTO_UDP,
+        other => {
+            return Err(invalid(
+                format!("{f}.protocol"),
+                format!("{other:?}: expected TCP or UDP"),
+            ));
+        }
+    };
+    if p.client == 0 || p.server == 0 {
+        return Err(invalid(f, "ports are 1-65535"));
+    }
+    Ok((
+        PortKey {
+            service_id: id,
+            client_port_be: p.client.to_be(),
+            proto,
+            _pad: 0,
+        },
+        PortTarget {
+            server_port_be: p.server.to_be(),
+            _pad: 0,
+        },
+    ))
+}
+
+type Services = Vec<(u32, Service)>;
+type Ports = Vec<(PortKey, PortTarget)>;
+type Endpoints = Vec<(EndpointKey, Endpoint)>;
+/// Source whitelist rules: (endpoint id, source be, prefix length).
+type Rules = Vec<(u32, u32, u32)>;
+
+/// The map entries of a validated configuration.
+struct Plan {
+    node: NodeConfig,
+    tunnel: TunnelConfig,
+    nics: Vec<(u32, LocalNic)>,
+    services: Services,
+    ports: Ports,
+    rules: Rules,
+    endpoints: Endpoints,
+}
+
+impl Plan {
+    /// Writes the entries targets first (see [`MapConfig::apply`]).
+    fn write(self, dp: &mut Dataplane, owners: &[SnatOwnerSection]) -> Result<(), DataplaneError> {
+        dp.set_node(self.node)?;
+        dp.set_tunnel(self.tunnel)?;
+        for o in owners {
             dp.set_snat_owner(be(o.snat_ip), be(o.underlay_ip))?;
         }
-        for (idx, nic) in nics {
+        for (idx, nic) in self.nics {
             dp.set_local_nic(idx, nic)?;
             let key = EndpointKey {
                 vpc_id: nic.vpc_id,
@@ -446,16 +521,16 @@ impl MapConfig {
             };
             dp.set_local_addr(key, addr)?;
         }
-        for (id, s) in services {
+        for (id, s) in self.services {
             dp.set_service(id, s)?;
         }
-        for (k, v) in ports {
+        for (k, v) in self.ports {
             dp.set_port(k, v)?;
         }
-        for (id, ip, len) in rules {
+        for (id, ip, len) in self.rules {
             dp.allow_source(id, ip, len)?;
         }
-        for (k, v) in endpoints {
+        for (k, v) in self.endpoints {
             dp.set_endpoint(k, v)?;
         }
         Ok(())
@@ -489,7 +564,7 @@ mod tests {
                 .to_string()
                 .starts_with("nic[0].mac")
         );
-        assert_eq!(parse_cidr("w", "10.0.0.0/24").unwrap().1, 24);
+        assert_eq!(parse_cidr("w", "10.0.0.0/24").unwrap().prefix(), 24);
         assert!(parse_cidr("w", "10.0.0.0/33").is_err());
         let bad = example.replace("protocol = \"TCP\"", "protocol = \"SCTP\"");
         let cfg: MapConfig = toml::from_str(&bad).unwrap();
