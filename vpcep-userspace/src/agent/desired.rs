@@ -443,41 +443,77 @@ fn tcp_proxy(s: &str) -> u8 {
 
 /// Computes the desired map contents for this node.
 pub fn compute(state: &FeedState, local: &Local, ids: &mut Ids) -> Desired {
-    let mut d = Desired::default();
-    let vni = |vpc: &str| state.vpcs.get(vpc).map(|v| v.vni);
-    let nodes = &state.nodes;
-    let ports = &state.ports;
+    let mut d = Desired {
+        node: node_config(state, local),
+        snat_owners: snat_owners(state),
+        ..Desired::default()
+    };
+    let mut perms: HashMap<&str, Vec<&str>> = HashMap::new();
+    for p in state.permissions.values() {
+        perms
+            .entry(p.service_id.as_str())
+            .or_default()
+            .push(p.permission.as_str());
+    }
+    let ctx = Ctx {
+        state,
+        local,
+        local_vpcs: local_nics(state, local, &mut d),
+        perms,
+    };
+    // The VMs that serve an endpoint service: whatever the overlay brings is for them.
+    for svc in state.services.values() {
+        if svc.status == "available"
+            && let Some(ifindex) = local.nics.get(svc.port_id.as_str())
+        {
+            d.backend_nics.insert(*ifindex);
+        }
+    }
+    for (ep_id, ep) in &state.endpoints {
+        ctx.add_endpoint(&mut d, ids, ep_id, ep);
+    }
+    d
+}
 
-    if let Some(snat) = nodes
+/// The node's own entry, once the control plane gave it a SNAT address.
+fn node_config(state: &FeedState, local: &Local) -> Option<NodeConfig> {
+    let snat = state
+        .nodes
         .get(local.node_name.as_str())
         .and_then(|n| ip_be(&n.snat_ip))
-        .filter(|ip| in_snat_range(*ip))
-    {
-        d.node = Some(NodeConfig {
-            snat_ip_be: snat,
-            port_lo: local.snat_ports.0,
-            port_hi: local.snat_ports.1,
-            vmac: local.vmac,
-            _pad: [0; 2],
-            timeouts: local.timeouts,
-        });
-    }
+        .filter(|ip| in_snat_range(*ip))?;
+    Some(NodeConfig {
+        snat_ip_be: snat,
+        port_lo: local.snat_ports.0,
+        port_hi: local.snat_ports.1,
+        vmac: local.vmac,
+        _pad: [0; 2],
+        timeouts: local.timeouts,
+    })
+}
 
-    for n in nodes.values() {
+/// SNAT address → underlay address, for every node.
+fn snat_owners(state: &FeedState) -> BTreeMap<u32, u32> {
+    let mut owners = BTreeMap::new();
+    for n in state.nodes.values() {
         if let (Some(snat), Some(underlay)) = (ip_be(&n.snat_ip), ip_be(&n.underlay_ip))
             && in_snat_range(snat)
         {
-            d.snat_owners.insert(snat, underlay);
+            owners.insert(snat, underlay);
         }
     }
+    owners
+}
 
-    // Local VM NICs, and the VPCs (by VNI) that have one here.
+/// Puts the local VM NICs into `d`; returns the VPCs (by VNI) that have one here.
+fn local_nics(state: &FeedState, local: &Local, d: &mut Desired) -> BTreeSet<u32> {
     let mut local_vpcs = BTreeSet::new();
     for (port_id, ifindex) in &local.nics {
-        let Some(p) = ports.get(port_id.as_str()) else {
+        let Some(p) = state.ports.get(port_id.as_str()) else {
             continue;
         };
-        let (Some(vpc), Some(ip), Some(m)) = (vni(&p.vpc_id), ip_be(&p.ip), mac(&p.mac)) else {
+        let vni = state.vpcs.get(p.vpc_id.as_str()).map(|v| v.vni);
+        let (Some(vpc), Some(ip), Some(m)) = (vni, ip_be(&p.ip), mac(&p.mac)) else {
             continue;
         };
         let gateway = state
@@ -497,56 +533,69 @@ pub fn compute(state: &FeedState, local: &Local, ids: &mut Ids) -> Desired {
         );
         local_vpcs.insert(vpc);
     }
+    local_vpcs
+}
 
-    // The VMs that serve an endpoint service: whatever the overlay brings is for them.
-    for svc in state.services.values() {
-        if svc.status == "available"
-            && let Some(ifindex) = local.nics.get(svc.port_id.as_str())
-        {
-            d.backend_nics.insert(*ifindex);
-        }
+/// The port mappings of a service, under its map id.
+fn service_ports(service_id: u32, ports: &[PortMapping]) -> BTreeMap<PortKey, PortTarget> {
+    let mut out = BTreeMap::new();
+    for pm in ports {
+        let proto = match pm.protocol.as_str() {
+            "UDP" => IPPROTO_UDP,
+            _ => IPPROTO_TCP,
+        };
+        out.insert(
+            PortKey {
+                service_id,
+                client_port_be: pm.client_port.to_be(),
+                proto,
+                _pad: 0,
+            },
+            PortTarget {
+                server_port_be: pm.server_port.to_be(),
+                _pad: 0,
+            },
+        );
+    }
+    out
+}
+
+/// What each endpoint of [`compute`] is judged against.
+struct Ctx<'a> {
+    state: &'a FeedState,
+    local: &'a Local,
+    /// The VPCs (by VNI) with a local NIC: only their endpoints concern this node.
+    local_vpcs: BTreeSet<u32>,
+    /// The permission strings of each service, by service id.
+    perms: HashMap<&'a str, Vec<&'a str>>,
+}
+
+impl Ctx<'_> {
+    fn vni(&self, vpc: &str) -> Option<u32> {
+        self.state.vpcs.get(vpc).map(|v| v.vni)
     }
 
-    let mut perms: HashMap<&str, Vec<&str>> = HashMap::new();
-    for p in state.permissions.values() {
-        perms
-            .entry(p.service_id.as_str())
-            .or_default()
-            .push(p.permission.as_str());
-    }
-
-    for (ep_id, ep) in &state.endpoints {
-        let Some(ep_vni) = vni(&ep.vpc_id) else {
-            continue;
-        };
-        if !local_vpcs.contains(&ep_vni) || matches!(ep.status.as_str(), "failed" | "deleting") {
-            continue;
-        }
-        let Some(ep_ip) = ip_be(&ep.ip) else {
-            continue;
-        };
-        let Some((svc_id, svc)) = state.services.get_key_value(ep.service_id.as_str()) else {
-            continue;
-        };
+    /// The `SERVICES` entry for `svc`, or `None` when its endpoints get nothing here.
+    fn service(&self, svc: &ServiceRec) -> Option<Service> {
         // A suspended service lost its backend NIC (e.g. with its node): its endpoints stay,
         // as unreachable, so that their traffic is dropped and counted (`drop_remote_backend`)
         // instead of passing untouched.
         if !matches!(svc.status.as_str(), "available" | "suspended") {
-            continue;
+            return None;
         }
-        let backend = ports
+        let backend = (self.state.ports)
             .get_key_value(svc.port_id.as_str())
             .filter(|_| svc.status == "available");
-        let (Some(backend_vni), Some(backend_ip)) = (vni(&svc.vpc_id), ip_be(&svc.ip)) else {
-            continue;
+        let (Some(backend_vni), Some(backend_ip)) = (self.vni(&svc.vpc_id), ip_be(&svc.ip)) else {
+            return None;
         };
         let backend_mac = backend.and_then(|(_, b)| mac(&b.mac)).unwrap_or_default();
         let (location, ifindex, remote) = match backend {
             None => (SVC_REMOTE, 0, 0),
-            Some((backend_id, backend)) => match local.nics.get(backend_id.as_ref()) {
+            Some((backend_id, backend)) => match self.local.nics.get(backend_id.as_ref()) {
                 Some(ifindex) => (SVC_LOCAL, *ifindex, 0),
-                None if backend.node == local.node_name => continue, // here, not attached yet
-                None => match nodes
+                None if backend.node == self.local.node_name => return None, // here, not attached yet
+                None => match (self.state.nodes)
                     .get(backend.node.as_str())
                     .and_then(|n| ip_be(&n.underlay_ip))
                 {
@@ -555,12 +604,7 @@ pub fn compute(state: &FeedState, local: &Local, ids: &mut Ids) -> Desired {
                 },
             },
         };
-        let marker_id = u32::try_from(ep.marker_id).unwrap_or(u32::MAX);
-        let Some((service_id, endpoint_id)) = ids.for_endpoint(ep_id, marker_id, svc_id) else {
-            tracing::warn!(endpoint = %ep_id, "out of service or endpoint ids");
-            continue;
-        };
-        let service = Service {
+        Some(Service {
             backend_ip_be: backend_ip,
             backend_vpc_id: backend_vni,
             ifindex,
@@ -568,35 +612,19 @@ pub fn compute(state: &FeedState, local: &Local, ids: &mut Ids) -> Desired {
             backend_mac,
             location,
             tcp_proxy: tcp_proxy(&svc.tcp_proxy),
-        };
-        d.services.insert(service_id, service);
-        let mut svc_ports = BTreeMap::new();
-        for pm in &svc.ports {
-            let proto = match pm.protocol.as_str() {
-                "UDP" => IPPROTO_UDP,
-                _ => IPPROTO_TCP,
-            };
-            svc_ports.insert(
-                PortKey {
-                    service_id,
-                    client_port_be: pm.client_port.to_be(),
-                    proto,
-                    _pad: 0,
-                },
-                PortTarget {
-                    server_port_be: pm.server_port.to_be(),
-                    _pad: 0,
-                },
-            );
-        }
-        let svc_epoch = service_epoch(&service, &svc_ports);
-        d.ports.extend(svc_ports);
+        })
+    }
+
+    /// `EP_ACCEPTED` and `EP_PERMITTED` as the endpoint's state and the service's
+    /// permissions give them.
+    fn access_flags(&self, svc_id: &str, svc: &ServiceRec, ep: &EndpointRec) -> u32 {
         let mut flags = 0;
         if ep.status == "accepted" {
             flags |= EP_ACCEPTED;
         }
-        let svc_perms = perms
-            .get(svc_id.as_ref())
+        let svc_perms = self
+            .perms
+            .get(svc_id)
             .map(Vec::as_slice)
             .unwrap_or_default();
         if permits(
@@ -608,6 +636,36 @@ pub fn compute(state: &FeedState, local: &Local, ids: &mut Ids) -> Desired {
         ) {
             flags |= EP_PERMITTED;
         }
+        flags
+    }
+
+    /// Puts an endpoint with its service, port mappings and whitelist into `d`, if it
+    /// concerns this node (`None` when it does not).
+    fn add_endpoint(
+        &self,
+        d: &mut Desired,
+        ids: &mut Ids,
+        ep_id: &str,
+        ep: &EndpointRec,
+    ) -> Option<()> {
+        let ep_vni = self.vni(&ep.vpc_id)?;
+        if !self.local_vpcs.contains(&ep_vni) || matches!(ep.status.as_str(), "failed" | "deleting")
+        {
+            return None;
+        }
+        let ep_ip = ip_be(&ep.ip)?;
+        let (svc_id, svc) = self.state.services.get_key_value(ep.service_id.as_str())?;
+        let service = self.service(svc)?;
+        let marker_id = u32::try_from(ep.marker_id).unwrap_or(u32::MAX);
+        let Some((service_id, endpoint_id)) = ids.for_endpoint(ep_id, marker_id, svc_id) else {
+            tracing::warn!(endpoint = %ep_id, "out of service or endpoint ids");
+            return None;
+        };
+        d.services.insert(service_id, service);
+        let svc_ports = service_ports(service_id, &svc.ports);
+        let svc_epoch = service_epoch(&service, &svc_ports);
+        d.ports.extend(svc_ports);
+        let mut flags = self.access_flags(svc_id, svc, ep);
         let mut rules = BTreeSet::new();
         if ep.enable_whitelist {
             flags |= EP_SRC_WHITELIST;
@@ -639,8 +697,8 @@ pub fn compute(state: &FeedState, local: &Local, ids: &mut Ids) -> Desired {
                 ),
             },
         );
+        Some(())
     }
-    d
 }
 
 #[cfg(test)]
