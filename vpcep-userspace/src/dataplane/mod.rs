@@ -473,31 +473,30 @@ impl Dataplane {
 
     /// An XDP program of the object by name (e.g. the no-op baseline), loaded.
     pub fn xdp_named(&mut self, name: &'static str) -> Result<&mut Xdp, DataplaneError> {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(DataplaneError::MissingProgram(name))?
-            .try_into()
-            .map_err(|source| DataplaneError::Program { name, source })?;
-        if prog.fd().is_err() {
-            prog.load()
-                .map_err(|source| DataplaneError::Program { name, source })?;
-        }
-        Ok(prog)
+        self.loaded(name)
     }
 
     /// A TC program of the object by name (e.g. the no-op baseline), loaded.
     pub fn tc_named(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DataplaneError> {
-        let prog: &mut SchedClassifier = self
+        self.loaded(name)
+    }
+
+    /// The program `name` as its type `P`, loaded into the kernel on first use.
+    fn loaded<'a, P: Loadable>(
+        &'a mut self,
+        name: &'static str,
+    ) -> Result<&'a mut P, DataplaneError>
+    where
+        &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    {
+        let err = |source| DataplaneError::Program { name, source };
+        let prog: &mut P = self
             .ebpf
             .program_mut(name)
             .ok_or(DataplaneError::MissingProgram(name))?
             .try_into()
-            .map_err(|source| DataplaneError::Program { name, source })?;
-        if prog.fd().is_err() {
-            prog.load()
-                .map_err(|source| DataplaneError::Program { name, source })?;
-        }
+            .map_err(err)?;
+        prog.load_once().map_err(err)?;
         Ok(prog)
     }
 
@@ -973,5 +972,31 @@ impl Dataplane {
             }
         }
         Ok(out)
+    }
+}
+
+/// The program types [`Dataplane`] loads by name: their `load` takes no arguments.
+trait Loadable {
+    /// Loads the program unless it is loaded already.
+    fn load_once(&mut self) -> Result<(), aya::programs::ProgramError>;
+}
+
+impl Loadable for Xdp {
+    fn load_once(&mut self) -> Result<(), aya::programs::ProgramError> {
+        if self.fd().is_err() {
+            self.load()?;
+        }
+        Ok(())
+    }
+}
+
+// Repeats the XDP impl: `load` and `fd` are inherent methods of each program type, with no
+// trait of aya's to be generic over.
+impl Loadable for SchedClassifier {
+    fn load_once(&mut self) -> Result<(), aya::programs::ProgramError> {
+        if self.fd().is_err() {
+            self.load()?;
+        }
+        Ok(())
     }
 }
