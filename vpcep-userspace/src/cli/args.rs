@@ -293,6 +293,8 @@ pub struct EndpointCreate {
     pub enable_dns: bool,
     #[arg(long)]
     pub description: Option<String>,
+    // The limits, tags and wait repeat `ServiceCreate`'s flags, but not their help texts
+    // (an endpoint's limit can only lower its service's), so they are not one flattened group.
     /// Live connections this endpoint may hold: can only lower the service's limit.
     #[arg(long, value_name = "N")]
     pub max_connections: Option<u32>,

@@ -690,6 +690,70 @@ fn filtered(
     Output::List { items, columns }
 }
 
+/// One inventory collection (`/inventory/{path}`, listed under `path`): the show, delete
+/// and create that vpcs, subnets, ports and nodes share.
+struct Inventory {
+    path: &'static str,
+    /// Its name in messages.
+    kind: &'static str,
+}
+
+const VPCS: Inventory = Inventory {
+    path: "vpcs",
+    kind: "vpc",
+};
+const SUBNETS: Inventory = Inventory {
+    path: "subnets",
+    kind: "subnet",
+};
+const PORTS: Inventory = Inventory {
+    path: "ports",
+    kind: "port",
+};
+const NODES: Inventory = Inventory {
+    path: "nodes",
+    kind: "node",
+};
+
+impl Inventory {
+    fn url(&self) -> String {
+        format!("/inventory/{}", self.path)
+    }
+
+    fn item(&self, id: &str) -> String {
+        format!("/inventory/{}/{}", self.path, seg(id))
+    }
+
+    async fn create(&self, c: &Client, body: Map<String, Value>) -> CliResult<Output> {
+        Ok(Output::Object(
+            c.post(&self.url(), &Value::Object(body)).await?,
+        ))
+    }
+
+    /// The items whose `field` is `want` (all without it).
+    async fn list(
+        &self,
+        c: &Client,
+        field: &str,
+        want: Option<&str>,
+        columns: &'static [Column],
+    ) -> CliResult<Output> {
+        let v = c.get(&self.url(), &[]).await?;
+        Ok(filtered(&v, self.path, field, want, columns))
+    }
+
+    async fn show(&self, c: &Client, id: &str) -> CliResult<Output> {
+        Ok(Output::Object(c.get(&self.item(id), &[]).await?))
+    }
+
+    /// Deletes the item; `key` names its id in the JSON answer.
+    async fn delete(&self, c: &Client, key: &str, id: String) -> CliResult<Output> {
+        c.delete(&self.item(&id)).await?;
+        let text = format!("deleted {} {id}", self.kind);
+        Ok(done(text, json!({ key: id })))
+    }
+}
+
 async fn vpc(c: &Client, cmd: VpcCmd) -> CliResult<Output> {
     match cmd {
         VpcCmd::Create {
@@ -705,26 +769,11 @@ async fn vpc(c: &Client, cmd: VpcCmd) -> CliResult<Output> {
             put_opt(&mut body, "name", name);
             put_opt(&mut body, "vni", vni);
             put_opt(&mut body, "id", id);
-            let v = c.post("/inventory/vpcs", &Value::Object(body)).await?;
-            Ok(Output::Object(v))
+            VPCS.create(c, body).await
         }
-        VpcCmd::List { owner } => {
-            let v = c.get("/inventory/vpcs", &[]).await?;
-            Ok(filtered(
-                &v,
-                "vpcs",
-                "project_id",
-                owner.as_deref(),
-                VPC_COLS,
-            ))
-        }
-        VpcCmd::Show { id } => Ok(Output::Object(
-            c.get(&format!("/inventory/vpcs/{}", seg(&id)), &[]).await?,
-        )),
-        VpcCmd::Delete { id } => {
-            c.delete(&format!("/inventory/vpcs/{}", seg(&id))).await?;
-            Ok(done(format!("deleted vpc {id}"), json!({"id": id})))
-        }
+        VpcCmd::List { owner } => VPCS.list(c, "project_id", owner.as_deref(), VPC_COLS).await,
+        VpcCmd::Show { id } => VPCS.show(c, &id).await,
+        VpcCmd::Delete { id } => VPCS.delete(c, "id", id).await,
     }
 }
 
@@ -741,28 +790,15 @@ async fn subnet(c: &Client, cmd: SubnetCmd) -> CliResult<Output> {
             body.insert("cidr".into(), json!(cidr));
             put_opt(&mut body, "gateway_ip", gateway_ip);
             put_opt(&mut body, "id", id);
-            let v = c.post("/inventory/subnets", &Value::Object(body)).await?;
-            Ok(Output::Object(v))
+            SUBNETS.create(c, body).await
         }
         SubnetCmd::List { vpc_id } => {
-            let v = c.get("/inventory/subnets", &[]).await?;
-            Ok(filtered(
-                &v,
-                "subnets",
-                "vpc_id",
-                vpc_id.as_deref(),
-                SUBNET_COLS,
-            ))
+            SUBNETS
+                .list(c, "vpc_id", vpc_id.as_deref(), SUBNET_COLS)
+                .await
         }
-        SubnetCmd::Show { id } => Ok(Output::Object(
-            c.get(&format!("/inventory/subnets/{}", seg(&id)), &[])
-                .await?,
-        )),
-        SubnetCmd::Delete { id } => {
-            c.delete(&format!("/inventory/subnets/{}", seg(&id)))
-                .await?;
-            Ok(done(format!("deleted subnet {id}"), json!({"id": id})))
-        }
+        SubnetCmd::Show { id } => SUBNETS.show(c, &id).await,
+        SubnetCmd::Delete { id } => SUBNETS.delete(c, "id", id).await,
     }
 }
 
@@ -781,12 +817,10 @@ async fn port(c: &Client, cmd: PortCmd) -> CliResult<Output> {
             put_opt(&mut body, "ip", ip);
             put_opt(&mut body, "mac", mac);
             put_opt(&mut body, "id", id);
-            let v = c.post("/inventory/ports", &Value::Object(body)).await?;
-            Ok(Output::Object(v))
+            PORTS.create(c, body).await
         }
         PortCmd::List { node, subnet_id } => {
-            let v = c.get("/inventory/ports", &[]).await?;
-            let out = filtered(&v, "ports", "node", node.as_deref(), PORT_COLS);
+            let out = PORTS.list(c, "node", node.as_deref(), PORT_COLS).await?;
             Ok(match (out, subnet_id) {
                 (Output::List { items, columns }, Some(s)) => Output::List {
                     items: items
@@ -798,14 +832,8 @@ async fn port(c: &Client, cmd: PortCmd) -> CliResult<Output> {
                 (out, _) => out,
             })
         }
-        PortCmd::Show { id } => Ok(Output::Object(
-            c.get(&format!("/inventory/ports/{}", seg(&id)), &[])
-                .await?,
-        )),
-        PortCmd::Delete { id } => {
-            c.delete(&format!("/inventory/ports/{}", seg(&id))).await?;
-            Ok(done(format!("deleted port {id}"), json!({"id": id})))
-        }
+        PortCmd::Show { id } => PORTS.show(c, &id).await,
+        PortCmd::Delete { id } => PORTS.delete(c, "id", id).await,
     }
 }
 
@@ -813,27 +841,13 @@ async fn node(c: &Client, cmd: NodeCmd) -> CliResult<Output> {
     match cmd {
         NodeCmd::Register { name, underlay_ip } => {
             let v = c
-                .put(
-                    &format!("/inventory/nodes/{}", seg(&name)),
-                    &json!({"underlay_ip": underlay_ip}),
-                )
+                .put(&NODES.item(&name), &json!({"underlay_ip": underlay_ip}))
                 .await?;
             Ok(Output::Object(v))
         }
-        NodeCmd::List => Ok(list(
-            &c.get("/inventory/nodes", &[]).await?,
-            "nodes",
-            NODE_COLS,
-        )),
-        NodeCmd::Show { name } => Ok(Output::Object(
-            c.get(&format!("/inventory/nodes/{}", seg(&name)), &[])
-                .await?,
-        )),
-        NodeCmd::Delete { name } => {
-            c.delete(&format!("/inventory/nodes/{}", seg(&name)))
-                .await?;
-            Ok(done(format!("deleted node {name}"), json!({"name": name})))
-        }
+        NodeCmd::List => Ok(list(&c.get(&NODES.url(), &[]).await?, "nodes", NODE_COLS)),
+        NodeCmd::Show { name } => NODES.show(c, &name).await,
+        NodeCmd::Delete { name } => NODES.delete(c, "name", name).await,
     }
 }
 
