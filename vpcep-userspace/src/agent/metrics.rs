@@ -214,3 +214,56 @@ pub(super) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
         tracing::warn!(error = %e, "metrics server stopped");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_labels_and_values_are_the_documented_ones() {
+        let shared = Arc::new(Shared::default());
+        shared.applied.store(7, Ordering::Relaxed);
+        shared.latest.store(9, Ordering::Relaxed);
+        *shared.figures.lock().unwrap() = Figures {
+            overlay: Some(("vx0".into(), true)),
+            nics: vec![("tapc".into(), "p-c".into(), true)],
+            endpoints: vec![(
+                "e1".into(),
+                EndpointCounters {
+                    packets: 5,
+                    bytes: 300,
+                    new_flows: 1,
+                    drops: 2,
+                },
+            )],
+            packets: vec![(("tc-ingress", "pass"), 4)],
+            ct_entries: 1,
+            ct_collected: 3,
+            maps: vec![("endpoints", 1, 65_536)],
+        };
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(shared));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "vpcep_agent_applied_revision 7",
+            "vpcep_agent_latest_revision 9",
+            "vpcep_agent_revision_lag 2",
+            "vpcep_overlay_attached{device=\"vx0\"} 1",
+            "vpcep_nic_attached{iface=\"tapc\",port_id=\"p-c\"} 1",
+            "vpcep_endpoint_packets_total{endpoint=\"e1\"} 5",
+            "vpcep_endpoint_bytes_total{endpoint=\"e1\"} 300",
+            "vpcep_endpoint_new_flows_total{endpoint=\"e1\"} 1",
+            "vpcep_endpoint_drops_total{endpoint=\"e1\"} 2",
+            "vpcep_packets_total{hook=\"tc-ingress\",reason=\"pass\"} 4",
+            "vpcep_conntrack_entries 1",
+            "vpcep_conntrack_collected_total 3",
+            "vpcep_map_entries{map=\"endpoints\"} 1",
+            "vpcep_map_capacity{map=\"endpoints\"} 65536",
+            "# TYPE vpcep_packets counter",
+            "# TYPE vpcep_map_entries gauge",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
+        }
+    }
+}
