@@ -14,6 +14,7 @@ use super::{
     output::{Column, Output},
 };
 
+// The table columns of each listing (header, field): data of one shape, not repeated code.
 const SERVICE_COLS: &[Column] = &[
     ("ID", "id"),
     ("NAME", "service_name"),
