@@ -337,20 +337,9 @@ impl Dataplane {
                 Ok(Attached::Replaced)
             }
             mode => {
-                let prog = self.tc_named(name)?;
-                let id = prog
-                    .attach_with_options(
-                        iface,
-                        TcAttachType::Ingress,
-                        TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    )
-                    .map_err(|source| DataplaneError::Attach {
-                        name,
-                        iface: iface.to_owned(),
-                        mode,
-                        source: Box::new(source),
-                    })?;
-                let link = prog
+                let id = self.attach_tcx(name, iface, mode)?;
+                let link = self
+                    .tc_named(name)?
                     .take_link(id)
                     .map_err(|source| DataplaneError::Program { name, source })?;
                 let link: FdLink = link.try_into().map_err(|source| DataplaneError::Link {
@@ -431,22 +420,30 @@ impl Dataplane {
     ) -> Result<(), DataplaneError> {
         match self.tc_attach {
             TcAttach::Netlink => self.attach_netlink(name, iface).map(|_| ()),
-            mode => {
-                self.tc_named(name)?
-                    .attach_with_options(
-                        iface,
-                        TcAttachType::Ingress,
-                        TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    )
-                    .map_err(|source| DataplaneError::Attach {
-                        name,
-                        iface: iface.to_owned(),
-                        mode,
-                        source: Box::new(source),
-                    })?;
-                Ok(())
-            }
+            mode => self.attach_tcx(name, iface, mode).map(|_| ()),
         }
+    }
+
+    /// Attaches TC program `name` at ingress of `iface` through TCX (`mode`, as chosen, is
+    /// named in the error); the link lives as long as this value unless taken.
+    fn attach_tcx(
+        &mut self,
+        name: &'static str,
+        iface: &str,
+        mode: TcAttach,
+    ) -> Result<SchedClassifierLinkId, DataplaneError> {
+        self.tc_named(name)?
+            .attach_with_options(
+                iface,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(|source| DataplaneError::Attach {
+                name,
+                iface: iface.to_owned(),
+                mode,
+                source: Box::new(source),
+            })
     }
 
     /// Pins the TC ingress program at `path` (replacing an older pin), for inspection
