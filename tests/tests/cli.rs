@@ -6,7 +6,8 @@ use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use serde_json::{Value, json};
 use vpcep::{
-    api::{Config, Credentials, CredentialsFile, Server, auth},
+    api::{Config, Credentials, CredentialsFile, auth},
+    server::Server,
     store::Store,
 };
 use vpcep_tests::vpcep_bin;

@@ -16,7 +16,8 @@ use aya::maps::{HashMap, Map, MapData};
 use reqwest::Method;
 use serde_json::{Value, json};
 use vpcep::{
-    api::{AppState, Config, Credentials, CredentialsFile, Server, app, auth},
+    api::{AppState, Config, Credentials, CredentialsFile, auth},
+    server::{Server, app},
     store::Store,
 };
 use vpcep_common::{

@@ -15,7 +15,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use vpcep::{
-    api::{Config, Credentials, CredentialsFile, Server, auth},
+    api::{Config, Credentials, CredentialsFile, auth},
+    server::Server,
     store::Store,
 };
 
