@@ -1,4 +1,6 @@
-//! Whitelist (permissions) and connections of an endpoint service.
+//! Whitelist (permissions) and connections of an endpoint service. The handlers share their
+//! shape (extractors, field checks, one `ops` call in a transaction, the answer); each is one
+//! operation of the route table with its own fields, so these near-copies stay.
 use axum::{
     Extension, Json,
     extract::{Path, RawQuery, State},
