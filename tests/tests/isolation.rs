@@ -74,7 +74,7 @@ fn endpoint(dp: &mut Dataplane, ip: [u8; 4]) -> Endpoint {
 
 #[test]
 fn whitelist_revocations_cut_established_flows_both_ways() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
     ns.run(|| {
         let mut dp = scenario(&n, PORT_LO, PORT_HI);
@@ -121,7 +121,7 @@ fn whitelist_revocations_cut_established_flows_both_ways() {
 
 #[test]
 fn reaccepting_or_recreating_an_endpoint_does_not_resurrect_old_flows() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
     ns.run(|| {
         let mut dp = scenario(&n, PORT_LO, PORT_HI);
@@ -174,7 +174,7 @@ fn reaccepting_or_recreating_an_endpoint_does_not_resurrect_old_flows() {
 
 #[test]
 fn deleted_endpoint_fails_closed() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
     ns.run(|| {
         let mut dp = scenario(&n, PORT_LO, PORT_HI);
@@ -202,7 +202,7 @@ fn deleted_endpoint_fails_closed() {
 
 #[test]
 fn endpoint_limits_refuse_new_flows_only() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
     ns.run(|| {
         let mut dp = scenario(&n, PORT_LO, PORT_HI);
@@ -251,7 +251,7 @@ fn endpoint_limits_refuse_new_flows_only() {
 
 #[test]
 fn full_table_refuses_new_flows_and_evicts_none() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
     ns.run(|| {
         let mut dp = scenario(&n, PORT_LO, PORT_HI);
@@ -292,7 +292,7 @@ fn full_table_refuses_new_flows_and_evicts_none() {
 
 #[test]
 fn gc_removes_dead_flows_but_never_a_newer_one() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
     ns.run(|| {
         let mut dp = scenario(&n, PORT_LO, PORT_HI);

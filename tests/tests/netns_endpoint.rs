@@ -32,7 +32,6 @@ fn mac(s: &str) -> [u8; 6] {
 }
 
 fn world(accepted: bool, offload: bool) -> World {
-    require_root();
     let mut topo = Topology::new().unwrap();
     topo.add_vm("tapc", "10.0.0.2/24", C_MAC).unwrap();
     topo.add_vm("tapb", "10.0.0.5/24", B_MAC).unwrap();
@@ -196,6 +195,7 @@ fn checksum_ok(f: &[u8]) -> bool {
 }
 
 fn tcp_through_endpoint(offload: bool) {
+    require_root!();
     let w = world(true, offload);
     let peer = backend_http(&w);
     let cap = capture(&w, 4);
@@ -255,6 +255,7 @@ fn tcp_bulk_through_endpoint_without_offload() {
 
 #[test]
 fn udp_request_response_and_ping() {
+    require_root!();
     let w = world(true, true);
     let (tx, rx) = mpsc::channel();
     let path = format!("/run/netns/{}", w.topo.vms[1].ns.name());
@@ -295,6 +296,7 @@ fn udp_request_response_and_ping() {
 
 #[test]
 fn pending_endpoint_passes_nothing_and_accept_opens_it() {
+    require_root!();
     let mut w = world(false, true);
     let _peer = backend_http(&w);
     assert!(
@@ -308,6 +310,7 @@ fn pending_endpoint_passes_nothing_and_accept_opens_it() {
 
 #[test]
 fn rejecting_mid_transfer_cuts_it() {
+    require_root!();
     let mut w = world(true, true);
     let _peer = backend_http(&w);
     let (tx, rx) = mpsc::channel();
@@ -347,6 +350,7 @@ fn rejecting_mid_transfer_cuts_it() {
 #[test]
 fn fragmentation_needed_from_backend_reaches_consumer_and_sets_path_mtu() {
     use std::os::fd::AsRawFd;
+    require_root!();
     let w = world(true, true);
     // Backend side: capture the translated datagram as it arrives.
     let (ready_tx, ready_rx) = mpsc::channel();

@@ -114,7 +114,6 @@ fn set_endpoint(dp: &mut Dataplane, vni: u32, id: u32, accepted: bool) {
 }
 
 fn world(offload: bool) -> World {
-    require_root();
     let mut cluster = Cluster::new(3).unwrap();
     for (i, (ip, mac)) in [
         ("10.0.0.2/24", C_MAC),
@@ -277,6 +276,7 @@ fn count(dp: &Dataplane, r: Reason) -> u64 {
 
 #[test]
 fn two_consumer_nodes_one_backend_node() {
+    require_root!();
     let w = world(true);
     let stop = Arc::new(AtomicBool::new(false));
     let peers = backend(&w, stop.clone());
@@ -350,6 +350,7 @@ fn two_consumer_nodes_one_backend_node() {
 
 #[test]
 fn reject_cuts_flows_on_both_consumer_nodes() {
+    require_root!();
     let mut w = world(true);
     let stop = Arc::new(AtomicBool::new(false));
     backend(&w, stop.clone());
@@ -416,6 +417,7 @@ fn wait_count(dp: &Dataplane, r: Reason, want: u64) {
 
 #[test]
 fn the_overlay_accepts_only_what_the_owning_node_sends() {
+    require_root!();
     let mut w = world(true);
     let stop = Arc::new(AtomicBool::new(false));
     backend(&w, stop.clone());
@@ -475,6 +477,7 @@ fn the_overlay_accepts_only_what_the_owning_node_sends() {
 
 #[test]
 fn unknown_vni_or_snat_address_from_the_tunnel_is_dropped_and_counted() {
+    require_root!();
     let w = world(true);
     let d3 = &w.dps[2];
     let frame = |src: [u8; 4], dst: [u8; 4]| {
@@ -512,6 +515,7 @@ fn unknown_vni_or_snat_address_from_the_tunnel_is_dropped_and_counted() {
 /// offload off: outer IPv4 and UDP checksums and the inner packet's verify in software.
 #[test]
 fn underlay_checksums_verify_in_software() {
+    require_root!();
     let w = world(false);
     let stop = Arc::new(AtomicBool::new(false));
     backend(&w, stop.clone());
@@ -542,6 +546,7 @@ fn underlay_checksums_verify_in_software() {
 /// quoting its own datagram (10.0.0.5:53 → node 1's SNAT address and port).
 #[test]
 fn a_consumers_icmp_error_reaches_the_remote_backend() {
+    require_root!();
     let w = world(true);
     let b = w.cluster.nodes[2].vms[0].ns.name().to_owned();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
