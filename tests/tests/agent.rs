@@ -468,18 +468,7 @@ async fn kill_9_and_reload_keep_the_stream(tc_attach: Option<&str>) {
     let pins = TempDir::bpffs("agent-kill");
     let cfg_dir = TempDir::new("agent-kill-cfg");
     let cons = cp.client(CONSUMER);
-    let ep = cons
-        .ok(
-            Method::POST,
-            "/v1/proj-consumer/vpc-endpoints",
-            Some(json!({
-                "endpoint_service_id": w.service,
-                "vpc_id": w.consumer_vpc,
-                "subnet_id": w.consumer_subnet,
-                "port_ip": "10.0.0.100",
-            })),
-        )
-        .await;
+    let ep = w.create_endpoint(&cons).await;
     cp.client(PROVIDER)
         .ok(
             Method::POST,
@@ -658,18 +647,7 @@ async fn traffic_continues_while_the_control_plane_is_down() {
     let base = format!("http://127.0.0.1:{port}");
     let server = PortServer::start(port, &db).await;
     let w = world(&base).await;
-    let ep = api(&base, CONSUMER)
-        .ok(
-            Method::POST,
-            "/v1/proj-consumer/vpc-endpoints",
-            Some(json!({
-                "endpoint_service_id": w.service,
-                "vpc_id": w.consumer_vpc,
-                "subnet_id": w.consumer_subnet,
-                "port_ip": "10.0.0.100",
-            })),
-        )
-        .await;
+    let ep = w.create_endpoint(&api(&base, CONSUMER)).await;
     let action = format!(
         "/v1/proj-provider/vpc-endpoint-services/{}/connections/action",
         w.service
@@ -1043,12 +1021,7 @@ impl Scene {
 
     /// Creates an endpoint at 10.0.0.100 and accepts it; returns its id.
     async fn create_endpoint(&self, extra: Value) -> String {
-        let mut body = json!({
-            "endpoint_service_id": self.w.service,
-            "vpc_id": self.w.consumer_vpc,
-            "subnet_id": self.w.consumer_subnet,
-            "port_ip": "10.0.0.100",
-        });
+        let mut body = self.w.endpoint_body();
         if let (Some(b), Some(x)) = (body.as_object_mut(), extra.as_object()) {
             b.extend(x.clone());
         }

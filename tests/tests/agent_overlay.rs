@@ -183,31 +183,9 @@ async fn three_nodes_with_agents() {
     .into_iter()
     .enumerate()
     {
-        let vpc = op
-            .ok(
-                Method::POST,
-                "/inventory/vpcs",
-                Some(json!({"project_id": project, "cidr": "10.0.0.0/24"})),
-            )
-            .await;
-        let subnet = op
-            .ok(
-                Method::POST,
-                "/inventory/subnets",
-                Some(json!({"vpc_id": vpc["id"], "cidr": "10.0.0.0/24"})),
-            )
-            .await;
-        let port = op
-            .ok(
-                Method::POST,
-                "/inventory/ports",
-                Some(
-                    json!({"subnet_id": subnet["id"], "node": node_name(i), "ip": ip, "mac": mac}),
-                ),
-            )
-            .await;
-        vpcs.push((s(&vpc, "id"), s(&subnet, "id")));
-        ports.push(s(&port, "id"));
+        let (vpc, subnet) = vpc_with_subnet(&op, project).await;
+        ports.push(add_port(&op, &subnet, &node_name(i), ip, mac).await);
+        vpcs.push((vpc, subnet));
     }
     let prov = cp.client(PROVIDER);
     let svc = prov

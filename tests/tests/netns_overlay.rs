@@ -14,7 +14,10 @@ use std::{
 
 use vpcep::dataplane::{Dataplane, Mode};
 use vpcep_common::{endpoint::*, stats::Reason};
-use vpcep_tests::{fastpath::be, packets, require_root};
+use vpcep_tests::{
+    fastpath::{be, set_web_ports},
+    packets, require_root,
+};
 use xtask::netns::{Cluster, NetNs, VXLAN_IF};
 
 const C_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -156,21 +159,7 @@ fn world(offload: bool) -> World {
             },
         )
         .unwrap();
-        for (client, server, proto) in [(8080u16, 80u16, IPPROTO_TCP), (5353, 53, IPPROTO_UDP)] {
-            dp.set_port(
-                PortKey {
-                    service_id: 3,
-                    client_port_be: client.to_be(),
-                    proto,
-                    _pad: 0,
-                },
-                PortTarget {
-                    server_port_be: server.to_be(),
-                    _pad: 0,
-                },
-            )
-            .unwrap();
-        }
+        set_web_ports(&mut dp, 3);
         set_endpoint(&mut dp, vni, 7 + i as u32, true);
         dps.push(dp);
     }

@@ -457,18 +457,7 @@ fn create_world(topo: &xtask::netns::Topology, base: &str) -> World {
                 })
                 .await;
                 let w = world(&base).await;
-                let ep = api(&base, CONSUMER)
-                    .ok(
-                        Method::POST,
-                        "/v1/proj-consumer/vpc-endpoints",
-                        Some(json!({
-                            "endpoint_service_id": w.service,
-                            "vpc_id": w.consumer_vpc,
-                            "subnet_id": w.consumer_subnet,
-                            "port_ip": "10.0.0.100",
-                        })),
-                    )
-                    .await;
+                let ep = w.create_endpoint(&api(&base, CONSUMER)).await;
                 api(&base, PROVIDER)
                     .ok(
                         Method::POST,

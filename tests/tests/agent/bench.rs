@@ -80,17 +80,7 @@ async fn convergence_report() {
         free_port(),
     ))
     .unwrap();
-    let ep = cp
-        .client(CONSUMER)
-        .ok(
-            Method::POST,
-            "/v1/proj-consumer/vpc-endpoints",
-            Some(
-                json!({"endpoint_service_id": w.service, "vpc_id": w.consumer_vpc,
-                        "subnet_id": w.consumer_subnet, "port_ip": "10.0.0.100"}),
-            ),
-        )
-        .await;
+    let ep = w.create_endpoint(&cp.client(CONSUMER)).await;
     let ep_id = ep["id"].as_str().unwrap().to_owned();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(run(cfg, async {

@@ -167,6 +167,29 @@ pub struct World {
     pub service: String,
 }
 
+impl World {
+    /// The request body of the consumer's endpoint 10.0.0.100 to the world's service.
+    pub fn endpoint_body(&self) -> Value {
+        json!({
+            "endpoint_service_id": self.service,
+            "vpc_id": self.consumer_vpc,
+            "subnet_id": self.consumer_subnet,
+            "port_ip": "10.0.0.100",
+        })
+    }
+
+    /// Creates that endpoint through `consumer`; returns the API's answer.
+    pub async fn create_endpoint(&self, consumer: &Api) -> Value {
+        consumer
+            .ok(
+                Method::POST,
+                "/v1/proj-consumer/vpc-endpoints",
+                Some(self.endpoint_body()),
+            )
+            .await
+    }
+}
+
 /// Operator: node, VPCs (both 10.0.0.0/24), subnets, the two NICs; provider: the service
 /// (8080→80/TCP, 5353→53/UDP) whitelisted for the consumer's domain.
 pub async fn world(base: &str) -> World {
@@ -214,6 +237,41 @@ pub async fn world_with(base: &str, consumer_port: bool) -> World {
     w
 }
 
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_owned()
+}
+
+/// Operator: a VPC of `project` and a subnet, both 10.0.0.0/24; returns their ids.
+pub async fn vpc_with_subnet(op: &Api, project: &str) -> (String, String) {
+    let vpc = op
+        .ok(
+            Method::POST,
+            "/inventory/vpcs",
+            Some(json!({"project_id": project, "cidr": "10.0.0.0/24"})),
+        )
+        .await;
+    let subnet = op
+        .ok(
+            Method::POST,
+            "/inventory/subnets",
+            Some(json!({"vpc_id": vpc["id"], "cidr": "10.0.0.0/24"})),
+        )
+        .await;
+    (id(&vpc), id(&subnet))
+}
+
+/// Operator: a NIC in `subnet` on `node`; returns its id.
+pub async fn add_port(op: &Api, subnet: &str, node: &str, ip: &str, mac: &str) -> String {
+    let port = op
+        .ok(
+            Method::POST,
+            "/inventory/ports",
+            Some(json!({"subnet_id": subnet, "node": node, "ip": ip, "mac": mac})),
+        )
+        .await;
+    id(&port)
+}
+
 /// The operator's part of [`world_with`]: node, VPCs, subnets and NICs; `service` is empty.
 pub async fn inventory(base: &str, consumer_port: bool) -> World {
     let op = api(base, OPERATOR);
@@ -228,37 +286,13 @@ pub async fn inventory(base: &str, consumer_port: bool) -> World {
         ("proj-consumer", "10.0.0.2", C_MAC),
         ("proj-provider", "10.0.0.5", B_MAC),
     ] {
-        let vpc = op
-            .ok(
-                Method::POST,
-                "/inventory/vpcs",
-                Some(json!({"project_id": project, "cidr": "10.0.0.0/24"})),
-            )
-            .await;
-        let subnet = op
-            .ok(
-                Method::POST,
-                "/inventory/subnets",
-                Some(json!({"vpc_id": vpc["id"], "cidr": "10.0.0.0/24"})),
-            )
-            .await;
+        let (vpc, subnet) = vpc_with_subnet(&op, project).await;
         let port = if consumer_port || project != "proj-consumer" {
-            let port = op
-                .ok(
-                    Method::POST,
-                    "/inventory/ports",
-                    Some(json!({"subnet_id": subnet["id"], "node": NODE, "ip": ip, "mac": mac})),
-                )
-                .await;
-            port["id"].as_str().unwrap().to_owned()
+            add_port(&op, &subnet, NODE, ip, mac).await
         } else {
             uuid::Uuid::new_v4().to_string()
         };
-        ids.push((
-            vpc["id"].as_str().unwrap().to_owned(),
-            subnet["id"].as_str().unwrap().to_owned(),
-            port,
-        ));
+        ids.push((vpc, subnet, port));
     }
     World {
         consumer_vpc: ids[0].0.clone(),
