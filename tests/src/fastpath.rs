@@ -176,6 +176,11 @@ pub fn set_web_ports(dp: &mut Dataplane, service_id: u32) {
     }
 }
 
+/// The big-endian 16-bit field (a port) at byte `at` of frame `f`.
+pub fn port_of(f: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([f[at], f[at + 1]])
+}
+
 /// TCP flags for [`tcp`].
 pub const SYN: u8 = 0x02;
 pub const ACK: u8 = 0x10;

@@ -14,10 +14,6 @@ use vpcep_tests::{fastpath::*, harness::TempDir, monotonic_ns, require_root, spa
 
 const TC_REDIRECT: u32 = 7;
 
-fn port_of(f: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([f[at], f[at + 1]])
-}
-
 /// Pins the calling thread to `cpu`.
 fn pin_to(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity act

@@ -49,9 +49,6 @@ fn tc(dp: &mut Dataplane, ifindex: u32, frame: &[u8], reason: Reason, verdict: u
 fn ip_of(f: &[u8], at: usize) -> [u8; 4] {
     f[at..at + 4].try_into().unwrap()
 }
-fn port_of(f: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([f[at], f[at + 1]])
-}
 fn ihl(f: &[u8]) -> usize {
     (f[14] & 0x0f) as usize * 4
 }

@@ -38,10 +38,6 @@ fn tc(dp: &mut Dataplane, ifindex: u32, frame: &[u8], reason: Reason, verdict: u
     r.out
 }
 
-fn port_of(f: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([f[at], f[at + 1]])
-}
-
 /// A TCP flow from `mac`/`ip` on `nic` to `ep` opened and answered; returns its SNAT port.
 fn established(dp: &mut Dataplane, n: &Nics, consumer: Consumer, ep: [u8; 4], sport: u16) -> u16 {
     let (nic, mac, ip) = match consumer {
