@@ -602,7 +602,7 @@ async fn kill_9_and_reload_keep_the_stream(tc_attach: Option<&str>) {
         .unwrap_or(10);
     for i in 1..=kills {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        agent.kill9();
+        drop(agent); // SIGKILL by PID, reaped
         tokio::time::sleep(Duration::from_millis(100)).await;
         let (a, port) = start(i, &[]);
         agent = a;
@@ -612,7 +612,7 @@ async fn kill_9_and_reload_keep_the_stream(tc_attach: Option<&str>) {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     filters_ok();
     // `--reload` swaps the newly loaded programs in place of the attached ones.
-    agent.kill9();
+    drop(agent); // SIGKILL by PID, reaped
     let (a, port) = start(kills + 1, &["--reload"]);
     agent = a;
     metrics_up(port).await;

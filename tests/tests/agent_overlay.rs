@@ -347,9 +347,8 @@ async fn three_nodes_with_agents() {
     })
     .await;
     for run in 1..=3 {
-        if let Some(a) = agents[1].take() {
-            a.kill9();
-        }
+        // SIGKILL by PID, reaped.
+        drop(agents[1].take());
         tokio::time::sleep(Duration::from_millis(200)).await;
         agents[1] = Some(start(1, run));
     }

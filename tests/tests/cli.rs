@@ -10,6 +10,7 @@ use vpcep_tests::{
     harness::{
         ChildGuard, TempDir,
         control_plane::{sqlite_url, start_server},
+        poll, spawn_guarded,
     },
     vpcep_bin,
 };
@@ -90,19 +91,32 @@ impl Run {
 }
 
 /// A spawned `vpcep`, killed by PID when dropped before it exits (even when the test fails).
-struct Child(ChildGuard);
+/// Its stdout and stderr go to files, so that waiting for it needs no thread per pipe.
+struct Child {
+    guard: ChildGuard,
+    out: TempDir,
+}
 
 impl Child {
-    async fn finish(self) -> Run {
-        let child = self.0;
-        let out = tokio::task::spawn_blocking(move || child.output_within(Duration::from_secs(60)))
-            .await
-            .unwrap()
-            .expect("vpcep did not finish in 60 s");
+    async fn finish(mut self) -> Run {
+        let guard = &mut self.guard;
+        let status = poll(
+            Duration::from_secs(60),
+            Duration::from_millis(10),
+            "vpcep to finish",
+            || {
+                let status = guard.try_wait().unwrap();
+                async move { status }
+            },
+        )
+        .await;
+        let read = |name: &str| {
+            String::from_utf8_lossy(&std::fs::read(self.out.0.join(name)).unwrap()).into_owned()
+        };
         Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            code: status.code().unwrap_or(-1),
+            stdout: read("stdout"),
+            stderr: read("stderr"),
         }
     }
 }
@@ -153,16 +167,19 @@ impl World {
     }
 
     fn spawn_with(&self, env: &[(&str, String)], args: &[&str]) -> Child {
-        Child(ChildGuard::spawn(
+        let out = TempDir::new("cli-out");
+        let file = |name: &str| std::fs::File::create(out.0.join(name)).unwrap();
+        let guard = spawn_guarded(
             std::process::Command::new(vpcep_bin())
                 .args(args)
                 .env_clear()
                 .env("HOME", &self.home.0)
                 .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
                 .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped()),
-        ))
+                .stdout(file("stdout"))
+                .stderr(file("stderr")),
+        );
+        Child { guard, out }
     }
 
     fn spawn(&self, who: Who, args: &[&str]) -> Child {

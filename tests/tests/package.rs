@@ -11,7 +11,10 @@
 use std::{
     collections::BTreeMap,
     ffi::CString,
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    os::{
+        fd::AsRawFd as _,
+        unix::process::{CommandExt as _, ExitStatusExt as _},
+    },
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{
@@ -24,7 +27,7 @@ use std::{
 use reqwest::Method;
 use serde_json::json;
 use vpcep_tests::{
-    harness::{ChildGuard, TempDir, agent::*, eventually, wait_for},
+    harness::{ChildGuard, TempDir, agent::*, eventually, spawn_guarded, wait_for},
     require_root,
 };
 
@@ -288,7 +291,7 @@ impl Service {
             );
         }
         let f = std::fs::File::create(&log).unwrap();
-        let child = ChildGuard::spawn(
+        let child = spawn_guarded(
             place
                 .unit_command(unit, unit.one("ExecStart"), caps)
                 .stdin(Stdio::null())
@@ -302,18 +305,19 @@ impl Service {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// SIGTERM, then wait (bounded) for the exit.
-    fn stop(mut self) {
-        if self
+    /// SIGTERM, then wait (bounded) for the exit; the guard's SIGKILL after 15 s fails the
+    /// test.
+    fn stop(self) {
+        let status = self
             .child
             .signal_and_wait(libc::SIGTERM, Duration::from_secs(15))
-        {
-            return;
+            .unwrap();
+        if status.signal() == Some(libc::SIGKILL) {
+            panic!(
+                "the unit's process did not stop on SIGTERM:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
         }
-        panic!(
-            "the unit's process did not stop on SIGTERM:\n{}",
-            self.log()
-        );
     }
 }
 
@@ -663,7 +667,7 @@ fn install_run_upgrade_and_purge() {
         );
         let deadline = Instant::now() + Duration::from_secs(20);
         let status = loop {
-            if let Some(s) = a.child.try_wait() {
+            if let Some(s) = a.child.try_wait().unwrap() {
                 break s;
             }
             assert!(
@@ -703,7 +707,7 @@ fn install_run_upgrade_and_purge() {
         "packets at the backend through the packaged agent",
         || stream.received() > 200,
     );
-    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.child.id())).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.child.pid())).unwrap();
     let uid = passwd("vpcep-agent").unwrap()[2].clone();
     assert!(
         status

@@ -14,7 +14,7 @@ pub mod wait;
 pub use control_plane::{ControlPlane, Db};
 pub use fs::TempDir;
 pub use postgres::Postgres;
-pub use process::ChildGuard;
+pub use process::{ChildGuard, spawn_guarded};
 pub use wait::{eventually, poll, wait_for};
 
 /// A loopback TCP port free at the time of the call.

@@ -7,14 +7,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{ChildGuard, TempDir, free_port};
+use super::{ChildGuard, TempDir, free_port, spawn_guarded};
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// A PostgreSQL 15 cluster in a temp dir on a unique loopback port, stopped and removed on
 /// drop (even when the test fails). As root, it runs as the `postgres` user.
 pub struct Postgres {
-    child: ChildGuard,
+    child: Option<ChildGuard>,
     pub port: u16,
     _dir: TempDir,
 }
@@ -61,7 +61,7 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
-        let child = ChildGuard::spawn(
+        let child = spawn_guarded(
             as_pg(&mut Command::new(Path::new(PG_BIN).join("postgres")), ids)
                 .arg("-D")
                 .arg(&data)
@@ -79,7 +79,7 @@ impl Postgres {
                 .stderr(Stdio::null()),
         );
         let pg = Self {
-            child,
+            child: Some(child),
             port,
             _dir: dir,
         };
@@ -114,7 +114,8 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         // SIGQUIT: immediate shutdown of the postmaster and its children; the guard kills
         // it if that takes more than 10 s.
-        self.child
-            .signal_and_wait(libc::SIGQUIT, Duration::from_secs(10));
+        if let Some(child) = self.child.take() {
+            let _ = child.signal_and_wait(libc::SIGQUIT, Duration::from_secs(10));
+        }
     }
 }

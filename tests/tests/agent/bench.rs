@@ -14,7 +14,7 @@ use vpcep::{
 };
 use vpcep_common::endpoint::EP_ACCEPTED;
 
-use vpcep_tests::harness::{ChildGuard, TempDir, agent::*, eventually, free_port};
+use vpcep_tests::harness::{TempDir, agent::*, eventually, free_port, spawn_guarded};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -474,14 +474,14 @@ async fn resync_report() {
     )
     .unwrap();
     let started = Instant::now();
-    let child = ChildGuard::spawn(
+    let child = spawn_guarded(
         std::process::Command::new(bin)
             .args(["agent", "--config"])
             .arg(&cfg)
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null()),
     );
-    let pid = child.id();
+    let pid = child.pid();
     let mut peak_rss = 0;
     let resync = loop {
         peak_rss = peak_rss.max(proc_status_kib(pid, "VmRSS:"));

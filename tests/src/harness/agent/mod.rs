@@ -12,7 +12,7 @@ use vpcep::{
 };
 use xtask::netns::Topology;
 
-use super::{ChildGuard, ControlPlane, Db, eventually};
+use super::{ChildGuard, ControlPlane, Db, eventually, spawn_guarded};
 
 mod maps;
 mod traffic;
@@ -366,7 +366,7 @@ port_id = "{}"
 
 /// `vpcep agent --config FILE` with extra arguments (e.g. `--reload`), output discarded.
 pub fn spawn_agent(config: &Path, args: &[&str]) -> ChildGuard {
-    ChildGuard::spawn(
+    spawn_guarded(
         std::process::Command::new(crate::vpcep_bin())
             .arg("agent")
             .arg("--config")
