@@ -35,10 +35,18 @@ fn main() -> anyhow::Result<()> {
             .map(|p| p.join("vpcep-common").display().to_string())
             .unwrap_or_default()
     );
+    // `--features bench` (the dataplane benchmark) adds the no-op and floor programs; the
+    // shipped binary is built without it.
+    let features: &[&str] = if env::var_os("CARGO_FEATURE_BENCH").is_some() {
+        &["bench"]
+    } else {
+        &[]
+    };
     aya_build::build_ebpf(
         [Package {
             name: "vpcep-ebpf",
             root_dir: ebpf_dir,
+            features,
             ..Default::default()
         }],
         Toolchain::Custom(EBPF_TOOLCHAIN),

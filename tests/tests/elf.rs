@@ -40,10 +40,21 @@ fn conntrack_tables_never_evict() {
     }
 }
 
+/// The benchmark-only programs: in the object only when built with the `bench` feature.
+const BENCH_PROGRAMS: &[&str] = &[
+    maps::PROG_NOOP_XDP,
+    maps::PROG_NOOP_TC,
+    maps::PROG_FLOOR_ESTABLISHED,
+    maps::PROG_FLOOR_NEW_FLOW,
+];
+
 #[test]
 fn object_contains_every_program_with_its_type() {
     let obj = object();
-    for name in maps::ALL_PROGRAMS {
+    let expected = maps::ALL_PROGRAMS
+        .iter()
+        .filter(|name| cfg!(feature = "bench") || !BENCH_PROGRAMS.contains(name));
+    for name in expected {
         let prog = obj
             .programs
             .get(*name)
@@ -63,6 +74,19 @@ fn object_contains_every_program_with_its_type() {
             _ => false,
         };
         assert!(ok, "program {name} has section {:?}", prog.section);
+    }
+}
+
+/// The shipped object (built without the `bench` feature) carries no benchmark program.
+#[cfg(not(feature = "bench"))]
+#[test]
+fn production_object_has_no_bench_programs() {
+    let obj = object();
+    for name in BENCH_PROGRAMS {
+        assert!(
+            !obj.programs.contains_key(*name),
+            "benchmark program {name} in the production object"
+        );
     }
 }
 

@@ -97,7 +97,8 @@ pub const PROG_FLOOR_NEW_FLOW: &str = "vpcep_floor_new_flow";
 /// the agent through BPF_PROG_TEST_RUN, never attached.
 pub const PROG_GC: &str = "vpcep_gc";
 
-/// Every program the userspace expects in the object file.
+/// Every program of the object built with the `bench` feature; the shipped object has all
+/// but the no-op and floor programs, which only `cargo xtask bench dataplane` uses.
 pub const ALL_PROGRAMS: &[&str] = &[
     PROG_GC,
     PROG_XDP,

@@ -10,7 +10,8 @@ mod arp;
 mod conntrack;
 #[cfg(target_arch = "bpf")]
 mod datapath;
-#[cfg(target_arch = "bpf")]
+// Benchmark-only programs: built with `--features bench`, absent from the shipped object.
+#[cfg(all(target_arch = "bpf", feature = "bench"))]
 mod floor;
 #[cfg(target_arch = "bpf")]
 mod icmp;
@@ -35,9 +36,10 @@ mod programs {
     };
     use vpcep_common::stats::{Hook, Reason};
 
+    #[cfg(feature = "bench")]
+    use crate::floor;
     use crate::{
         datapath::{self, Action},
-        floor,
         parse::{self, Frame},
         stats,
     };
@@ -60,24 +62,28 @@ mod programs {
     }
 
     /// Baseline for benchmarks: the cost of running any XDP program at all.
+    #[cfg(feature = "bench")]
     #[xdp]
     pub fn vpcep_noop_xdp(_ctx: XdpContext) -> u32 {
         xdp_action::XDP_PASS
     }
 
     /// Baseline for benchmarks: the cost of running any TC program at all.
+    #[cfg(feature = "bench")]
     #[classifier]
     pub fn vpcep_noop_tc(_ctx: TcContext) -> i32 {
         TC_ACT_OK
     }
 
     /// Benchmark floor: what an established flow's packet costs at least (`floor.rs`).
+    #[cfg(feature = "bench")]
     #[classifier]
     pub fn vpcep_floor_established(ctx: TcContext) -> i32 {
         floor::established(&ctx).unwrap_or(TC_ACT_OK)
     }
 
     /// Benchmark floor: what a new flow's map work costs at least (`floor.rs`).
+    #[cfg(feature = "bench")]
     #[classifier]
     pub fn vpcep_floor_new_flow(ctx: TcContext) -> i32 {
         floor::new_flow(&ctx).unwrap_or(TC_ACT_OK)

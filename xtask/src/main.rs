@@ -1,5 +1,5 @@
 //! `cargo xtask <command>`: everything needed to set up, build, run and test vpcep.
-mod bench_flood;
+mod bench;
 mod demo;
 mod package;
 mod setup;
@@ -14,6 +14,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use xtask::netns::{NetNs, PREFIX};
+
+use crate::bench::BenchKind;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "vpcep development tasks")]
@@ -91,9 +93,22 @@ enum Cmd {
     Bench {
         #[arg(value_enum, default_value = "all")]
         what: BenchKind,
+        /// Runs of the traffic benchmarks (hooks, e2e, overlay, flood); default 3, or
+        /// VPCEP_E2E_RUNS (e2e, overlay) and VPCEP_FLOOD_RUNS (flood).
+        #[arg(long)]
+        runs: Option<u64>,
+        /// Seconds of each of their measures; default 5 for hooks and 3 for the others, or
+        /// VPCEP_E2E_SECS and VPCEP_FLOOD_SECS.
+        #[arg(long)]
+        secs: Option<u64>,
+        /// One run of 1-second measures: checks that a traffic benchmark builds its
+        /// topology, passes traffic and cleans up (the figures mean little).
+        #[arg(long, conflicts_with_all = ["runs", "secs"])]
+        quick: bool,
     },
-    /// Formatting check and clippy with -D warnings: the host crates, then the eBPF crate
-    /// for the bpf target in its own pass.
+    /// Formatting check and clippy with -D warnings: the host crates (and the dataplane
+    /// bench with its `bench` feature), then the eBPF crate for the bpf target in its own
+    /// passes, without and with that feature.
     Lint,
     /// Boot Debian's own kernel in qemu (TCG) and run the kernel tiers there (root): 6.1 on
     /// x86_64, and Debian's arm64 kernel with the aarch64 build.
@@ -115,25 +130,6 @@ enum Cmd {
     /// Create or destroy a network namespace by hand (tests use the library guards).
     #[command(subcommand)]
     Netns(NetnsCmd),
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum BenchKind {
-    Dataplane,
-    Api,
-    /// Bulk TCP with the TC or XDP program on a veth, next to plain routing.
-    Hooks,
-    /// API write → kernel maps of a real agent, and → the feed of 100 simulated agents.
-    Convergence,
-    /// Traffic through the endpoint in namespaces next to plain routing and nftables
-    /// DNAT+SNAT: UDP pps, TCP connections/s, bulk (1 and 4 streams), RR latency.
-    E2e,
-    /// A backend on another node: through the overlay next to plain kernel VXLAN routing.
-    Overlay,
-    /// One tenant floods new flows; another tenant's connections/s and an established
-    /// flow's throughput and RR p99, next to the same figures with no flood.
-    Flood,
-    All,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -187,7 +183,18 @@ fn run_cli(cli: Cli) -> Result<()> {
             aarch64,
             deb_version,
         } => package::run(aarch64, deb_version.as_deref()).map(|_| ()),
-        Cmd::Bench { what } => bench(what),
+        Cmd::Bench {
+            what,
+            runs,
+            secs,
+            quick,
+        } => bench::run(
+            what,
+            &bench::Options {
+                runs: runs.or(quick.then_some(1)),
+                secs: secs.or(quick.then_some(1)),
+            },
+        ),
         Cmd::Netns(cmd) => netns(cmd),
     }
 }
@@ -421,116 +428,6 @@ fn test_aarch64() -> Result<()> {
     Ok(())
 }
 
-/// Release builds of `vpcep` and of the load generator `vpcep-load`; the target directory.
-fn build_with_load() -> Result<PathBuf> {
-    build(false)?;
-    sh(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "xtask",
-        "--bin",
-        "vpcep-load",
-    ]))?;
-    Ok(target_dir())
-}
-
-fn bench(what: BenchKind) -> Result<()> {
-    setup::ensure()?;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the benchmarks load BPF programs and start PostgreSQL: run as root");
-    }
-    let all = what == BenchKind::All;
-    if all || what == BenchKind::Hooks {
-        println!("== hooks: bulk TCP through a routing namespace, per hook on the veth");
-        build(false)?;
-        sh(Command::new("bash")
-            .arg(workspace_root().join("xtask/bench-hooks.sh"))
-            .arg(target_dir().join("release/vpcep")))?;
-    }
-    for (kind, script, title) in [
-        (
-            BenchKind::E2e,
-            "xtask/bench-e2e.sh",
-            "== e2e: consumer → endpoint → backend in namespaces; plain routing, nftables, vpcep",
-        ),
-        (
-            BenchKind::Overlay,
-            "xtask/bench-overlay.sh",
-            "== overlay: backend on another node; plain kernel VXLAN routing, vpcep",
-        ),
-    ] {
-        if !(all || what == kind) {
-            continue;
-        }
-        println!("{title}");
-        let target = build_with_load()?;
-        let runs = std::env::var("VPCEP_E2E_RUNS").unwrap_or_else(|_| "3".into());
-        let secs = std::env::var("VPCEP_E2E_SECS").unwrap_or_else(|_| "3".into());
-        sh(Command::new("bash")
-            .arg(workspace_root().join(script))
-            .arg(target.join("release/vpcep"))
-            .arg(target.join("release/vpcep-load"))
-            .args([runs, secs]))?;
-    }
-    if all || what == BenchKind::Flood {
-        println!("== flood: tenant A floods its endpoint; tenant B's connections and flows");
-        let target = build_with_load()?;
-        bench_flood::run(
-            &target.join("release/vpcep"),
-            &target.join("release/vpcep-load"),
-        )?;
-    }
-    if all || what == BenchKind::Dataplane {
-        println!("== dataplane: ns/packet, 10,000 endpoints and 1,000,000 flows loaded");
-        sh(cargo().args(["bench", "--package", "vpcep-tests", "--bench", "dataplane"]))?;
-    }
-    if all || what == BenchKind::Convergence {
-        println!(
-            "== convergence: 1,000 API changes to the maps of a real agent and to 100 simulated agents"
-        );
-        sh(cargo()
-            .args([
-                "test",
-                "--release",
-                "--package",
-                "vpcep-tests",
-                "--test",
-                "agent",
-            ])
-            .args([
-                "_report",
-                "--",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ]))?;
-    }
-    if all || what == BenchKind::Api {
-        println!(
-            "== api: requests/s and latency, SQLite then PostgreSQL (load generator in-process)"
-        );
-        sh(cargo()
-            .args([
-                "test",
-                "--release",
-                "--package",
-                "vpcep-tests",
-                "--test",
-                "api",
-            ])
-            .args([
-                "bench_report",
-                "--",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ]))?;
-    }
-    Ok(())
-}
-
 fn lint() -> Result<()> {
     setup::ensure()?;
     sh(cargo().args(["fmt", "--all", "--check"]))?;
@@ -545,25 +442,35 @@ fn lint() -> Result<()> {
             "warnings",
         ])
         .env("AYA_BUILD_SKIP", "1"))?;
-    sh(Command::new("rustup")
-        .args([
-            "run",
-            setup::NIGHTLY,
-            "cargo",
-            "clippy",
-            "--package",
-            "vpcep-ebpf",
-        ])
-        .args([
-            "--release",
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-        ])
-        .args(["--", "-D", "warnings"])
-        .env_remove("RUSTC")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER"))
+    // The dataplane bench needs the `bench` feature, which the pass above leaves off.
+    sh(cargo()
+        .args(["clippy", "--package", "vpcep-tests", "--bench", "dataplane"])
+        .args(["--features", "bench", "--", "-D", "warnings"])
+        .env("AYA_BUILD_SKIP", "1"))?;
+    // The shipped programs, then with the benchmark-only ones (`bench` feature).
+    for features in [&[][..], &["--features", "bench"]] {
+        sh(Command::new("rustup")
+            .args([
+                "run",
+                setup::NIGHTLY,
+                "cargo",
+                "clippy",
+                "--package",
+                "vpcep-ebpf",
+            ])
+            .args(features)
+            .args([
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+            ])
+            .args(["--", "-D", "warnings"])
+            .env_remove("RUSTC")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER"))?;
+    }
+    Ok(())
 }
 
 fn netns(cmd: NetnsCmd) -> Result<()> {

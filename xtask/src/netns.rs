@@ -7,13 +7,14 @@
 use std::{
     fs::File,
     os::fd::AsRawFd,
-    process::{Child, Command, ExitStatus, Output, Stdio},
+    process::{Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
-    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
+
+pub use crate::child::ChildGuard;
 
 /// Prefix of every namespace this project creates.
 pub const PREFIX: &str = "vpcep-";
@@ -113,7 +114,7 @@ impl NetNs {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {program} in {}", self.name))?;
-        Ok(ChildGuard { child: Some(child) })
+        Ok(ChildGuard::from(child))
     }
 
     /// Runs `f` on a thread that has entered this namespace; sockets and netlink calls made
@@ -158,76 +159,6 @@ impl Drop for NetNs {
         // Deleting the namespace also removes every veth end inside it.
         if let Err(e) = ip(&["netns", "del", &self.name]) {
             eprintln!("warning: {e:#}");
-        }
-    }
-}
-
-/// A child process killed by its PID and reaped on drop.
-#[derive(Debug)]
-pub struct ChildGuard {
-    child: Option<Child>,
-}
-
-impl ChildGuard {
-    pub fn id(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// Waits for exit and returns its output (the guard has nothing left to kill).
-    pub fn wait_output(mut self) -> Result<Output> {
-        let child = self.child.take().context("child already reaped")?;
-        Ok(child.wait_with_output()?)
-    }
-
-    /// Stops the process now and returns what it printed.
-    pub fn stop(mut self) -> Result<Output> {
-        let mut child = self.child.take().context("child already reaped")?;
-        // SAFETY: plain kill(2) of our own child's PID.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let _ = child.try_wait();
-        Ok(child.wait_with_output()?)
-    }
-}
-
-impl From<Child> for ChildGuard {
-    /// Guards a child spawned by hand (e.g. from [`NetNs::command`] with its own stdio).
-    fn from(child: Child) -> Self {
-        Self { child: Some(child) }
-    }
-}
-
-impl ChildGuard {
-    /// The exit status if the child has exited (it is then reaped).
-    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
-        match self.child.as_mut() {
-            Some(c) => Ok(c.try_wait()?),
-            None => bail!("child already reaped"),
-        }
-    }
-
-    /// Sends `signal` (e.g. SIGINT, for a clean detach), waits up to `grace` for the exit,
-    /// then kills.
-    pub fn signal_and_wait(mut self, signal: i32, grace: Duration) -> Result<ExitStatus> {
-        let mut child = self.child.take().context("child already reaped")?;
-        // SAFETY: plain kill(2) of our own child's PID.
-        unsafe { libc::kill(child.id() as i32, signal) };
-        let start = Instant::now();
-        while start.elapsed() < grace {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        Ok(child.wait()?)
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
         }
     }
 }

@@ -13,11 +13,12 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::Instant,
+    process::{Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
+use xtask::child::ChildGuard;
 
 use crate::{cargo, sh, target_dir, workspace_root};
 
@@ -204,20 +205,56 @@ fn build_image(g: &Guest, dir: &Path, key: &str) -> Result<()> {
     if arch != "amd64" {
         ensure_foreign_arch(arch)?;
     }
-    let q = |p: &str| {
-        if arch == "amd64" {
-            p.to_owned()
-        } else {
-            format!("{p}:{arch}")
-        }
-    };
     println!("vm: building the {arch} guest image in {}", dir.display());
     let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let debs = tmp.join("debs");
     std::fs::create_dir_all(&debs).context("creating the image directory")?;
+    let (kernel, release) = kernel(arch, &debs, &tmp)?;
+
+    let root = tmp.join("initrd");
+    std::fs::create_dir_all(&root).context("initramfs")?;
+    if arch == "amd64" {
+        std::fs::copy("/bin/busybox", root.join("busybox"))
+            .context("copying /bin/busybox (package busybox-static)")?;
+    } else {
+        arm64_userland(arch, &debs, &root)?;
+    }
+    copy_modules(&kernel.join("lib/modules").join(&release), &release, &root)?;
+    std::fs::write(root.join("init"), init_script(arch == "amd64")).context("initramfs")?;
+    sh(Command::new("chmod").args(["0755"]).arg(root.join("init")))?;
+    // newc cpio of the tree (the kernel unpacks it as the initial root).
+    println!("vm: packing the initramfs");
+    output(
+        Command::new("sh")
+            .arg("-c")
+            .arg(r#"find . | LC_ALL=C sort | cpio --quiet -o -H newc > "$1""#)
+            .arg("sh")
+            .arg(tmp.join("initrd.cpio"))
+            .current_dir(&root),
+    )?;
+    let _ = std::fs::remove_dir_all(&debs);
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::write(tmp.join("ready"), format!("{release}\n{key}\n")).context("stamp")?;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(&tmp, dir).context("moving the image into the cache")?;
+    Ok(())
+}
+
+/// `pkg` for the host's architecture, `pkg:ARCH` for a foreign one.
+fn qualified(arch: &str, pkg: &str) -> String {
+    if arch == "amd64" {
+        pkg.to_owned()
+    } else {
+        format!("{pkg}:{arch}")
+    }
+}
+
+/// Downloads and unpacks Debian's kernel into `tmp/kernel`, with its module index; the
+/// directory and the kernel release.
+fn kernel(arch: &str, debs: &Path, tmp: &Path) -> Result<(PathBuf, String)> {
     // linux-image-<arch> is the metapackage; its dependency is the kernel itself.
-    let meta = q(&format!("linux-image-{arch}"));
+    let meta = qualified(arch, &format!("linux-image-{arch}"));
     let deps = output(Command::new("apt-cache").args(["depends", &meta]))?;
     let kpkg = deps
         .lines()
@@ -228,9 +265,9 @@ fn build_image(g: &Guest, dir: &Path, key: &str) -> Result<()> {
         .next()
         .unwrap_or_default()
         .to_owned();
-    download(&debs, &[q(&kpkg)])?;
+    download(debs, &[qualified(arch, &kpkg)])?;
     let kernel = tmp.join("kernel");
-    unpack(&debs, &kernel, "linux-image-")?;
+    unpack(debs, &kernel, "linux-image-")?;
     let release = kpkg
         .strip_prefix("linux-image-")
         .unwrap_or(&kpkg)
@@ -239,37 +276,38 @@ fn build_image(g: &Guest, dir: &Path, key: &str) -> Result<()> {
         .args(["-b"])
         .arg(&kernel)
         .arg(&release))?;
+    Ok((kernel, release))
+}
 
-    let root = tmp.join("initrd");
-    std::fs::create_dir_all(&root).context("initramfs")?;
-    if arch == "amd64" {
-        std::fs::copy("/bin/busybox", root.join("busybox"))
-            .context("copying /bin/busybox (package busybox-static)")?;
-    } else {
-        let pkgs: Vec<String> = ARM64_PACKAGES.iter().map(|p| q(p)).collect();
-        download(&debs, &pkgs)?;
-        for p in ARM64_PACKAGES {
-            unpack(&debs, &root, &format!("{p}_"))?;
-        }
-        // Usr-merged Debian resolves /lib and /bin through symlinks; an unpacked tree has
-        // both halves, so make the loader's and the shell's paths exist.
-        for (link, to) in [
-            (
-                "lib/ld-linux-aarch64.so.1",
-                "aarch64-linux-gnu/ld-linux-aarch64.so.1",
-            ),
-            ("bin/sh", "busybox"),
-        ] {
-            let l = root.join(link);
-            if !l.exists() {
-                let _ = std::fs::create_dir_all(l.parent().unwrap_or(&root));
-                std::os::unix::fs::symlink(to, &l)
-                    .with_context(|| format!("linking {}", l.display()))?;
-            }
+/// The arm64 userland, unpacked from Debian's packages into the initramfs tree `root`.
+fn arm64_userland(arch: &str, debs: &Path, root: &Path) -> Result<()> {
+    let pkgs: Vec<String> = ARM64_PACKAGES.iter().map(|p| qualified(arch, p)).collect();
+    download(debs, &pkgs)?;
+    for p in ARM64_PACKAGES {
+        unpack(debs, root, &format!("{p}_"))?;
+    }
+    // Usr-merged Debian resolves /lib and /bin through symlinks; an unpacked tree has
+    // both halves, so make the loader's and the shell's paths exist.
+    for (link, to) in [
+        (
+            "lib/ld-linux-aarch64.so.1",
+            "aarch64-linux-gnu/ld-linux-aarch64.so.1",
+        ),
+        ("bin/sh", "busybox"),
+    ] {
+        let l = root.join(link);
+        if !l.exists() {
+            let _ = std::fs::create_dir_all(l.parent().unwrap_or(root));
+            std::os::unix::fs::symlink(to, &l)
+                .with_context(|| format!("linking {}", l.display()))?;
         }
     }
-    // Modules in load order, dependencies first.
-    let moddir = kernel.join("lib/modules").join(&release);
+    Ok(())
+}
+
+/// Copies [`MODULES`] and their dependencies from `moddir` into `root/mod`, numbered in
+/// load order (dependencies first), and lists them in `root/modules`.
+fn copy_modules(moddir: &Path, release: &str, root: &Path) -> Result<()> {
     let dep = std::fs::read_to_string(moddir.join("modules.dep")).context("modules.dep")?;
     let deps: BTreeMap<String, Vec<String>> = dep
         .lines()
@@ -303,25 +341,7 @@ fn build_image(g: &Guest, dir: &Path, key: &str) -> Result<()> {
             .with_context(|| format!("copying {m}"))?;
         let _ = writeln!(list, "{name}");
     }
-    std::fs::write(root.join("modules"), list).context("initramfs")?;
-    std::fs::write(root.join("init"), init_script(arch == "amd64")).context("initramfs")?;
-    sh(Command::new("chmod").args(["0755"]).arg(root.join("init")))?;
-    // newc cpio of the tree (the kernel unpacks it as the initial root).
-    println!("vm: packing the initramfs");
-    output(
-        Command::new("sh")
-            .arg("-c")
-            .arg(r#"find . | LC_ALL=C sort | cpio --quiet -o -H newc > "$1""#)
-            .arg("sh")
-            .arg(tmp.join("initrd.cpio"))
-            .current_dir(&root),
-    )?;
-    let _ = std::fs::remove_dir_all(&debs);
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::write(tmp.join("ready"), format!("{release}\n{key}\n")).context("stamp")?;
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::rename(&tmp, dir).context("moving the image into the cache")?;
-    Ok(())
+    std::fs::write(root.join("modules"), list).context("initramfs")
 }
 
 /// Unpacks the one `.deb` in `debs` whose name starts with `prefix` into `into`.
@@ -492,18 +512,6 @@ pub fn build_tests(target: Option<&str>, tests: &[&str]) -> Result<BTreeMap<Stri
     Ok(exes)
 }
 
-/// qemu under `timeout`, killed (by its PID) if dropped before it exits.
-struct Qemu(Option<Child>);
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// Boots `g`'s kernel, runs `tiers` inside and checks that every one passed. A kernel that
 /// does not reach the tiers fails the stage with its console log.
 pub fn run(g: &Guest, tiers: &[Tier]) -> Result<()> {
@@ -547,6 +555,13 @@ fn boot(g: &Guest, img: &Image, tiers: &[&Tier], run_dir: &Path) -> Result<()> {
         .map(|_| "/lib/aarch64-linux-gnu:/usr/lib/aarch64-linux-gnu");
     std::fs::write(&script, run_script(tiers, ld)).context("writing the guest script")?;
     let console = run_dir.join("console.log");
+    let status = qemu(g, img, &script, &console)?;
+    let log = std::fs::read_to_string(&console).unwrap_or_default();
+    check_console(g, img, tiers, &log, status)
+}
+
+/// Runs qemu under `timeout` to the end; stopped by its PID if this process fails first.
+fn qemu(g: &Guest, img: &Image, script: &Path, console: &Path) -> Result<ExitStatus> {
     let append = format!(
         "console={} panic=-1 loglevel=4 vpcep.script={} vpcep.workspace={}",
         g.console,
@@ -582,19 +597,20 @@ fn boot(g: &Guest, img: &Image, tiers: &[&Tier], run_dir: &Path) -> Result<()> {
     let child = cmd
         .spawn()
         .with_context(|| format!("starting {}", g.qemu))?;
-    let mut qemu = Qemu(Some(child));
-    let status = match qemu.0.as_mut() {
-        Some(c) => c.wait().context("waiting for qemu")?,
-        None => bail!("qemu did not start"),
-    };
-    qemu.0 = None;
-    let log = std::fs::read_to_string(&console).unwrap_or_default();
+    // SIGTERM first: `timeout` passes it on to qemu, a SIGKILL would leave qemu running.
+    let mut qemu = ChildGuard::from(child).with_grace(Duration::from_secs(5));
+    qemu.wait().context("waiting for qemu")
+}
+
+/// Checks the console log: the guest reached its tiers, each passed, and it finished.
+fn check_console(
+    g: &Guest,
+    img: &Image,
+    tiers: &[&Tier],
+    log: &str,
+    status: ExitStatus,
+) -> Result<()> {
     let lines: Vec<&str> = log.lines().map(|l| l.trim_end_matches('\r')).collect();
-    let results: Vec<&str> = lines
-        .iter()
-        .copied()
-        .filter(|l| l.starts_with("VPCEP-TIER "))
-        .collect();
     if !lines
         .iter()
         .any(|l| l.starts_with("VPCEP-GUEST running tiers"))
@@ -606,6 +622,30 @@ fn boot(g: &Guest, img: &Image, tiers: &[&Tier], run_dir: &Path) -> Result<()> {
             img.release
         );
     }
+    let failed = tier_results(g, tiers, &lines);
+    if !failed.is_empty() {
+        // The failing tiers' output is in the log, between markers; show the whole log.
+        println!("---- console log ----\n{log}\n---- end of console log ----");
+        bail!(
+            "{} kernel {}: failed tiers: {}",
+            g.deb_arch,
+            img.release,
+            failed.join(", ")
+        );
+    }
+    if !lines.contains(&"VPCEP-DONE") {
+        bail!("the guest did not finish (qemu: {status})");
+    }
+    Ok(())
+}
+
+/// Prints each tier's result line; the tiers that failed or did not report.
+fn tier_results(g: &Guest, tiers: &[&Tier], lines: &[&str]) -> Vec<&'static str> {
+    let results: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("VPCEP-TIER "))
+        .collect();
     let mut failed = Vec::new();
     for t in tiers {
         let line = results
@@ -627,20 +667,7 @@ fn boot(g: &Guest, img: &Image, tiers: &[&Tier], run_dir: &Path) -> Result<()> {
             }
         }
     }
-    if !failed.is_empty() {
-        // The failing tiers' output is in the log, between markers; show the whole log.
-        println!("---- console log ----\n{log}\n---- end of console log ----");
-        bail!(
-            "{} kernel {}: failed tiers: {}",
-            g.deb_arch,
-            img.release,
-            failed.join(", ")
-        );
-    }
-    if !lines.contains(&"VPCEP-DONE") {
-        bail!("the guest did not finish (qemu: {status})");
-    }
-    Ok(())
+    failed
 }
 
 fn tier(

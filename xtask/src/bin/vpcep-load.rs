@@ -296,11 +296,8 @@ fn tcp_sink(bind: SocketAddr, dur: Duration) -> Result<()> {
 const FLOOD_PORTS: std::ops::RangeInclusive<u16> = 1024..=65535;
 const FLOOD_BATCH: usize = 64;
 
-fn syn_flood(to: SocketAddr, dur: Duration, rate: u64, src: Ipv4Addr) -> Result<()> {
-    let SocketAddr::V4(to) = to else {
-        bail!("syn-flood needs an IPv4 address");
-    };
-    // One prebuilt SYN per source port, so the loop only hands buffers to sendmmsg.
+/// One prebuilt SYN per source port, so the send loop only hands buffers to sendmmsg.
+fn syns(to: std::net::SocketAddrV4, src: Ipv4Addr) -> Result<Vec<Vec<u8>>> {
     let mut pkts = Vec::with_capacity(FLOOD_PORTS.len());
     for port in FLOOD_PORTS {
         let b = etherparse::PacketBuilder::ipv4(src.octets(), to.ip().octets(), 64)
@@ -316,6 +313,14 @@ fn syn_flood(to: SocketAddr, dur: Duration, rate: u64, src: Ipv4Addr) -> Result<
             .map_err(|e| anyhow::anyhow!("building a SYN: {e}"))?;
         pkts.push(p);
     }
+    Ok(pkts)
+}
+
+fn syn_flood(to: SocketAddr, dur: Duration, rate: u64, src: Ipv4Addr) -> Result<()> {
+    let SocketAddr::V4(to) = to else {
+        bail!("syn-flood needs an IPv4 address");
+    };
+    let mut pkts = syns(to, src)?;
     // SAFETY: plain socket(2); the fd is owned below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
     if fd < 0 {
@@ -355,6 +360,24 @@ fn syn_flood(to: SocketAddr, dur: Duration, rate: u64, src: Ipv4Addr) -> Result<
             }
         })
         .collect();
+    let start = Instant::now();
+    let (sent, refused) = send_for(&fd, &mut msgs, dur, rate)?;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{{\"sent\":{sent},\"refused\":{refused},\"seconds\":{secs:.3},\"pps\":{:.0}}}",
+        sent as f64 / secs
+    );
+    Ok(())
+}
+
+/// Sends the SYNs in `msgs` round and round for `dur`: as fast as it can (`rate` 0) or
+/// `rate` a second; how many were sent and how many the full device queue refused.
+fn send_for(
+    fd: &OwnedFd,
+    msgs: &mut [libc::mmsghdr],
+    dur: Duration,
+    rate: u64,
+) -> Result<(u64, u64)> {
     let (mut sent, mut refused, mut next) = (0u64, 0u64, 0usize);
     let start = Instant::now();
     while start.elapsed() < dur {
@@ -386,12 +409,7 @@ fn syn_flood(to: SocketAddr, dur: Duration, rate: u64, src: Ipv4Addr) -> Result<
             next = (next + rc as usize) % msgs.len();
         }
     }
-    let secs = start.elapsed().as_secs_f64();
-    println!(
-        "{{\"sent\":{sent},\"refused\":{refused},\"seconds\":{secs:.3},\"pps\":{:.0}}}",
-        sent as f64 / secs
-    );
-    Ok(())
+    Ok((sent, refused))
 }
 
 /// The connections `established` keeps; `None` after a failure until reopened.

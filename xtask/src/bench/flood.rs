@@ -16,17 +16,23 @@
 //! CPU 0 just as busy (A's sender aimed at its own loopback); a case with CPU 0 idle is
 //! printed too.
 use std::{
-    fs::File,
     io::{BufRead, BufReader, Write},
-    path::{Path, PathBuf},
+    path::Path,
     process::{ChildStdin, ChildStdout, Command, Stdio},
-    sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
-use xtask::netns::{ChildGuard, NetNs, Topology};
+use xtask::{
+    child::ChildGuard,
+    netns::{NetNs, Topology},
+};
+
+use super::common::{
+    Dataplane, Length, TempDir, check, guarded, last_json, max, median, min, nic_toml, num,
+    one_shot, spawn_piped, spawn_quiet, thousands,
+};
 
 /// A's endpoint: the connection limit of a basic endpoint and a new-flow rate to match.
 const A_MAX_FLOWS: u32 = 3000;
@@ -39,8 +45,6 @@ const RR_PORT: u16 = 8081;
 const BULK_PORT: u16 = 8082;
 /// Time the flood runs before measuring starts, to fill A's flow quota.
 const RAMP: Duration = Duration::from_millis(500);
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Flood {
@@ -88,18 +92,79 @@ struct Sample {
     flood_pps: f64,
 }
 
-pub fn run(vpcep: &Path, load: &Path) -> Result<()> {
-    let runs = env_num("VPCEP_FLOOD_RUNS", 3, 1..=10)?;
-    let secs = env_num("VPCEP_FLOOD_SECS", 3, 1..=20)?;
-    watch_signals(true);
-    let r = bench(vpcep, load, runs, secs);
-    watch_signals(false);
-    r
+pub fn run(vpcep: &Path, load: &Path, len: Length) -> Result<()> {
+    guarded(|| bench(vpcep, load, len))
 }
 
-fn bench(vpcep: &Path, load: &Path, runs: u64, secs: u64) -> Result<()> {
-    let tmp = TempDir::new()?;
+fn bench(vpcep: &Path, load: &Path, len: Length) -> Result<()> {
+    let Length { runs, secs } = len;
+    let tmp = TempDir::new("flood")?;
     // Declared first so it is dropped last, after every process running inside it.
+    let topo = topology(&tmp)?;
+    let (a, b, s) = (&topo.vms[0].ns, &topo.vms[1].ns, &topo.vms[2].ns);
+    // Upper bound of the whole run; every process started below ends by then on its own.
+    let per_phase = 3 * secs + 4;
+    let total = (runs * Flood::ALL.len() as u64 * per_phase + 60).to_string();
+    let load_s = load.to_string_lossy().into_owned();
+    let mut servers = Vec::new();
+    for (mode, port) in [("tcp-server", 80), ("tcp-server", 81), ("tcp-sink", 82)] {
+        let bind = format!("10.0.0.5:{port}");
+        servers.push(spawn_quiet(pinned(s, 1, &load_s, &[mode, &bind, &total]))?);
+    }
+    // At nice -20 too: creating the preallocated conntrack tables is slow on a busy CPU.
+    let mut dp_cmd = topo.node.command("nice");
+    dp_cmd
+        .args(["-n", "-20", "taskset", "-c", "0"])
+        .arg(vpcep)
+        .args(["dataplane", "run", "--mode", "tc", "--duration", &total])
+        .arg("--config")
+        .arg(tmp.path("dataplane.toml"));
+    let dataplane = Dataplane::start(dp_cmd, tmp.path("dataplane.log"))?;
+    println!(
+        "data plane attached; A's endpoint: max_flows {A_MAX_FLOWS}, new_flows_per_sec \
+         {A_NEW_FLOWS_PER_SEC}; B's endpoint: no limits"
+    );
+
+    let mut held = Held::open(b, &load_s, &total)?;
+    // Warm-up on the held flows (not counted): congestion window, caches.
+    held.cmd("bulk 1")?;
+    held.cmd("rr 1")?;
+
+    let case = Case {
+        a,
+        b,
+        load: &load_s,
+        secs,
+    };
+    let mut samples: Vec<(Flood, Sample)> = Vec::new();
+    let mut lost_during: Vec<String> = Vec::new();
+    for r in 1..=runs {
+        for flood in Flood::ALL {
+            check()?;
+            println!(
+                "run {r}/{runs}: {} (B connections/s, bulk, RR; {secs} s each)",
+                flood.label()
+            );
+            let (smp, lost) = case.measure(flood, &mut held)?;
+            lost_during.extend(lost.into_iter().map(|l| format!("run {r}, {l}")));
+            samples.push((flood, smp));
+            // Let queues drain before the next case (A's half-open flows stay, as in life).
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    let lost = held.finish()?;
+    let log = dataplane.log.clone();
+    dataplane.stop()?;
+    let counters = last_counters(&std::fs::read_to_string(&log)?);
+    drop(servers);
+
+    report(&samples, lost, &lost_during, &counters);
+    Ok(())
+}
+
+/// The node with tenant A's and tenant B's VMs (both 10.0.0.2) and the backend (10.0.0.5);
+/// A drops its SYN-ACKs. Writes the data plane's configuration into `tmp`.
+fn topology(tmp: &TempDir) -> Result<Topology> {
     let mut topo = Topology::new()?;
     topo.add_vm("tapa", "10.0.0.2/24", "02:00:00:00:0a:02")?;
     topo.add_vm("tapb", "10.0.0.2/24", "02:00:00:00:0b:02")?;
@@ -128,131 +193,68 @@ fn bench(vpcep: &Path, load: &Path, runs: u64, secs: u64) -> Result<()> {
         "sysctl",
         &["-qw", "net.ipv4.ip_local_port_range=10000 65000"],
     )?;
-    let config = tmp.path("dataplane.toml");
-    std::fs::write(&config, dataplane_toml())?;
+    std::fs::write(tmp.path("dataplane.toml"), dataplane_toml())?;
+    Ok(topo)
+}
 
-    // Upper bound of the whole run; every process started below ends by then on its own.
-    let per_phase = 3 * secs + 4;
-    let total = (runs * Flood::ALL.len() as u64 * per_phase + 60).to_string();
-    let load_s = load.to_string_lossy().into_owned();
-    let mut servers = Vec::new();
-    for (mode, port) in [("tcp-server", 80), ("tcp-server", 81), ("tcp-sink", 82)] {
-        let bind = format!("10.0.0.5:{port}");
-        servers.push(spawn_quiet(pinned(s, 1, &load_s, &[mode, &bind, &total]))?);
-    }
+/// What one case of a run needs: the two tenants' VMs and the load generator.
+struct Case<'a> {
+    a: &'a NetNs,
+    b: &'a NetNs,
+    load: &'a str,
+    secs: u64,
+}
 
-    let log_path = tmp.path("dataplane.log");
-    let log = File::create(&log_path)?;
-    // At nice -20 too: creating the preallocated conntrack tables is slow on a busy CPU.
-    let mut dp_cmd = topo.node.command("nice");
-    dp_cmd
-        .args(["-n", "-20", "taskset", "-c", "0"])
-        .arg(vpcep)
-        .args(["dataplane", "run", "--mode", "tc", "--duration", &total])
-        .arg("--config")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    let mut dataplane = ChildGuard::from(dp_cmd.spawn().context("starting vpcep dataplane run")?);
-    wait_for(&log_path, "attached", &mut dataplane)?;
-    println!(
-        "data plane attached; A's endpoint: max_flows {A_MAX_FLOWS}, new_flows_per_sec \
-         {A_NEW_FLOWS_PER_SEC}; B's endpoint: no limits"
-    );
-
-    let mut held = Held::open(b, &load_s, &total)?;
-    // Warm-up on the held flows (not counted): congestion window, caches.
-    held.cmd("bulk 1")?;
-    held.cmd("rr 1")?;
-
-    let mut samples: Vec<(Flood, Sample)> = Vec::new();
-    let mut lost_during: Vec<String> = Vec::new();
-    for r in 1..=runs {
-        for flood in Flood::ALL {
-            check()?;
-            println!(
-                "run {r}/{runs}: {} (B connections/s, bulk, RR; {secs} s each)",
-                flood.label()
-            );
-            let mut smp = Sample::default();
-            let flooder = match flood.sender() {
-                None => None,
-                Some((to, rate, src)) => {
-                    let dur = (RAMP + Duration::from_secs(3 * secs) + Duration::from_millis(1500))
-                        .as_secs_f64();
-                    let g = spawn_piped(pinned(
-                        a,
-                        0,
-                        &load_s,
-                        &[
-                            "syn-flood",
-                            &to,
-                            &format!("{dur:.1}"),
-                            &rate.to_string(),
-                            src,
-                        ],
-                    ))?;
-                    std::thread::sleep(RAMP);
-                    Some(g)
-                }
-            };
-            let c = one_shot(pinned(
-                b,
-                1,
-                &load_s,
-                &[
-                    "cps",
-                    &format!("10.0.0.100:{CPS_PORT}"),
-                    &secs.to_string(),
-                    "2",
-                ],
-            ))?;
-            smp.cps = num(&c, "cps")?;
-            smp.cps_failed = num(&c, "failed")?;
-            let bulk = held.cmd(&format!("bulk {secs}"))?;
-            let rr = held.cmd(&format!("rr {secs}"))?;
-            for (what, v) in [("bulk", &bulk), ("rr", &rr)] {
-                if let Some(e) = v.get("error") {
-                    lost_during.push(format!("run {r}, {}, {what}: {e}", flood.label()));
-                }
+impl Case<'_> {
+    /// B's figures under `flood`, and the held flows lost meanwhile.
+    fn measure(&self, flood: Flood, held: &mut Held) -> Result<(Sample, Vec<String>)> {
+        let secs = self.secs;
+        let mut smp = Sample::default();
+        let flooder = match flood.sender() {
+            None => None,
+            Some((to, rate, src)) => {
+                let dur = (RAMP + Duration::from_secs(3 * secs) + Duration::from_millis(1500))
+                    .as_secs_f64();
+                let dur = format!("{dur:.1}");
+                let args = ["syn-flood", &to, &dur, &rate.to_string(), src];
+                let g = spawn_piped(pinned(self.a, 0, self.load, &args))?;
+                std::thread::sleep(RAMP);
+                Some(g)
             }
-            smp.bulk_gbps = bulk.get("gbps").and_then(Value::as_f64).unwrap_or(0.0);
-            smp.rr_p99_us = rr.get("p99_us").and_then(Value::as_f64).unwrap_or(0.0);
-            if let Some(g) = flooder {
-                let out = g.wait_output()?;
-                let v = last_json(&out.stdout)
-                    .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())?;
-                smp.flood_pps = num(&v, "pps")?;
+        };
+        let to = format!("10.0.0.100:{CPS_PORT}");
+        let args = ["cps", &to, &secs.to_string(), "2"];
+        let c = one_shot(pinned(self.b, 1, self.load, &args))?;
+        smp.cps = num(&c, "cps")?;
+        smp.cps_failed = num(&c, "failed")?;
+        let bulk = held.cmd(&format!("bulk {secs}"))?;
+        let rr = held.cmd(&format!("rr {secs}"))?;
+        let mut lost = Vec::new();
+        for (what, v) in [("bulk", &bulk), ("rr", &rr)] {
+            if let Some(e) = v.get("error") {
+                lost.push(format!("{}, {what}: {e}", flood.label()));
             }
-            samples.push((flood, smp));
-            // Let queues drain before the next case (A's half-open flows stay, as in life).
-            std::thread::sleep(Duration::from_secs(1));
         }
+        smp.bulk_gbps = bulk.get("gbps").and_then(Value::as_f64).unwrap_or(0.0);
+        smp.rr_p99_us = rr.get("p99_us").and_then(Value::as_f64).unwrap_or(0.0);
+        if let Some(g) = flooder {
+            let out = g.wait_output()?;
+            let v = last_json(&out.stdout)
+                .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())?;
+            smp.flood_pps = num(&v, "pps")?;
+        }
+        Ok((smp, lost))
     }
-    let lost = held.finish()?;
-    dataplane.signal_and_wait(libc::SIGINT, Duration::from_secs(5))?;
-    let counters = last_counters(&std::fs::read_to_string(&log_path)?);
-    drop(servers);
-
-    report(&samples, lost, &lost_during, &counters);
-    Ok(())
 }
 
 fn dataplane_toml() -> String {
-    let nic = |iface: &str, vpc: u32, ip: &str, mac: &str| {
-        format!(
-            "[[nic]]\niface = \"{iface}\"\nvpc = {vpc}\nip = \"{ip}\"\nmac = \"{mac}\"\n\
-             gateway = \"10.0.0.1\"\n\n"
-        )
-    };
     let mut t = String::from(
         "[node]\nsnat_ip = \"198.19.128.10\"\nport_range = [1024, 65535]\n\
          vmac = \"02:fe:00:00:00:01\"\n\n",
     );
-    t += &nic("tapa", 1, "10.0.0.2", "02:00:00:00:0a:02");
-    t += &nic("tapb", 2, "10.0.0.2", "02:00:00:00:0b:02");
-    t += &nic("taps", 3, "10.0.0.5", "02:00:00:00:00:05");
+    t += &nic_toml("tapa", 1, "10.0.0.2", "02:00:00:00:0a:02");
+    t += &nic_toml("tapb", 2, "10.0.0.2", "02:00:00:00:0b:02");
+    t += &nic_toml("taps", 3, "10.0.0.5", "02:00:00:00:00:05");
     t += &format!(
         "[[service]]\nid = 3\nbackend_ip = \"10.0.0.5\"\nbackend_vpc = 3\n\
          backend_iface = \"taps\"\nbackend_mac = \"02:00:00:00:00:05\"\nports = [\n\
@@ -274,55 +276,6 @@ fn pinned(ns: &NetNs, cpu: u8, load: &str, args: &[&str]) -> Command {
     c.args(["-n", "-20", "taskset", "-c", &cpu.to_string(), load])
         .args(args);
     c
-}
-
-fn spawn_quiet(mut cmd: Command) -> Result<ChildGuard> {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting vpcep-load")?;
-    Ok(child.into())
-}
-
-fn spawn_piped(mut cmd: Command) -> Result<ChildGuard> {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting vpcep-load")?;
-    Ok(child.into())
-}
-
-/// Runs a bounded vpcep-load mode and returns its JSON line.
-fn one_shot(mut cmd: Command) -> Result<Value> {
-    let out = cmd.output().context("running vpcep-load")?;
-    if !out.status.success() {
-        bail!(
-            "vpcep-load failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    last_json(&out.stdout)
-}
-
-fn last_json(stdout: &[u8]) -> Result<Value> {
-    let text = String::from_utf8_lossy(stdout);
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .context("vpcep-load printed nothing")?;
-    serde_json::from_str(line).with_context(|| format!("parsing {line:?}"))
-}
-
-fn num(v: &Value, key: &str) -> Result<f64> {
-    v.get(key)
-        .and_then(Value::as_f64)
-        .with_context(|| format!("no {key:?} in {v}"))
 }
 
 /// B's two held connections (`vpcep-load established`), driven over its stdin/stdout.
@@ -415,20 +368,15 @@ fn last_counters(log: &str) -> Vec<(String, u64)> {
     out
 }
 
+type Get = fn(&Sample) -> f64;
+
+/// The table, the lost flows, the data plane's counters with their checks, and every run.
 fn report(
     samples: &[(Flood, Sample)],
     lost: u64,
     lost_during: &[String],
     counters: &[(String, u64)],
 ) {
-    let of = |f: Flood, g: fn(&Sample) -> f64| -> Vec<f64> {
-        samples
-            .iter()
-            .filter(|(k, _)| *k == f)
-            .map(|(_, s)| g(s))
-            .collect()
-    };
-    type Get = fn(&Sample) -> f64;
     // measure, unit, getter, target ratio (flood / no flood, higher is better)
     let rows: [(&str, &str, Get, Option<f64>); 5] = [
         ("B new TCP connections/s", "conn/s", |s| s.cps, Some(0.90)),
@@ -452,15 +400,6 @@ fn report(
             None,
         ),
     ];
-    let fmt = |unit: &str, x: f64| {
-        if unit == "Gbit/s" {
-            format!("{x:.2}")
-        } else if unit == "us" {
-            format!("{x:.1}")
-        } else {
-            thousands(x)
-        }
-    };
     println!();
     println!(
         "| measure | CPU 0 idle | no flood (A busy on lo) | SYN flood, max rate | ratio \
@@ -468,49 +407,7 @@ fn report(
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---|---|");
     for (label, unit, get, target) in rows {
-        let cell = |f: Flood| {
-            let v = of(f, get);
-            if f == Flood::Idle && unit == "pps" {
-                return "—".to_string();
-            }
-            format!(
-                "{} ({}–{})",
-                fmt(unit, median(&v)),
-                fmt(unit, min(&v)),
-                fmt(unit, max(&v))
-            )
-        };
-        let base = median(&of(Flood::None, get));
-        let ratio = |f: Flood| {
-            let m = median(&of(f, get));
-            if base > 0.0 { m / base } else { 0.0 }
-        };
-        let (rm, rp) = if unit == "pps" || unit == "count" {
-            (String::new(), String::new())
-        } else {
-            (
-                format!("{:.3}", ratio(Flood::Max)),
-                format!("{:.3}", ratio(Flood::Paced)),
-            )
-        };
-        let (t, met) = match target {
-            Some(t) => (
-                format!("≥ {t:.2}×"),
-                if ratio(Flood::Max) >= t && ratio(Flood::Paced) >= t {
-                    "yes"
-                } else {
-                    "**no**"
-                },
-            ),
-            None => (String::new(), ""),
-        };
-        println!(
-            "| {label} ({unit}) | {} | {} | {} | {rm} | {} | {rp} | {t} | {met} |",
-            cell(Flood::Idle),
-            cell(Flood::None),
-            cell(Flood::Max),
-            cell(Flood::Paced)
-        );
+        table_row(samples, label, unit, get, target);
     }
     println!(
         "| established flows lost (bulk + RR, whole run) | | | | | | | 0 | {} |",
@@ -524,6 +421,75 @@ fn report(
     for l in lost_during {
         println!("lost: {l}");
     }
+    print_counters(counters);
+    print_every_run(samples);
+}
+
+/// One measure's row: each case's median (min–max), the ratios to no flood, the target.
+fn table_row(samples: &[(Flood, Sample)], label: &str, unit: &str, get: Get, target: Option<f64>) {
+    let of = |f: Flood, g: fn(&Sample) -> f64| -> Vec<f64> {
+        samples
+            .iter()
+            .filter(|(k, _)| *k == f)
+            .map(|(_, s)| g(s))
+            .collect()
+    };
+    let fmt = |unit: &str, x: f64| {
+        if unit == "Gbit/s" {
+            format!("{x:.2}")
+        } else if unit == "us" {
+            format!("{x:.1}")
+        } else {
+            thousands(x)
+        }
+    };
+    let cell = |f: Flood| {
+        let v = of(f, get);
+        if f == Flood::Idle && unit == "pps" {
+            return "—".to_string();
+        }
+        format!(
+            "{} ({}–{})",
+            fmt(unit, median(&v)),
+            fmt(unit, min(&v)),
+            fmt(unit, max(&v))
+        )
+    };
+    let base = median(&of(Flood::None, get));
+    let ratio = |f: Flood| {
+        let m = median(&of(f, get));
+        if base > 0.0 { m / base } else { 0.0 }
+    };
+    let (rm, rp) = if unit == "pps" || unit == "count" {
+        (String::new(), String::new())
+    } else {
+        (
+            format!("{:.3}", ratio(Flood::Max)),
+            format!("{:.3}", ratio(Flood::Paced)),
+        )
+    };
+    let (t, met) = match target {
+        Some(t) => (
+            format!("≥ {t:.2}×"),
+            if ratio(Flood::Max) >= t && ratio(Flood::Paced) >= t {
+                "yes"
+            } else {
+                "**no**"
+            },
+        ),
+        None => (String::new(), ""),
+    };
+    println!(
+        "| {label} ({unit}) | {} | {} | {} | {rm} | {} | {rp} | {t} | {met} |",
+        cell(Flood::Idle),
+        cell(Flood::None),
+        cell(Flood::Max),
+        cell(Flood::Paced)
+    );
+}
+
+/// The data plane's counters at the end, with the checks that read them.
+fn print_counters(counters: &[(String, u64)]) {
     println!();
     println!("data-plane counters at the end (packets, all hooks):");
     let get = |r: &str| counters.iter().find(|(k, _)| k == r).map_or(0, |(_, n)| *n);
@@ -543,6 +509,10 @@ fn report(
         thousands(limited as f64),
         if limited > 0 { "ok" } else { "**none**" }
     );
+}
+
+/// Every run's figures, a line per case.
+fn print_every_run(samples: &[(Flood, Sample)]) {
     println!();
     println!("every run:");
     for f in Flood::ALL {
@@ -568,125 +538,6 @@ fn report(
     }
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-fn min(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.iter().copied().fold(f64::INFINITY, f64::min)
-}
-
-fn max(v: &[f64]) -> f64 {
-    v.iter().copied().fold(0.0, f64::max)
-}
-
-fn thousands(x: f64) -> String {
-    let s = format!("{:.0}", x.max(0.0));
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn env_num(name: &str, default: u64, range: std::ops::RangeInclusive<u64>) -> Result<u64> {
-    let v = match std::env::var(name) {
-        Ok(s) => s.parse().with_context(|| format!("{name}={s:?}"))?,
-        Err(_) => default,
-    };
-    if !range.contains(&v) {
-        bail!("{name} must be in {range:?}");
-    }
-    Ok(v)
-}
-
-/// Polls the data plane's log until it contains `needle` (loading can take a while on a
-/// busy machine: the verifier runs for every program).
-fn wait_for(path: &Path, needle: &str, dp: &mut ChildGuard) -> Result<()> {
-    let start = Instant::now();
-    let limit = Duration::from_secs(60);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if text.contains(needle) {
-            return Ok(());
-        }
-        if let Some(status) = dp.try_wait()? {
-            bail!("vpcep dataplane run exited ({status}):\n{text}");
-        }
-        if start.elapsed() > limit {
-            bail!("no {needle:?} from the data plane in {limit:?}:\n{text}");
-        }
-        check()?;
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Ctrl-C or SIGTERM during the benchmark: the steps stop at the next check (each is
-/// bounded to seconds) and the guards remove every namespace and process; a second signal
-/// ends the process at once. A handler rather than a blocked mask: children would inherit
-/// the mask (and `vpcep dataplane run` could not be stopped with SIGINT), while handlers
-/// are reset by exec.
-fn watch_signals(on: bool) {
-    extern "C" fn on_signal(sig: libc::c_int) {
-        if INTERRUPTED.swap(true, Ordering::SeqCst) {
-            // SAFETY: _exit is async-signal-safe.
-            unsafe { libc::_exit(128 + sig) };
-        }
-        let msg = b"signal: stopping the flood benchmark and cleaning up\n";
-        // SAFETY: write(2) is async-signal-safe; the buffer is valid.
-        unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
-    }
-    let handler = if on {
-        on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t
-    } else {
-        libc::SIG_DFL
-    };
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: installs a handler that only touches an atomic and async-signal-safe calls.
-        unsafe { libc::signal(sig, handler) };
-    }
-}
-
-fn check() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted");
-    }
-    Ok(())
-}
-
-/// A directory for the run's files, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<Self> {
-        let p = std::env::temp_dir().join(format!("vpcep-flood-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
-        Ok(Self(p))
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -709,15 +560,6 @@ mod tests {
             ]
         );
         assert!(last_counters("").is_empty());
-    }
-
-    #[test]
-    fn medians_and_thousands() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert_eq!(thousands(1_234_567.4), "1,234,567");
-        assert_eq!(thousands(999.0), "999");
-        assert_eq!(min(&[]), 0.0);
     }
 
     #[test]

@@ -1,0 +1,138 @@
+//! The checks of each step: what the agent programmed, and what a request through the
+//! endpoint gets.
+use std::fs;
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use super::{
+    CURL, Demo, ENDPOINT_IP, check_interrupted,
+    ui::{print_indented, show_command, wait_for},
+};
+
+impl Demo {
+    /// Waits until the agent has programmed the endpoint with this acceptance.
+    pub(super) fn wait_for_map(&mut self, accepted: bool) -> Result<()> {
+        let pins = self.pin_dir_str();
+        let log = self.path("agent.log");
+        let state = if accepted { "accepted" } else { "not accepted" };
+        let waited = wait_for(
+            &format!("the agent to program the endpoint as {state}"),
+            20,
+            || {
+                if let Some(p) = self.agent.as_mut() {
+                    p.alive(&log)?;
+                }
+                let out = self
+                    .vpcep(&["dataplane", "endpoints", "--pin-dir", &pins, "-o", "json"])
+                    .output()?;
+                let rows: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+                Ok(rows.as_array().is_some_and(|rows| {
+                    rows.iter().any(|r| {
+                        r["ip"] == ENDPOINT_IP && r["accepted"].as_bool() == Some(accepted)
+                    })
+                }))
+            },
+        )?;
+        println!("  the agent programmed the endpoint as {state} within {waited:.1} s");
+        Ok(())
+    }
+
+    /// A request from the consumer VM to the endpoint.
+    pub(super) fn curl(&self) -> Result<(bool, String)> {
+        let ns = self.consumer_ns()?;
+        let url = format!("http://{ENDPOINT_IP}:8080/");
+        let mut shown: Vec<&str> = vec!["netns", "exec", ns.name()];
+        shown.extend_from_slice(CURL);
+        shown.push(&url);
+        show_command("ip", &shown);
+        let out = ns
+            .command(CURL[0])
+            .args(&CURL[1..])
+            .arg(&url)
+            .output()
+            .context("running curl in the consumer VM")?;
+        check_interrupted()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        print_indented(&text);
+        if !out.status.success() {
+            println!("  (curl exit status {})", out.status.code().unwrap_or(-1));
+        }
+        Ok((out.status.success(), text))
+    }
+
+    pub(super) fn expect_refused(&self, state: &str) -> Result<()> {
+        let (ok, text) = self.curl()?;
+        if ok {
+            bail!(
+                "check failed: a request through the {state} endpoint succeeded, it must not:\n{text}"
+            );
+        }
+        println!("  ✓ the {state} endpoint lets nothing through");
+        Ok(())
+    }
+
+    pub(super) fn expect_served(&self) -> Result<()> {
+        let (ok, text) = self.curl()?;
+        if !ok || !text.contains("hello from the backend") {
+            bail!(
+                "check failed: the request through the accepted endpoint did not succeed:\n{text}"
+            );
+        }
+        // The backend sees the node's SNAT address, not the consumer's 10.0.0.2.
+        let log = self.path("backend.log");
+        let mut line = String::new();
+        wait_for("the backend's access log line", 5, || {
+            line = fs::read_to_string(&log)?
+                .lines()
+                .rev()
+                .find(|l| l.contains("\"GET / "))
+                .unwrap_or_default()
+                .to_owned();
+            Ok(!line.is_empty())
+        })?;
+        show_command("tail", &["-n", "1", &log.display().to_string()]);
+        print_indented(&line);
+        if !line.starts_with("198.19.") {
+            bail!(
+                "check failed: the backend saw the request from {}, not from a 198.19.128.0/17 SNAT address",
+                line.split_whitespace().next().unwrap_or("?")
+            );
+        }
+        println!(
+            "  ✓ 200 through {ENDPOINT_IP}:8080; the backend saw source {}",
+            line.split_whitespace().next().unwrap_or("?")
+        );
+        Ok(())
+    }
+
+    pub(super) fn expect_counted(&self, table: &str) -> Result<()> {
+        let out = self
+            .vpcep(&[
+                "dataplane",
+                "endpoints",
+                "--pin-dir",
+                &self.pin_dir_str(),
+                "-o",
+                "json",
+            ])
+            .output()?;
+        let rows: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let counted = rows.as_array().is_some_and(|rows| {
+            rows.iter().any(|r| {
+                r["ip"] == ENDPOINT_IP
+                    && r["packets"].as_u64().unwrap_or(0) > 0
+                    && r["new_flows"].as_u64().unwrap_or(0) > 0
+            })
+        });
+        if !counted {
+            bail!("check failed: the endpoint's counters show no packets or flows:\n{table}");
+        }
+        println!("  ✓ the endpoint's packets and flows are counted");
+        Ok(())
+    }
+}
