@@ -11,9 +11,10 @@ use serde_json::{Value, json};
 
 use vpcep::{
     api::{
-        Config, Credentials, CredentialsFile, ServeError, Server,
+        Config, Credentials, CredentialsFile,
         auth::{self, AkSk},
     },
+    server::{ServeError, Server},
     store::{Store, StoreError},
 };
 

@@ -162,6 +162,25 @@ pub fn port(service_id: u32, client_port: u16, proto: u8) -> PortKey {
     }
 }
 
+/// The ports of the namespace tests' service `service_id`: 8080→80/TCP and 5353→53/UDP.
+pub fn set_web_ports(dp: &mut Dataplane, service_id: u32) {
+    for (client, server, proto) in [(8080u16, 80u16, IPPROTO_TCP), (5353, 53, IPPROTO_UDP)] {
+        dp.set_port(
+            port(service_id, client, proto),
+            PortTarget {
+                server_port_be: server.to_be(),
+                _pad: 0,
+            },
+        )
+        .unwrap();
+    }
+}
+
+/// The big-endian 16-bit field (a port) at byte `at` of frame `f`.
+pub fn port_of(f: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([f[at], f[at + 1]])
+}
+
 /// TCP flags for [`tcp`].
 pub const SYN: u8 = 0x02;
 pub const ACK: u8 = 0x10;

@@ -1,5 +1,6 @@
-//! Fixtures shared by the integration tests: packet builders, raw-socket senders and the
-//! kernel-test preconditions.
+//! Fixtures shared by the integration tests: the harness (directories, ports, polling,
+//! processes, PostgreSQL, the control plane, the agent tests' world), packet builders,
+//! raw-socket senders and helpers for network namespaces.
 use std::{
     path::{Path, PathBuf},
     sync::OnceLock,
@@ -7,19 +8,9 @@ use std::{
 
 pub mod api_load;
 pub mod fastpath;
+pub mod harness;
 pub mod packets;
 pub mod raw;
-
-/// Fails the test early with a clear message when not root (kernel tests need
-/// CAP_BPF/CAP_NET_ADMIN; `cargo xtask test` runs them as root).
-pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "kernel tests must run as root (use `cargo xtask test`)"
-    );
-}
 
 /// For long-running binaries (benchmarks): on SIGINT or SIGTERM, delete the namespace
 /// `name` and exit, since a signal would otherwise skip its guard's drop. Call before any

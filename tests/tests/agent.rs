@@ -3,17 +3,18 @@
 //! namespaces through an endpoint created, accepted, rejected and deleted over the API.
 mod agent {
     mod bench;
-    pub mod support;
 }
 
 use std::{sync::atomic::Ordering, time::Duration};
 
-use agent::support::*;
 use reqwest::Method;
 use serde_json::{Value, json};
 use vpcep::agent::{AgentConfig, run};
 use vpcep_common::endpoint::{EP_ACCEPTED, EP_PERMITTED, EP_SRC_WHITELIST};
-use vpcep_tests::require_root;
+use vpcep_tests::{
+    harness::{ControlPlane, TempDir, agent::*, eventually, free_port},
+    require_root,
+};
 
 /// Stops the in-process agent (and waits for its data-plane thread) when dropped.
 struct AgentTask {
@@ -105,13 +106,13 @@ async fn cli(
 /// plane URL rotation, drift repair, metrics and conntrack collection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_story_through_the_agent_and_kernel() {
-    require_root();
+    require_root!();
     let topo = std::sync::Arc::new(topology());
-    let cp = ControlPlane::start().await;
+    let cp = control_plane().await;
     let base = cp.server.url();
     // The consumer's NIC is not in the inventory: the agent registers it.
     let w = inventory(&base, false).await;
-    let home = TempDir::new(&std::env::temp_dir(), "agent-cli-home");
+    let home = TempDir::new("agent-cli-home");
     let provider = |args: Vec<String>| {
         let (base, home) = (base.clone(), home.0.clone());
         async move {
@@ -146,7 +147,7 @@ async fn cli_story_through_the_agent_and_kernel() {
     assert_eq!(svc["status"], "available", "{svc}");
     let sid = svc["id"].as_str().unwrap().to_owned();
     provider(argv(&["permission", "add", &sid, "proj-consumer"])).await;
-    let pins = TempDir::new(std::path::Path::new("/sys/fs/bpf"), "agent-test");
+    let pins = TempDir::bpffs("agent-test");
     let metrics_port = free_port();
     // A dead control-plane URL first: the agent moves on to the next one.
     let dead = format!("http://127.0.0.1:{}", free_port());
@@ -460,25 +461,14 @@ async fn kill_9_and_reload_keep_the_stream(tc_attach: Option<&str>) {
         atomic::{AtomicBool, AtomicU64, Ordering},
     };
 
-    require_root();
+    require_root!();
     let topo = Arc::new(topology());
-    let cp = ControlPlane::start().await;
+    let cp = control_plane().await;
     let w = world(&cp.server.url()).await;
-    let pins = TempDir::new(std::path::Path::new("/sys/fs/bpf"), "agent-kill");
-    let cfg_dir = TempDir::new(&std::env::temp_dir(), "agent-kill-cfg");
+    let pins = TempDir::bpffs("agent-kill");
+    let cfg_dir = TempDir::new("agent-kill-cfg");
     let cons = cp.client(CONSUMER);
-    let ep = cons
-        .ok(
-            Method::POST,
-            "/v1/proj-consumer/vpc-endpoints",
-            Some(json!({
-                "endpoint_service_id": w.service,
-                "vpc_id": w.consumer_vpc,
-                "subnet_id": w.consumer_subnet,
-                "port_ip": "10.0.0.100",
-            })),
-        )
-        .await;
+    let ep = w.create_endpoint(&cons).await;
     cp.client(PROVIDER)
         .ok(
             Method::POST,
@@ -497,7 +487,7 @@ async fn kill_9_and_reload_keep_the_stream(tc_attach: Option<&str>) {
             text = format!("tc_attach = \"{mode}\"\n{text}");
         }
         std::fs::write(&path, text).unwrap();
-        (AgentProcess::spawn_with(&path, args), port)
+        (spawn_agent(&path, args), port)
     };
     let filters_ok = || {
         if tc_attach == Some("netlink") {
@@ -612,7 +602,7 @@ async fn kill_9_and_reload_keep_the_stream(tc_attach: Option<&str>) {
         .unwrap_or(10);
     for i in 1..=kills {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        agent.kill9();
+        drop(agent); // SIGKILL by PID, reaped
         tokio::time::sleep(Duration::from_millis(100)).await;
         let (a, port) = start(i, &[]);
         agent = a;
@@ -622,7 +612,7 @@ async fn kill_9_and_reload_keep_the_stream(tc_attach: Option<&str>) {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     filters_ok();
     // `--reload` swaps the newly loaded programs in place of the attached ones.
-    agent.kill9();
+    drop(agent); // SIGKILL by PID, reaped
     let (a, port) = start(kills + 1, &["--reload"]);
     agent = a;
     metrics_up(port).await;
@@ -649,26 +639,15 @@ async fn kill_9_and_reload_keep_the_stream(tc_attach: Option<&str>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_continues_while_the_control_plane_is_down() {
-    require_root();
+    require_root!();
     let topo = std::sync::Arc::new(topology());
-    let dir = TempDir::new(&std::env::temp_dir(), "agent-outage");
+    let dir = TempDir::new("agent-outage");
     let db = format!("sqlite://{}", dir.0.join("vpcep.db").display());
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let server = PortServer::start(port, &db).await;
     let w = world(&base).await;
-    let ep = api(&base, CONSUMER)
-        .ok(
-            Method::POST,
-            "/v1/proj-consumer/vpc-endpoints",
-            Some(json!({
-                "endpoint_service_id": w.service,
-                "vpc_id": w.consumer_vpc,
-                "subnet_id": w.consumer_subnet,
-                "port_ip": "10.0.0.100",
-            })),
-        )
-        .await;
+    let ep = w.create_endpoint(&api(&base, CONSUMER)).await;
     let action = format!(
         "/v1/proj-provider/vpc-endpoint-services/{}/connections/action",
         w.service
@@ -680,7 +659,7 @@ async fn traffic_continues_while_the_control_plane_is_down() {
             Some(json!({"action": "receive", "endpoints": [ep["id"]]})),
         )
         .await;
-    let pins = TempDir::new(std::path::Path::new("/sys/fs/bpf"), "agent-outage");
+    let pins = TempDir::bpffs("agent-outage");
     let cfg = AgentConfig::parse(&agent_toml(
         std::slice::from_ref(&base),
         &topo,
@@ -801,9 +780,9 @@ async fn traffic_continues_while_the_control_plane_is_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nics_are_attached_as_they_appear_and_released_when_they_go() {
-    require_root();
+    require_root!();
     let mut topo = xtask::netns::Topology::new().unwrap();
-    let pins = TempDir::new(std::path::Path::new("/sys/fs/bpf"), "agent-nics");
+    let pins = TempDir::bpffs("agent-nics");
     let metrics_port = free_port();
     // No control plane at all: attachment does not depend on it.
     let cfg = AgentConfig::parse(&format!(
@@ -999,9 +978,9 @@ impl Scene {
     /// top-level agent settings.
     async fn start(tag: &str, endpoint: Value, toml: &str) -> Self {
         let topo = std::sync::Arc::new(topology());
-        let cp = ControlPlane::start().await;
+        let cp = control_plane().await;
         let w = world(&cp.server.url()).await;
-        let pins = TempDir::new(std::path::Path::new("/sys/fs/bpf"), tag);
+        let pins = TempDir::bpffs(tag);
         let metrics = free_port();
         let text = agent_toml(&[cp.server.url()], &topo, &w, &pins.0, metrics).replacen(
             "netns = ",
@@ -1042,12 +1021,7 @@ impl Scene {
 
     /// Creates an endpoint at 10.0.0.100 and accepts it; returns its id.
     async fn create_endpoint(&self, extra: Value) -> String {
-        let mut body = json!({
-            "endpoint_service_id": self.w.service,
-            "vpc_id": self.w.consumer_vpc,
-            "subnet_id": self.w.consumer_subnet,
-            "port_ip": "10.0.0.100",
-        });
+        let mut body = self.w.endpoint_body();
         if let (Some(b), Some(x)) = (body.as_object_mut(), extra.as_object()) {
             b.extend(x.clone());
         }
@@ -1106,7 +1080,7 @@ const USABLE: u32 = EP_ACCEPTED | EP_PERMITTED;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_flow_stays_dead_after_re_accept() {
-    require_root();
+    require_root!();
     let s = Scene::start("agent-reaccept", json!({}), "").await;
     let conn = echo_connect(&s.topo, Duration::from_secs(2)).await.unwrap();
     assert!(
@@ -1145,7 +1119,7 @@ async fn a_rejected_flow_stays_dead_after_re_accept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recreated_endpoint_does_not_inherit_old_flows() {
-    require_root();
+    require_root!();
     let s = Scene::start("agent-recreate", json!({}), "").await;
     let conn = echo_connect(&s.topo, Duration::from_secs(2)).await.unwrap();
     assert!(
@@ -1191,7 +1165,7 @@ async fn a_recreated_endpoint_does_not_inherit_old_flows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn narrowing_the_source_whitelist_cuts_the_established_flow() {
-    require_root();
+    require_root!();
     let s = Scene::start("agent-whitelist", json!({}), "").await;
     let path = format!("/v1/proj-consumer/vpc-endpoints/{}", s.ep);
     let cons = s.cp.client(CONSUMER);
@@ -1254,7 +1228,7 @@ async fn narrowing_the_source_whitelist_cuts_the_established_flow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_endpoint_fails_closed_for_its_grace_period() {
     use vpcep_common::endpoint::EP_TOMBSTONE;
-    require_root();
+    require_root!();
     // Long enough to outlast the first agent; the restarted one has a short one.
     let mut s = Scene::start("agent-tombstone", json!({}), "tombstone_secs = 60").await;
     let key = endpoints(&s.pins.0)[0].0;
@@ -1323,7 +1297,7 @@ async fn a_deleted_endpoint_fails_closed_for_its_grace_period() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_through_the_api_limits_live_flows() {
-    require_root();
+    require_root!();
     let s = Scene::start("agent-limit", json!({}), "").await;
     s.cp.client(PROVIDER)
         .ok(

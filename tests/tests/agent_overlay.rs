@@ -2,10 +2,6 @@
 //! the backend on node 3 (10.0.0.5, the provider's VPC; all three 10.0.0.0/24). The nodes
 //! are namespaces on an underlay bridge; each agent (a `vpcep agent` process) sets up its
 //! node's overlay device and fills its maps from the control plane's feed.
-#[allow(dead_code)]
-#[path = "agent/support.rs"]
-mod support;
-
 use std::{
     collections::BTreeSet,
     io::{Read, Write},
@@ -20,9 +16,11 @@ use std::{
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::*;
 use vpcep_common::endpoint::EP_ACCEPTED;
-use vpcep_tests::require_root;
+use vpcep_tests::{
+    harness::{ChildGuard, TempDir, agent::*, eventually, free_port},
+    require_root,
+};
 use xtask::netns::{Cluster, NetNs};
 
 fn node_name(i: usize) -> String {
@@ -144,7 +142,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_with_agents() {
-    require_root();
+    require_root!();
     let mut cluster = Cluster::new(3).unwrap();
     // Node 3's agent creates its overlay device itself.
     cluster.nodes[2].node.ip(&["link", "del", "vx0"]).unwrap();
@@ -164,7 +162,7 @@ async fn three_nodes_with_agents() {
     let cluster = Arc::new(cluster);
 
     // Inventory: three nodes, a VPC per VM (all 10.0.0.0/24), the VMs' NICs.
-    let cp = ControlPlane::start().await;
+    let cp = control_plane().await;
     let base = cp.server.url();
     let op = cp.client(OPERATOR);
     for i in 0..3 {
@@ -185,31 +183,9 @@ async fn three_nodes_with_agents() {
     .into_iter()
     .enumerate()
     {
-        let vpc = op
-            .ok(
-                Method::POST,
-                "/inventory/vpcs",
-                Some(json!({"project_id": project, "cidr": "10.0.0.0/24"})),
-            )
-            .await;
-        let subnet = op
-            .ok(
-                Method::POST,
-                "/inventory/subnets",
-                Some(json!({"vpc_id": vpc["id"], "cidr": "10.0.0.0/24"})),
-            )
-            .await;
-        let port = op
-            .ok(
-                Method::POST,
-                "/inventory/ports",
-                Some(
-                    json!({"subnet_id": subnet["id"], "node": node_name(i), "ip": ip, "mac": mac}),
-                ),
-            )
-            .await;
-        vpcs.push((s(&vpc, "id"), s(&subnet, "id")));
-        ports.push(s(&port, "id"));
+        let (vpc, subnet) = vpc_with_subnet(&op, project).await;
+        ports.push(add_port(&op, &subnet, &node_name(i), ip, mac).await);
+        vpcs.push((vpc, subnet));
     }
     let prov = cp.client(PROVIDER);
     let svc = prov
@@ -263,9 +239,9 @@ async fn three_nodes_with_agents() {
 
     // An agent per node.
     let pins: Vec<TempDir> = (0..3)
-        .map(|i| TempDir::new(Path::new("/sys/fs/bpf"), &format!("overlay-{i}")))
+        .map(|i| TempDir::bpffs(&format!("overlay-{i}")))
         .collect();
-    let cfg_dir = TempDir::new(&std::env::temp_dir(), "overlay-cfg");
+    let cfg_dir = TempDir::new("overlay-cfg");
     let metrics: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let start = |i: usize, run: usize| {
         let path = cfg_dir.0.join(format!("agent-{i}-{run}.toml"));
@@ -274,9 +250,9 @@ async fn three_nodes_with_agents() {
             agent_toml(&base, &cluster, i, &pins[i].0, &ports[i], metrics[i]),
         )
         .unwrap();
-        AgentProcess::spawn_with(&path, &[])
+        spawn_agent(&path, &[])
     };
-    let mut agents: Vec<Option<AgentProcess>> = (0..3).map(|i| Some(start(i, 0))).collect();
+    let mut agents: Vec<Option<ChildGuard>> = (0..3).map(|i| Some(start(i, 0))).collect();
     for (i, p) in pins.iter().take(2).enumerate() {
         let p = p.0.clone();
         eventually(
@@ -371,9 +347,8 @@ async fn three_nodes_with_agents() {
     })
     .await;
     for run in 1..=3 {
-        if let Some(a) = agents[1].take() {
-            a.kill9();
-        }
+        // SIGKILL by PID, reaped.
+        drop(agents[1].take());
         tokio::time::sleep(Duration::from_millis(200)).await;
         agents[1] = Some(start(1, run));
     }

@@ -2,34 +2,24 @@
 //! real in-process control plane on a loopback port with a fresh SQLite file per test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{path::PathBuf, process::Stdio, time::Duration};
+use std::{process::Stdio, time::Duration};
 
 use serde_json::{Value, json};
 use vpcep::{
-    api::{Config, Credentials, CredentialsFile, Server, auth},
-    store::Store,
+    api::{Config, Credentials, CredentialsFile, auth},
+    server::Server,
 };
-use vpcep_tests::vpcep_bin;
+use vpcep_tests::{
+    harness::{
+        ChildGuard, TempDir,
+        control_plane::{sqlite_url, start_server},
+        poll, spawn_guarded,
+    },
+    vpcep_bin,
+};
 
 const OPERATOR: &str = "operator-secret";
 const CONSUMER_TOKEN: &str = "consumer-token";
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let p = std::env::temp_dir().join(format!("vpcep-cli-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn credentials() -> Credentials {
     let aksk = |ak: &str, sk: &str, p: &str| auth::AkSk {
@@ -104,30 +94,32 @@ impl Run {
 }
 
 /// A spawned `vpcep`, killed by PID when dropped before it exits (even when the test fails).
-struct Child(Option<tokio::process::Child>);
+/// Its stdout and stderr go to files, so that waiting for it needs no thread per pipe.
+struct Child {
+    guard: ChildGuard,
+    out: TempDir,
+}
 
 impl Child {
     async fn finish(mut self) -> Run {
-        let child = self.0.take().unwrap();
-        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-            .await
-            .expect("vpcep did not finish in 60 s")
-            .unwrap();
+        let guard = &mut self.guard;
+        let status = poll(
+            Duration::from_secs(60),
+            Duration::from_millis(10),
+            "vpcep to finish",
+            || {
+                let status = guard.try_wait().unwrap();
+                async move { status }
+            },
+        )
+        .await;
+        let read = |name: &str| {
+            String::from_utf8_lossy(&std::fs::read(self.out.0.join(name)).unwrap()).into_owned()
+        };
         Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0.as_ref().and_then(tokio::process::Child::id) {
-            // SAFETY: signalling our own child, which has not been reaped yet.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGKILL);
-            }
+            code: status.code().unwrap_or(-1),
+            stdout: read("stdout"),
+            stderr: read("stderr"),
         }
     }
 }
@@ -144,14 +136,11 @@ enum Who {
 
 impl World {
     async fn new() -> Self {
-        let db = TempDir::new();
-        let url = format!("sqlite://{}", db.0.join("vpcep.db").display());
-        let config = Config::default();
-        let store = Store::open(&url, config.feed_retain).await.unwrap();
-        let server = Server::start(store, credentials(), config).await.unwrap();
+        let db = TempDir::new("cli");
+        let server = start_server(&sqlite_url(&db.0), credentials(), Config::default()).await;
         Self {
             server,
-            home: TempDir::new(),
+            home: TempDir::new("cli"),
             _db: db,
         }
     }
@@ -181,18 +170,19 @@ impl World {
     }
 
     fn spawn_with(&self, env: &[(&str, String)], args: &[&str]) -> Child {
-        let child = tokio::process::Command::new(vpcep_bin())
-            .args(args)
-            .env_clear()
-            .env("HOME", &self.home.0)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        Child(Some(child))
+        let out = TempDir::new("cli-out");
+        let file = |name: &str| std::fs::File::create(out.0.join(name)).unwrap();
+        let guard = spawn_guarded(
+            std::process::Command::new(vpcep_bin())
+                .args(args)
+                .env_clear()
+                .env("HOME", &self.home.0)
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                .stdin(Stdio::null())
+                .stdout(file("stdout"))
+                .stderr(file("stderr")),
+        );
+        Child { guard, out }
     }
 
     fn spawn(&self, who: Who, args: &[&str]) -> Child {

@@ -4,39 +4,15 @@
 //! no SNAT port may be held by two live flows, no reply may reach another consumer, and no
 //! TCP state update of either direction may be lost.
 use std::{
-    path::PathBuf,
     sync::{Arc, Barrier},
     time::{Duration, Instant},
 };
 
 use vpcep::dataplane::Dataplane;
 use vpcep_common::endpoint::*;
-use vpcep_tests::{fastpath::*, monotonic_ns, require_root, spawn_in};
+use vpcep_tests::{fastpath::*, harness::TempDir, monotonic_ns, require_root, spawn_in};
 
 const TC_REDIRECT: u32 = 7;
-
-/// A bpffs directory for this test's pinned maps, removed on drop.
-struct Pins(PathBuf);
-
-impl Pins {
-    fn new(what: &str) -> Self {
-        Self(PathBuf::from(format!(
-            "/sys/fs/bpf/vpcep-test-{what}-{}-{}",
-            std::process::id(),
-            monotonic_ns()
-        )))
-    }
-}
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn port_of(f: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([f[at], f[at + 1]])
-}
 
 /// Pins the calling thread to `cpu`.
 fn pin_to(cpu: usize) {
@@ -128,9 +104,9 @@ fn claims_are_exclusive(dp: &mut Dataplane, t: &Timeouts) {
 
 #[test]
 fn no_port_is_shared_and_no_reply_misdelivered_under_contention() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
-    let pins = Pins::new("contention");
+    let pins = TempDir::bpffs("contention");
     // Sixteen SNAT ports for four threads' flows; a UDP flow dies after 1 s idle, so ports
     // keep changing hands between the threads' flows.
     let mut cfg = node(PORT_LO, PORT_LO + 15);
@@ -229,9 +205,9 @@ fn no_port_is_shared_and_no_reply_misdelivered_under_contention() {
 
 #[test]
 fn tcp_state_updates_from_both_directions_are_not_lost() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
-    let pins = Pins::new("tcpstate");
+    let pins = TempDir::bpffs("tcpstate");
     let flows = 4000u16;
     let snat: Vec<u16> = ns
         .run(|| {
@@ -302,9 +278,9 @@ fn tcp_state_updates_from_both_directions_are_not_lost() {
 
 #[test]
 fn node_configuration_is_never_read_half_written() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
-    let pins = Pins::new("nodecfg");
+    let pins = TempDir::bpffs("nodecfg");
     // Two configurations that differ in every field a new flow uses.
     let a = node(40000, 40999);
     let mut b = node(50000, 50999);
@@ -383,9 +359,9 @@ fn node_configuration_is_never_read_half_written() {
 
 #[test]
 fn a_dead_holders_port_is_taken_by_one_flow_only() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
-    let pins = Pins::new("takeover");
+    let pins = TempDir::bpffs("takeover");
     // Two SNAT ports; SYN flows die after 2 s (aged by the coordinator each round).
     let mut cfg = node(PORT_LO, PORT_LO + 1);
     cfg.timeouts.tcp_syn = 2;
@@ -468,9 +444,9 @@ fn a_dead_holders_port_is_taken_by_one_flow_only() {
 
 #[test]
 fn fins_from_both_sides_at_once_close_the_flow() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
-    let pins = Pins::new("fins");
+    let pins = TempDir::bpffs("fins");
     ns.run(|| {
         let mut dp = Dataplane::load_pinned(&pins.0).unwrap();
         fill(&mut dp, &n, 20000, 60000);

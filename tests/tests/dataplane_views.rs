@@ -1,19 +1,10 @@
 //! `vpcep dataplane stats|endpoints|flows`: the real binary reads the maps a data plane
 //! pinned (as the agent pins them) and shows what the kernel holds.
-use std::{path::PathBuf, process::Command};
+use std::process::Command;
 
 use serde_json::Value;
 use vpcep::dataplane::Dataplane;
-use vpcep_tests::{fastpath::*, require_root, vpcep_bin};
-
-/// A pin directory in bpffs, removed (unpinning every map) on drop.
-struct PinDir(PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use vpcep_tests::{fastpath::*, harness::TempDir, require_root, vpcep_bin};
 
 fn run(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(vpcep_bin()).args(args).output().unwrap();
@@ -32,13 +23,10 @@ fn json(args: &[&str]) -> Value {
 
 #[test]
 fn node_local_views_read_the_pinned_maps() {
-    require_root();
+    require_root!();
     // Build the binary before anything is pinned.
     vpcep_bin();
-    let pins = PinDir(PathBuf::from(format!(
-        "/sys/fs/bpf/vpcep-views-{}",
-        std::process::id()
-    )));
+    let pins = TempDir::bpffs("views");
     let (ns, n) = namespace();
     let dir = pins.0.clone();
     ns.run(move || {

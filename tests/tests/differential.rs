@@ -593,7 +593,7 @@ fn age(dp: &mut Dataplane, m: &mut Model, k: &FlowKey) {
 
 #[test]
 fn kernel_matches_reference_model() {
-    require_root();
+    require_root!();
     let seed: u64 = std::env::var("VPCEP_DIFF_SEED")
         .ok()
         .and_then(|s| s.parse().ok())

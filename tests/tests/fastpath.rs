@@ -49,9 +49,6 @@ fn tc(dp: &mut Dataplane, ifindex: u32, frame: &[u8], reason: Reason, verdict: u
 fn ip_of(f: &[u8], at: usize) -> [u8; 4] {
     f[at..at + 4].try_into().unwrap()
 }
-fn port_of(f: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([f[at], f[at + 1]])
-}
 fn ihl(f: &[u8]) -> usize {
     (f[14] & 0x0f) as usize * 4
 }
@@ -64,7 +61,7 @@ fn open_flow(dp: &mut Dataplane, n: &Nics, sport: u16) -> Vec<u8> {
 
 #[test]
 fn consumer_to_endpoint_and_back() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
     ns.run(|| {
         let mut dp = scenario(&n, PORT_LO, PORT_HI);
@@ -139,7 +136,7 @@ fn consumer_to_endpoint_and_back() {
 
 #[test]
 fn udp_and_zero_checksum() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
     ns.run(|| {
         let mut dp = scenario(&n, PORT_LO, PORT_HI);
@@ -166,7 +163,7 @@ fn udp_and_zero_checksum() {
 
 #[test]
 fn every_drop_reason_of_the_consumer_path() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
     ns.run(|| {
         let mut dp = scenario(&n, PORT_LO, PORT_HI);
@@ -267,7 +264,7 @@ fn every_drop_reason_of_the_consumer_path() {
 
 #[test]
 fn rejecting_cuts_established_flows_both_ways() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
     ns.run(|| {
         let mut dp = scenario(&n, PORT_LO, PORT_HI);
@@ -316,7 +313,7 @@ fn rejecting_cuts_established_flows_both_ways() {
 
 #[test]
 fn service_changes_reach_established_flows_through_the_epoch() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
     ns.run(|| {
         let mut dp = scenario(&n, PORT_LO, PORT_HI);
@@ -401,7 +398,7 @@ fn service_changes_reach_established_flows_through_the_epoch() {
 
 #[test]
 fn arp_and_echo_are_answered() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
     ns.run(|| {
         let mut dp = scenario(&n, PORT_LO, PORT_HI);
@@ -447,7 +444,7 @@ fn arp_and_echo_are_answered() {
 
 #[test]
 fn icmp_frag_needed_from_backend_reaches_consumer_translated() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
     ns.run(|| {
         let mut dp = scenario(&n, PORT_LO, PORT_HI);
@@ -480,7 +477,7 @@ fn icmp_frag_needed_from_backend_reaches_consumer_translated() {
 
 #[test]
 fn snat_ports_never_collide_and_exhaustion_is_counted() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
     ns.run(|| {
         // Two ports only; a SYN flow dies after 2 s (aged below relative to the clock).
@@ -517,7 +514,7 @@ fn snat_ports_never_collide_and_exhaustion_is_counted() {
 
 #[test]
 fn node_without_snat_address_translates_nothing() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
     ns.run(|| {
         let mut dp = scenario(&n, PORT_LO, PORT_HI);
@@ -534,7 +531,7 @@ fn node_without_snat_address_translates_nothing() {
 
 #[test]
 fn xdp_answers_and_drops_early_and_leaves_translation_to_tc() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
     ns.run(|| {
         let mut dp = scenario(&n, PORT_LO, PORT_HI);
@@ -563,7 +560,7 @@ fn xdp_answers_and_drops_early_and_leaves_translation_to_tc() {
 
 #[test]
 fn icmp_error_from_consumer_reaches_backend_translated() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
     ns.run(|| {
         let mut dp = scenario(&n, PORT_LO, PORT_HI);
@@ -616,7 +613,7 @@ fn syn_with_mss(dst: [u8; 4], sport: u16, mss: u16) -> Vec<u8> {
 
 #[test]
 fn remote_backend_goes_through_the_overlay() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
     ns.run(|| remote_through_overlay(&n)).unwrap();
 }
@@ -738,7 +735,7 @@ fn remote_through_overlay(n: &Nics) {
 #[test]
 fn map_config_with_overlay() {
     use vpcep::dataplane::config::MapConfig;
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
     let dir = std::env::temp_dir().join(format!("vpcep-mapcfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

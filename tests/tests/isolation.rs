@@ -38,10 +38,6 @@ fn tc(dp: &mut Dataplane, ifindex: u32, frame: &[u8], reason: Reason, verdict: u
     r.out
 }
 
-fn port_of(f: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([f[at], f[at + 1]])
-}
-
 /// A TCP flow from `mac`/`ip` on `nic` to `ep` opened and answered; returns its SNAT port.
 fn established(dp: &mut Dataplane, n: &Nics, consumer: Consumer, ep: [u8; 4], sport: u16) -> u16 {
     let (nic, mac, ip) = match consumer {
@@ -74,7 +70,7 @@ fn endpoint(dp: &mut Dataplane, ip: [u8; 4]) -> Endpoint {
 
 #[test]
 fn whitelist_revocations_cut_established_flows_both_ways() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
     ns.run(|| {
         let mut dp = scenario(&n, PORT_LO, PORT_HI);
@@ -121,7 +117,7 @@ fn whitelist_revocations_cut_established_flows_both_ways() {
 
 #[test]
 fn reaccepting_or_recreating_an_endpoint_does_not_resurrect_old_flows() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
     ns.run(|| {
         let mut dp = scenario(&n, PORT_LO, PORT_HI);
@@ -174,7 +170,7 @@ fn reaccepting_or_recreating_an_endpoint_does_not_resurrect_old_flows() {
 
 #[test]
 fn deleted_endpoint_fails_closed() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
     ns.run(|| {
         let mut dp = scenario(&n, PORT_LO, PORT_HI);
@@ -202,7 +198,7 @@ fn deleted_endpoint_fails_closed() {
 
 #[test]
 fn endpoint_limits_refuse_new_flows_only() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
     ns.run(|| {
         let mut dp = scenario(&n, PORT_LO, PORT_HI);
@@ -251,7 +247,7 @@ fn endpoint_limits_refuse_new_flows_only() {
 
 #[test]
 fn full_table_refuses_new_flows_and_evicts_none() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
     ns.run(|| {
         let mut dp = scenario(&n, PORT_LO, PORT_HI);
@@ -292,7 +288,7 @@ fn full_table_refuses_new_flows_and_evicts_none() {
 
 #[test]
 fn gc_removes_dead_flows_but_never_a_newer_one() {
-    require_root();
+    require_root!();
     let (ns, n) = namespace();
     ns.run(|| {
         let mut dp = scenario(&n, PORT_LO, PORT_HI);

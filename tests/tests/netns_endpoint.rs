@@ -10,7 +10,10 @@ use std::{
 
 use vpcep::dataplane::{Dataplane, Mode};
 use vpcep_common::{endpoint::*, stats::Reason};
-use vpcep_tests::{fastpath::be, packets, require_root};
+use vpcep_tests::{
+    fastpath::{be, set_web_ports},
+    packets, require_root,
+};
 use xtask::netns::Topology;
 
 const C_MAC: &str = "02:00:00:00:00:02";
@@ -32,7 +35,6 @@ fn mac(s: &str) -> [u8; 6] {
 }
 
 fn world(accepted: bool, offload: bool) -> World {
-    require_root();
     let mut topo = Topology::new().unwrap();
     topo.add_vm("tapc", "10.0.0.2/24", C_MAC).unwrap();
     topo.add_vm("tapb", "10.0.0.5/24", B_MAC).unwrap();
@@ -92,21 +94,7 @@ fn world(accepted: bool, offload: bool) -> World {
         },
     )
     .unwrap();
-    for (client, server, proto) in [(8080u16, 80u16, IPPROTO_TCP), (5353, 53, IPPROTO_UDP)] {
-        dp.set_port(
-            PortKey {
-                service_id: 3,
-                client_port_be: client.to_be(),
-                proto,
-                _pad: 0,
-            },
-            PortTarget {
-                server_port_be: server.to_be(),
-                _pad: 0,
-            },
-        )
-        .unwrap();
-    }
+    set_web_ports(&mut dp, 3);
     set_accepted(&mut dp, accepted);
     World { topo, dp }
 }
@@ -196,6 +184,7 @@ fn checksum_ok(f: &[u8]) -> bool {
 }
 
 fn tcp_through_endpoint(offload: bool) {
+    require_root!();
     let w = world(true, offload);
     let peer = backend_http(&w);
     let cap = capture(&w, 4);
@@ -255,6 +244,7 @@ fn tcp_bulk_through_endpoint_without_offload() {
 
 #[test]
 fn udp_request_response_and_ping() {
+    require_root!();
     let w = world(true, true);
     let (tx, rx) = mpsc::channel();
     let path = format!("/run/netns/{}", w.topo.vms[1].ns.name());
@@ -295,6 +285,7 @@ fn udp_request_response_and_ping() {
 
 #[test]
 fn pending_endpoint_passes_nothing_and_accept_opens_it() {
+    require_root!();
     let mut w = world(false, true);
     let _peer = backend_http(&w);
     assert!(
@@ -308,6 +299,7 @@ fn pending_endpoint_passes_nothing_and_accept_opens_it() {
 
 #[test]
 fn rejecting_mid_transfer_cuts_it() {
+    require_root!();
     let mut w = world(true, true);
     let _peer = backend_http(&w);
     let (tx, rx) = mpsc::channel();
@@ -347,6 +339,7 @@ fn rejecting_mid_transfer_cuts_it() {
 #[test]
 fn fragmentation_needed_from_backend_reaches_consumer_and_sets_path_mtu() {
     use std::os::fd::AsRawFd;
+    require_root!();
     let w = world(true, true);
     // Backend side: capture the translated datagram as it arrives.
     let (ready_tx, ready_rx) = mpsc::channel();

@@ -14,7 +14,10 @@ use std::{
 
 use vpcep::dataplane::{Dataplane, Mode};
 use vpcep_common::{endpoint::*, stats::Reason};
-use vpcep_tests::{fastpath::be, packets, require_root};
+use vpcep_tests::{
+    fastpath::{be, set_web_ports},
+    packets, require_root,
+};
 use xtask::netns::{Cluster, NetNs, VXLAN_IF};
 
 const C_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -114,7 +117,6 @@ fn set_endpoint(dp: &mut Dataplane, vni: u32, id: u32, accepted: bool) {
 }
 
 fn world(offload: bool) -> World {
-    require_root();
     let mut cluster = Cluster::new(3).unwrap();
     for (i, (ip, mac)) in [
         ("10.0.0.2/24", C_MAC),
@@ -157,21 +159,7 @@ fn world(offload: bool) -> World {
             },
         )
         .unwrap();
-        for (client, server, proto) in [(8080u16, 80u16, IPPROTO_TCP), (5353, 53, IPPROTO_UDP)] {
-            dp.set_port(
-                PortKey {
-                    service_id: 3,
-                    client_port_be: client.to_be(),
-                    proto,
-                    _pad: 0,
-                },
-                PortTarget {
-                    server_port_be: server.to_be(),
-                    _pad: 0,
-                },
-            )
-            .unwrap();
-        }
+        set_web_ports(&mut dp, 3);
         set_endpoint(&mut dp, vni, 7 + i as u32, true);
         dps.push(dp);
     }
@@ -277,6 +265,7 @@ fn count(dp: &Dataplane, r: Reason) -> u64 {
 
 #[test]
 fn two_consumer_nodes_one_backend_node() {
+    require_root!();
     let w = world(true);
     let stop = Arc::new(AtomicBool::new(false));
     let peers = backend(&w, stop.clone());
@@ -350,6 +339,7 @@ fn two_consumer_nodes_one_backend_node() {
 
 #[test]
 fn reject_cuts_flows_on_both_consumer_nodes() {
+    require_root!();
     let mut w = world(true);
     let stop = Arc::new(AtomicBool::new(false));
     backend(&w, stop.clone());
@@ -416,6 +406,7 @@ fn wait_count(dp: &Dataplane, r: Reason, want: u64) {
 
 #[test]
 fn the_overlay_accepts_only_what_the_owning_node_sends() {
+    require_root!();
     let mut w = world(true);
     let stop = Arc::new(AtomicBool::new(false));
     backend(&w, stop.clone());
@@ -475,6 +466,7 @@ fn the_overlay_accepts_only_what_the_owning_node_sends() {
 
 #[test]
 fn unknown_vni_or_snat_address_from_the_tunnel_is_dropped_and_counted() {
+    require_root!();
     let w = world(true);
     let d3 = &w.dps[2];
     let frame = |src: [u8; 4], dst: [u8; 4]| {
@@ -512,6 +504,7 @@ fn unknown_vni_or_snat_address_from_the_tunnel_is_dropped_and_counted() {
 /// offload off: outer IPv4 and UDP checksums and the inner packet's verify in software.
 #[test]
 fn underlay_checksums_verify_in_software() {
+    require_root!();
     let w = world(false);
     let stop = Arc::new(AtomicBool::new(false));
     backend(&w, stop.clone());
@@ -542,6 +535,7 @@ fn underlay_checksums_verify_in_software() {
 /// quoting its own datagram (10.0.0.5:53 → node 1's SNAT address and port).
 #[test]
 fn a_consumers_icmp_error_reaches_the_remote_backend() {
+    require_root!();
     let w = world(true);
     let b = w.cluster.nodes[2].vms[0].ns.name().to_owned();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();

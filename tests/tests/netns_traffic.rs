@@ -10,7 +10,7 @@ use xtask::netns::Topology;
 const VM_MAC: &str = "02:00:00:00:00:02";
 
 fn traffic_is_counted(mode: Mode, hook: Hook) {
-    require_root();
+    require_root!();
     let mut topo = Topology::new().unwrap();
     topo.add_vm("tap0", "10.0.0.2/24", VM_MAC).unwrap();
     topo.node
@@ -89,7 +89,7 @@ fn tc_counts_real_traffic() {
 
 #[test]
 fn namespaces_are_removed_when_the_topology_drops() {
-    require_root();
+    require_root!();
     let names: Vec<String> = {
         let mut topo = Topology::new().unwrap();
         topo.add_vm("tap0", "10.0.0.2/24", VM_MAC).unwrap();

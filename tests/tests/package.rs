@@ -8,16 +8,15 @@
 //! The units' processes run in the node namespace of the test topology (as systemd's
 //! `NetworkNamespacePath=` would) and in a mount namespace of their own where /sys/fs/bpf
 //! is a bpffs mounted with mode 0700, as systemd mounts it; the host's bpffs is not touched.
-#[path = "agent/support.rs"]
-#[allow(dead_code)]
-mod support;
-
 use std::{
     collections::BTreeMap,
     ffi::CString,
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    os::{
+        fd::AsRawFd as _,
+        unix::process::{CommandExt as _, ExitStatusExt as _},
+    },
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -27,8 +26,10 @@ use std::{
 
 use reqwest::Method;
 use serde_json::json;
-use support::*;
-use vpcep_tests::require_root;
+use vpcep_tests::{
+    harness::{ChildGuard, TempDir, agent::*, eventually, spawn_guarded, wait_for},
+    require_root,
+};
 
 const PIN_DIR: &str = "/sys/fs/bpf/vpcep";
 
@@ -272,9 +273,10 @@ fn have_sys_resource() -> bool {
     have
 }
 
-/// A unit's main process; SIGTERM (what `systemctl stop` sends) and reaped on drop.
+/// A unit's main process; SIGTERM (what `systemctl stop` sends) on [`Service::stop`],
+/// killed and reaped on drop.
 struct Service {
-    child: Child,
+    child: ChildGuard,
     log: PathBuf,
 }
 
@@ -289,13 +291,13 @@ impl Service {
             );
         }
         let f = std::fs::File::create(&log).unwrap();
-        let child = place
-            .unit_command(unit, unit.one("ExecStart"), caps)
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .unwrap();
+        let child = spawn_guarded(
+            place
+                .unit_command(unit, unit.one("ExecStart"), caps)
+                .stdin(Stdio::null())
+                .stdout(f.try_clone().unwrap())
+                .stderr(f),
+        );
         Self { child, log }
     }
 
@@ -303,28 +305,19 @@ impl Service {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// SIGTERM, then wait (bounded) for the exit.
-    fn stop(mut self) {
-        // SAFETY: kill(2) of our own child's PID.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if self.child.try_wait().unwrap().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+    /// SIGTERM, then wait (bounded) for the exit; the guard's SIGKILL after 15 s fails the
+    /// test.
+    fn stop(self) {
+        let status = self
+            .child
+            .signal_and_wait(libc::SIGTERM, Duration::from_secs(15))
+            .unwrap();
+        if status.signal() == Some(libc::SIGKILL) {
+            panic!(
+                "the unit's process did not stop on SIGTERM:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
         }
-        panic!(
-            "the unit's process did not stop on SIGTERM:\n{}",
-            self.log()
-        );
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -468,18 +461,7 @@ fn create_world(topo: &xtask::netns::Topology, base: &str) -> World {
                 })
                 .await;
                 let w = world(&base).await;
-                let ep = api(&base, CONSUMER)
-                    .ok(
-                        Method::POST,
-                        "/v1/proj-consumer/vpc-endpoints",
-                        Some(json!({
-                            "endpoint_service_id": w.service,
-                            "vpc_id": w.consumer_vpc,
-                            "subnet_id": w.consumer_subnet,
-                            "port_ip": "10.0.0.100",
-                        })),
-                    )
-                    .await;
+                let ep = w.create_endpoint(&api(&base, CONSUMER)).await;
                 api(&base, PROVIDER)
                     .ok(
                         Method::POST,
@@ -593,17 +575,6 @@ impl Stream {
     }
 }
 
-fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
-}
-
 /// What is attached at TC ingress of `iface` in the node: TCX programs by name, then the
 /// netlink filters as `tc` lists them.
 fn attached(topo: &xtask::netns::Topology, iface: &str) -> String {
@@ -636,7 +607,7 @@ fn attached(topo: &xtask::netns::Topology, iface: &str) -> String {
 #[test]
 #[ignore = "needs the packages: run by `cargo xtask test` (package stage)"]
 fn install_run_upgrade_and_purge() {
-    require_root();
+    require_root!();
     let Some((deb, upgrade)) = packages() else {
         return;
     };
@@ -650,7 +621,7 @@ fn install_run_upgrade_and_purge() {
     sh(&mut place.command("dpkg", &["-i".to_owned(), deb.display().to_string()]));
     check_files();
 
-    let logs = TempDir::new(&std::env::temp_dir(), "pkg-logs");
+    let logs = TempDir::new("pkg-logs");
     std::fs::write("/etc/vpcep/credentials.toml", credentials_toml()).unwrap();
     let cp_unit = Unit::read("/lib/systemd/system/vpcep-control-plane.service");
     let agent_unit = Unit::read("/lib/systemd/system/vpcep-agent.service");
@@ -736,7 +707,7 @@ fn install_run_upgrade_and_purge() {
         "packets at the backend through the packaged agent",
         || stream.received() > 200,
     );
-    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.child.id())).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.child.pid())).unwrap();
     let uid = passwd("vpcep-agent").unwrap()[2].clone();
     assert!(
         status

@@ -1,35 +1,17 @@
 //! A pin left by another build must match the program's map exactly (type, key size, value
 //! size, max_entries), or loading refuses it and names the map and the difference: reusing a
 //! map of another shape would make the programs read and write garbage.
-use std::{path::PathBuf, process::Command};
+use std::process::Command;
 
 use vpcep::dataplane::Dataplane;
 use vpcep_common::{
     endpoint::LocalNic,
     maps::{LOCAL_NICS, MAX_LOCAL_NICS},
 };
-use vpcep_tests::require_root;
-
-/// A pin directory in bpffs, removed (unpinning every map) on drop.
-struct PinDir(PathBuf);
-
-impl PinDir {
-    fn new(tag: &str) -> Self {
-        let p = PathBuf::from(format!("/sys/fs/bpf/vpcep-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use vpcep_tests::{harness::TempDir, require_root};
 
 /// Pins a map of the program's name with the given shape, as another build might have.
-fn pin_map(dir: &PinDir, kind: &str, key: usize, value: usize, entries: u32) {
+fn pin_map(dir: &TempDir, kind: &str, key: usize, value: usize, entries: u32) {
     let path = dir.0.join(LOCAL_NICS);
     let out = Command::new("bpftool")
         .args(["map", "create"])
@@ -46,7 +28,7 @@ fn pin_map(dir: &PinDir, kind: &str, key: usize, value: usize, entries: u32) {
     );
 }
 
-fn refused(dir: &PinDir) -> String {
+fn refused(dir: &TempDir) -> String {
     match Dataplane::load_pinned(&dir.0) {
         Ok(_) => panic!("a pinned map of another shape was reused"),
         Err(e) => {
@@ -66,8 +48,8 @@ const VALUE: usize = size_of::<LocalNic>();
 
 #[test]
 fn a_pinned_map_with_another_value_size_is_refused() {
-    require_root();
-    let dir = PinDir::new("pin-value");
+    require_root!();
+    let dir = TempDir::bpffs("pin-value");
     pin_map(&dir, "hash", 4, VALUE + 4, MAX_LOCAL_NICS);
     let msg = refused(&dir);
     assert!(msg.contains(LOCAL_NICS), "{msg}");
@@ -79,8 +61,8 @@ fn a_pinned_map_with_another_value_size_is_refused() {
 
 #[test]
 fn a_pinned_map_with_another_key_size_is_refused() {
-    require_root();
-    let dir = PinDir::new("pin-key");
+    require_root!();
+    let dir = TempDir::bpffs("pin-key");
     pin_map(&dir, "hash", 8, VALUE, MAX_LOCAL_NICS);
     let msg = refused(&dir);
     assert!(msg.contains(LOCAL_NICS), "{msg}");
@@ -89,8 +71,8 @@ fn a_pinned_map_with_another_key_size_is_refused() {
 
 #[test]
 fn a_pinned_map_with_other_max_entries_is_refused() {
-    require_root();
-    let dir = PinDir::new("pin-entries");
+    require_root!();
+    let dir = TempDir::bpffs("pin-entries");
     pin_map(&dir, "hash", 4, VALUE, MAX_LOCAL_NICS / 2);
     let msg = refused(&dir);
     assert!(msg.contains(LOCAL_NICS), "{msg}");
@@ -105,8 +87,8 @@ fn a_pinned_map_with_other_max_entries_is_refused() {
 
 #[test]
 fn a_pinned_map_of_another_type_is_refused() {
-    require_root();
-    let dir = PinDir::new("pin-type");
+    require_root!();
+    let dir = TempDir::bpffs("pin-type");
     pin_map(&dir, "array", 4, VALUE, MAX_LOCAL_NICS);
     let msg = refused(&dir);
     assert!(msg.contains(LOCAL_NICS), "{msg}");
@@ -115,8 +97,8 @@ fn a_pinned_map_of_another_type_is_refused() {
 
 #[test]
 fn matching_pins_are_reused() {
-    require_root();
-    let dir = PinDir::new("pin-same");
+    require_root!();
+    let dir = TempDir::bpffs("pin-same");
     pin_map(&dir, "hash", 4, VALUE, MAX_LOCAL_NICS);
     let mut dp = Dataplane::load_pinned(&dir.0).unwrap();
     dp.set_local_nic(7, LocalNic::default()).unwrap();

@@ -2,7 +2,6 @@
 //! on a `clsact` qdisc (what kernels before 6.6 have). Attaching again, from the same or a
 //! later process, replaces in place and never adds a second filter; a failed attach leaves
 //! nothing attached.
-use std::path::PathBuf;
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use vpcep::dataplane::{Attached, Dataplane, Mode, NL_HANDLE, NL_PRIORITY, TcAttach};
@@ -10,29 +9,8 @@ use vpcep_common::{
     maps::PROG_TC_INGRESS,
     stats::{Hook, Reason},
 };
-use vpcep_tests::require_root;
+use vpcep_tests::{harness::TempDir, require_root};
 use xtask::netns::{NetNs, Topology};
-
-/// A pin directory in bpffs, removed (releasing pinned links) on drop.
-struct PinDir(PathBuf);
-
-impl PinDir {
-    fn new(tag: &str) -> Self {
-        let p = PathBuf::from(format!(
-            "/sys/fs/bpf/vpcep-{tag}-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn topology() -> Topology {
     let mut topo = Topology::new().unwrap();
@@ -94,9 +72,9 @@ fn tc_packets(dp: &Dataplane) -> u64 {
 
 #[test]
 fn netlink_attach_adds_clsact_and_keeps_one_filter_across_attempts_and_processes() {
-    require_root();
+    require_root!();
     let topo = topology();
-    let pins = PinDir::new("tc-nl");
+    let pins = TempDir::bpffs("tc-nl");
     assert!(
         !has_clsact(&topo.node, "tap0"),
         "a fresh veth has no clsact"
@@ -159,7 +137,7 @@ fn netlink_attach_adds_clsact_and_keeps_one_filter_across_attempts_and_processes
 
 #[test]
 fn transient_netlink_attach_is_removed_with_the_dataplane() {
-    require_root();
+    require_root!();
     let topo = topology();
     let dp = topo
         .node
@@ -202,12 +180,12 @@ fn tcx_programs(ns: &NetNs, iface: &'static str) -> Vec<u32> {
 
 #[test]
 fn tcx_attach_that_cannot_pin_leaves_nothing_attached() {
-    require_root();
+    require_root!();
     if !have_tcx() {
         return;
     }
     let topo = topology();
-    let pins = PinDir::new("tc-tcx-fail");
+    let pins = TempDir::bpffs("tc-tcx-fail");
     let bad = pins.0.join("missing-dir/link");
     let err = topo
         .node
@@ -225,12 +203,12 @@ fn tcx_attach_that_cannot_pin_leaves_nothing_attached() {
 
 #[test]
 fn tcx_link_is_kept_on_restart_and_updated_in_place_on_reload() {
-    require_root();
+    require_root!();
     if !have_tcx() {
         return;
     }
     let topo = topology();
-    let pins = PinDir::new("tc-tcx");
+    let pins = TempDir::bpffs("tc-tcx");
     let pin = pins.0.join("link");
     let attach = |replace: bool| {
         let pin = pin.clone();

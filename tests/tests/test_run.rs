@@ -127,7 +127,7 @@ fn count(dp: &Dataplane, hook: Hook, reason: Reason) -> u64 {
 }
 
 fn run_table(hook: Hook) {
-    require_root();
+    require_root!();
     let mut dp = Dataplane::load().unwrap();
     let mut failures = Vec::new();
     let mut refused = Vec::new();

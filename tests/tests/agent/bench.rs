@@ -15,7 +15,7 @@ use vpcep::agent::{
 };
 use vpcep_common::endpoint::EP_ACCEPTED;
 
-use super::support::*;
+use vpcep_tests::harness::{TempDir, agent::*, eventually, free_port, spawn_guarded};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -65,14 +65,14 @@ async fn stream_bytes(base: String, after: i64, expect_changes: usize) -> usize 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: cargo xtask bench convergence"]
 async fn convergence_report() {
-    vpcep_tests::require_root();
+    vpcep_tests::require_root!();
     let changes = env("VPCEP_BENCH_CHANGES", 1000);
     let sims = env("VPCEP_BENCH_AGENTS", 100);
     let topo = Arc::new(topology());
-    let cp = ControlPlane::start().await;
+    let cp = control_plane().await;
     let base = cp.server.url();
     let w = world_with(&base, true).await;
-    let pins = TempDir::new(std::path::Path::new("/sys/fs/bpf"), "agent-bench");
+    let pins = TempDir::bpffs("agent-bench");
     let cfg = AgentConfig::parse(&agent_toml(
         std::slice::from_ref(&base),
         &topo,
@@ -81,17 +81,7 @@ async fn convergence_report() {
         free_port(),
     ))
     .unwrap();
-    let ep = cp
-        .client(CONSUMER)
-        .ok(
-            Method::POST,
-            "/v1/proj-consumer/vpc-endpoints",
-            Some(
-                json!({"endpoint_service_id": w.service, "vpc_id": w.consumer_vpc,
-                        "subnet_id": w.consumer_subnet, "port_ip": "10.0.0.100"}),
-            ),
-        )
-        .await;
+    let ep = w.create_endpoint(&cp.client(CONSUMER)).await;
     let ep_id = ep["id"].as_str().unwrap().to_owned();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(run(cfg, async {
@@ -281,16 +271,6 @@ async fn convergence_report() {
     );
 }
 
-/// Kills the child (by its PID) when dropped.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn proc_status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -333,7 +313,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: cargo xtask bench convergence"]
 async fn resync_report() {
-    vpcep_tests::require_root();
+    vpcep_tests::require_root!();
     // The default is a tenth of the full size (10,000 / 100,000), spread over ten consumer
     // VPCs: loading the full size through the API takes about 7.5 minutes on two cores
     // (docs/benchmarks.md has the command).
@@ -341,7 +321,7 @@ async fn resync_report() {
     let endpoints_n = env("VPCEP_BENCH_ENDPOINTS", 10_000);
     let bin = vpcep_tests::vpcep_bin();
     let topo = Arc::new(topology());
-    let cp = ControlPlane::start().await;
+    let cp = control_plane().await;
     let base = cp.server.url();
     let w = world_with(&base, true).await;
     let op = cp.client(OPERATOR);
@@ -486,8 +466,8 @@ async fn resync_report() {
     drop(body);
 
     // A fresh agent process on the node: time until it reports the latest revision applied.
-    let pins = TempDir::new(std::path::Path::new("/sys/fs/bpf"), "agent-resync");
-    let cfg_dir = TempDir::new(&std::env::temp_dir(), "agent-resync-cfg");
+    let pins = TempDir::bpffs("agent-resync");
+    let cfg_dir = TempDir::new("agent-resync-cfg");
     let cfg = cfg_dir.0.join("agent.toml");
     std::fs::write(
         &cfg,
@@ -495,16 +475,14 @@ async fn resync_report() {
     )
     .unwrap();
     let started = Instant::now();
-    let child = Child(
+    let child = spawn_guarded(
         std::process::Command::new(bin)
             .args(["agent", "--config"])
             .arg(&cfg)
             .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
+            .stdout(std::process::Stdio::null()),
     );
-    let pid = child.0.id();
+    let pid = child.pid();
     let mut peak_rss = 0;
     let resync = loop {
         peak_rss = peak_rss.max(proc_status_kib(pid, "VmRSS:"));

@@ -1,13 +1,6 @@
 //! Fixtures: a throwaway PostgreSQL server per test, a fresh SQLite file per test, an
 //! in-process control plane on a loopback port, and HTTP clients that sign like the SDK.
-use std::{
-    ffi::CString,
-    net::TcpListener,
-    os::unix::process::CommandExt,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{ops::Deref, time::Duration};
 
 use hmac::{Hmac, Mac};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -15,158 +8,13 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use vpcep::{
-    api::{Config, Credentials, CredentialsFile, Server, auth},
-    store::Store,
+    api::{Config, Credentials, CredentialsFile, auth},
+    server::Server,
 };
+pub use vpcep_tests::harness::{ControlPlane, Db, Postgres, TempDir};
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 pub const OPERATOR_TOKEN: &str = "operator-secret";
 pub const AGENT1_TOKEN: &str = "agent-node1-secret";
-
-/// A temporary directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("vpcep-{tag}-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A PostgreSQL 15 cluster in a temp dir on a unique loopback port, stopped and removed on
-/// drop (even when the test fails). As root, it runs as the `postgres` user.
-pub struct Postgres {
-    child: Child,
-    pub port: u16,
-    _dir: TempDir,
-}
-
-fn postgres_ids() -> Option<(u32, u32)> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return None;
-    }
-    let name = CString::new("postgres").unwrap();
-    // SAFETY: a valid C string; the result is read before any other getpw* call.
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    assert!(
-        !pw.is_null(),
-        "the postgres user is missing (install postgresql)"
-    );
-    // SAFETY: checked non-null above.
-    Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
-}
-
-fn as_pg(cmd: &mut Command, ids: Option<(u32, u32)>) -> &mut Command {
-    if let Some((uid, gid)) = ids {
-        cmd.uid(uid).gid(gid);
-    }
-    cmd
-}
-
-impl Postgres {
-    pub fn start() -> Self {
-        let dir = TempDir::new("pg");
-        let ids = postgres_ids();
-        if let Some((uid, gid)) = ids {
-            std::os::unix::fs::chown(&dir.0, Some(uid), Some(gid)).unwrap();
-        }
-        let data = dir.0.join("data");
-        let out = as_pg(&mut Command::new(Path::new(PG_BIN).join("initdb")), ids)
-            .args(["-A", "trust", "-U", "postgres", "-N", "-E", "UTF8", "-D"])
-            .arg(&data)
-            .stdout(Stdio::null())
-            .output()
-            .expect("running initdb");
-        assert!(
-            out.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let port = free_port();
-        let child = as_pg(&mut Command::new(Path::new(PG_BIN).join("postgres")), ids)
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-k"])
-            .arg(&dir.0)
-            .args([
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "max_connections=100",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting postgres");
-        let pg = Self {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = Command::new(Path::new(PG_BIN).join("pg_isready"))
-                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
-                .stdout(Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            if ready {
-                break;
-            }
-            assert!(Instant::now() < deadline, "postgres did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        pg
-    }
-
-    pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        // SIGQUIT: immediate shutdown of the postmaster and its children.
-        // SAFETY: signalling our own child.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGQUIT);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Db {
-    Sqlite,
-    Postgres,
-}
 
 /// Tenants known to the credentials file: (ak, sk, project, domain).
 pub const TENANTS: [(&str, &str, &str, &str); 3] = [
@@ -211,13 +59,15 @@ pub fn credentials() -> Credentials {
     Credentials::new(file)
 }
 
-/// One test's world: a database, a server, and clients.
-pub struct Env {
-    pub server: Server,
-    pub store: Store,
-    // Dropped after the server: the database outlives it.
-    _pg: Option<Postgres>,
-    _dir: TempDir,
+/// One test's world: a control plane on its own database (`server`, `store`), and clients.
+pub struct Env(ControlPlane);
+
+impl Deref for Env {
+    type Target = ControlPlane;
+
+    fn deref(&self) -> &ControlPlane {
+        &self.0
+    }
 }
 
 impl Env {
@@ -226,37 +76,12 @@ impl Env {
     }
 
     pub async fn with_config(db: Db, config: Config) -> Self {
-        let dir = TempDir::new("api");
-        let (url, pg) = match db {
-            Db::Sqlite => (
-                format!("sqlite://{}", dir.0.join("vpcep.db").display()),
-                None,
-            ),
-            Db::Postgres => {
-                let pg = Postgres::start();
-                (pg.url(), Some(pg))
-            }
-        };
-        let store = Store::open(&url, config.feed_retain).await.unwrap();
-        let server = Server::start(store.clone(), credentials(), config)
-            .await
-            .unwrap();
-        Self {
-            server,
-            store,
-            _pg: pg,
-            _dir: dir,
-        }
+        Self(ControlPlane::start(db, credentials(), config).await)
     }
 
     /// Another API replica on the same database.
     pub async fn replica(&self, config: Config) -> Server {
-        let url = match &self._pg {
-            Some(pg) => pg.url(),
-            None => format!("sqlite://{}", self._dir.0.join("vpcep.db").display()),
-        };
-        let store = Store::open(&url, config.feed_retain).await.unwrap();
-        Server::start(store, credentials(), config).await.unwrap()
+        self.0.replica(credentials(), config).await
     }
 
     pub fn tenant(&self, i: usize) -> Client {
@@ -536,18 +361,17 @@ fn form_urlencoded_pairs(q: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Polls until `f` returns Some, or panics after 10 s.
-pub async fn eventually<T, F, Fut>(mut f: F) -> T
+/// Polls every 20 ms until `f` returns Some, or panics after 10 s.
+pub async fn eventually<T, F, Fut>(f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "condition not reached in 10 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    vpcep_tests::harness::poll(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        "the condition",
+        f,
+    )
+    .await
 }

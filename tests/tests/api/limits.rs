@@ -2,10 +2,7 @@
 //! endpoint's own limit, responses, the change feed, and the one-time fill of services stored
 //! before limits existed.
 use serde_json::{Value, json};
-use vpcep::{
-    api::{Config, fill_service_limits, model},
-    store::Store,
-};
+use vpcep::{api::Config, domain as model, server::fill_service_limits, store::Store};
 
 use crate::{
     fixtures::*,

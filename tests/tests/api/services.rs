@@ -554,7 +554,7 @@ async fn versions_and_openapi(db: Db) {
 /// A service left in `creating` whose NIC is gone by the time it is activated (here: across a
 /// restart) ends `failed`, not stuck.
 async fn failed_when_backend_is_gone(db: Db) {
-    use vpcep::api::model::Service;
+    use vpcep::domain::{Service, ServiceStatus};
 
     let env = Env::new(db).await;
     let w = world(&env).await;
@@ -564,7 +564,7 @@ async fn failed_when_backend_is_gone(db: Db) {
     // two steps would leave it.
     let mut tx = env.store.write().await.unwrap();
     let mut stored: Service = tx.get(s["id"].as_str().unwrap()).await.unwrap().unwrap();
-    stored.status = "creating".into();
+    stored.status = ServiceStatus::Creating;
     stored.port_id = uuid::Uuid::new_v4().to_string();
     tx.put(&stored).await.unwrap();
     tx.commit().await.unwrap();

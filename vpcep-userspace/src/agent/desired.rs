@@ -22,8 +22,8 @@ use vpcep_common::{
 };
 
 use crate::{
-    api::model::{PortMapping, permits},
     dataplane::config::{parse_cidr, parse_mac},
+    domain::{PortMapping, permits},
 };
 
 // The feed's documents, trimmed to the fields `compute` reads (parsed once, when the change

@@ -1,7 +1,8 @@
 //! The agent's client of the feed: list (snapshot), watch (NDJSON stream), register the node
 //! and report the applied revision, over HTTP with the node's agent token.
-use serde::Deserialize;
 use serde_json::Value;
+
+pub use crate::feed::wire::{Event, Snapshot, SnapshotObject};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FeedError {
@@ -15,42 +16,6 @@ pub enum FeedError {
         #[source]
         source: serde_json::Error,
     },
-}
-
-/// One object of a snapshot, as stored (kind: `vpc`, `subnet`, `port`, `node`,
-/// `endpoint_service`, `endpoint`, `permission`).
-#[derive(Debug, Clone, Deserialize)]
-pub struct SnapshotObject {
-    pub kind: String,
-    pub id: String,
-    pub revision: i64,
-    pub object: Value,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct Snapshot {
-    pub revision: i64,
-    pub objects: Vec<SnapshotObject>,
-}
-
-/// A message of the watch stream.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum Event {
-    /// An object was written (`op` = `put`, whole object) or removed (`delete`, null).
-    Change {
-        revision: i64,
-        kind: String,
-        id: String,
-        op: String,
-        object: Value,
-    },
-    /// Caught up to this revision (also sent as a heartbeat).
-    Bookmark { revision: i64 },
-    /// Too far behind (or ahead): take a new snapshot. The stream ends.
-    Relist { revision: i64 },
-    /// The server failed while streaming; watch again.
-    Error,
 }
 
 #[derive(Clone)]

@@ -8,7 +8,7 @@ use axum::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::store::StoreError;
+use crate::{domain::Error, store::StoreError};
 
 /// Error codes (documented in `docs/api.md`).
 pub mod code {
@@ -25,80 +25,74 @@ pub mod code {
     pub const INTERNAL: &str = "VPCEP.0500";
 }
 
+/// A domain error, or a request the API could not read.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// A field has a bad value; the message names the field.
-    #[error("{field}: {msg}")]
-    Invalid { field: String, msg: String },
+    #[error(transparent)]
+    Domain(#[from] Error),
     #[error("request body is not valid JSON for this operation: {0}")]
     BadJson(String),
     #[error("request body is required")]
     MissingBody,
     #[error("request body is too large")]
     TooLarge,
-    #[error("{0}")]
-    Quota(String),
-    #[error("{0}")]
-    Unauthorized(String),
-    #[error("{0}")]
-    Forbidden(String),
-    #[error("{0} not found")]
-    NotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
-    #[error("{0}")]
-    Conflict(String),
-    #[error("internal error")]
-    Internal(#[from] StoreError),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Self::Domain(Error::Internal(e))
+    }
 }
 
 impl ApiError {
     pub fn invalid(field: impl Into<String>, msg: impl Into<String>) -> Self {
-        Self::Invalid {
-            field: field.into(),
-            msg: msg.into(),
-        }
+        Error::invalid(field, msg).into()
     }
 
     pub fn not_found(what: impl Into<String>) -> Self {
-        Self::NotFound(what.into())
+        Error::not_found(what).into()
     }
 
     pub fn status_code(&self) -> StatusCode {
         match self {
-            Self::Invalid { .. } | Self::BadJson(_) | Self::MissingBody | Self::Quota(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::BadJson(_) | Self::MissingBody => StatusCode::BAD_REQUEST,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Domain(e) => match e {
+                Error::Invalid { .. } | Error::Quota(_) => StatusCode::BAD_REQUEST,
+                Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+                Error::Forbidden(_) => StatusCode::FORBIDDEN,
+                Error::NotFound(_) => StatusCode::NOT_FOUND,
+                Error::Conflict(_) => StatusCode::CONFLICT,
+                Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
         }
     }
 
     pub fn error_code(&self) -> &'static str {
         match self {
-            Self::Invalid { .. } => code::INVALID_FIELD,
             Self::BadJson(_) => code::BAD_JSON,
             Self::MissingBody => code::MISSING_BODY,
             Self::TooLarge => code::TOO_LARGE,
-            Self::Quota(_) => code::QUOTA,
-            Self::Unauthorized(_) => code::UNAUTHORIZED,
-            Self::Forbidden(_) => code::FORBIDDEN,
-            Self::NotFound(_) => code::NOT_FOUND,
             Self::MethodNotAllowed => code::METHOD,
-            Self::Conflict(_) => code::CONFLICT,
-            Self::Internal(_) => code::INTERNAL,
+            Self::Domain(e) => match e {
+                Error::Invalid { .. } => code::INVALID_FIELD,
+                Error::Quota(_) => code::QUOTA,
+                Error::Unauthorized(_) => code::UNAUTHORIZED,
+                Error::Forbidden(_) => code::FORBIDDEN,
+                Error::NotFound(_) => code::NOT_FOUND,
+                Error::Conflict(_) => code::CONFLICT,
+                Error::Internal(_) => code::INTERNAL,
+            },
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let Self::Internal(e) = &self {
+        if let Self::Domain(Error::Internal(e)) = &self {
             // Logged with its cause chain; the client only learns that it failed.
             let mut msg = e.to_string();
             let mut src = std::error::Error::source(e);

@@ -9,13 +9,14 @@ use serde_json::{Value, json};
 
 use super::{
     AppState,
-    auth::Caller,
     error::{ApiError, ApiResult, Body},
-    inventory::quota_read,
-    model::*,
     query_map,
 };
-use crate::store::{Filter, Object};
+use crate::{
+    domain::*,
+    ops::{quota::quota_read, services},
+    store::{Filter, Object},
+};
 
 fn version_object(id: &str) -> Value {
     json!({
@@ -92,17 +93,8 @@ pub async fn add_server_resources(
         let rid = field_uuid(&f, &required(&f, r.resource_id)?)?;
         add.push(json!({"resource_id": rid, "availability_zone_id": r.availability_zone_id}));
     }
-    let mut tx = st.store.write().await?;
-    let mut s = super::services::own_service(&mut tx, &caller, &id).await?;
-    for a in add {
-        if !s.server_resources.contains(&a) {
-            s.server_resources.push(a);
-        }
-    }
-    s.updated_at = now();
-    s.updated_rev = tx.revision();
-    tx.put(&s).await?;
-    tx.commit().await?;
+    st.in_tx(async |tx| services::add_server_resources(tx, &caller, &id, add).await)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

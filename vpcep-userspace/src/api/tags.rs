@@ -11,12 +11,13 @@ use serde_json::{Value, json};
 
 use super::{
     AppState,
-    auth::Caller,
     error::{ApiError, ApiResult, Body},
     fuzzy,
-    model::*,
 };
-use crate::store::Filter;
+use crate::{
+    domain::*,
+    ops::tags::{self, Kind},
+};
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct TagAction {
@@ -65,57 +66,18 @@ pub struct FilterQuery {
     without_any_tag: Option<bool>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Service,
-    Endpoint,
-}
-
-fn kind(resource_type: &str) -> ApiResult<Kind> {
-    match resource_type {
-        "endpoint_service" => Ok(Kind::Service),
-        "endpoint" => Ok(Kind::Endpoint),
-        _ => Err(ApiError::not_found("resource type")),
-    }
-}
-
-/// (id, name, tags) of the caller's resources of a kind.
-async fn resources(
-    st: &AppState,
-    caller: &Caller,
-    k: Kind,
-) -> ApiResult<Vec<(String, String, Vec<Tag>)>> {
-    let f = Filter::Project(&caller.project_id);
-    Ok(match k {
-        Kind::Service => st
-            .store
-            .list::<Service>(f)
-            .await?
-            .into_iter()
-            .map(|s| (s.id, s.service_name, s.tags))
-            .collect(),
-        Kind::Endpoint => st
-            .store
-            .list::<Endpoint>(f)
-            .await?
-            .into_iter()
-            .map(|e| (e.id, e.service_name, e.tags))
-            .collect(),
-    })
-}
-
 pub async fn action(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((_, rtype, rid)): Path<(String, String, String)>,
     Body(req): Body<TagAction>,
 ) -> ApiResult<StatusCode> {
-    let k = kind(&rtype)?;
+    let k = Kind::parse(&rtype)?;
     let rid = parse_id(&rid, "resource")?;
     let action = required("action", req.action)?;
     check_enum("action", &action, &["create", "delete"])?;
     let items = required("tags", req.tags)?;
-    let mut tags = Vec::with_capacity(items.len());
+    let mut changes = Vec::with_capacity(items.len());
     for (i, t) in items.into_iter().enumerate() {
         let key = required(&format!("tags[{i}].key"), t.key)?;
         let has_value = t.value.is_some();
@@ -124,51 +86,12 @@ pub async fn action(
             value: t.value.unwrap_or_default(),
         };
         check_tag(&format!("tags[{i}]"), &tag)?;
-        tags.push((tag, has_value));
+        changes.push((tag, has_value));
     }
-    let apply = |current: &mut Vec<Tag>| -> ApiResult<()> {
-        for (t, has_value) in &tags {
-            if action == "create" {
-                match current.iter_mut().find(|c| c.key == t.key) {
-                    Some(c) => c.value = t.value.clone(),
-                    None => current.push(t.clone()),
-                }
-            } else {
-                // Without a value, delete by key; with one, only when it matches.
-                current.retain(|c| !(c.key == t.key && (!has_value || c.value == t.value)));
-            }
-        }
-        if current.len() > MAX_TAGS {
-            return Err(ApiError::invalid("tags", "at most 20 tags per resource"));
-        }
-        Ok(())
-    };
-    let mut tx = st.store.write().await?;
-    match k {
-        Kind::Service => {
-            let mut s = tx
-                .get::<Service>(&rid)
-                .await?
-                .filter(|s| s.project_id == caller.project_id)
-                .ok_or_else(|| ApiError::not_found("endpoint service"))?;
-            apply(&mut s.tags)?;
-            s.updated_at = now();
-            s.updated_rev = tx.revision();
-            tx.put(&s).await?;
-        }
-        Kind::Endpoint => {
-            let mut e = tx
-                .get::<Endpoint>(&rid)
-                .await?
-                .filter(|e| e.project_id == caller.project_id)
-                .ok_or_else(|| ApiError::not_found("endpoint"))?;
-            apply(&mut e.tags)?;
-            e.updated_at = now();
-            e.updated_rev = tx.revision();
-            tx.put(&e).await?;
-        }
-    }
-    tx.commit().await?;
+    st.in_tx(async |tx| {
+        tags::change_tags(tx, &caller, k, &rid, &changes, action == "create").await
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -177,9 +100,9 @@ pub async fn project_tags(
     Extension(caller): Extension<Caller>,
     Path((_, rtype)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    let k = kind(&rtype)?;
+    let k = Kind::parse(&rtype)?;
     let mut keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (_, _, tags) in resources(&st, &caller, k).await? {
+    for (_, _, tags) in tags::resources(&st.store, &caller, k).await? {
         for t in tags {
             let vals = keys.entry(t.key).or_default();
             if !vals.contains(&t.value) {
@@ -208,7 +131,7 @@ pub async fn filter(
     Path((_, rtype)): Path<(String, String)>,
     Body(req): Body<FilterQuery>,
 ) -> ApiResult<Json<Value>> {
-    let k = kind(&rtype)?;
+    let k = Kind::parse(&rtype)?;
     let action = required("action", req.action)?;
     check_enum("action", &action, &["filter", "count"])?;
     let num = |field: &str, v: Option<&String>, default: usize, max: usize| -> ApiResult<usize> {
@@ -224,7 +147,7 @@ pub async fn filter(
     for (i, m) in req.matches.iter().enumerate() {
         check_enum(&format!("matches[{i}].key"), &m.key, &["resource_name"])?;
     }
-    let matched: Vec<(String, String, Vec<Tag>)> = resources(&st, &caller, k)
+    let matched: Vec<(String, String, Vec<Tag>)> = tags::resources(&st.store, &caller, k)
         .await?
         .into_iter()
         .filter(|(_, name, tags)| {

@@ -24,7 +24,7 @@ enum Command {
     #[command(subcommand)]
     Dataplane(DataplaneCmd),
     /// Serve the VPCEP API, the inventory API and the agents' change feed.
-    ControlPlane(vpcep::api::ControlPlaneArgs),
+    ControlPlane(vpcep::server::ControlPlaneArgs),
     /// Run the node agent: follow the control plane and keep this node's maps in sync.
     Agent {
         /// Node configuration (TOML; docs/agent.md).
@@ -118,9 +118,9 @@ async fn main() -> anyhow::Result<()> {
             tc_attach,
             duration,
         }) => run(iface, config, mode, tc_attach, duration).await,
-        Command::ControlPlane(args) => match vpcep::api::run(args).await {
+        Command::ControlPlane(args) => match vpcep::server::run(args).await {
             // Invalid configuration: EX_CONFIG-style exit with the cause (which names the field).
-            Err(e @ vpcep::api::ServeError::Credentials(_)) => {
+            Err(e @ vpcep::server::ServeError::Credentials(_)) => {
                 eprintln!("error: {:#}", anyhow::Error::from(e));
                 std::process::exit(64)
             }

@@ -1,5 +1,5 @@
 //! HTTP client of the CLI: signs requests with AK/SK exactly as the official SDK does (through
-//! the same [`crate::api::auth::sign`] the server verifies with), or sends a token.
+//! the same [`crate::signing`] the server verifies with), or sends a token.
 use std::time::Duration;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -7,7 +7,7 @@ use reqwest::{Method, Url};
 use serde_json::Value;
 
 use super::{CliError, CliResult, Settings};
-use crate::api::auth;
+use crate::signing::{self, DATE_FORMAT};
 
 /// How requests are authenticated.
 #[derive(Debug, Clone)]
@@ -119,50 +119,15 @@ impl Client {
             Some(b) => serde_json::to_vec(b).map_err(CliError::BadResponse)?,
             None => Vec::new(),
         };
-        let content_type = "application/json";
-        let mut req = self
+        let req = self
             .http
             .request(method.clone(), url.clone())
-            .header("Content-Type", content_type)
+            .header("Content-Type", CONTENT_TYPE)
             .header(
                 "User-Agent",
                 concat!("vpcep-cli/", env!("CARGO_PKG_VERSION")),
             );
-        match &self.auth {
-            Auth::Signed { ak, sk } => {
-                let date = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
-                // The Host header reqwest sends: the port only when it is not the default.
-                let host = match (url.host_str(), url.port()) {
-                    (Some(h), Some(p)) => format!("{h}:{p}"),
-                    (Some(h), None) => h.to_owned(),
-                    (None, _) => String::new(),
-                };
-                let mut signed = vec![
-                    ("content-type", content_type),
-                    ("host", host.as_str()),
-                    ("x-sdk-date", date.as_str()),
-                ];
-                if let Some(p) = &self.project_id {
-                    signed.push(("x-project-id", p.as_str()));
-                    req = req.header("X-Project-Id", p);
-                }
-                let authz = auth::sign(
-                    ak,
-                    sk,
-                    method.as_str(),
-                    url.path(),
-                    url.query().unwrap_or(""),
-                    &signed,
-                    &body,
-                    &date,
-                );
-                req = req
-                    .header("X-Sdk-Date", date)
-                    .header("Authorization", authz);
-            }
-            Auth::Token(t) => req = req.header("X-Auth-Token", t),
-            Auth::None => {}
-        }
+        let req = self.authenticate(req, &method, &url, &body);
         let http_err = |source| CliError::Http {
             url: self.base.clone(),
             source,
@@ -181,14 +146,65 @@ impl Client {
             }
             return serde_json::from_slice(&bytes).map_err(CliError::BadResponse);
         }
-        let parsed: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        let text = |k: &str| parsed.get(k).and_then(Value::as_str).map(str::to_owned);
-        Err(CliError::Api {
-            status: status.as_u16(),
-            code: text("error_code").unwrap_or_else(|| format!("HTTP.{}", status.as_u16())),
-            message: text("error_msg")
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_owned()),
-            request_id,
-        })
+        Err(api_error(status.as_u16(), &bytes, request_id))
+    }
+
+    /// Adds the credentials: the SDK's signature (over the headers the SDK signs) or a token.
+    fn authenticate(
+        &self,
+        mut req: reqwest::RequestBuilder,
+        method: &Method,
+        url: &Url,
+        body: &[u8],
+    ) -> reqwest::RequestBuilder {
+        match &self.auth {
+            Auth::Signed { ak, sk } => {
+                let date = chrono::Utc::now().format(DATE_FORMAT).to_string();
+                // The Host header reqwest sends: the port only when it is not the default.
+                let host = match (url.host_str(), url.port()) {
+                    (Some(h), Some(p)) => format!("{h}:{p}"),
+                    (Some(h), None) => h.to_owned(),
+                    (None, _) => String::new(),
+                };
+                let mut signed = vec![
+                    ("content-type", CONTENT_TYPE),
+                    ("host", host.as_str()),
+                    ("x-sdk-date", date.as_str()),
+                ];
+                if let Some(p) = &self.project_id {
+                    signed.push(("x-project-id", p.as_str()));
+                    req = req.header("X-Project-Id", p);
+                }
+                let authz = signing::sign(
+                    ak,
+                    sk,
+                    method.as_str(),
+                    url.path(),
+                    url.query().unwrap_or(""),
+                    &signed,
+                    body,
+                    &date,
+                );
+                req.header("X-Sdk-Date", date)
+                    .header("Authorization", authz)
+            }
+            Auth::Token(t) => req.header("X-Auth-Token", t),
+            Auth::None => req,
+        }
+    }
+}
+
+const CONTENT_TYPE: &str = "application/json";
+
+/// The API's error answer (its `error_code` and `error_msg`, or the HTTP status and body).
+fn api_error(status: u16, bytes: &[u8], request_id: Option<String>) -> CliError {
+    let parsed: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    let text = |k: &str| parsed.get(k).and_then(Value::as_str).map(str::to_owned);
+    CliError::Api {
+        status,
+        code: text("error_code").unwrap_or_else(|| format!("HTTP.{status}")),
+        message: text("error_msg")
+            .unwrap_or_else(|| String::from_utf8_lossy(bytes).trim().to_owned()),
+        request_id,
     }
 }

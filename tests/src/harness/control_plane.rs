@@ -1,0 +1,71 @@
+//! The control plane in process: the real API server on a loopback port over a fresh SQLite
+//! file or a throwaway PostgreSQL server.
+use std::path::Path;
+
+use vpcep::{
+    api::{Config, Credentials},
+    server::Server,
+    store::Store,
+};
+
+use super::{Postgres, TempDir};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// The URL of the SQLite database file `vpcep.db` in `dir`.
+pub fn sqlite_url(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("vpcep.db").display())
+}
+
+/// Opens the store at `url` and starts an API server on it.
+pub async fn start_server(url: &str, credentials: Credentials, config: Config) -> Server {
+    let store = Store::open(url, config.feed_retain).await.unwrap();
+    Server::start(store, credentials, config).await.unwrap()
+}
+
+/// A server, its store and the database under them.
+pub struct ControlPlane {
+    pub server: Server,
+    pub store: Store,
+    // Dropped after the server: the database outlives it.
+    pg: Option<Postgres>,
+    dir: TempDir,
+}
+
+impl ControlPlane {
+    pub async fn start(db: Db, credentials: Credentials, config: Config) -> Self {
+        let dir = TempDir::new("cp");
+        let pg = (db == Db::Postgres).then(Postgres::start);
+        let url = match &pg {
+            Some(pg) => pg.url(),
+            None => sqlite_url(&dir.0),
+        };
+        let store = Store::open(&url, config.feed_retain).await.unwrap();
+        let server = Server::start(store.clone(), credentials, config)
+            .await
+            .unwrap();
+        Self {
+            server,
+            store,
+            pg,
+            dir,
+        }
+    }
+
+    /// The database's URL.
+    pub fn db_url(&self) -> String {
+        match &self.pg {
+            Some(pg) => pg.url(),
+            None => sqlite_url(&self.dir.0),
+        }
+    }
+
+    /// Another API replica on the same database.
+    pub async fn replica(&self, credentials: Credentials, config: Config) -> Server {
+        start_server(&self.db_url(), credentials, config).await
+    }
+}
