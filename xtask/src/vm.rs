@@ -103,6 +103,34 @@ const ARM64_PACKAGES: &[&str] = &[
     "busybox-static",
 ];
 
+/// How a guest boots: its vCPUs, extra kernel arguments, and the preemption model it
+/// must report (`/sys/kernel/debug/sched/preempt`) before any tier counts.
+pub struct Boot {
+    pub label: &'static str,
+    pub smp: u32,
+    pub cmdline: &'static str,
+    pub preempt: Option<&'static str>,
+}
+
+/// The kernel's own defaults (Debian: voluntary preemption), two vCPUs.
+pub const DEFAULT_BOOT: Boot = Boot {
+    label: "",
+    smp: 2,
+    cmdline: "",
+    preempt: None,
+};
+
+/// Full preemption (`preempt=full`; Debian's kernels are PREEMPT_DYNAMIC): a BPF program
+/// under PROG_TEST_RUN runs with migration disabled only, so the scheduler can stop it
+/// between any two of its map operations and run the racing thread. Under TCG the two
+/// vCPUs are host threads, so the programs also overlap at the emulator's pace.
+pub const PREEMPT_FULL: Boot = Boot {
+    label: " preempt=full",
+    smp: 2,
+    cmdline: "preempt=full",
+    preempt: Some("full"),
+};
+
 /// A test binary run inside the guest.
 pub struct Tier {
     pub name: &'static str,
@@ -406,8 +434,9 @@ exec /bin/sh "$script"
     s
 }
 
-/// The run's script: mounts bpffs, runs every tier with its own result line, powers off.
-fn run_script(tiers: &[&Tier], ld_path: Option<&str>) -> String {
+/// The run's script: mounts bpffs, reports the preemption model (when the boot names
+/// one), runs every tier with its own result line, powers off.
+fn run_script(tiers: &[&Tier], ld_path: Option<&str>, boot: &Boot) -> String {
     let mut s = String::from(
         r#"#!/bin/sh
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -418,7 +447,17 @@ export HOME=/tmp TMPDIR=/tmp RUST_BACKTRACE=1 VPCEP_CLI_TEST_NO_BUILD=1
         r#"mount -t bpf bpf /sys/fs/bpf || echo "VPCEP-GUEST mounting bpffs failed"
 ip link set lo up
 cd /tmp
-echo "VPCEP-GUEST running tiers on $(uname -r)"
+"#,
+    );
+    if boot.preempt.is_some() {
+        s.push_str(
+            r#"mount -t debugfs debugfs /sys/kernel/debug
+echo "VPCEP-GUEST preempt: $(cat /sys/kernel/debug/sched/preempt 2>/dev/null)"
+"#,
+        );
+    }
+    s.push_str(
+        r#"echo "VPCEP-GUEST running tiers on $(uname -r)"
 tier() {
     name=$1; shift
     start=$(date +%s)
@@ -512,9 +551,14 @@ pub fn build_tests(target: Option<&str>, tests: &[&str]) -> Result<BTreeMap<Stri
     Ok(exes)
 }
 
-/// Boots `g`'s kernel, runs `tiers` inside and checks that every one passed. A kernel that
-/// does not reach the tiers fails the stage with its console log.
+/// Boots `g`'s kernel as it comes, runs `tiers` inside and checks that every one passed.
 pub fn run(g: &Guest, tiers: &[Tier]) -> Result<()> {
+    run_boot(g, &DEFAULT_BOOT, tiers)
+}
+
+/// As [`run`], booted as `boot` says. A kernel that does not reach the tiers (or runs
+/// another preemption model than `boot` needs) fails the stage with its console log.
+pub fn run_boot(g: &Guest, boot: &Boot, tiers: &[Tier]) -> Result<()> {
     let started = Instant::now();
     // VPCEP_VM_TIERS=a,b runs only those tiers (a developer's loop).
     let only = std::env::var("VPCEP_VM_TIERS").ok();
@@ -525,6 +569,13 @@ pub fn run(g: &Guest, tiers: &[Tier]) -> Result<()> {
                 .is_none_or(|o| o.split(',').any(|n| n == t.name))
         })
         .collect();
+    if tiers.is_empty() {
+        println!(
+            "vm {}{}: no tier selected, not booted",
+            g.deb_arch, boot.label
+        );
+        return Ok(());
+    }
     let img = image(g)?;
     let run_dir = target_dir().join("vm").join(format!(
         "{}-{}-{}",
@@ -536,11 +587,12 @@ pub fn run(g: &Guest, tiers: &[Tier]) -> Result<()> {
             .unwrap_or_default()
     ));
     std::fs::create_dir_all(&run_dir).context("creating the run directory")?;
-    let result = boot(g, &img, &tiers, &run_dir);
+    let result = boot_guest(g, boot, &img, &tiers, &run_dir);
     let _ = std::fs::remove_dir_all(&run_dir);
     println!(
-        "vm {}: {} in {:.0} s (kernel {})",
+        "vm {}{}: {} in {:.0} s (kernel {})",
         g.deb_arch,
+        boot.label,
         if result.is_ok() { "passed" } else { "FAILED" },
         started.elapsed().as_secs_f64(),
         img.release
@@ -548,30 +600,54 @@ pub fn run(g: &Guest, tiers: &[Tier]) -> Result<()> {
     result
 }
 
-fn boot(g: &Guest, img: &Image, tiers: &[&Tier], run_dir: &Path) -> Result<()> {
+fn boot_guest(g: &Guest, boot: &Boot, img: &Image, tiers: &[&Tier], run_dir: &Path) -> Result<()> {
     let script = run_dir.join("run.sh");
     let ld = g
         .rust_target
         .map(|_| "/lib/aarch64-linux-gnu:/usr/lib/aarch64-linux-gnu");
-    std::fs::write(&script, run_script(tiers, ld)).context("writing the guest script")?;
+    std::fs::write(&script, run_script(tiers, ld, boot)).context("writing the guest script")?;
     let console = run_dir.join("console.log");
-    let status = qemu(g, img, &script, &console)?;
+    let status = qemu(g, boot, img, &script, &console)?;
     let log = std::fs::read_to_string(&console).unwrap_or_default();
+    check_preempt(boot, &log)?;
     check_console(g, img, tiers, &log, status)
 }
 
+/// The guest must run the preemption model `boot` names: the kernel reports the models it
+/// can switch to with the current one in parentheses ("none voluntary (full)").
+fn check_preempt(boot: &Boot, log: &str) -> Result<()> {
+    let Some(want) = boot.preempt else {
+        return Ok(());
+    };
+    let line = log
+        .lines()
+        .find_map(|l| {
+            l.trim_end_matches('\r')
+                .strip_prefix("VPCEP-GUEST preempt: ")
+        })
+        .unwrap_or("(not reported)");
+    println!("vm{}: preemption models {line}", boot.label);
+    if !line.contains(&format!("({want})")) {
+        println!("---- console log ----\n{log}\n---- end of console log ----");
+        bail!("the guest runs preemption model {line}, not ({want})");
+    }
+    Ok(())
+}
+
 /// Runs qemu under `timeout` to the end; stopped by its PID if this process fails first.
-fn qemu(g: &Guest, img: &Image, script: &Path, console: &Path) -> Result<ExitStatus> {
+fn qemu(g: &Guest, boot: &Boot, img: &Image, script: &Path, console: &Path) -> Result<ExitStatus> {
     let append = format!(
-        "console={} panic=-1 loglevel=4 vpcep.script={} vpcep.workspace={}",
+        "console={} panic=-1 loglevel=4 {} vpcep.script={} vpcep.workspace={}",
         g.console,
+        boot.cmdline,
         script.display(),
         workspace_root().display(),
     );
     let mut cmd = Command::new("timeout");
     cmd.args(["--kill-after=10", &g.timeout_secs.to_string(), g.qemu])
         .args(g.machine)
-        .args(["-smp", "2", "-m", "2048", "-nodefaults", "-no-reboot"])
+        .args(["-smp", &boot.smp.to_string(), "-m", "2048"])
+        .args(["-nodefaults", "-no-reboot"])
         .args(["-display", "none", "-monitor", "none"])
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
@@ -689,9 +765,11 @@ fn tier(
 
 /// Debian 12's own kernel (6.1) on x86_64: the PROG_TEST_RUN tables, the differential test,
 /// both TC attach modes' tests, pinned-map checks, real traffic through an endpoint in
-/// namespaces, and the agent's kill -9 / --reload test.
+/// namespaces, and the agent's kill -9 / --reload test. Then a second boot with full
+/// preemption for the CPU races of the conntrack (`concurrency`).
 pub fn stage_x86_64() -> Result<()> {
     let names = [
+        "concurrency",
         "test_run",
         "fastpath",
         "differential",
@@ -723,7 +801,10 @@ pub fn stage_x86_64() -> Result<()> {
         tier(&exes, "netns_endpoint", ENDPOINT, &[])?,
         tier(&exes, "agent", AGENT, &[("VPCEP_AGENT_KILLS", "2")])?,
     ];
-    run(&X86_64, &tiers)
+    run(&X86_64, &tiers)?;
+    // One test at a time: each races its own threads on both vCPUs.
+    let races = [tier(&exes, "concurrency", &["--test-threads=1"], &[])?];
+    run_boot(&X86_64, &PREEMPT_FULL, &races)
 }
 
 /// Each program load creates every map (the conntrack maps preallocate millions of
