@@ -338,7 +338,7 @@ fn a_dead_holders_port_is_taken_by_one_flow_only() {
                 pin_to(t);
                 let mut dp = Dataplane::load_pinned(&dir).unwrap();
                 run_tc(&mut dp, nic, &tcp(mac, VMAC, ip, EP_IP, 1, 8080, ACK, b""));
-                let deadline = Instant::now() + Duration::from_secs(30);
+                let deadline = Instant::now() + Duration::from_secs(20);
                 let mut ports = Vec::new();
                 for r in 1..=rounds {
                     // Once both sent the round before, each ages its flow of it past its
@@ -498,7 +498,7 @@ fn fins_from_both_sides_at_once_close_the_flow() {
                     })
                     .collect();
                 start.wait();
-                let deadline = Instant::now() + Duration::from_secs(60);
+                let deadline = Instant::now() + Duration::from_secs(30);
                 let mut sent = 0u64;
                 for (i, (nic, f)) in frames.iter().enumerate() {
                     let step = i as u64 + 1;
