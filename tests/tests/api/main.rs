@@ -36,4 +36,5 @@ mod permissions;
 mod sdk;
 mod services;
 mod story;
+mod strict;
 mod tags;
