@@ -35,6 +35,7 @@ mod limits;
 mod permissions;
 mod sdk;
 mod services;
+mod openapi;
 mod story;
 mod strict;
 mod tags;
