@@ -58,7 +58,11 @@ impl Doc {
     fn check(&mut self, method: &str, template: &str, r: Resp) -> Value {
         let op = self.op(method, template).clone();
         let status = r.status.as_u16();
-        assert!(r.status.is_success(), "{method} {template}: {status} {}", r.body);
+        assert!(
+            r.status.is_success(),
+            "{method} {template}: {status} {}",
+            r.body
+        );
         let declared = &op["responses"][status.to_string()];
         assert!(
             declared.is_object(),
@@ -76,14 +80,14 @@ impl Doc {
                 r.body
             );
         }
-        self.covered.insert(op["operationId"].as_str().unwrap().to_owned());
+        self.covered
+            .insert(op["operationId"].as_str().unwrap().to_owned());
         r.body
     }
 
     /// The request schema of an operation.
     fn request(&self, method: &str, template: &str) -> Value {
-        self.op(method, template)["requestBody"]["content"]["application/json"]["schema"]
-            .clone()
+        self.op(method, template)["requestBody"]["content"]["application/json"]["schema"].clone()
     }
 }
 
@@ -112,7 +116,10 @@ async fn real_responses_match(db: Db) {
 fn document_shape(doc: &Value) {
     assert_eq!(doc["openapi"], "3.1.0");
     let text = doc.to_string();
-    assert!(!text.contains("\"nullable\""), "3.0's nullable in a 3.1 document");
+    assert!(
+        !text.contains("\"nullable\""),
+        "3.0's nullable in a 3.1 document"
+    );
     assert!(!text.contains("#/$defs") && !text.contains("#/definitions"));
     // Every reference resolves.
     for r in text.split("\"$ref\":\"").skip(1) {
@@ -149,8 +156,14 @@ fn document_shape(doc: &Value) {
         assert_eq!(statuses(p, "post"), ["201"], "{p}");
     }
     for (p, m) in [
-        ("/v2/{project_id}/vpc-endpoint-services/{vpc_endpoint_service_id}/upgrade", "post"),
-        ("/v1/{project_id}/{resource_type}/{resource_id}/tags/action", "post"),
+        (
+            "/v2/{project_id}/vpc-endpoint-services/{vpc_endpoint_service_id}/upgrade",
+            "post",
+        ),
+        (
+            "/v1/{project_id}/{resource_type}/{resource_id}/tags/action",
+            "post",
+        ),
         ("/v1/{project_id}/vpc-endpoints/{vpc_endpoint_id}", "delete"),
     ] {
         assert_eq!(statuses(p, m), ["204"], "{m} {p}");
@@ -166,50 +179,84 @@ async fn inventory_tour(env: &Env, d: &mut Doc) {
     let node = d.check(
         "put",
         "/inventory/nodes/{name}",
-        op.put("/inventory/nodes/node1", json!({"underlay_ip": "192.0.2.1"}))
-            .await,
+        op.put(
+            "/inventory/nodes/node1",
+            json!({"underlay_ip": "192.0.2.1"}),
+        )
+        .await,
     );
     assert_eq!(node["applied_revision"], 0);
     d.check(
         "put",
         "/inventory/nodes/{name}/applied-revision",
-        op.put("/inventory/nodes/node1/applied-revision", json!({"revision": 1}))
-            .await,
+        op.put(
+            "/inventory/nodes/node1/applied-revision",
+            json!({"revision": 1}),
+        )
+        .await,
     );
-    d.check("get", "/inventory/nodes/{name}", op.get("/inventory/nodes/node1").await);
+    d.check(
+        "get",
+        "/inventory/nodes/{name}",
+        op.get("/inventory/nodes/node1").await,
+    );
     d.check("get", "/inventory/nodes", op.get("/inventory/nodes").await);
     let vpc = d.check(
         "post",
         "/inventory/vpcs",
-        op.post("/inventory/vpcs", json!({"project_id": "proj-x", "cidr": "10.7.0.0/24"}))
-            .await,
+        op.post(
+            "/inventory/vpcs",
+            json!({"project_id": "proj-x", "cidr": "10.7.0.0/24"}),
+        )
+        .await,
     );
     let subnet = d.check(
         "post",
         "/inventory/subnets",
-        op.post("/inventory/subnets", json!({"vpc_id": id(&vpc), "cidr": "10.7.0.0/25"}))
-            .await,
+        op.post(
+            "/inventory/subnets",
+            json!({"vpc_id": id(&vpc), "cidr": "10.7.0.0/25"}),
+        )
+        .await,
     );
     let port = d.check(
         "post",
         "/inventory/ports",
-        op.post("/inventory/ports", json!({"subnet_id": id(&subnet), "node": "node1"}))
-            .await,
+        op.post(
+            "/inventory/ports",
+            json!({"subnet_id": id(&subnet), "node": "node1"}),
+        )
+        .await,
     );
     d.check("get", "/inventory/vpcs", op.get("/inventory/vpcs").await);
-    d.check("get", "/inventory/subnets", op.get("/inventory/subnets").await);
+    d.check(
+        "get",
+        "/inventory/subnets",
+        op.get("/inventory/subnets").await,
+    );
     d.check("get", "/inventory/ports", op.get("/inventory/ports").await);
     for (kind, v) in [("vpcs", &vpc), ("subnets", &subnet), ("ports", &port)] {
         let path = format!("/inventory/{kind}/{}", id(v));
-        d.check("get", &format!("/inventory/{kind}/{{id}}"), op.get(&path).await);
+        d.check(
+            "get",
+            &format!("/inventory/{kind}/{{id}}"),
+            op.get(&path).await,
+        );
     }
     for (kind, v) in [("ports", &port), ("subnets", &subnet), ("vpcs", &vpc)] {
         let path = format!("/inventory/{kind}/{}", id(v));
-        d.check("delete", &format!("/inventory/{kind}/{{id}}"), op.delete(&path).await);
+        d.check(
+            "delete",
+            &format!("/inventory/{kind}/{{id}}"),
+            op.delete(&path).await,
+        );
     }
-    op.put("/inventory/nodes/node9", json!({"underlay_ip": "192.0.2.9"}))
-        .await
-        .ok();
+    op.put(
+        "/inventory/nodes/node9",
+        json!({"underlay_ip": "192.0.2.9"}),
+    )
+    .await
+    .ok();
     d.check(
         "delete",
         "/inventory/nodes/{name}",
@@ -219,7 +266,8 @@ async fn inventory_tour(env: &Env, d: &mut Doc) {
     d.check(
         "put",
         q,
-        op.put("/inventory/quotas/proj-x", json!({"endpoint": 7})).await,
+        op.put("/inventory/quotas/proj-x", json!({"endpoint": 7}))
+            .await,
     );
     d.check("get", q, op.get("/inventory/quotas/proj-x").await);
     d.check("get", "/feed/snapshot", op.get("/feed/snapshot").await);
@@ -233,7 +281,11 @@ async fn tenant_tour(env: &Env, d: &mut Doc) {
     let svc = "/v1/{project_id}/vpc-endpoint-services/{vpc_endpoint_service_id}";
     let mut body = service_body(&w);
     body["tags"] = json!([{"key": "env", "value": "prod"}]);
-    let created = d.check("post", svcs, p.post(&p.v1("/vpc-endpoint-services"), body).await);
+    let created = d.check(
+        "post",
+        svcs,
+        p.post(&p.v1("/vpc-endpoint-services"), body).await,
+    );
     let sid = id(&created);
     let path = p.v1(&format!("/vpc-endpoint-services/{sid}"));
     crate::harness::eventually(|| {
@@ -244,11 +296,16 @@ async fn tenant_tour(env: &Env, d: &mut Doc) {
     d.check("get", svc, p.get(&path).await);
     let at = |rest: &str| p.v1(&format!("/vpc-endpoint-services/{sid}{rest}"));
     d.check("get", svcs, p.get(&p.v1("/vpc-endpoint-services")).await);
-    d.check("put", svc, p.put(&at(""), json!({"description": "web"})).await);
+    d.check(
+        "put",
+        svc,
+        p.put(&at(""), json!({"description": "web"})).await,
+    );
     d.check(
         "put",
         &format!("{svc}/name"),
-        p.put(&at("/name"), json!({"endpoint_service_name": "web2"})).await,
+        p.put(&at("/name"), json!({"endpoint_service_name": "web2"}))
+            .await,
     );
     d.check(
         "get",
@@ -304,14 +361,20 @@ async fn tenant_tour(env: &Env, d: &mut Doc) {
     d.check(
         "post",
         "/v2/{project_id}/vpc-endpoint-services/{vpc_endpoint_service_id}/upgrade",
-        p.raw("POST", &p.v2(&format!("/vpc-endpoint-services/{sid}/upgrade")), None)
-            .await,
+        p.raw(
+            "POST",
+            &p.v2(&format!("/vpc-endpoint-services/{sid}/upgrade")),
+            None,
+        )
+        .await,
     );
     d.check(
         "post",
         "/v2/{project_id}/vpc-endpoint-services/{vpc_endpoint_service_id}/add-server-resources",
         p.post(
-            &p.v2(&format!("/vpc-endpoint-services/{sid}/add-server-resources")),
+            &p.v2(&format!(
+                "/vpc-endpoint-services/{sid}/add-server-resources"
+            )),
             json!({"server_resources": [{"resource_id": w.backend_port}]}),
         )
         .await,
@@ -342,7 +405,11 @@ async fn tenant_tour(env: &Env, d: &mut Doc) {
         )
         .await,
     );
-    d.check("get", "/v1/{project_id}/quotas", p.get(&p.v1("/quotas")).await);
+    d.check(
+        "get",
+        "/v1/{project_id}/quotas",
+        p.get(&p.v1("/quotas")).await,
+    );
     d.check(
         "get",
         "/inventory/public-services",
@@ -365,16 +432,24 @@ async fn consumer_tour(env: &Env, d: &mut Doc, w: &World, sid: &str) {
     d.check(
         "put",
         ep,
-        c.put(&at(""), json!({"whitelist": ["10.1.0.0/16"], "enable_whitelist": true}))
-            .await,
+        c.put(
+            &at(""),
+            json!({"whitelist": ["10.1.0.0/16"], "enable_whitelist": true}),
+        )
+        .await,
     );
     let pol = json!([{"Effect": "Allow", "Action": ["obs:*"], "Resource": ["*"]}]);
     d.check(
         "put",
         &format!("{ep}/policy"),
-        c.put(&at("/policy"), json!({"policy_statement": pol})).await,
+        c.put(&at("/policy"), json!({"policy_statement": pol}))
+            .await,
     );
-    d.check("delete", &format!("{ep}/policy"), c.delete(&at("/policy")).await);
+    d.check(
+        "delete",
+        &format!("{ep}/policy"),
+        c.delete(&at("/policy")).await,
+    );
     d.check(
         "put",
         &format!("{ep}/routetables"),
@@ -399,8 +474,11 @@ async fn consumer_tour(env: &Env, d: &mut Doc, w: &World, sid: &str) {
     d.check(
         "post",
         &format!("{conns}/action"),
-        p.post(&at_s("/action"), json!({"action": "receive", "endpoints": [eid]}))
-            .await,
+        p.post(
+            &at_s("/action"),
+            json!({"action": "receive", "endpoints": [eid]}),
+        )
+        .await,
     );
     d.check(
         "put",
@@ -414,8 +492,11 @@ async fn consumer_tour(env: &Env, d: &mut Doc, w: &World, sid: &str) {
     d.check(
         "post",
         &format!("{conns}/action"),
-        p.post(&at_s("/action"), json!({"action": "reject", "endpoints": [eid]}))
-            .await,
+        p.post(
+            &at_s("/action"),
+            json!({"action": "reject", "endpoints": [eid]}),
+        )
+        .await,
     );
     d.check("delete", ep, c.delete(&at("")).await);
 }
@@ -435,28 +516,64 @@ async fn request_schemas_state_the_rules(db: Db) {
         b
     };
     let cases: Vec<(&str, Value)> = vec![
-        ("port_id", body(&|b| drop(b.as_object_mut().unwrap().remove("port_id")))),
+        (
+            "port_id",
+            body(&|b| drop(b.as_object_mut().unwrap().remove("port_id"))),
+        ),
         ("port_id", body(&|b| b["port_id"] = json!("not-a-uuid"))),
         ("vpc_id", body(&|b| b["vpc_id"] = json!(null))),
         ("server_type", body(&|b| b["server_type"] = json!("BM"))),
-        ("service_type", body(&|b| b["service_type"] = json!("other"))),
+        (
+            "service_type",
+            body(&|b| b["service_type"] = json!("other")),
+        ),
         ("tcp_proxy", body(&|b| b["tcp_proxy"] = json!("half_open"))),
         ("ip_version", body(&|b| b["ip_version"] = json!("ipv6"))),
         ("ip", body(&|b| b["ip"] = json!("10.0.0.256"))),
-        ("service_name", body(&|b| b["service_name"] = json!("x".repeat(17)))),
+        (
+            "service_name",
+            body(&|b| b["service_name"] = json!("x".repeat(17))),
+        ),
         ("service_name", body(&|b| b["service_name"] = json!("a b"))),
         ("description", body(&|b| b["description"] = json!("<b>"))),
-        ("description", body(&|b| b["description"] = json!("d".repeat(513)))),
+        (
+            "description",
+            body(&|b| b["description"] = json!("d".repeat(513))),
+        ),
         ("ports", body(&|b| b["ports"] = json!([]))),
-        ("ports[0].client_port", body(&|b| b["ports"][0]["client_port"] = json!(0))),
-        ("ports[0].server_port", body(&|b| b["ports"][0]["server_port"] = json!(65536))),
-        ("ports[0].server_port", body(&|b| b["ports"][0]["server_port"] = json!(7.5))),
-        ("ports[0].protocol", body(&|b| b["ports"][0]["protocol"] = json!("SCTP"))),
-        ("tags[0].key", body(&|b| b["tags"] = json!([{"key": "a=b"}]))),
+        (
+            "ports[0].client_port",
+            body(&|b| b["ports"][0]["client_port"] = json!(0)),
+        ),
+        (
+            "ports[0].server_port",
+            body(&|b| b["ports"][0]["server_port"] = json!(65536)),
+        ),
+        (
+            "ports[0].server_port",
+            body(&|b| b["ports"][0]["server_port"] = json!(7.5)),
+        ),
+        (
+            "ports[0].protocol",
+            body(&|b| b["ports"][0]["protocol"] = json!("SCTP")),
+        ),
+        (
+            "tags[0].key",
+            body(&|b| b["tags"] = json!([{"key": "a=b"}])),
+        ),
         ("tags[0].key", body(&|b| b["tags"] = json!([{"key": " k"}]))),
-        ("tags[0].value", body(&|b| b["tags"] = json!([{"key": "k", "value": "v".repeat(44)}]))),
-        ("max_connections", body(&|b| b["max_connections"] = json!(-1))),
-        ("max_connections", body(&|b| b["max_connections"] = json!(2_097_153))),
+        (
+            "tags[0].value",
+            body(&|b| b["tags"] = json!([{"key": "k", "value": "v".repeat(44)}])),
+        ),
+        (
+            "max_connections",
+            body(&|b| b["max_connections"] = json!(-1)),
+        ),
+        (
+            "max_connections",
+            body(&|b| b["max_connections"] = json!(2_097_153)),
+        ),
         (
             "max_new_connections_per_second",
             body(&|b| b["max_new_connections_per_second"] = json!(1_000_001)),
@@ -495,11 +612,31 @@ async fn request_schemas_state_the_rules(db: Db) {
 async fn inventory_rules(env: &Env, d: &Doc, w: &World) {
     let op = env.operator();
     let cases = [
-        ("/inventory/vpcs", json!({"project_id": "p", "cidr": "10.0.0.0/31"}), "cidr"),
-        ("/inventory/vpcs", json!({"project_id": "p", "cidr": "10.0.0.0/8", "vni": 0}), "vni"),
-        ("/inventory/vpcs", json!({"project_id": "", "cidr": "10.0.0.0/8"}), "project_id"),
-        ("/inventory/vpcs", json!({"cidr": "10.0.0.0/8", "extra": 1}), "extra"),
-        ("/inventory/subnets", json!({"vpc_id": w.provider_vpc, "cidr": "10.0.0.0"}), "cidr"),
+        (
+            "/inventory/vpcs",
+            json!({"project_id": "p", "cidr": "10.0.0.0/31"}),
+            "cidr",
+        ),
+        (
+            "/inventory/vpcs",
+            json!({"project_id": "p", "cidr": "10.0.0.0/8", "vni": 0}),
+            "vni",
+        ),
+        (
+            "/inventory/vpcs",
+            json!({"project_id": "", "cidr": "10.0.0.0/8"}),
+            "project_id",
+        ),
+        (
+            "/inventory/vpcs",
+            json!({"cidr": "10.0.0.0/8", "extra": 1}),
+            "extra",
+        ),
+        (
+            "/inventory/subnets",
+            json!({"vpc_id": w.provider_vpc, "cidr": "10.0.0.0"}),
+            "cidr",
+        ),
         (
             "/inventory/ports",
             json!({"subnet_id": w.provider_subnet, "node": "node1", "mac": "zz:00:00:00:00:00"}),
@@ -513,17 +650,24 @@ async fn inventory_rules(env: &Env, d: &Doc, w: &World) {
     ];
     for (path, b, field) in cases {
         let schema = d.request("post", path);
-        assert!(!d.errors(&schema, &b).is_empty(), "{path}: schema accepts {b}");
+        assert!(
+            !d.errors(&schema, &b).is_empty(),
+            "{path}: schema accepts {b}"
+        );
         op.post(path, b).await.err(400, field);
     }
     let node = d.request("put", "/inventory/nodes/{name}");
     let bad = json!({"underlay_ip": "192.0.2"});
     assert!(!d.errors(&node, &bad).is_empty());
-    op.put("/inventory/nodes/node1", bad).await.err(400, "underlay_ip");
+    op.put("/inventory/nodes/node1", bad)
+        .await
+        .err(400, "underlay_ip");
     let quota = d.request("put", "/inventory/quotas/{project_id}");
     let bad = json!({"endpoint": 100_001});
     assert!(!d.errors(&quota, &bad).is_empty());
-    op.put("/inventory/quotas/proj-x", bad).await.err(400, "endpoint");
+    op.put("/inventory/quotas/proj-x", bad)
+        .await
+        .err(400, "endpoint");
     // Integral floats are integers on both sides.
     let good = json!({"endpoint": 12.0});
     assert!(d.errors(&quota, &good).is_empty());

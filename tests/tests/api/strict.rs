@@ -37,7 +37,10 @@ async fn non_object_bodies(db: Db) {
     let s = available_service(&p, service_body(&w)).await;
     let sid = s["id"].as_str().unwrap().to_owned();
     whitelist(&p, &sid, &["iam:domain::proj-consumer"]).await;
-    let e = c.post(&c.v1("/vpc-endpoints"), endpoint_body(&w, &sid)).await.ok();
+    let e = c
+        .post(&c.v1("/vpc-endpoints"), endpoint_body(&w, &sid))
+        .await
+        .ok();
     let eid = e["id"].as_str().unwrap().to_owned();
 
     let rev = env.store.current_revision().await.unwrap();
@@ -46,14 +49,21 @@ async fn non_object_bodies(db: Db) {
         .await
         .err(400, "body");
     let q = op.get("/inventory/quotas/proj-provider").await.ok();
-    assert_eq!((q["endpoint_service"].as_i64(), q["endpoint"].as_i64()), (Some(20), Some(50)));
+    assert_eq!(
+        (q["endpoint_service"].as_i64(), q["endpoint"].as_i64()),
+        (Some(20), Some(50))
+    );
     // `[null, null]` on the consumer's endpoint and its policy: refused, nothing changed.
     let ep = c.v1(&format!("/vpc-endpoints/{eid}"));
     c.put(&ep, json!([null, null])).await.err(400, "body");
     c.put(&format!("{ep}/policy"), json!([null, null]))
         .await
         .err(400, "body");
-    assert_eq!(env.store.current_revision().await.unwrap(), rev, "nothing written");
+    assert_eq!(
+        env.store.current_revision().await.unwrap(),
+        rev,
+        "nothing written"
+    );
 
     // Every body route, for every kind of non-object (the operator may call them all).
     let mut oper = env.operator();
@@ -84,7 +94,9 @@ async fn non_object_bodies(db: Db) {
     b["ports"] = json!([{"client_port": 9091, "server_port": 91}]);
     b["tags"] = json!([["k", "v"]]);
     p.post(&svc, b).await.err(400, "tags[0]");
-    let perms = p.v1(&format!("/vpc-endpoint-services/{sid}/permissions/batch-create"));
+    let perms = p.v1(&format!(
+        "/vpc-endpoint-services/{sid}/permissions/batch-create"
+    ));
     p.post(&perms, json!({"permissions": [["iam:domain::x", "d"]]}))
         .await
         .err(400, "permissions[0]");
@@ -196,7 +208,11 @@ async fn empty_auth_header(db: Db) {
                 .send()
                 .await
                 .unwrap();
-            assert_eq!(r.status().as_u16(), 200, "{path} with X-Auth-Token {token:?}");
+            assert_eq!(
+                r.status().as_u16(),
+                200,
+                "{path} with X-Auth-Token {token:?}"
+            );
         }
     }
     // Elsewhere it is no credential at all: 401 as without the header.
