@@ -279,10 +279,14 @@ async fn authenticate(state: &AppState, req: Request) -> Result<Request, ApiErro
     Ok(req)
 }
 
+/// A header's value; an empty one counts as absent (`X-Auth-Token:` on an anonymous route is
+/// no credential, not a bad one).
 fn header(req: &Request, name: &str) -> Option<String> {
     req.headers()
         .get(name)
         .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
         .map(str::to_owned)
 }
 
