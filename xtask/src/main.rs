@@ -1,5 +1,6 @@
 //! `cargo xtask <command>`: everything needed to set up, build, run and test vpcep.
 mod bench;
+mod contract;
 mod demo;
 mod package;
 mod setup;
@@ -72,8 +73,11 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         duration: u64,
     },
+    /// The API contract stage alone: schemathesis (all checks, bounded examples, fixed seed)
+    /// against the release control plane, as a tenant and as the operator.
+    Contract,
     /// The whole suite: formatting and clippy, unit, privileged kernel and namespace tests,
-    /// the official SDK, the demo, and the aarch64 cross-build with its unit tests under
+    /// the official SDK, the API contract (schemathesis), the demo, and the aarch64 cross-build with its unit tests under
     /// qemu-user.
     Test {
         /// Skip the aarch64 cross-build and qemu tests.
@@ -178,6 +182,10 @@ fn run_cli(cli: Cli) -> Result<()> {
             args,
         } => test(no_aarch64, no_vm, &args),
         Cmd::Vm { arch } => vm_stages(arch),
+        Cmd::Contract => {
+            build(false)?;
+            contract::stage()
+        }
         Cmd::Lint => lint(),
         Cmd::Package {
             aarch64,
@@ -360,6 +368,8 @@ fn test(no_aarch64: bool, no_vm: bool, args: &[String]) -> Result<()> {
             .args(["test", "--release", "--workspace", "--test", "api"])
             .args(["official_python_sdk", "--", "--ignored"])
             .env("VPCEP_SDK_PYTHON", setup::sdk_python()))?;
+        // The API contract: schemathesis against the binary the tests just built.
+        contract::stage()?;
         // The demo, non-interactive, on the binary the tests just built.
         println!("==> cargo xtask demo (release build)");
         demo::run(&demo::Options {

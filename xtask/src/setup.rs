@@ -57,6 +57,7 @@ pub fn ensure() -> Result<()> {
     bpf_linker()?;
     cargo_deb()?;
     sdk_venv()?;
+    crate::contract::ensure_installed()?;
     Ok(())
 }
 

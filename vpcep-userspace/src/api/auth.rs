@@ -317,7 +317,9 @@ async fn identify(state: &AppState, req: Request) -> Result<(Request, Identity),
                 .unwrap_or_else(|| key.project_id.clone()),
         };
         Ok((Request::from_parts(parts, Body::from(bytes)), id))
-    } else if let Some(token) = header(&req, "x-auth-token") {
+    } else if let Some(token) = header(&req, "x-auth-token").filter(|t| !t.trim().is_empty()) {
+        // An empty token is no credential, not a bad one (anonymous routes answer as
+        // without it); a present but empty Authorization still fails as malformed.
         let id = creds
             .tokens
             .get(&token)

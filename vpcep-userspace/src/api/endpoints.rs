@@ -1,15 +1,16 @@
 //! Endpoints: create, list, show, source whitelist, delete, policy, route tables.
 use axum::{
     Extension, Json,
-    extract::{Path, RawQuery, State},
+    extract::{RawQuery, State},
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
     AppState, Paging,
-    error::{ApiError, ApiResult, Body},
+    error::{ApiError, ApiResult, Body, Path},
     fuzzy, query_map,
+    views::{EndpointPage, EndpointView, QueryError, Routetables},
 };
 use crate::{
     domain::*,
@@ -19,27 +20,43 @@ use crate::{
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct CreateEndpoint {
+    /// Required for interface services.
+    #[schemars(pattern(pattern::UUID))]
     subnet_id: Option<String>,
+    #[schemars(required, pattern(pattern::UUID))]
     endpoint_service_id: Option<String>,
+    #[schemars(required, pattern(pattern::UUID))]
     vpc_id: Option<String>,
     enable_dns: Option<bool>,
+    #[schemars(length(max = MAX_TAGS))]
     tags: Option<Vec<Tag>>,
+    #[schemars(inner(pattern(pattern::UUID)))]
     routetables: Option<Vec<String>>,
+    /// Default: the first free host address of the subnet.
+    #[schemars(ipv4)]
     port_ip: Option<String>,
+    #[schemars(length(max = MAX_WHITELIST), inner(pattern(pattern::CIDR_OR_ADDRESS)))]
     whitelist: Option<Vec<String>>,
     enable_whitelist: Option<bool>,
+    #[schemars(length(max = 512), pattern(pattern::DESCRIPTION))]
     description: Option<String>,
     policy_statement: Option<Vec<PolicyStatement>>,
     policy_document: Option<serde_json::Map<String, Value>>,
+    #[schemars(extend("enum" = pattern::or_null(&IP_VERSIONS)))]
     ip_version: Option<String>,
     /// Extension: lower limits than the service's (wide integers: a range error names
     /// the field).
+    #[serde(default, deserialize_with = "integral")]
+    #[schemars(with = "Option<i64>", range(min = 0, max = MAX_CONNECTIONS))]
     max_connections: Option<i64>,
+    #[serde(default, deserialize_with = "integral")]
+    #[schemars(with = "Option<i64>", range(min = 0, max = MAX_NEW_CONNECTIONS_PER_SECOND))]
     max_new_connections_per_second: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct UpdateWhitelist {
+    #[schemars(length(max = MAX_WHITELIST), inner(pattern(pattern::CIDR_OR_ADDRESS)))]
     whitelist: Option<Vec<String>>,
     enable_whitelist: Option<bool>,
 }
@@ -52,6 +69,7 @@ pub struct UpdatePolicy {
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct UpdateRoutetables {
+    #[schemars(required, inner(pattern(pattern::UUID)))]
     routetables: Option<Vec<String>>,
 }
 
@@ -78,7 +96,7 @@ impl CreateEndpoint {
         check_policy(&policy_statement)?;
         let routetables = check_routetables(&self.routetables.unwrap_or_default())?;
         if let Some(v) = &self.ip_version {
-            check_enum("ip_version", v, &["ipv4"])?;
+            check_enum("ip_version", v, &IP_VERSIONS)?;
         }
         let (max_connections, max_new_connections_per_second) =
             check_limits(self.max_connections, self.max_new_connections_per_second)?;
@@ -108,7 +126,7 @@ pub async fn create(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     Body(req): Body<CreateEndpoint>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<EndpointView>> {
     let n = req.checked()?;
     let ep = st
         .in_tx(async |tx| endpoints::create(tx, &st.config, &caller, n).await)
@@ -120,7 +138,7 @@ pub async fn list(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     RawQuery(q): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<EndpointPage>> {
     let q = query_map(q);
     let paging = Paging::from_query(&q, 1000)?;
     let items: Vec<Endpoint> = st
@@ -135,14 +153,18 @@ pub async fn list(
                 && q.get("id").is_none_or(|id| *id == e.id)
         })
         .collect();
-    Ok(paging.answer("endpoints", items, Endpoint::view))
+    let (page, total) = paging.apply(items);
+    Ok(Json(EndpointPage {
+        endpoints: page.iter().map(Endpoint::view).collect(),
+        total_count: total,
+    }))
 }
 
 pub async fn show(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((_, id)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<EndpointView>> {
     let id = parse_id(&id, "endpoint")?;
     match st.store.get::<Endpoint>(&id).await? {
         Some(e) if e.project_id == caller.project_id => Ok(Json(e.view())),
@@ -168,7 +190,7 @@ pub async fn update_whitelist(
     Extension(caller): Extension<Caller>,
     Path((_, id)): Path<(String, String)>,
     Body(req): Body<UpdateWhitelist>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<EndpointView>> {
     if let Some(w) = &req.whitelist {
         check_whitelist(w)?;
     }
@@ -189,7 +211,7 @@ pub async fn update_policy(
     Extension(caller): Extension<Caller>,
     Path((_, id)): Path<(String, String)>,
     Body(req): Body<UpdatePolicy>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<EndpointView>> {
     if let Some(p) = &req.policy_statement {
         check_policy(p)?;
     }
@@ -209,7 +231,7 @@ pub async fn delete_policy(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((_, id)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<EndpointView>> {
     let e = modify(&st, &caller, &id, |e| {
         e.policy_statement = json!([]);
         e.policy_document = Value::Null;
@@ -223,8 +245,11 @@ pub async fn update_routetables(
     Extension(caller): Extension<Caller>,
     Path((_, id)): Path<(String, String)>,
     Body(req): Body<UpdateRoutetables>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Routetables>> {
     let rts = check_routetables(&required("routetables", req.routetables)?)?;
     let e = modify(&st, &caller, &id, |e| e.routetables = rts).await?;
-    Ok(Json(json!({"routetables": e.routetables, "error": []})))
+    Ok(Json(Routetables {
+        routetables: e.routetables,
+        error: Vec::<QueryError>::new(),
+    }))
 }

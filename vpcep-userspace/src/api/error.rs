@@ -2,12 +2,13 @@
 use axum::{
     Json,
     body::Bytes,
-    extract::{FromRequest, Request},
-    http::StatusCode,
+    extract::{FromRequest, FromRequestParts, Request, path::ErrorKind, rejection::PathRejection},
+    http::{StatusCode, request::Parts},
     response::{IntoResponse, Response},
 };
 use serde::de::DeserializeOwned;
 
+use super::strict::Strict;
 use crate::{domain::Error, store::StoreError};
 
 /// Error codes (documented in `docs/api.md`).
@@ -113,7 +114,8 @@ impl IntoResponse for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
-/// A JSON body: empty → 400, oversized → 413, malformed or mistyped → 400 naming the field.
+/// A JSON body: empty → 400, oversized → 413, malformed or mistyped (an array or a scalar
+/// where an object is expected included) → 400 naming the field.
 pub struct Body<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
@@ -131,7 +133,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             return Err(ApiError::MissingBody);
         }
         let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        let value = serde_path_to_error::deserialize(de).map_err(|e| {
+        let value = serde_path_to_error::deserialize(Strict(de)).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
             if path == "." || path.is_empty() {
@@ -141,5 +143,24 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             }
         })?;
         Ok(Body(value))
+    }
+}
+
+/// Path parameters. A segment that does not decode to UTF-8 is a malformed id: 404 in the
+/// error shape, like any other (axum's own rejection is a text/plain 400).
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => match e.kind() {
+                ErrorKind::InvalidUtf8InPathParam { key } => Err(ApiError::not_found(key.clone())),
+                _ => Err(ApiError::not_found("resource")),
+            },
+            Err(_) => Err(ApiError::not_found("resource")),
+        }
     }
 }

@@ -2,16 +2,16 @@
 //! services and per-project quotas. Documented in `docs/api.md`.
 use axum::{
     Extension, Json,
-    extract::{Path, State},
+    extract::State,
     http::StatusCode,
     routing::{MethodFilter, MethodRouter, on},
 };
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
 use super::{
     AppState,
-    error::{ApiError, ApiResult, Body},
+    error::{ApiError, ApiResult, Body, Path},
+    views::{NodeView, Nodes, OpenServices, Ports, ProjectQuota, Subnets, Vpcs},
 };
 use crate::{
     domain::*,
@@ -62,9 +62,11 @@ fn opt_id(field: &str, v: Option<String>) -> ApiResult<String> {
 
 /// An inventory kind served by the generic list and show.
 trait Listed: Object + Serialize {
-    /// The list's key and the name a 404 uses.
-    const LIST: &'static str;
+    /// The name a 404 uses.
     const WHAT: &'static str;
+    /// The list answer.
+    type List: Serialize;
+    fn listed(all: Vec<Self>) -> Self::List;
 }
 
 /// An inventory kind the operator deletes by id (the rule is in `ops::inventory`).
@@ -76,8 +78,11 @@ trait Removable: Listed {
 }
 
 impl Listed for Vpc {
-    const LIST: &'static str = "vpcs";
     const WHAT: &'static str = "VPC";
+    type List = Vpcs;
+    fn listed(vpcs: Vec<Self>) -> Vpcs {
+        Vpcs { vpcs }
+    }
 }
 
 impl Removable for Vpc {
@@ -90,8 +95,11 @@ impl Removable for Vpc {
 }
 
 impl Listed for Subnet {
-    const LIST: &'static str = "subnets";
     const WHAT: &'static str = "subnet";
+    type List = Subnets;
+    fn listed(subnets: Vec<Self>) -> Subnets {
+        Subnets { subnets }
+    }
 }
 
 impl Removable for Subnet {
@@ -104,24 +112,27 @@ impl Removable for Subnet {
 }
 
 impl Listed for Port {
-    const LIST: &'static str = "ports";
     const WHAT: &'static str = "port";
+    type List = Ports;
+    fn listed(ports: Vec<Self>) -> Ports {
+        Ports { ports }
+    }
 }
 
 async fn list<T: Listed>(
     State(st): State<AppState>,
     Extension(who): Extension<Identity>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<T::List>> {
     who.reader()?;
     let all = st.store.list::<T>(Filter::All).await?;
-    Ok(Json(json!({ T::LIST: all })))
+    Ok(Json(T::listed(all)))
 }
 
 async fn show<T: Listed>(
     State(st): State<AppState>,
     Extension(who): Extension<Identity>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<T>> {
     who.reader()?;
     let id = parse_id(&id, T::WHAT)?;
     let v = st
@@ -129,7 +140,7 @@ async fn show<T: Listed>(
         .get::<T>(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(T::WHAT))?;
-    Ok(Json(json!(v)))
+    Ok(Json(v))
 }
 
 async fn remove<T: Removable>(
@@ -146,12 +157,20 @@ async fn remove<T: Removable>(
 // ---- VPCs ----
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateVpc {
+    /// Default: a new UUID.
+    #[schemars(pattern(pattern::UUID))]
     id: Option<String>,
+    #[schemars(required, length(min = 1))]
     project_id: Option<String>,
     name: Option<String>,
+    #[schemars(required, pattern(pattern::NETWORK_CIDR))]
     cidr: Option<String>,
-    vni: Option<u32>,
+    /// Default: a free one.
+    #[serde(default, deserialize_with = "integral")]
+    #[schemars(with = "Option<i64>", range(min = 1, max = MAX_VNI))]
+    vni: Option<i64>,
 }
 
 /// A VPC or subnet CIDR: /30 or larger.
@@ -165,7 +184,7 @@ async fn create_vpc(
     State(st): State<AppState>,
     Extension(who): Extension<Identity>,
     Body(req): Body<CreateVpc>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Vpc>)> {
     who.operator()?;
     let id = opt_id("id", req.id)?;
     let project_id = required("project_id", req.project_id)?;
@@ -173,11 +192,15 @@ async fn create_vpc(
         return Err(ApiError::invalid("project_id", "must not be empty"));
     }
     let cidr = network_cidr(req.cidr)?;
-    if let Some(v) = req.vni
-        && (v == 0 || v > MAX_VNI)
-    {
-        return Err(ApiError::invalid("vni", "must be 1-16777215"));
-    }
+    let vni = req
+        .vni
+        .map(|v| {
+            u32::try_from(v)
+                .ok()
+                .filter(|v| (1..=MAX_VNI).contains(v))
+                .ok_or_else(|| ApiError::invalid("vni", "must be 1-16777215"))
+        })
+        .transpose()?;
     let vpc = Vpc {
         id,
         project_id,
@@ -187,18 +210,24 @@ async fn create_vpc(
         created_at: now(),
     };
     let vpc = st
-        .in_tx(async |tx| inventory::create_vpc(tx, vpc, req.vni).await)
+        .in_tx(async |tx| inventory::create_vpc(tx, vpc, vni).await)
         .await?;
-    Ok((StatusCode::CREATED, Json(json!(vpc))))
+    Ok((StatusCode::CREATED, Json(vpc)))
 }
 
 // ---- subnets ----
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateSubnet {
+    #[schemars(pattern(pattern::UUID))]
     id: Option<String>,
+    #[schemars(required, pattern(pattern::UUID))]
     vpc_id: Option<String>,
+    #[schemars(required, pattern(pattern::NETWORK_CIDR))]
     cidr: Option<String>,
+    /// Default: the first host address.
+    #[schemars(ipv4)]
     gateway_ip: Option<String>,
 }
 
@@ -206,7 +235,7 @@ async fn create_subnet(
     State(st): State<AppState>,
     Extension(who): Extension<Identity>,
     Body(req): Body<CreateSubnet>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Subnet>)> {
     who.operator()?;
     let id = opt_id("id", req.id)?;
     let vpc_id = field_uuid("vpc_id", &required("vpc_id", req.vpc_id)?)?;
@@ -225,17 +254,26 @@ async fn create_subnet(
     let subnet = st
         .in_tx(async |tx| inventory::create_subnet(tx, id, vpc_id, cidr, gateway).await)
         .await?;
-    Ok((StatusCode::CREATED, Json(json!(subnet))))
+    Ok((StatusCode::CREATED, Json(subnet)))
 }
 
 // ---- ports (NICs) ----
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreatePort {
+    #[schemars(pattern(pattern::UUID))]
     id: Option<String>,
+    #[schemars(required, pattern(pattern::UUID))]
     subnet_id: Option<String>,
+    /// Default: the first free host address.
+    #[schemars(ipv4)]
     ip: Option<String>,
+    /// Default: `fa:16:3e:…` from the id.
+    #[schemars(pattern(pattern::MAC))]
     mac: Option<String>,
+    /// A registered node.
+    #[schemars(required, pattern(pattern::NODE_NAME))]
     node: Option<String>,
 }
 
@@ -243,7 +281,7 @@ async fn create_port(
     State(st): State<AppState>,
     Extension(who): Extension<Identity>,
     Body(req): Body<CreatePort>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Port>)> {
     let node = required("node", req.node)?;
     who.node_writer(&node)?;
     let id = opt_id("id", req.id)?;
@@ -268,7 +306,7 @@ async fn create_port(
     let port = st
         .in_tx(async |tx| inventory::create_port(tx, n).await)
         .await?;
-    Ok((StatusCode::CREATED, Json(json!(port))))
+    Ok((StatusCode::CREATED, Json(port)))
 }
 
 async fn delete_port(
@@ -290,26 +328,32 @@ async fn delete_port(
 // ---- nodes ----
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PutNode {
+    #[schemars(required, ipv4)]
     underlay_ip: Option<String>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Applied {
+    #[serde(default, deserialize_with = "integral")]
+    #[schemars(required, with = "i64", range(min = 0))]
     revision: Option<i64>,
 }
 
-async fn node_view(st: &AppState, n: &Node) -> ApiResult<Value> {
+async fn node_view(st: &AppState, n: &Node) -> ApiResult<NodeView> {
     let applied = st.store.applied().await?;
     Ok(with_applied(n, applied.get(&n.name)))
 }
 
-fn with_applied(n: &Node, a: Option<&(i64, String)>) -> Value {
-    let mut v = json!(n);
+fn with_applied(n: &Node, a: Option<&(i64, String)>) -> NodeView {
     let (rev, at) = a.map_or((0, ""), |(r, t)| (*r, t.as_str()));
-    v["applied_revision"] = json!(rev);
-    v["applied_at"] = json!(at);
-    v
+    NodeView {
+        node: n.clone(),
+        applied_revision: rev,
+        applied_at: at.to_owned(),
+    }
 }
 
 /// Registers or updates a node; a new node gets the lowest free SNAT address.
@@ -318,7 +362,7 @@ async fn put_node(
     Extension(who): Extension<Identity>,
     Path(name): Path<String>,
     Body(req): Body<PutNode>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<NodeView>> {
     check_node_name(&name)?;
     who.node_writer(&name)?;
     let underlay = required("underlay_ip", req.underlay_ip)?;
@@ -332,24 +376,24 @@ async fn put_node(
 async fn list_nodes(
     State(st): State<AppState>,
     Extension(who): Extension<Identity>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Nodes>> {
     who.reader()?;
     let applied = st.store.applied().await?;
-    let out: Vec<Value> = st
+    let nodes = st
         .store
         .list::<Node>(Filter::All)
         .await?
         .iter()
         .map(|n| with_applied(n, applied.get(&n.name)))
         .collect();
-    Ok(Json(json!({"nodes": out})))
+    Ok(Json(Nodes { nodes }))
 }
 
 async fn show_node(
     State(st): State<AppState>,
     Extension(who): Extension<Identity>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<NodeView>> {
     who.reader()?;
     let n = st
         .store
@@ -376,7 +420,7 @@ async fn put_applied(
     Extension(who): Extension<Identity>,
     Path(name): Path<String>,
     Body(req): Body<Applied>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<NodeView>> {
     who.node_writer(&name)?;
     let rev = required("revision", req.revision)?;
     let n = inventory::set_applied(&st.store, &name, rev).await?;
@@ -389,19 +433,24 @@ async fn put_applied(
 async fn public_services(
     State(st): State<AppState>,
     Extension(who): Extension<Identity>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<OpenServices>> {
     who.reader()?;
-    let out: Vec<Value> = services::open_to_all(&st.store)
+    let endpoint_services = services::open_to_all(&st.store)
         .await?
         .iter()
         .map(Service::view)
         .collect();
-    Ok(Json(json!({"endpoint_services": out})))
+    Ok(Json(OpenServices { endpoint_services }))
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PutQuota {
+    #[serde(default, deserialize_with = "integral")]
+    #[schemars(with = "Option<i64>", range(min = 0, max = MAX_QUOTA))]
     endpoint_service: Option<i64>,
+    #[serde(default, deserialize_with = "integral")]
+    #[schemars(with = "Option<i64>", range(min = 0, max = MAX_QUOTA))]
     endpoint: Option<i64>,
 }
 
@@ -409,13 +458,13 @@ async fn show_quota(
     State(st): State<AppState>,
     Extension(who): Extension<Identity>,
     Path(project): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ProjectQuota>> {
     who.operator()?;
-    Ok(Json(json!({
-        "project_id": project,
-        "endpoint_service": quota_read(&st.store, &st.config, &project, Service::KIND).await?,
-        "endpoint": quota_read(&st.store, &st.config, &project, Endpoint::KIND).await?,
-    })))
+    Ok(Json(ProjectQuota {
+        endpoint_service: quota_read(&st.store, &st.config, &project, Service::KIND).await?,
+        endpoint: quota_read(&st.store, &st.config, &project, Endpoint::KIND).await?,
+        project_id: project,
+    }))
 }
 
 async fn put_quota(
@@ -423,7 +472,7 @@ async fn put_quota(
     Extension(who): Extension<Identity>,
     Path(project): Path<String>,
     Body(req): Body<PutQuota>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ProjectQuota>> {
     who.operator()?;
     let q = QuotaOverride {
         project_id: project.clone(),
@@ -433,9 +482,9 @@ async fn put_quota(
     let (endpoint_service, endpoint) = st
         .in_tx(async |tx| quota::put_quota(tx, &st.config, q).await)
         .await?;
-    Ok(Json(json!({
-        "project_id": project,
-        "endpoint_service": endpoint_service,
-        "endpoint": endpoint,
-    })))
+    Ok(Json(ProjectQuota {
+        project_id: project,
+        endpoint_service,
+        endpoint,
+    }))
 }

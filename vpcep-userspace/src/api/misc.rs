@@ -1,16 +1,17 @@
 //! Version discovery, quotas and the v2 calls.
 use axum::{
     Extension, Json,
-    extract::{Path, RawQuery, State},
+    extract::{RawQuery, State},
     http::StatusCode,
 };
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{
     AppState,
-    error::{ApiError, ApiResult, Body},
+    error::{ApiError, ApiResult, Body, Path},
     query_map,
+    views::{Link, OneVersion, QuotaResources, QuotaUse, Quotas, VersionObject, Versions},
 };
 use crate::{
     domain::*,
@@ -18,24 +19,32 @@ use crate::{
     store::{Filter, Object},
 };
 
-fn version_object(id: &str) -> Value {
-    json!({
-        "id": id,
-        "status": if id == "v1" { "CURRENT" } else { "SUPPORTED" },
-        "updated": "2026-01-01T00:00:00Z",
-        "version": "",
-        "min_version": "",
-        "links": [{"href": format!("/{id}/"), "type": "application/json", "rel": "self"}],
+fn version_object(id: &str) -> VersionObject {
+    VersionObject {
+        id: id.to_owned(),
+        status: if id == "v1" { "CURRENT" } else { "SUPPORTED" }.to_owned(),
+        updated: "2026-01-01T00:00:00Z".to_owned(),
+        version: String::new(),
+        min_version: String::new(),
+        links: vec![Link {
+            href: format!("/{id}/"),
+            kind: "application/json".to_owned(),
+            rel: "self".to_owned(),
+        }],
+    }
+}
+
+pub async fn versions() -> Json<Versions> {
+    Json(Versions {
+        versions: vec![version_object("v1"), version_object("v2")],
     })
 }
 
-pub async fn versions() -> Json<Value> {
-    Json(json!({"versions": [version_object("v1"), version_object("v2")]}))
-}
-
-pub async fn version(Path(v): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn version(Path(v): Path<String>) -> ApiResult<Json<OneVersion>> {
     match v.as_str() {
-        "v1" | "v2" => Ok(Json(json!({"version": version_object(&v)}))),
+        "v1" | "v2" => Ok(Json(OneVersion {
+            version: version_object(&v),
+        })),
         _ => Err(ApiError::not_found("version")),
     }
 }
@@ -44,7 +53,7 @@ pub async fn quotas(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     RawQuery(q): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Quotas>> {
     let q = query_map(q);
     if let Some(t) = q.get("type") {
         check_enum("type", t, &["endpoint_service", "endpoint"])?;
@@ -61,19 +70,27 @@ pub async fn quotas(
         } else {
             st.store.count::<Endpoint>(f).await?
         };
-        out.push(json!({"type": kind, "used": used, "quota": quota}));
+        out.push(QuotaUse {
+            kind: kind.to_owned(),
+            used,
+            quota,
+        });
     }
-    Ok(Json(json!({"quotas": {"resources": out}})))
+    Ok(Json(Quotas {
+        quotas: QuotaResources { resources: out },
+    }))
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct ServerResource {
+    #[schemars(required, pattern(pattern::UUID))]
     resource_id: Option<String>,
     availability_zone_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct AddServerResources {
+    #[schemars(required, length(min = 1))]
     server_resources: Option<Vec<ServerResource>>,
 }
 
@@ -113,6 +130,7 @@ pub async fn upgrade_service(
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct UpgradeEndpoint {
+    #[schemars(required, extend("enum" = ["upgrade", "rollback"]))]
     action: Option<String>,
 }
 

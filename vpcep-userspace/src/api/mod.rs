@@ -5,11 +5,9 @@
 //! the feed.
 use std::{collections::HashMap, sync::Arc};
 
-use serde_json::{Value, json};
-
 use axum::{
-    Extension, Json, Router,
-    extract::{DefaultBodyLimit, Path, State},
+    Extension, Router,
+    extract::{DefaultBodyLimit, State},
     http::{Method, StatusCode},
     middleware,
     routing::{MethodFilter, MethodRouter, get},
@@ -30,11 +28,12 @@ pub mod openapi;
 mod permissions;
 pub mod routes;
 mod services;
+mod strict;
 mod tags;
 mod views;
 
 pub use self::auth::{Credentials, CredentialsFile};
-use self::error::{ApiError, ApiResult};
+use self::error::{ApiError, ApiResult, Path};
 pub use crate::ops::Config;
 
 #[derive(Clone)]
@@ -213,18 +212,6 @@ impl Paging {
         })
     }
 
-    /// One page of `items` as the reference lists answer: `{key: [view…], "total_count": n}`.
-    pub fn answer<T: Revisions>(
-        &self,
-        key: &str,
-        items: Vec<T>,
-        view: impl Fn(&T) -> Value,
-    ) -> Json<Value> {
-        let (page, total) = self.apply(items);
-        let out: Vec<Value> = page.iter().map(view).collect();
-        Json(json!({key: out, "total_count": total}))
-    }
-
     /// Sorts by (created or updated revision), then pages; returns the page and the total.
     pub fn apply<T: Revisions>(&self, mut items: Vec<T>) -> (Vec<T>, usize) {
         items.sort_by_key(|i| {
@@ -242,12 +229,6 @@ impl Paging {
             .collect();
         (page, total)
     }
-}
-
-/// `{key: [view…]}`: the answer of the batch calls.
-pub(crate) fn views<T>(key: &str, items: &[T], view: impl Fn(&T) -> Value) -> Json<Value> {
-    let out: Vec<Value> = items.iter().map(view).collect();
-    Json(json!({ key: out }))
 }
 
 /// Case-insensitive "fuzzy" name match used by the list filters.

@@ -1,10 +1,14 @@
-//! `/openapi.json`, built from the route table ([`OPERATIONS`], the same table the router is
-//! built from and the tests walk).
+//! `/openapi.json` (OpenAPI 3.1), built from the route table ([`OPERATIONS`], the same table
+//! the router is built from and the tests walk). Request schemas come from the types the
+//! handlers decode (their rules as `required`, `enum`, ranges, lengths, patterns and formats:
+//! see [`crate::domain::pattern`]); response schemas from the types they encode
+//! ([`super::views`]).
 use axum::Json;
-use schemars::{Schema, SchemaGenerator, generate::SchemaSettings};
+use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings};
 use serde_json::{Map, Value, json};
 
 pub use super::routes::OPERATIONS;
+use crate::domain::{Port, Subnet, Vpc, pattern};
 
 /// The request body type of an operation, as a schema reference.
 fn request_schema(op: &str, g: &mut SchemaGenerator) -> Option<Schema> {
@@ -39,64 +43,302 @@ fn request_schema(op: &str, g: &mut SchemaGenerator) -> Option<Schema> {
     })
 }
 
-/// The success body of an operation that returns one flat object.
-fn response_schema(op: &str, g: &mut SchemaGenerator) -> Option<Schema> {
-    use crate::domain as model;
-    Some(match op {
+/// What an operation answers on success.
+enum Success {
+    /// 200 (or 201 for the inventory's creates) with this JSON body.
+    Json(u16, Schema),
+    /// 200 with a body of another media type.
+    Other(&'static str, Value),
+    /// 204, no content.
+    NoContent,
+}
+
+/// The success answer of an operation: the type its handler serialises.
+fn response(op: &str, g: &mut SchemaGenerator) -> Success {
+    use super::views as v;
+    fn ok<T: JsonSchema>(g: &mut SchemaGenerator) -> Success {
+        Success::Json(200, g.subschema_for::<T>())
+    }
+    match op {
+        "list_version_details" => ok::<v::Versions>(g),
+        "list_specified_version_details" => ok::<v::OneVersion>(g),
+        "list_quota_details" => ok::<v::Quotas>(g),
+        "list_endpoint_service" => ok::<v::ServicePage>(g),
         "create_endpoint_service" | "list_service_details" | "update_endpoint_service" => {
-            g.subschema_for::<model::Service>()
+            ok::<v::ServiceView>(g)
         }
+        "list_service_describe_details" => ok::<v::DescribeView>(g),
+        "list_service_public_details" => ok::<v::PublicServicePage>(g),
+        "list_service_connections" => ok::<v::ConnectionPage>(g),
+        "accept_or_reject_endpoint" | "update_endpoint_connections_desc" => ok::<v::Connections>(g),
+        "update_endpoint_service_name" => ok::<v::Renamed>(g),
+        "list_service_permissions_details" => ok::<v::PermissionPage>(g),
+        "add_or_remove_service_permissions" => ok::<v::PermissionStrings>(g),
+        "batch_add_endpoint_service_permissions"
+        | "batch_remove_endpoint_service_permissions"
+        | "update_endpoint_service_permission_desc" => ok::<v::Permissions>(g),
+        "list_endpoints" => ok::<v::EndpointPage>(g),
         "create_endpoint"
         | "list_endpoint_info_details"
         | "update_endpoint_white"
         | "update_endpoint_policy"
-        | "delete_endpoint_policy" => g.subschema_for::<model::Endpoint>(),
-        "inventory_create_vpc" | "inventory_show_vpc" => g.subschema_for::<model::Vpc>(),
-        "inventory_create_subnet" | "inventory_show_subnet" => g.subschema_for::<model::Subnet>(),
-        "inventory_create_port" | "inventory_show_port" => g.subschema_for::<model::Port>(),
-        "inventory_put_node" | "inventory_show_node" => g.subschema_for::<model::Node>(),
-        _ => return None,
+        | "delete_endpoint_policy" => ok::<v::EndpointView>(g),
+        "update_endpoint_routetable" => ok::<v::Routetables>(g),
+        "list_resource_instances" => ok::<v::Resources>(g),
+        "list_query_project_resource_tags" => ok::<v::ProjectTags>(g),
+        "inventory_list_vpcs" => ok::<v::Vpcs>(g),
+        "inventory_create_vpc" => Success::Json(201, g.subschema_for::<Vpc>()),
+        "inventory_show_vpc" => ok::<Vpc>(g),
+        "inventory_list_subnets" => ok::<v::Subnets>(g),
+        "inventory_create_subnet" => Success::Json(201, g.subschema_for::<Subnet>()),
+        "inventory_show_subnet" => ok::<Subnet>(g),
+        "inventory_list_ports" => ok::<v::Ports>(g),
+        "inventory_create_port" => Success::Json(201, g.subschema_for::<Port>()),
+        "inventory_show_port" => ok::<Port>(g),
+        "inventory_list_nodes" => ok::<v::Nodes>(g),
+        "inventory_show_node" | "inventory_put_node" | "inventory_put_applied" => {
+            ok::<v::NodeView>(g)
+        }
+        "inventory_public_services" => ok::<v::OpenServices>(g),
+        "inventory_show_quota" | "inventory_put_quota" => ok::<v::ProjectQuota>(g),
+        "feed_snapshot" => Success::Json(200, snapshot_schema()),
+        "feed_watch" => Success::Other(
+            "application/x-ndjson",
+            json!({"type": "string", "description": "one JSON event per line"}),
+        ),
+        "openapi" => Success::Json(200, Schema::from(true)),
+        _ => Success::NoContent,
+    }
+}
+
+/// `/feed/snapshot`: written by the store as it reads the documents.
+fn snapshot_schema() -> Schema {
+    let schema = json!({
+        "type": "object",
+        "required": ["revision", "objects"],
+        "properties": {
+            "revision": {"type": "integer", "minimum": 0},
+            "objects": {"type": "array", "items": {
+                "type": "object",
+                "required": ["kind", "id", "revision", "object"],
+                "properties": {
+                    "kind": {"type": "string"},
+                    "id": {"type": "string"},
+                    "revision": {"type": "integer"},
+                    "object": {"type": "object"},
+                },
+            }},
+        },
+    });
+    Schema::try_from(schema).unwrap_or_default()
+}
+
+/// Routes anyone may call: no credentials (`security: []`).
+const ANONYMOUS: [&str; 3] = [
+    "list_version_details",
+    "list_specified_version_details",
+    "openapi",
+];
+
+/// The schema of a path parameter: the form the handlers accept (anything else is a 404,
+/// or for a node name on a write a 400).
+fn path_param(name: &str) -> Value {
+    match name {
+        "version" => json!({"type": "string", "enum": ["v1", "v2"]}),
+        "resource_type" => json!({"type": "string", "enum": ["endpoint_service", "endpoint"]}),
+        "project_id" => json!({"type": "string", "minLength": 1}),
+        "name" => json!({"type": "string", "pattern": pattern::NODE_NAME}),
+        _ => json!({"type": "string", "pattern": pattern::UUID}),
+    }
+}
+
+/// The query parameters an operation requires.
+fn query_params(op: &str) -> Vec<Value> {
+    match op {
+        "feed_watch" => vec![json!({
+            "name": "after", "in": "query", "required": true,
+            "schema": {"type": "integer", "minimum": 0},
+        })],
+        _ => Vec::new(),
+    }
+}
+
+fn error(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     })
+}
+
+/// The responses of one operation: its success, then the errors it can answer.
+fn responses(method: &str, path: &str, op: &str, body: bool, g: &mut SchemaGenerator) -> Value {
+    let mut r = Map::new();
+    match response(op, g) {
+        Success::Json(status, schema) => {
+            r.insert(
+                status.to_string(),
+                json!({"description": "success", "content": {"application/json": {"schema": schema}}}),
+            );
+        }
+        Success::Other(media, schema) => {
+            r.insert(
+                "200".into(),
+                json!({"description": "success", "content": {media: {"schema": schema}}}),
+            );
+        }
+        Success::NoContent => {
+            r.insert("204".into(), json!({"description": "done, no content"}));
+        }
+    }
+    let anonymous = ANONYMOUS.contains(&op);
+    let params = path.matches('{').count();
+    let tenant = path.starts_with("/v1/") || path.starts_with("/v2/");
+    let errors = [
+        (
+            "400",
+            body || tenant || op == "feed_watch",
+            "invalid request (error_code and a message naming the field)",
+        ),
+        ("401", !anonymous, "no or bad credentials"),
+        (
+            "403",
+            !anonymous,
+            "credentials without the scope or project",
+        ),
+        (
+            "404",
+            params > usize::from(tenant),
+            "unknown or malformed id, or invisible resource",
+        ),
+        (
+            "409",
+            method != "get" && !anonymous,
+            "conflict with the current state",
+        ),
+        ("413", body, "body larger than the limit"),
+    ];
+    for (status, applies, description) in errors {
+        if applies {
+            r.insert(status.into(), error(description));
+        }
+    }
+    r.insert("default".into(), error("internal error"));
+    Value::Object(r)
+}
+
+/// One operation's entry under its path.
+fn operation(
+    (method, path, op, summary, body): (&str, &str, &str, &str, bool),
+    req: &mut SchemaGenerator,
+    resp: &mut SchemaGenerator,
+) -> Value {
+    let mut params: Vec<Value> = path
+        .split('/')
+        .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|name| json!({"name": name, "in": "path", "required": true, "schema": path_param(name)}))
+        .collect();
+    params.extend(query_params(op));
+    let mut o = json!({
+        "operationId": op,
+        "summary": summary,
+        "parameters": params,
+        "responses": responses(method, path, op, body, resp),
+    });
+    if ANONYMOUS.contains(&op) {
+        o["security"] = json!([]);
+    }
+    if body {
+        let schema =
+            request_schema(op, req).map_or_else(|| json!({"type": "object"}), |s| json!(s));
+        o["requestBody"] = json!({
+            "required": true,
+            "content": {"application/json": {"schema": schema}},
+        });
+    }
+    o
+}
+
+/// JSON Schema 2020-12 (the dialect of OpenAPI 3.1) with definitions under
+/// `components/schemas`.
+fn generator(serialize: bool) -> SchemaGenerator {
+    let s = SchemaSettings::draft2020_12().with(|s| {
+        s.definitions_path = "/components/schemas".into();
+        s.meta_schema = None;
+    });
+    if serialize {
+        s.for_serialize()
+    } else {
+        s.for_deserialize()
+    }
+    .into_generator()
+}
+
+/// Replaces every `$ref` to `from` under `v` by one to `to`.
+fn rename_refs(v: &mut Value, from: &str, to: &str) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if k == "$ref" && x.as_str() == Some(from) {
+                    *x = json!(to);
+                } else {
+                    rename_refs(x, from, to);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| rename_refs(x, from, to)),
+        _ => {}
+    }
+}
+
+/// The definitions of both generators. A type read and written differently (a field with a
+/// default is optional in a request but always in a response) keeps its name for the
+/// response and gets `…Request` for the request.
+fn definitions(
+    paths: &mut Map<String, Value>,
+    req: &mut SchemaGenerator,
+    resp: &mut SchemaGenerator,
+) -> Map<String, Value> {
+    let mut out: Map<String, Value> = resp.take_definitions(true);
+    let mut requests: Map<String, Value> = req.take_definitions(true);
+    let clashes: Vec<String> = requests
+        .iter()
+        .filter(|(k, v)| out.get(*k).is_some_and(|o| o != *v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for name in clashes {
+        let (from, to) = (
+            format!("#/components/schemas/{name}"),
+            format!("#/components/schemas/{name}Request"),
+        );
+        for v in requests.values_mut() {
+            rename_refs(v, &from, &to);
+        }
+        for item in paths.values_mut().filter_map(Value::as_object_mut) {
+            for o in item.values_mut() {
+                if let Some(b) = o.get_mut("requestBody") {
+                    rename_refs(b, &from, &to);
+                }
+            }
+        }
+        if let Some(v) = requests.remove(&name) {
+            requests.insert(format!("{name}Request"), v);
+        }
+    }
+    out.extend(requests);
+    out
 }
 
 /// The OpenAPI 3.1 document: paths from the operation table, request and response schemas
 /// derived from the Rust types the handlers decode and encode.
 pub fn document() -> Value {
-    let mut g = SchemaSettings::openapi3().into_generator();
+    let (mut req, mut resp) = (generator(false), generator(true));
     let mut paths: Map<String, Value> = Map::new();
-    for (method, path, op, summary, body) in OPERATIONS {
-        let params: Vec<Value> = path
-            .split('/')
-            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
-            .collect();
-        let ok = match response_schema(op, &mut g) {
-            Some(schema) => {
-                json!({"description": "success", "content": {"application/json": {"schema": schema}}})
-            }
-            None => json!({"description": "success"}),
-        };
-        let mut o = json!({
-            "operationId": op,
-            "summary": summary,
-            "parameters": params,
-            "responses": {
-                "200": ok,
-                "default": {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-            },
-        });
-        if *body {
-            let schema =
-                request_schema(op, &mut g).map_or_else(|| json!({"type": "object"}), |s| json!(s));
-            o["requestBody"] = json!({
-                "required": true,
-                "content": {"application/json": {"schema": schema}},
-            });
-        }
+    for &(method, path, op, summary, body) in OPERATIONS {
+        let o = operation((method, path, op, summary, body), &mut req, &mut resp);
         let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
-        entry[*method] = o;
+        entry[method] = o;
     }
-    let mut schemas: Map<String, Value> = g.take_definitions(true).into_iter().collect();
+    let mut schemas = definitions(&mut paths, &mut req, &mut resp);
     schemas.insert(
         "Error".into(),
         json!({

@@ -3,15 +3,15 @@
 //! operation of the route table with its own fields, so these near-copies stay.
 use axum::{
     Extension, Json,
-    extract::{Path, RawQuery, State},
+    extract::{RawQuery, State},
 };
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::{
     AppState, Paging,
-    error::{ApiError, ApiResult, Body},
-    fuzzy, query_map, views,
+    error::{ApiError, ApiResult, Body, Path},
+    fuzzy, query_map,
+    views::{ConnectionPage, Connections, PermissionPage, PermissionStrings, Permissions},
 };
 use crate::{
     domain::*,
@@ -21,57 +21,74 @@ use crate::{
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct ConnectionAction {
+    #[schemars(required, extend("enum" = ["receive", "reject"]))]
     action: Option<String>,
+    #[schemars(required, length(min = 1), inner(pattern(pattern::UUID)))]
     endpoints: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct ConnectionDesc {
+    #[schemars(required, pattern(pattern::UUID))]
     id: Option<String>,
+    #[schemars(required, length(max = 512), pattern(pattern::DESCRIPTION))]
     description: Option<String>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct ConnectionDescs {
+    #[schemars(required)]
     connections: Option<Vec<ConnectionDesc>>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct PermissionAction {
+    #[schemars(required, length(max = MAX_PERMISSIONS), inner(pattern(pattern::PERMISSION)))]
     permissions: Option<Vec<String>>,
+    /// When given, what every permission string is.
+    #[schemars(extend("enum" = pattern::or_null(&PERMISSION_TYPES)))]
     permission_type: Option<String>,
+    #[schemars(required, extend("enum" = ["add", "remove"]))]
     action: Option<String>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct AddPermission {
+    #[schemars(required, pattern(pattern::PERMISSION))]
     permission: Option<String>,
+    #[schemars(length(max = 512), pattern(pattern::DESCRIPTION))]
     description: Option<String>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct BatchCreate {
+    #[schemars(required, length(max = MAX_PERMISSIONS))]
     permissions: Option<Vec<AddPermission>>,
+    #[schemars(extend("enum" = pattern::or_null(&PERMISSION_TYPES)))]
     permission_type: Option<String>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct RemovePermission {
+    #[schemars(required, pattern(pattern::UUID))]
     id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct BatchDelete {
+    #[schemars(required)]
     permissions: Option<Vec<RemovePermission>>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct PermissionDesc {
+    #[schemars(required, length(max = 512), pattern(pattern::DESCRIPTION))]
     description: Option<String>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct UpdatePermissionDesc {
+    #[schemars(required)]
     permission: Option<PermissionDesc>,
 }
 
@@ -80,7 +97,7 @@ pub async fn list_connections(
     Extension(caller): Extension<Caller>,
     Path((_, id)): Path<(String, String)>,
     RawQuery(q): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ConnectionPage>> {
     let q = query_map(q);
     let paging = Paging::from_query(&q, 1000)?;
     let id = services::check_owned(&st.store, &caller, &id).await?;
@@ -102,7 +119,11 @@ pub async fn list_connections(
                 && q.get("status").is_none_or(|s| s == e.status.as_str())
         })
         .collect();
-    Ok(paging.answer("connections", items, Endpoint::connection_view))
+    let (page, total) = paging.apply(items);
+    Ok(Json(ConnectionPage {
+        connections: page.iter().map(Endpoint::connection_view).collect(),
+        total_count: total,
+    }))
 }
 
 pub async fn connection_action(
@@ -110,7 +131,7 @@ pub async fn connection_action(
     Extension(caller): Extension<Caller>,
     Path((_, id)): Path<(String, String)>,
     Body(req): Body<ConnectionAction>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Connections>> {
     let action = required("action", req.action)?;
     check_enum("action", &action, &["receive", "reject"])?;
     let ids = required("endpoints", req.endpoints)?;
@@ -125,7 +146,9 @@ pub async fn connection_action(
     let eps = st
         .in_tx(async |tx| permissions::accept(tx, &caller, &id, &ids, action == "receive").await)
         .await?;
-    Ok(views("connections", &eps, Endpoint::connection_view))
+    Ok(Json(Connections {
+        connections: eps.iter().map(Endpoint::connection_view).collect(),
+    }))
 }
 
 pub async fn connection_descriptions(
@@ -133,7 +156,7 @@ pub async fn connection_descriptions(
     Extension(caller): Extension<Caller>,
     Path((_, id)): Path<(String, String)>,
     Body(req): Body<ConnectionDescs>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Connections>> {
     let items = required("connections", req.connections)?;
     let mut checked = Vec::with_capacity(items.len());
     for (i, c) in items.into_iter().enumerate() {
@@ -148,7 +171,9 @@ pub async fn connection_descriptions(
     let eps = st
         .in_tx(async |tx| permissions::describe_connections(tx, &caller, &id, checked).await)
         .await?;
-    Ok(views("connections", &eps, Endpoint::connection_view))
+    Ok(Json(Connections {
+        connections: eps.iter().map(Endpoint::connection_view).collect(),
+    }))
 }
 
 pub async fn action(
@@ -156,7 +181,7 @@ pub async fn action(
     Extension(caller): Extension<Caller>,
     Path((_, id)): Path<(String, String)>,
     Body(req): Body<PermissionAction>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<PermissionStrings>> {
     let action = required("action", req.action)?;
     check_enum("action", &action, &["add", "remove"])?;
     let perms = required("permissions", req.permissions)?;
@@ -176,11 +201,10 @@ pub async fn action(
             }
         })
         .await?;
-    let all: Vec<&String> = all.iter().map(|p| &p.permission).collect();
-    Ok(Json(json!({
-        "permissions": all,
-        "permission_type": req.permission_type.unwrap_or_else(|| "domainId".to_owned()),
-    })))
+    Ok(Json(PermissionStrings {
+        permissions: all.into_iter().map(|p| p.permission).collect(),
+        permission_type: req.permission_type.unwrap_or_else(|| "domainId".to_owned()),
+    }))
 }
 
 pub async fn batch_create(
@@ -188,7 +212,7 @@ pub async fn batch_create(
     Extension(caller): Extension<Caller>,
     Path((_, id)): Path<(String, String)>,
     Body(req): Body<BatchCreate>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Permissions>> {
     let items = required("permissions", req.permissions)?;
     let mut checked = Vec::with_capacity(items.len());
     for (i, p) in items.into_iter().enumerate() {
@@ -203,7 +227,9 @@ pub async fn batch_create(
     let (added, _) = st
         .in_tx(async |tx| permissions::add(tx, &caller, &id, checked).await)
         .await?;
-    Ok(views("permissions", &added, Permission::view))
+    Ok(Json(Permissions {
+        permissions: added.iter().map(Permission::view).collect(),
+    }))
 }
 
 pub async fn batch_delete(
@@ -211,7 +237,7 @@ pub async fn batch_delete(
     Extension(caller): Extension<Caller>,
     Path((_, id)): Path<(String, String)>,
     Body(req): Body<BatchDelete>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Permissions>> {
     let items = required("permissions", req.permissions)?;
     let mut ids = Vec::with_capacity(items.len());
     for (i, p) in items.into_iter().enumerate() {
@@ -221,7 +247,9 @@ pub async fn batch_delete(
     let gone = st
         .in_tx(async |tx| permissions::remove_ids(tx, &caller, &id, &ids).await)
         .await?;
-    Ok(views("permissions", &gone, Permission::view))
+    Ok(Json(Permissions {
+        permissions: gone.iter().map(Permission::view).collect(),
+    }))
 }
 
 pub async fn describe(
@@ -229,7 +257,7 @@ pub async fn describe(
     Extension(caller): Extension<Caller>,
     Path((_, id, pid)): Path<(String, String, String)>,
     Body(req): Body<UpdatePermissionDesc>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Permissions>> {
     let d = required(
         "permission.description",
         required("permission", req.permission)?.description,
@@ -239,7 +267,9 @@ pub async fn describe(
     let p = st
         .in_tx(async |tx| permissions::describe(tx, &caller, &id, &pid, d).await)
         .await?;
-    Ok(Json(json!({"permissions": [p.view()]})))
+    Ok(Json(Permissions {
+        permissions: vec![p.view()],
+    }))
 }
 
 pub async fn list(
@@ -247,7 +277,7 @@ pub async fn list(
     Extension(caller): Extension<Caller>,
     Path((_, id)): Path<(String, String)>,
     RawQuery(q): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<PermissionPage>> {
     let q = query_map(q);
     let paging = Paging::from_query(&q, 500)?;
     let id = services::check_owned(&st.store, &caller, &id).await?;
@@ -258,5 +288,9 @@ pub async fn list(
         .into_iter()
         .filter(|p| q.get("permission").is_none_or(|f| fuzzy(&p.permission, f)))
         .collect();
-    Ok(paging.answer("permissions", items, Permission::view))
+    let (page, total) = paging.apply(items);
+    Ok(Json(PermissionPage {
+        permissions: page.iter().map(Permission::view).collect(),
+        total_count: total,
+    }))
 }

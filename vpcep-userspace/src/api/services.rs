@@ -1,15 +1,17 @@
 //! Endpoint services: create, list, show, update, delete, rename, describe, public list.
 use axum::{
     Extension, Json,
-    extract::{Path, RawQuery, State},
+    extract::{RawQuery, State},
 };
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::{
     AppState, Paging,
-    error::{ApiError, ApiResult, Body},
+    error::{ApiError, ApiResult, Body, Path},
     fuzzy, query_map,
+    views::{
+        DescribeView, PublicServicePage, PublicServiceView, Renamed, ServicePage, ServiceView,
+    },
 };
 use crate::{
     domain::*,
@@ -19,40 +21,70 @@ use crate::{
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct CreateService {
+    #[schemars(required, pattern(pattern::UUID))]
     port_id: Option<String>,
+    #[schemars(pattern(pattern::SERVICE_NAME))]
     service_name: Option<String>,
+    #[schemars(required, pattern(pattern::UUID))]
     vpc_id: Option<String>,
+    /// Default true.
     approval_enabled: Option<bool>,
+    /// Default `interface`; `gateway` for the operator only.
+    #[schemars(extend("enum" = pattern::or_null(&SERVICE_TYPES)))]
     service_type: Option<String>,
+    #[schemars(required, extend("enum" = SERVER_TYPES))]
     server_type: Option<String>,
+    /// Default: the NIC's address.
+    #[schemars(ipv4)]
     ip: Option<String>,
+    #[schemars(required, length(min = 1, max = MAX_PORT_MAPPINGS))]
     ports: Option<Vec<PortMappingIn>>,
+    /// Default `close`.
+    #[schemars(extend("enum" = pattern::or_null(&TCP_PROXY)))]
     tcp_proxy: Option<String>,
+    #[schemars(length(max = MAX_TAGS))]
     tags: Option<Vec<Tag>>,
+    #[schemars(length(max = 512), pattern(pattern::DESCRIPTION))]
     description: Option<String>,
+    #[schemars(extend("enum" = pattern::or_null(&IP_VERSIONS)))]
     ip_version: Option<String>,
     #[allow(dead_code)]
     snat_network_id: Option<String>,
     /// Extension: the limits of each endpoint (default: the region's).
+    #[serde(default, deserialize_with = "integral")]
+    #[schemars(with = "Option<i64>", range(min = 0, max = MAX_CONNECTIONS))]
     max_connections: Option<i64>,
+    #[serde(default, deserialize_with = "integral")]
+    #[schemars(with = "Option<i64>", range(min = 0, max = MAX_NEW_CONNECTIONS_PER_SECOND))]
     max_new_connections_per_second: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct UpdateService {
     approval_enabled: Option<bool>,
+    #[schemars(pattern(pattern::SERVICE_NAME))]
     service_name: Option<String>,
+    #[schemars(length(min = 1, max = MAX_PORT_MAPPINGS))]
     ports: Option<Vec<PortMappingIn>>,
+    #[schemars(pattern(pattern::UUID))]
     port_id: Option<String>,
+    #[schemars(extend("enum" = pattern::or_null(&TCP_PROXY)))]
     tcp_proxy: Option<String>,
+    #[schemars(length(max = 512), pattern(pattern::DESCRIPTION))]
     description: Option<String>,
+    #[schemars(ipv4)]
     ip: Option<String>,
+    #[serde(default, deserialize_with = "integral")]
+    #[schemars(with = "Option<i64>", range(min = 0, max = MAX_CONNECTIONS))]
     max_connections: Option<i64>,
+    #[serde(default, deserialize_with = "integral")]
+    #[schemars(with = "Option<i64>", range(min = 0, max = MAX_NEW_CONNECTIONS_PER_SECOND))]
     max_new_connections_per_second: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct RenameService {
+    #[schemars(required, pattern(pattern::SERVICE_NAME))]
     endpoint_service_name: Option<String>,
 }
 
@@ -68,7 +100,7 @@ impl CreateService {
             check_service_name(n)?;
         }
         let service_type = self.service_type.unwrap_or_else(|| "interface".to_owned());
-        check_enum("service_type", &service_type, &["interface", "gateway"])?;
+        check_enum("service_type", &service_type, &SERVICE_TYPES)?;
         if service_type == "gateway" && !caller.operator {
             return Err(ApiError::invalid(
                 "service_type",
@@ -82,7 +114,7 @@ impl CreateService {
         let description = self.description.unwrap_or_default();
         check_description("description", &description)?;
         let ip_version = self.ip_version.unwrap_or_else(|| "ipv4".to_owned());
-        check_enum("ip_version", &ip_version, &["ipv4"])?;
+        check_enum("ip_version", &ip_version, &IP_VERSIONS)?;
         if let Some(ip) = &self.ip {
             parse_ip("ip", ip)?;
         }
@@ -147,7 +179,7 @@ pub async fn create(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     Body(req): Body<CreateService>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ServiceView>> {
     let n = req.checked(&caller)?;
     let svc = st
         .in_tx(async |tx| services::create(tx, &st.config, &caller, n).await)
@@ -160,7 +192,7 @@ pub async fn list(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     RawQuery(q): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ServicePage>> {
     let q = query_map(q);
     let paging = Paging::from_query(&q, 1000)?;
     let all = st
@@ -181,19 +213,20 @@ pub async fn list(
     for s in page {
         let eps = st.store.list::<Endpoint>(Filter::Ref1(&s.id)).await?;
         let mut v = s.view();
-        v["connection_count"] = json!(eps.len());
+        v.connection_count = Some(eps.len());
         out.push(v);
     }
-    Ok(Json(
-        json!({"endpoint_services": out, "total_count": total}),
-    ))
+    Ok(Json(ServicePage {
+        endpoint_services: out,
+        total_count: total,
+    }))
 }
 
 pub async fn show(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((_, id)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ServiceView>> {
     Ok(Json(
         services::visible(&st.store, &caller, &id).await?.view(),
     ))
@@ -204,7 +237,7 @@ pub async fn update(
     Extension(caller): Extension<Caller>,
     Path((_, id)): Path<(String, String)>,
     Body(req): Body<UpdateService>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ServiceView>> {
     let change = req.checked()?;
     let s = st
         .in_tx(async |tx| services::update(tx, &st.config, &caller, &id, change).await)
@@ -217,7 +250,7 @@ pub async fn rename(
     Extension(caller): Extension<Caller>,
     Path((_, id)): Path<(String, String)>,
     Body(req): Body<RenameService>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Renamed>> {
     let name = required("endpoint_service_name", req.endpoint_service_name)?;
     check_service_name(&name).map_err(|_| {
         ApiError::invalid(
@@ -228,14 +261,16 @@ pub async fn rename(
     let s = st
         .in_tx(async |tx| services::rename(tx, &st.config, &caller, &id, &name).await)
         .await?;
-    Ok(Json(json!({"endpoint_service_name": s.service_name})))
+    Ok(Json(Renamed {
+        endpoint_service_name: s.service_name,
+    }))
 }
 
 pub async fn describe(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     RawQuery(q): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<DescribeView>> {
     let q = query_map(q);
     let s = match (q.get("endpoint_service_name"), q.get("id")) {
         (Some(_), Some(_)) | (None, None) => {
@@ -256,22 +291,22 @@ pub async fn describe(
                 .ok_or_else(|| ApiError::not_found("endpoint service"))?
         }
     };
-    Ok(Json(json!({
-        "id": s.id,
-        "service_name": s.service_name,
-        "service_type": s.service_type,
-        "created_at": s.created_at,
-        "is_charge": false,
-        "public_border_group": "center",
-        "enable_policy": s.enable_policy,
-    })))
+    Ok(Json(DescribeView {
+        id: s.id,
+        service_name: s.service_name,
+        service_type: s.service_type,
+        created_at: s.created_at,
+        is_charge: false,
+        public_border_group: "center".to_owned(),
+        enable_policy: s.enable_policy,
+    }))
 }
 
 pub async fn public(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     RawQuery(q): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<PublicServicePage>> {
     let q = query_map(q);
     let paging = Paging::from_query(&q, 1000)?;
     let items: Vec<Service> = services::foreign_visible(&st.store, &caller)
@@ -284,21 +319,20 @@ pub async fn public(
         })
         .collect();
     let (page, total) = paging.apply(items);
-    let out: Vec<Value> = page
-        .iter()
-        .map(|s| {
-            json!({
-                "id": s.id,
-                "owner": s.domain_id,
-                "service_name": s.service_name,
-                "service_type": s.service_type,
-                "created_at": s.created_at,
-                "is_charge": false,
-                "enable_policy": s.enable_policy,
-            })
+    let out = page
+        .into_iter()
+        .map(|s| PublicServiceView {
+            id: s.id,
+            owner: s.domain_id,
+            service_name: s.service_name,
+            service_type: s.service_type,
+            created_at: s.created_at,
+            is_charge: false,
+            enable_policy: s.enable_policy,
         })
         .collect();
-    Ok(Json(
-        json!({"endpoint_services": out, "total_count": total}),
-    ))
+    Ok(Json(PublicServicePage {
+        endpoint_services: out,
+        total_count: total,
+    }))
 }

@@ -1,18 +1,14 @@
 //! Tags: per-resource add/remove, the project's tag list, and the filter/count query.
 use std::collections::BTreeMap;
 
-use axum::{
-    Extension, Json,
-    extract::{Path, State},
-    http::StatusCode,
-};
+use axum::{Extension, Json, extract::State, http::StatusCode};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::{
     AppState,
-    error::{ApiError, ApiResult, Body},
+    error::{ApiError, ApiResult, Body, Path},
     fuzzy,
+    views::{ProjectTags, Resource, Resources, TagKey},
 };
 use crate::{
     domain::*,
@@ -21,13 +17,18 @@ use crate::{
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct TagAction {
+    #[schemars(required)]
     tags: Option<Vec<TagIn>>,
+    #[schemars(required, extend("enum" = ["create", "delete"]))]
     action: Option<String>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct TagIn {
+    #[schemars(required, length(min = 1, max = 36), pattern(pattern::TAG_KEY))]
     key: Option<String>,
+    /// `delete` without a value deletes by key.
+    #[schemars(length(max = 43), pattern(pattern::TAG_VALUE))]
     value: Option<String>,
 }
 
@@ -40,6 +41,7 @@ pub struct TagValues {
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct Match {
+    #[schemars(extend("enum" = ["resource_name"]))]
     key: String,
     value: String,
 }
@@ -57,9 +59,12 @@ pub struct FilterQuery {
     #[serde(default)]
     #[allow(dead_code)]
     sys_tags: Vec<TagValues>,
-    /// Strings in this body, as the SDK sends them.
+    /// Strings in this body, as the SDK sends them: 0-1000, default 1000.
+    #[schemars(pattern(pattern::LIMIT))]
     limit: Option<String>,
+    #[schemars(pattern(pattern::OFFSET))]
     offset: Option<String>,
+    #[schemars(required, extend("enum" = ["filter", "count"]))]
     action: Option<String>,
     #[serde(default)]
     matches: Vec<Match>,
@@ -99,7 +104,7 @@ pub async fn project_tags(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((_, rtype)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ProjectTags>> {
     let k = Kind::parse(&rtype)?;
     let mut keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (_, _, tags) in tags::resources(&st.store, &caller, k).await? {
@@ -110,14 +115,14 @@ pub async fn project_tags(
             }
         }
     }
-    let out: Vec<Value> = keys
+    let tags = keys
         .into_iter()
         .map(|(key, mut values)| {
             values.sort();
-            json!({"key": key, "values": values})
+            TagKey { key, values }
         })
         .collect();
-    Ok(Json(json!({"tags": out})))
+    Ok(Json(ProjectTags { tags }))
 }
 
 fn has(tags: &[Tag], f: &TagValues) -> bool {
@@ -130,7 +135,7 @@ pub async fn filter(
     Extension(caller): Extension<Caller>,
     Path((_, rtype)): Path<(String, String)>,
     Body(req): Body<FilterQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Resources>> {
     let k = Kind::parse(&rtype)?;
     let action = required("action", req.action)?;
     check_enum("action", &action, &["filter", "count"])?;
@@ -161,13 +166,23 @@ pub async fn filter(
         .collect();
     let total = matched.len();
     if action == "count" {
-        return Ok(Json(json!({"total_count": total})));
+        return Ok(Json(Resources {
+            resources: None,
+            total_count: total,
+        }));
     }
-    let out: Vec<Value> = matched
+    let out = matched
         .into_iter()
         .skip(offset)
         .take(limit)
-        .map(|(id, name, tags)| json!({"resource_id": id, "resource_name": name, "tags": tags}))
+        .map(|(resource_id, resource_name, tags)| Resource {
+            resource_id,
+            resource_name,
+            tags,
+        })
         .collect();
-    Ok(Json(json!({"resources": out, "total_count": total})))
+    Ok(Json(Resources {
+        resources: Some(out),
+        total_count: total,
+    }))
 }

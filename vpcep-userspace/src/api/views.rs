@@ -1,121 +1,325 @@
 //! The API's JSON views of the stored records (the reference API's field set: stored
-//! fields plus the constant ones this product does not vary).
-use serde_json::{Value, json};
+//! fields plus the constant ones this product does not vary), and the answers that wrap
+//! them. Handlers serialise these types and `/openapi.json` documents them, so the document
+//! says what is sent.
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde_json::Value;
 
-use crate::domain::{Endpoint, EndpointStatus, Permission, Service};
+use crate::domain::{
+    Endpoint, EndpointStatus, Node, Permission, Port, PortMapping, Service, ServiceStatus, Subnet,
+    Tag, Vpc,
+};
+
+/// An error item of the reference's `error` lists (this product's are always empty).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct QueryError {
+    pub error_code: String,
+    pub error_message: String,
+}
+
+/// An endpoint service as its owner (and the operator) sees it.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ServiceView {
+    pub id: String,
+    pub port_id: String,
+    pub service_name: String,
+    pub server_type: String,
+    pub vpc_id: String,
+    pub pool_id: String,
+    pub approval_enabled: bool,
+    pub status: ServiceStatus,
+    pub service_type: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub project_id: String,
+    pub domain_id: String,
+    pub ip: String,
+    pub ports: Vec<PortMapping>,
+    pub tcp_proxy: String,
+    pub tags: Vec<Tag>,
+    pub description: String,
+    pub enable_policy: bool,
+    pub ip_version: String,
+    pub max_connections: u32,
+    pub max_new_connections_per_second: u32,
+    pub supported_editions: Vec<String>,
+    pub cidr_type: String,
+    pub public_border_group: String,
+    pub error: Vec<QueryError>,
+    /// The service's endpoints; in lists only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_count: Option<usize>,
+}
 
 impl Service {
-    pub fn view(&self) -> Value {
-        json!({
-            "id": self.id,
-            "port_id": self.port_id,
-            "service_name": self.service_name,
-            "server_type": self.server_type,
-            "vpc_id": self.vpc_id,
-            "pool_id": "",
-            "approval_enabled": self.approval_enabled,
-            "status": self.status,
-            "service_type": self.service_type,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "project_id": self.project_id,
-            "domain_id": self.domain_id,
-            "ip": self.ip,
-            "ports": self.ports,
-            "tcp_proxy": self.tcp_proxy,
-            "tags": self.tags,
-            "description": self.description,
-            "enable_policy": self.enable_policy,
-            "ip_version": self.ip_version,
-            "max_connections": self.max_connections.unwrap_or(0),
-            "max_new_connections_per_second": self.max_new_connections_per_second.unwrap_or(0),
-            "supported_editions": ["Professional"],
-            "cidr_type": "private",
-            "public_border_group": "center",
-            "error": [],
-        })
+    pub fn view(&self) -> ServiceView {
+        ServiceView {
+            id: self.id.clone(),
+            port_id: self.port_id.clone(),
+            service_name: self.service_name.clone(),
+            server_type: self.server_type.clone(),
+            vpc_id: self.vpc_id.clone(),
+            pool_id: String::new(),
+            approval_enabled: self.approval_enabled,
+            status: self.status,
+            service_type: self.service_type.clone(),
+            created_at: self.created_at.clone(),
+            updated_at: self.updated_at.clone(),
+            project_id: self.project_id.clone(),
+            domain_id: self.domain_id.clone(),
+            ip: self.ip.clone(),
+            ports: self.ports.clone(),
+            tcp_proxy: self.tcp_proxy.clone(),
+            tags: self.tags.clone(),
+            description: self.description.clone(),
+            enable_policy: self.enable_policy,
+            ip_version: self.ip_version.clone(),
+            max_connections: self.max_connections.unwrap_or(0),
+            max_new_connections_per_second: self.max_new_connections_per_second.unwrap_or(0),
+            supported_editions: vec!["Professional".to_owned()],
+            cidr_type: "private".to_owned(),
+            public_border_group: "center".to_owned(),
+            error: Vec::new(),
+            connection_count: None,
+        }
     }
+}
+
+/// An endpoint as its owner sees it.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct EndpointView {
+    pub id: String,
+    pub service_type: String,
+    pub status: EndpointStatus,
+    /// `["active"]` once accepted, else empty.
+    pub active_status: Vec<String>,
+    pub enable_status: String,
+    pub specification_name: String,
+    pub endpoint_service_name: String,
+    pub marker_id: i64,
+    pub endpoint_service_id: String,
+    pub enable_dns: bool,
+    pub dns_names: Vec<String>,
+    pub ip: String,
+    pub vpc_id: String,
+    pub subnet_id: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub project_id: String,
+    pub tags: Vec<Tag>,
+    pub error: Vec<QueryError>,
+    pub whitelist: Vec<String>,
+    pub enable_whitelist: bool,
+    pub routetables: Vec<String>,
+    pub description: String,
+    /// The policy statements as given (a list of statements), `[]` when none.
+    pub policy_statement: Value,
+    /// The policy document as given (an object), null when none.
+    pub policy_document: Value,
+    pub endpoint_pool_id: String,
+    pub public_border_group: String,
+    pub ipv6_address: Option<String>,
+    /// Only when the consumer set them: otherwise the service's apply.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_new_connections_per_second: Option<u32>,
+}
+
+/// One endpoint as the service's provider sees it.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ConnectionView {
+    pub id: String,
+    pub marker_id: i64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub domain_id: String,
+    pub project_id: String,
+    pub status: EndpointStatus,
+    /// The provider's description of the connection.
+    pub description: String,
+    pub error: Vec<QueryError>,
 }
 
 impl Endpoint {
-    pub fn view(&self) -> Value {
+    pub fn view(&self) -> EndpointView {
         let active = if self.status == EndpointStatus::Accepted {
-            vec!["active"]
+            vec!["active".to_owned()]
         } else {
             vec![]
         };
-        let mut v = self.base_view(active);
-        // Only when the consumer set them: otherwise the service's apply.
-        for (k, val) in [
-            ("max_connections", self.max_connections),
-            (
-                "max_new_connections_per_second",
-                self.max_new_connections_per_second,
-            ),
-        ] {
-            if let Some(n) = val {
-                v[k] = json!(n);
-            }
+        EndpointView {
+            id: self.id.clone(),
+            service_type: self.service_type.clone(),
+            status: self.status,
+            active_status: active,
+            enable_status: "enable".to_owned(),
+            specification_name: "default".to_owned(),
+            endpoint_service_name: self.service_name.clone(),
+            marker_id: self.marker_id,
+            endpoint_service_id: self.service_id.clone(),
+            enable_dns: self.enable_dns,
+            dns_names: self.dns_names.clone(),
+            ip: self.ip.clone(),
+            vpc_id: self.vpc_id.clone(),
+            subnet_id: self.subnet_id.clone(),
+            created_at: self.created_at.clone(),
+            updated_at: self.updated_at.clone(),
+            project_id: self.project_id.clone(),
+            tags: self.tags.clone(),
+            error: Vec::new(),
+            whitelist: self.whitelist.clone(),
+            enable_whitelist: self.enable_whitelist,
+            routetables: self.routetables.clone(),
+            description: self.description.clone(),
+            policy_statement: self.policy_statement.clone(),
+            policy_document: self.policy_document.clone(),
+            endpoint_pool_id: String::new(),
+            public_border_group: "center".to_owned(),
+            ipv6_address: None,
+            max_connections: self.max_connections,
+            max_new_connections_per_second: self.max_new_connections_per_second,
         }
-        v
     }
 
-    fn base_view(&self, active: Vec<&str>) -> Value {
-        json!({
-            "id": self.id,
-            "service_type": self.service_type,
-            "status": self.status,
-            "active_status": active,
-            "enable_status": "enable",
-            "specification_name": "default",
-            "endpoint_service_name": self.service_name,
-            "marker_id": self.marker_id,
-            "endpoint_service_id": self.service_id,
-            "enable_dns": self.enable_dns,
-            "dns_names": self.dns_names,
-            "ip": self.ip,
-            "vpc_id": self.vpc_id,
-            "subnet_id": self.subnet_id,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "project_id": self.project_id,
-            "tags": self.tags,
-            "error": [],
-            "whitelist": self.whitelist,
-            "enable_whitelist": self.enable_whitelist,
-            "routetables": self.routetables,
-            "description": self.description,
-            "policy_statement": self.policy_statement,
-            "policy_document": self.policy_document,
-            "endpoint_pool_id": "",
-            "public_border_group": "center",
-            "ipv6_address": Value::Null,
-        })
-    }
-
-    pub fn connection_view(&self) -> Value {
-        json!({
-            "id": self.id,
-            "marker_id": self.marker_id,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "domain_id": self.domain_id,
-            "project_id": self.project_id,
-            "status": self.status,
-            "description": self.connection_description,
-            "error": [],
-        })
+    pub fn connection_view(&self) -> ConnectionView {
+        ConnectionView {
+            id: self.id.clone(),
+            marker_id: self.marker_id,
+            created_at: self.created_at.clone(),
+            updated_at: self.updated_at.clone(),
+            domain_id: self.domain_id.clone(),
+            project_id: self.project_id.clone(),
+            status: self.status,
+            description: self.connection_description.clone(),
+            error: Vec::new(),
+        }
     }
 }
 
+/// A whitelist entry.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PermissionView {
+    pub id: String,
+    pub permission: String,
+    pub permission_type: String,
+    pub description: String,
+    pub created_at: String,
+}
+
 impl Permission {
-    pub fn view(&self) -> Value {
-        json!({
-            "id": self.id,
-            "permission": self.permission,
-            "permission_type": self.permission_type,
-            "description": self.description,
-            "created_at": self.created_at,
-        })
+    pub fn view(&self) -> PermissionView {
+        PermissionView {
+            id: self.id.clone(),
+            permission: self.permission.clone(),
+            permission_type: self.permission_type.clone(),
+            description: self.description.clone(),
+            created_at: self.created_at.clone(),
+        }
     }
+}
+
+/// `describe`: a service found by name or id.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct DescribeView {
+    pub id: String,
+    pub service_name: String,
+    pub service_type: String,
+    pub created_at: String,
+    pub is_charge: bool,
+    pub public_border_group: String,
+    pub enable_policy: bool,
+}
+
+/// An item of `public`: a service the caller may use but does not own.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PublicServiceView {
+    pub id: String,
+    /// The provider's domain.
+    pub owner: String,
+    pub service_name: String,
+    pub service_type: String,
+    pub created_at: String,
+    pub is_charge: bool,
+    pub enable_policy: bool,
+}
+
+/// An answer holding one list under its key (and the other fields named).
+macro_rules! answer {
+    ($($(#[$m:meta])* $name:ident { $($(#[$fm:meta])* $field:ident: $ty:ty),* $(,)? })*) => {
+        $(
+            $(#[$m])*
+            #[derive(Debug, Clone, Serialize, JsonSchema)]
+            pub struct $name {
+                $($(#[$fm])* pub $field: $ty,)*
+            }
+        )*
+    };
+}
+
+answer! {
+    /// A page of the caller's services, with their endpoint counts.
+    ServicePage { endpoint_services: Vec<ServiceView>, total_count: usize }
+    PublicServicePage { endpoint_services: Vec<PublicServiceView>, total_count: usize }
+    EndpointPage { endpoints: Vec<EndpointView>, total_count: usize }
+    ConnectionPage { connections: Vec<ConnectionView>, total_count: usize }
+    /// The connections a call changed.
+    Connections { connections: Vec<ConnectionView> }
+    PermissionPage { permissions: Vec<PermissionView>, total_count: usize }
+    /// The whitelist entries a call added, removed or changed.
+    Permissions { permissions: Vec<PermissionView> }
+    /// `permissions/action`: the service's whole whitelist after the change.
+    PermissionStrings { permissions: Vec<String>, permission_type: String }
+    Renamed { endpoint_service_name: String }
+    Routetables { routetables: Vec<String>, error: Vec<QueryError> }
+    TagKey { key: String, values: Vec<String> }
+    ProjectTags { tags: Vec<TagKey> }
+    Resource { resource_id: String, resource_name: String, tags: Vec<Tag> }
+    QuotaUse {
+        #[serde(rename = "type")]
+        kind: String,
+        used: i64,
+        quota: i64,
+    }
+    QuotaResources { resources: Vec<QuotaUse> }
+    Quotas { quotas: QuotaResources }
+    Link {
+        href: String,
+        #[serde(rename = "type")]
+        kind: String,
+        rel: String,
+    }
+    VersionObject {
+        id: String,
+        status: String,
+        updated: String,
+        version: String,
+        min_version: String,
+        links: Vec<Link>,
+    }
+    Versions { versions: Vec<VersionObject> }
+    OneVersion { version: VersionObject }
+    Vpcs { vpcs: Vec<Vpc> }
+    Subnets { subnets: Vec<Subnet> }
+    Ports { ports: Vec<Port> }
+    /// A node with the feed revision its agent last reported (0 and "" before any).
+    NodeView {
+        #[serde(flatten)]
+        node: Node,
+        applied_revision: i64,
+        applied_at: String,
+    }
+    Nodes { nodes: Vec<NodeView> }
+    OpenServices { endpoint_services: Vec<ServiceView> }
+    ProjectQuota { project_id: String, endpoint_service: i64, endpoint: i64 }
+}
+
+/// `resource_instances/action`: the matching resources (`filter`) or only their number
+/// (`count`).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Resources {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Vec<Resource>>,
+    pub total_count: usize,
 }

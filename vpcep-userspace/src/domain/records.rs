@@ -10,8 +10,10 @@ use crate::store::Object;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Tag {
+    #[schemars(length(min = 1, max = 36), pattern(super::rules::pattern::TAG_KEY))]
     pub key: String,
     #[serde(default)]
+    #[schemars(length(max = 43), pattern(super::rules::pattern::TAG_VALUE))]
     pub value: String,
 }
 
@@ -25,9 +27,35 @@ pub struct PortMapping {
 /// Request form of a port mapping: wide integers so that a range error names the field.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct PortMappingIn {
+    #[serde(default, deserialize_with = "integral")]
+    #[schemars(required, with = "Option<i64>", range(min = 1, max = 65535))]
     pub client_port: Option<i64>,
+    #[serde(default, deserialize_with = "integral")]
+    #[schemars(required, with = "Option<i64>", range(min = 1, max = 65535))]
     pub server_port: Option<i64>,
+    /// TCP when absent.
+    #[schemars(extend("enum" = super::rules::pattern::or_null(&super::rules::PROTOCOLS)))]
     pub protocol: Option<String>,
+}
+
+/// An optional integer field of a request. JSON Schema counts `1.0` as an integer, so the
+/// server does too: an integral number is taken whatever its spelling, anything else is
+/// refused naming the field.
+pub fn integral<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::de::Error as _;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(i) = n.as_i64() {
+        return Ok(Some(i));
+    }
+    match n.as_f64() {
+        // Exactly representable: |f| < 2^63.
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.223_372_036_854_776e18 => Ok(Some(f as i64)),
+        _ => Err(D::Error::custom(format!(
+            "invalid value: {n}, expected an integer"
+        ))),
+    }
 }
 
 /// An endpoint service. Its field list and [`Endpoint`]'s look alike (ids, names, tags,

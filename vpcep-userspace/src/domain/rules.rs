@@ -13,11 +13,19 @@ pub fn now() -> String {
     chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
+/// A UUID in its hyphenated form (the one ids are given and served in), lower-cased.
+fn hyphenated(id: &str) -> Option<String> {
+    if id.len() != 36 {
+        return None;
+    }
+    uuid::Uuid::parse_str(id)
+        .ok()
+        .map(|u| u.hyphenated().to_string())
+}
+
 /// Parses a path or body id; anything but a UUID is "not found".
 pub fn parse_id(id: &str, what: &str) -> Result<String> {
-    uuid::Uuid::parse_str(id)
-        .map(|u| u.hyphenated().to_string())
-        .map_err(|_| Error::not_found(what))
+    hyphenated(id).ok_or_else(|| Error::not_found(what))
 }
 
 pub fn new_id() -> String {
@@ -26,9 +34,7 @@ pub fn new_id() -> String {
 
 /// A body field that must hold a UUID (400 naming the field otherwise).
 pub fn field_uuid(field: &str, v: &str) -> Result<String> {
-    uuid::Uuid::parse_str(v)
-        .map(|u| u.hyphenated().to_string())
-        .map_err(|_| Error::invalid(field, "must be a UUID"))
+    hyphenated(v).ok_or_else(|| Error::invalid(field, "must be a UUID"))
 }
 
 /// Largest `max_connections`: a node's conntrack table holds this many flows.
@@ -156,7 +162,7 @@ pub fn check_ports(ports: Vec<PortMappingIn>) -> Result<Vec<PortMapping>> {
         let client_port = port("client_port", p.client_port)?;
         let server_port = port("server_port", p.server_port)?;
         let protocol = p.protocol.unwrap_or_else(|| "TCP".to_owned());
-        if protocol != "TCP" && protocol != "UDP" {
+        if !PROTOCOLS.contains(&protocol.as_str()) {
             return Err(Error::invalid(
                 format!("ports[{i}].protocol"),
                 "must be TCP or UDP",
@@ -230,7 +236,7 @@ pub fn check_permission(field: &str, p: &str) -> Result<&'static str> {
     }
     if let Some(o) = p.strip_prefix("organizations:orgPath::")
         && !o.is_empty()
-        && o.len() <= 1024
+        && o.chars().count() <= 1024
         && !o.contains(['<', '>'])
     {
         return Ok("orgPath");
@@ -270,9 +276,56 @@ pub fn permits<'a>(
         .any(|p| p == "*" || p == "iam:domain::*" || p == mine)
 }
 
+/// The rules above as the JSON Schema patterns `/openapi.json` states (unit tests check
+/// each against its rule, so the document and the server agree).
+pub mod pattern {
+    /// [`super::field_uuid`] and [`super::parse_id`]: the hyphenated form.
+    pub const UUID: &str =
+        "^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$";
+    /// [`super::check_service_name`].
+    pub const SERVICE_NAME: &str = "^[A-Za-z0-9_-]{1,16}$";
+    /// [`super::check_description`] (with `maxLength` 512).
+    pub const DESCRIPTION: &str = "^[^<>]*$";
+    /// [`super::check_tag`]'s key (with `maxLength` 36).
+    pub const TAG_KEY: &str = r"^[^=*<>\\,|/ ](?:[^=*<>\\,|/]*[^=*<>\\,|/ ])?$";
+    /// [`super::check_tag`]'s value (with `maxLength` 43).
+    pub const TAG_VALUE: &str = r"^(?:[^=*<>\\,|/ ](?:[^=*<>\\,|/]*[^=*<>\\,|/ ])?)?$";
+    /// [`super::check_permission`].
+    pub const PERMISSION: &str =
+        r"^(?:\*|iam:domain::[A-Za-z0-9*_-]{1,64}|organizations:orgPath::[^<>]{1,1024})$";
+    /// [`crate::domain::parse_cidr`]: an address, or an address and a prefix length.
+    pub const CIDR_OR_ADDRESS: &str = concat!(
+        r"^(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}",
+        r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(?:/(?:3[0-2]|[12]?[0-9]))?$"
+    );
+    /// A VPC or subnet CIDR: a prefix length of at most 30.
+    pub const NETWORK_CIDR: &str = concat!(
+        r"^(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}",
+        r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])/(?:30|[12]?[0-9])$"
+    );
+    /// [`super::check_mac`].
+    pub const MAC: &str = "^[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}$";
+    /// A list limit of 0-1000 given as a string.
+    pub const LIMIT: &str = "^(?:1000|[1-9]?[0-9]{1,2})$";
+    /// A list offset given as a string.
+    pub const OFFSET: &str = "^[0-9]{1,15}$";
+    /// [`super::check_node_name`].
+    pub const NODE_NAME: &str = "^[A-Za-z0-9._-]{1,64}$";
+
+    /// The values of an optional enum field: its strings or null (as absent).
+    pub fn or_null(values: &[&'static str]) -> Vec<Option<&'static str>> {
+        values.iter().copied().map(Some).chain([None]).collect()
+    }
+}
+
 /// The SDK's four values plus `proxy_vni`, which the product documentation also lists.
 pub const TCP_PROXY: [&str; 5] = ["close", "toa_open", "proxy_open", "open", "proxy_vni"];
 pub const SERVER_TYPES: [&str; 3] = ["VM", "LB", "VIP"];
+pub const SERVICE_TYPES: [&str; 2] = ["interface", "gateway"];
+pub const PROTOCOLS: [&str; 2] = ["TCP", "UDP"];
+pub const IP_VERSIONS: [&str; 1] = ["ipv4"];
+pub const PERMISSION_TYPES: [&str; 2] = ["domainId", "orgPath"];
+pub const POLICY_EFFECTS: [&str; 2] = ["Allow", "Deny"];
 /// At most this many services may share one backend resource.
 pub const MAX_SERVICES_PER_BACKEND: usize = 5;
 /// Whitelist entries per service.
@@ -280,6 +333,8 @@ pub const MAX_PERMISSIONS: usize = 1000;
 /// Source whitelist entries per endpoint.
 pub const MAX_WHITELIST: usize = 20;
 pub const MAX_VNI: u32 = (1 << 24) - 1;
+/// Largest per-project quota override.
+pub const MAX_QUOTA: i64 = 100_000;
 
 /// The two limit extension fields of a request.
 pub fn check_limits(conns: Option<i64>, rate: Option<i64>) -> Result<(Option<u32>, Option<u32>)> {
@@ -324,10 +379,13 @@ pub fn check_whitelist(list: &[String]) -> Result<()> {
 #[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 pub struct PolicyStatement {
     #[serde(rename = "Effect")]
+    #[schemars(extend("enum" = POLICY_EFFECTS))]
     effect: String,
     #[serde(rename = "Action")]
+    #[schemars(length(min = 1))]
     action: Vec<String>,
     #[serde(rename = "Resource")]
+    #[schemars(length(min = 1))]
     resource: Vec<String>,
     #[serde(rename = "Condition", default, skip_serializing_if = "Option::is_none")]
     condition: Option<serde_json::Map<String, serde_json::Value>>,
@@ -340,7 +398,7 @@ pub fn check_policy(p: &[PolicyStatement]) -> Result<()> {
         check_enum(
             &format!("policy_statement[{i}].Effect"),
             &s.effect,
-            &["Allow", "Deny"],
+            &POLICY_EFFECTS,
         )?;
         if s.action.is_empty() {
             return Err(Error::invalid(
@@ -368,7 +426,7 @@ pub fn check_routetables(r: &[String]) -> Result<Vec<String>> {
 /// The `permission_type` of a request, if given, must match what the permission string is.
 pub fn check_permission_type(field: &str, given: Option<&str>, actual: &str) -> Result<()> {
     if let Some(t) = given {
-        check_enum("permission_type", t, &["domainId", "orgPath"])?;
+        check_enum("permission_type", t, &PERMISSION_TYPES)?;
         if t != actual {
             return Err(Error::invalid(
                 field,

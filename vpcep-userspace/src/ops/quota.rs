@@ -54,7 +54,7 @@ pub async fn put_quota(tx: &mut WriteTx, config: &Config, q: QuotaOverride) -> R
         ("endpoint_service", q.endpoint_service),
         ("endpoint", q.endpoint),
     ] {
-        if v.is_some_and(|v| !(0..=100_000).contains(&v)) {
+        if v.is_some_and(|v| !(0..=crate::domain::MAX_QUOTA).contains(&v)) {
             return Err(Error::invalid(f, "must be 0-100000"));
         }
     }
