@@ -388,6 +388,23 @@ async fn provider_consumer_story() {
     assert_eq!(s(&perms[0], "permission"), "iam:domain::proj-consumer");
     let public = w.json(Consumer, &["service", "public"]).await;
     assert_eq!(s(&public[0], "id"), sid);
+    let table = w.run(Consumer, &["service", "public"]).await;
+    let row = table.ok().stdout.lines().nth(1).unwrap().to_owned();
+    assert!(
+        row.contains(&sid) && row.contains("  80/TCP,53/UDP  "),
+        "{row}"
+    );
+    // The consumer is shown the client side of the ports, none of the provider's network, nor
+    // its project (here also its domain: the credentials give it none of its own).
+    for by in [&sid, &name] {
+        let shown = w.run(Consumer, &["service", "show", by]).await;
+        let out = &shown.ok().stdout;
+        let ports = out.lines().find(|l| l.starts_with("ports")).unwrap();
+        assert!(ports.ends_with("  80/TCP,53/UDP"), "{ports}");
+        for secret in [&pvpc, &port, "proj-provider", "env", "10.0.1."] {
+            assert!(!out.contains(secret), "{secret} in {out}");
+        }
+    }
 
     // The consumer connects with --wait; the endpoint waits for acceptance.
     let waiting = w.spawn(
@@ -853,4 +870,221 @@ async fn completions_generate() {
     }
     let r = w.run_with(&[], &["completions", "tcsh"]).await;
     assert_eq!(r.code, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_in_use_is_named() {
+    let w = World::new().await;
+    // AK/SK and a token both exported: AK/SK wins, and the 403 says so.
+    let mut env = w.env(Who::Provider);
+    env.push(("VPCEP_TOKEN", OPERATOR.to_owned()));
+    let r = w.run_with(&env, &["vpc", "list"]).await;
+    r.fails(4, "VPCEP.0403");
+    assert!(
+        r.stderr
+            .contains("signed with AK \"AK-PROVIDER\" from VPCEP_AK/VPCEP_SK")
+            && r.stderr.contains("the token from VPCEP_TOKEN is not used"),
+        "{}",
+        r.stderr
+    );
+    // -v names the credential and each request line before anything is sent.
+    let r = w.run_with(&env, &["vpc", "list", "-v"]).await;
+    r.fails(4, "VPCEP.0403");
+    let url = w.server.url();
+    assert!(
+        r.stderr
+            .contains("credentials: signed with AK \"AK-PROVIDER\"")
+            && r.stderr.contains(&format!("> GET {url}/inventory/vpcs"))
+            && r.stderr.contains("< 403"),
+        "{}",
+        r.stderr
+    );
+    let r = w.run(Who::Operator, &["node", "list", "--verbose"]).await;
+    r.ok();
+    assert!(
+        r.stderr
+            .contains("credentials: X-Auth-Token from VPCEP_TOKEN"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains(OPERATOR),
+        "a token is never printed: {}",
+        r.stderr
+    );
+    // An unknown token and no credentials at all: the 401 says which.
+    let env = vec![
+        ("VPCEP_URL", url.clone()),
+        ("VPCEP_TOKEN", "nope".to_owned()),
+    ];
+    let r = w.run_with(&env, &["node", "list"]).await;
+    r.fails(4, "X-Auth-Token from VPCEP_TOKEN");
+    let r = w.run(Who::Nobody, &["node", "list"]).await;
+    r.fails(4, "no credentials sent");
+    // A profile's credential is named with the profile and its file.
+    let file = w.home.0.join("cli.toml");
+    std::fs::write(
+        &file,
+        format!("[profiles.ops]\nurl = \"{url}\"\ntoken = \"wrong\"\n"),
+    )
+    .unwrap();
+    let env = vec![("VPCEP_CONFIG", file.display().to_string())];
+    let r = w
+        .run_with(&env, &["node", "list", "--profile", "ops"])
+        .await;
+    r.fails(
+        4,
+        &format!("X-Auth-Token from profile \"ops\" of {}", file.display()),
+    );
+}
+
+/// A `vpcep control-plane` process with its stdout and stderr in files.
+struct ControlPlaneProcess {
+    guard: Option<ChildGuard>,
+    out: TempDir,
+}
+
+impl ControlPlaneProcess {
+    fn spawn(args: &[&str]) -> Self {
+        let out = TempDir::new("cp-out");
+        let file = |name: &str| std::fs::File::create(out.0.join(name)).unwrap();
+        let guard = spawn_guarded(
+            std::process::Command::new(vpcep_bin())
+                .arg("control-plane")
+                .args(args)
+                .env_remove("RUST_LOG")
+                .env_remove("NO_COLOR")
+                .env_remove("VPCEP_LOG_FORMAT")
+                .stdin(Stdio::null())
+                .stdout(file("stdout"))
+                .stderr(file("stderr")),
+        )
+        .with_grace(Duration::from_secs(10));
+        Self {
+            guard: Some(guard),
+            out,
+        }
+    }
+
+    fn read(&self, name: &str) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.out.0.join(name)).unwrap()).into_owned()
+    }
+
+    /// Waits for the "control plane listening" line on stderr; returns the address it logs.
+    async fn listening(&mut self) -> std::net::SocketAddr {
+        let out = self.out.0.clone();
+        let guard = self.guard.as_mut().unwrap();
+        poll(
+            Duration::from_secs(60),
+            Duration::from_millis(20),
+            "the control plane's listening line",
+            || {
+                let stderr = std::fs::read_to_string(out.join("stderr")).unwrap();
+                if let Some(status) = guard.try_wait().unwrap() {
+                    panic!("the control plane exited ({status}): {stderr}");
+                }
+                let addr = stderr
+                    .lines()
+                    .find(|l| l.contains("control plane listening"))
+                    .map(logged_addr);
+                async move { addr }
+            },
+        )
+        .await
+    }
+
+    /// Stops it with SIGTERM and waits for the exit.
+    fn stop(&mut self) {
+        let _ = self.guard.take().unwrap().stop();
+    }
+}
+
+/// The `addr` field of a text or JSON log line.
+fn logged_addr(line: &str) -> std::net::SocketAddr {
+    let value = match serde_json::from_str::<Value>(line) {
+        Ok(v) => v["fields"]["addr"].as_str().unwrap().to_owned(),
+        Err(_) => line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .unwrap_or_else(|| panic!("no addr= in {line:?}"))
+            .to_owned(),
+    };
+    value.parse().unwrap_or_else(|e| panic!("{value:?}: {e}"))
+}
+
+/// `GET /` of a server at `addr` answers 200.
+async fn answers(addr: std::net::SocketAddr) {
+    let r = reqwest::get(format!("http://{addr}/")).await.unwrap();
+    assert_eq!(r.status(), 200, "GET / on {addr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_creates_the_database_folder_and_logs_its_port() {
+    let dir = TempDir::new("cp-db");
+    let db = dir.0.join("missing/dir/vpcep.db");
+    let url = format!("sqlite://{}", db.display());
+    let mut cp = ControlPlaneProcess::spawn(&["--listen", "127.0.0.1:0", "--db", &url]);
+    let addr = cp.listening().await;
+    assert_ne!(
+        addr.port(),
+        0,
+        "the bound port is logged, not the requested 0"
+    );
+    answers(addr).await;
+    assert!(db.exists(), "{} was not created", db.display());
+    cp.stop();
+    // Text logs on stderr, without colour codes when stderr is not a terminal.
+    let stderr = cp.read("stderr");
+    assert!(
+        !stderr.contains('\x1b'),
+        "ANSI codes in a piped log: {stderr:?}"
+    );
+    assert!(cp.read("stdout").is_empty(), "logs belong on stderr");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_names_a_database_folder_it_cannot_create() {
+    let dir = TempDir::new("cp-db");
+    // A file where the folder should be: no user can create a folder under it.
+    std::fs::write(dir.0.join("file"), "").unwrap();
+    let url = format!("sqlite://{}/file/sub/vpcep.db", dir.0.display());
+    let mut cp = ControlPlaneProcess::spawn(&["--listen", "127.0.0.1:0", "--db", &url]);
+    let status = cp.guard.take().unwrap().wait().unwrap();
+    assert!(!status.success());
+    let stderr = cp.read("stderr");
+    let folder = format!("{}/file/sub", dir.0.display());
+    assert!(
+        stderr.contains(&format!("cannot create the database folder {folder}"))
+            && stderr.contains(&format!("mkdir -p {folder}")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_logs_json_lines() {
+    let dir = TempDir::new("cp-db");
+    let url = sqlite_url(&dir.0);
+    let mut cp = ControlPlaneProcess::spawn(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--db",
+        &url,
+        "--log-format",
+        "json",
+    ]);
+    let addr = cp.listening().await;
+    answers(addr).await;
+    cp.stop();
+    let stderr = cp.read("stderr");
+    let lines: Vec<&str> = stderr.lines().collect();
+    // The warning about the missing credentials file, listening, shutting down.
+    assert!(lines.len() >= 3, "{stderr}");
+    for line in lines {
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
 }

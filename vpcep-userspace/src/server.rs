@@ -81,7 +81,9 @@ pub async fn serve(args: ControlPlaneArgs) -> Result<(), ServeError> {
             addr: args.listen,
             source,
         })?;
-    tracing::info!(addr = %args.listen, db = ?store.backend(), "control plane listening");
+    // The bound address, so that `--listen …:0` tells which port it got.
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, db = ?store.backend(), "control plane listening");
     let state = AppState::new(store, Credentials::new(creds), args.config);
     let shutdown = state.shutdown.clone();
     axum::serve(listener, app(state))

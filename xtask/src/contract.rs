@@ -5,6 +5,7 @@
 //! the stage. The exclusions are listed in docs/development.md with their reasons.
 use std::{
     fs,
+    io::{BufRead as _, BufReader},
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -69,9 +70,8 @@ fn secret() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-/// Runs the stage; prints its duration.
+/// Runs the stage.
 pub fn stage() -> Result<()> {
-    let started = Instant::now();
     ensure_installed()?;
     let bin = target_dir().join("release/vpcep");
     if !bin.exists() {
@@ -117,9 +117,7 @@ pub fn stage() -> Result<()> {
             eprintln!("  {l}");
         }
     }
-    result?;
-    println!("stage contract: {:.0} s", started.elapsed().as_secs_f64());
-    Ok(())
+    result
 }
 
 fn wait_listening(port: u16) -> Result<()> {
@@ -195,6 +193,8 @@ fn run(dir: &Path, url: &str, who: &str, token: &str) -> Result<()> {
         &config,
         format!(
             "[parameters]\n\"path.project_id\" = \"{TENANT_PROJECT}\"\n\n\
+             [generation]\n\
+             with-security-parameters = false\n\n\
              [checks.positive_data_acceptance]\n\
              expected-statuses = [\"2xx\", \"400\", \"401\", \"403\", \"404\", \"409\"]\n"
         ),
@@ -221,10 +221,21 @@ fn run(dir: &Path, url: &str, who: &str, token: &str) -> Result<()> {
     for op in EXCLUDED_OPERATIONS {
         cmd.args(["--exclude-operation-id", op]);
     }
-    let status = cmd
+    let mut child = cmd
         .current_dir(dir)
-        .status()
+        .stdout(Stdio::piped())
+        .spawn()
         .context("running schemathesis")?;
+    // Echoed as it comes, and kept for the authentication check below.
+    let mut output = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line?;
+            println!("{line}");
+            output.push(line);
+        }
+    }
+    let status = child.wait()?;
     println!(
         "schemathesis as the {who}: {:.0} s",
         t.elapsed().as_secs_f64()
@@ -232,5 +243,65 @@ fn run(dir: &Path, url: &str, who: &str, token: &str) -> Result<()> {
     if !status.success() {
         bail!("schemathesis found failures as the {who} ({status})");
     }
+    let refused = auth_refused(&output);
+    // A tenant's token is refused on the operator's routes, and only there; the operator's
+    // token is accepted everywhere. Anything else means the cases never got past the
+    // authentication, so the run tested nothing behind it.
+    let unexpected: Vec<&String> = refused
+        .iter()
+        .filter(|op| who == "operator" || !(op.contains(" /inventory/") || op.contains(" /feed/")))
+        .collect();
+    if !unexpected.is_empty() {
+        bail!(
+            "schemathesis as the {who}: only 401/403 answers from {} operations: {unexpected:?}",
+            unexpected.len()
+        );
+    }
     Ok(())
+}
+
+/// The operations schemathesis lists under "Authentication failed" (`  - GET /path`).
+fn auth_refused(output: &[String]) -> Vec<String> {
+    let mut ops = Vec::new();
+    let mut inside = false;
+    for line in output {
+        if line.starts_with("Authentication failed") {
+            inside = true;
+        } else if inside {
+            match line.trim_start().strip_prefix("- ") {
+                Some(op) => ops.push(op.trim().to_owned()),
+                // The list ends at the hint after it; headings and blank lines come before.
+                None if line.contains('💡') => inside = false,
+                None => {}
+            }
+        }
+    }
+    ops
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_the_refused_operations() {
+        let out: Vec<String> = [
+            "Authentication failed: 2 operations returned only 401/403 responses",
+            "",
+            "401 Unauthorized (2 operations):",
+            "  - GET /inventory/nodes",
+            "  - POST /v1/{project_id}/vpc-endpoints",
+            "",
+            "💡 Ensure valid authentication credentials are set via `--auth` or `-H`",
+            "  - GET /not/in/the/list",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            super::auth_refused(&out),
+            [
+                "GET /inventory/nodes",
+                "POST /v1/{project_id}/vpc-endpoints"
+            ]
+        );
+    }
 }

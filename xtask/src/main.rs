@@ -331,21 +331,26 @@ fn vm_stages(arch: VmArch) -> Result<()> {
         );
     }
     if arch != VmArch::Arm64 {
-        let t = Instant::now();
-        vm::stage_x86_64()?;
-        println!("stage vm x86_64: {:.0} s", t.elapsed().as_secs_f64());
+        stage("vm x86_64", vm::stage_x86_64)?;
     }
     if arch != VmArch::X86_64 {
-        let t = Instant::now();
-        vm::stage_arm64()?;
-        println!("stage vm arm64: {:.0} s", t.elapsed().as_secs_f64());
+        stage("vm arm64", vm::stage_arm64)?;
     }
+    Ok(())
+}
+
+/// Runs one stage of `cargo xtask test` and prints how long it took (docs/development.md
+/// keeps these figures).
+fn stage(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    let t = Instant::now();
+    f()?;
+    println!("stage {name}: {:.0} s", t.elapsed().as_secs_f64());
     Ok(())
 }
 
 fn test(no_aarch64: bool, no_vm: bool, args: &[String]) -> Result<()> {
     let started = Instant::now();
-    setup::ensure()?;
+    stage("setup", setup::ensure)?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the kernel tests load BPF programs and create network namespaces: run as root");
@@ -354,36 +359,40 @@ fn test(no_aarch64: bool, no_vm: bool, args: &[String]) -> Result<()> {
     // Formatting and lints first, so that CI (which runs only this command) checks them too;
     // a run with a test filter is a developer's quick loop and skips them.
     if args.is_empty() {
-        lint()?;
+        stage("lint", lint)?;
     }
     // One profile for every stage: the release build the packages ship is the one the tests,
     // the demo and the guests run, so each architecture's dependencies compile once.
-    sh(cargo()
-        .args(["test", "--release", "--workspace", "--no-fail-fast"])
-        .args(args))?;
+    stage("build and test", || {
+        sh(cargo()
+            .args(["test", "--release", "--workspace", "--no-fail-fast"])
+            .args(args))
+    })?;
     if args.is_empty() {
         // The official SDK, unchanged, against the API server; `--workspace` as above, for
         // the same feature resolution (nothing to rebuild).
-        sh(cargo()
-            .args(["test", "--release", "--workspace", "--test", "api"])
-            .args(["official_python_sdk", "--", "--ignored"])
-            .env("VPCEP_SDK_PYTHON", setup::sdk_python()))?;
+        stage("sdk", || {
+            sh(cargo()
+                .args(["test", "--release", "--workspace", "--test", "api"])
+                .args(["official_python_sdk", "--", "--ignored"])
+                .env("VPCEP_SDK_PYTHON", setup::sdk_python()))
+        })?;
         // The API contract: schemathesis against the binary the tests just built.
-        contract::stage()?;
+        stage("contract", contract::stage)?;
         // The demo, non-interactive, on the binary the tests just built.
-        println!("==> cargo xtask demo (release build)");
-        demo::run(&demo::Options {
-            keep: false,
-            release: true,
+        stage("demo", || {
+            println!("==> cargo xtask demo (release build)");
+            demo::run(&demo::Options {
+                keep: false,
+                release: true,
+            })
         })?;
     }
     if !no_aarch64 {
-        test_aarch64()?;
+        stage("aarch64", test_aarch64)?;
     }
     if args.is_empty() {
-        let t = Instant::now();
-        package::stage(!no_aarch64)?;
-        println!("stage package: {:.0} s", t.elapsed().as_secs_f64());
+        stage("package", || package::stage(!no_aarch64))?;
     }
     // Other kernels: a developer's filtered run skips them, like the SDK and demo stages.
     if !no_vm && args.is_empty() {
@@ -405,15 +414,15 @@ fn test(no_aarch64: bool, no_vm: bool, args: &[String]) -> Result<()> {
 /// qemu-user, so kernel tests stay on the host.
 fn test_aarch64() -> Result<()> {
     let target = "aarch64-unknown-linux-gnu";
+    // `--workspace`, the selection of the arm64 guest's test build (`vm::stage_arm64`): the
+    // same feature resolution, so that build reuses these crates instead of compiling the
+    // dependencies a second time.
     sh(cargo().args([
         "test",
         "--release",
         "--target",
         target,
-        "--package",
-        "vpcep-common",
-        "--package",
-        "vpcep-userspace",
+        "--workspace",
         "--lib",
         "--bins",
     ]))?;

@@ -27,6 +27,7 @@ macro_rules! both {
 mod auth;
 mod bench;
 mod concurrency;
+mod consumer_view;
 mod endpoints;
 mod feed;
 mod input;

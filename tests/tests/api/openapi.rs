@@ -607,6 +607,54 @@ async fn request_schemas_state_the_rules(db: Db) {
     assert_eq!(s["ports"][0]["client_port"], 7000);
 
     inventory_rules(&env, &d, &w).await;
+    query_rules(&env, &d).await;
+}
+
+/// The query parameters of the lists: a value the document refuses (past a bound, outside
+/// an enum) gets 400 naming the parameter, the bounds and enum values themselves pass, and a
+/// string filter that matches nothing gives an empty page.
+async fn query_rules(env: &Env, d: &Doc) {
+    let p = env.provider();
+    for (template, rest) in [
+        (
+            "/v1/{project_id}/vpc-endpoint-services",
+            "/vpc-endpoint-services",
+        ),
+        ("/v1/{project_id}/vpc-endpoints", "/vpc-endpoints"),
+    ] {
+        let params = d.op("get", template)["parameters"].as_array().unwrap();
+        let query: Vec<&Value> = params.iter().filter(|q| q["in"] == "query").collect();
+        let names: BTreeSet<&str> = query.iter().map(|q| q["name"].as_str().unwrap()).collect();
+        for n in ["limit", "offset", "sort_key", "sort_dir", "id"] {
+            assert!(names.contains(n), "{template}: {n} is not documented");
+        }
+        let path = |q: &str| format!("{}?{q}", p.v1(rest));
+        for q in query {
+            let name = q["name"].as_str().unwrap();
+            let schema = &q["schema"];
+            if let Some(max) = schema["maximum"].as_u64().filter(|m| *m < u64::MAX) {
+                p.get(&path(&format!("{name}={max}"))).await.ok();
+                let past = max + 1;
+                p.get(&path(&format!("{name}={past}"))).await.err(400, name);
+            }
+            if schema["minimum"].as_i64() == Some(0) {
+                p.get(&path(&format!("{name}=0"))).await.ok();
+                p.get(&path(&format!("{name}=-1"))).await.err(400, name);
+            }
+            if let Some(values) = schema["enum"].as_array() {
+                for v in values {
+                    p.get(&path(&format!("{name}={}", v.as_str().unwrap())))
+                        .await
+                        .ok();
+                }
+                p.get(&path(&format!("{name}=bogus"))).await.err(400, name);
+            }
+            if schema["type"] == "string" {
+                let page = p.get(&path(&format!("{name}=matches-nothing"))).await.ok();
+                assert_eq!(page["total_count"], 0, "{template}?{name}: {page}");
+            }
+        }
+    }
 }
 
 async fn inventory_rules(env: &Env, d: &Doc, w: &World) {

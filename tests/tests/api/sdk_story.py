@@ -47,6 +47,11 @@ r = prov.add_or_remove_service_permissions(AddOrRemoveServicePermissionsRequest(
 assert r.permissions == ["iam:domain::proj-consumer"], r
 d = cons.list_service_describe_details(ListServiceDescribeDetailsRequest(id=s.id))
 assert d.service_name == s.service_name
+# A consumer is shown the client side of the ports and nothing of the provider's network.
+shown = cons.list_service_details(ListServiceDetailsRequest(vpc_endpoint_service_id=s.id))
+assert shown.status == "available" and shown.ports[0].client_port == 8080, shown
+assert shown.ports[0].server_port is None and shown.port_id is None and shown.vpc_id is None, shown
+assert shown.ip is None and shown.project_id is None and not shown.tags, shown
 assert cons.list_service_public_details(ListServicePublicDetailsRequest()).total_count == 1
 e = cons.create_endpoint(CreateEndpointRequest(CreateEndpointRequestBody(
     endpoint_service_id=s.id, vpc_id=E["CVPC"], subnet_id=E["CSUBNET"], port_ip="10.0.0.100")))

@@ -64,10 +64,9 @@ fn response(op: &str, g: &mut SchemaGenerator) -> Success {
         "list_specified_version_details" => ok::<v::OneVersion>(g),
         "list_quota_details" => ok::<v::Quotas>(g),
         "list_endpoint_service" => ok::<v::ServicePage>(g),
-        "create_endpoint_service" | "list_service_details" | "update_endpoint_service" => {
-            ok::<v::ServiceView>(g)
-        }
-        "list_service_describe_details" => ok::<v::DescribeView>(g),
+        "create_endpoint_service" | "update_endpoint_service" => ok::<v::ServiceView>(g),
+        "list_service_details" => ok::<v::ServiceForCaller>(g),
+        "list_service_describe_details" => ok::<v::ConsumerServiceView>(g),
         "list_service_public_details" => ok::<v::PublicServicePage>(g),
         "list_service_connections" => ok::<v::ConnectionPage>(g),
         "accept_or_reject_endpoint" | "update_endpoint_connections_desc" => ok::<v::Connections>(g),
@@ -152,15 +151,75 @@ fn path_param(name: &str) -> Value {
     }
 }
 
-/// The query parameters an operation requires.
+/// The query parameters an operation reads, with the checks the handler makes (see
+/// `Paging::from_query` and the list handlers). Filters are plain strings: a value that
+/// matches nothing gives an empty page, not an error.
 fn query_params(op: &str) -> Vec<Value> {
-    match op {
-        "feed_watch" => vec![json!({
-            "name": "after", "in": "query", "required": true,
-            "schema": {"type": "integer", "minimum": 0},
-        })],
+    let param = |name: &str, required: bool, schema: Value| json!({"name": name, "in": "query", "required": required, "schema": schema});
+    let filters = |names: &[&str]| -> Vec<Value> {
+        names
+            .iter()
+            .map(|n| param(n, false, json!({"type": "string"})))
+            .collect()
+    };
+    let paging = |max_limit: usize| {
+        vec![
+            param(
+                "limit",
+                false,
+                json!({"type": "integer", "minimum": 0, "maximum": max_limit, "default": 10}),
+            ),
+            param(
+                "offset",
+                false,
+                json!({"type": "integer", "minimum": 0, "maximum": usize::MAX, "default": 0}),
+            ),
+            param(
+                "sort_key",
+                false,
+                json!({"enum": ["create_at", "created_at", "update_at", "updated_at"]}),
+            ),
+            param("sort_dir", false, json!({"enum": ["asc", "desc"]})),
+        ]
+    };
+    let mut out = match op {
+        "list_endpoint_service" => paging(1000),
+        "list_service_public_details" => paging(1000),
+        "list_endpoints" => paging(1000),
+        "list_service_connections" => paging(1000),
+        "list_service_permissions_details" => paging(500),
         _ => Vec::new(),
-    }
+    };
+    out.extend(match op {
+        "feed_watch" => vec![param(
+            "after",
+            true,
+            json!({"type": "integer", "minimum": 0}),
+        )],
+        "list_quota_details" => vec![param(
+            "type",
+            false,
+            json!({"enum": ["endpoint_service", "endpoint"]}),
+        )],
+        "list_endpoint_service" => filters(&["endpoint_service_name", "id", "status"]),
+        // Exactly one of the two (400 otherwise), which a parameter list cannot state.
+        "list_service_describe_details" | "list_service_public_details" => {
+            filters(&["endpoint_service_name", "id"])
+        }
+        "list_endpoints" => filters(&["endpoint_service_name", "vpc_id", "id"]),
+        "list_service_connections" => {
+            let mut f = filters(&["id", "status"]);
+            f.push(param(
+                "marker_id",
+                false,
+                json!({"type": "integer", "minimum": i64::MIN, "maximum": i64::MAX}),
+            ));
+            f
+        }
+        "list_service_permissions_details" => filters(&["permission"]),
+        _ => Vec::new(),
+    });
+    out
 }
 
 fn error(description: &str) -> Value {

@@ -10,7 +10,7 @@ use super::{
     error::{ApiError, ApiResult, Body, Path},
     fuzzy, query_map,
     views::{
-        DescribeView, PublicServicePage, PublicServiceView, Renamed, ServicePage, ServiceView,
+        ConsumerServiceView, PublicServicePage, Renamed, ServiceForCaller, ServicePage, ServiceView,
     },
 };
 use crate::{
@@ -226,10 +226,9 @@ pub async fn show(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((_, id)): Path<(String, String)>,
-) -> ApiResult<Json<ServiceView>> {
-    Ok(Json(
-        services::visible(&st.store, &caller, &id).await?.view(),
-    ))
+) -> ApiResult<Json<ServiceForCaller>> {
+    let s = services::visible(&st.store, &caller, &id).await?;
+    Ok(Json(ServiceForCaller::of(&caller, &s)))
 }
 
 pub async fn update(
@@ -270,7 +269,7 @@ pub async fn describe(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     RawQuery(q): RawQuery,
-) -> ApiResult<Json<DescribeView>> {
+) -> ApiResult<Json<ConsumerServiceView>> {
     let q = query_map(q);
     let s = match (q.get("endpoint_service_name"), q.get("id")) {
         (Some(_), Some(_)) | (None, None) => {
@@ -291,15 +290,8 @@ pub async fn describe(
                 .ok_or_else(|| ApiError::not_found("endpoint service"))?
         }
     };
-    Ok(Json(DescribeView {
-        id: s.id,
-        service_name: s.service_name,
-        service_type: s.service_type,
-        created_at: s.created_at,
-        is_charge: false,
-        public_border_group: "center".to_owned(),
-        enable_policy: s.enable_policy,
-    }))
+    // The consumer-facing call: the consumer view, whoever asks.
+    Ok(Json(ConsumerServiceView::from(&s)))
 }
 
 pub async fn public(
@@ -319,20 +311,8 @@ pub async fn public(
         })
         .collect();
     let (page, total) = paging.apply(items);
-    let out = page
-        .into_iter()
-        .map(|s| PublicServiceView {
-            id: s.id,
-            owner: s.domain_id,
-            service_name: s.service_name,
-            service_type: s.service_type,
-            created_at: s.created_at,
-            is_charge: false,
-            enable_policy: s.enable_policy,
-        })
-        .collect();
     Ok(Json(PublicServicePage {
-        endpoint_services: out,
+        endpoint_services: page.iter().map(ConsumerServiceView::from).collect(),
         total_count: total,
     }))
 }

@@ -101,9 +101,10 @@ macro_rules! visit {
     };
 }
 
-/// The visits of a plain value, forwarded.
-macro_rules! scalars {
-    () => {
+/// Every visit forwarded to the inner visitor, the nested deserializer, sequence and map
+/// passed through `$de`, `$seq` and `$map` (the strict wrappers, or [`same`]).
+macro_rules! forward {
+    ($de:ident, $seq:ident, $map:ident) => {
         visit!(
             visit_bool(bool),
             visit_i64(i64),
@@ -129,25 +130,30 @@ macro_rules! scalars {
         }
 
         fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            self.0.visit_some(d)
+            self.0.visit_some($de(d))
         }
 
         fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            self.0.visit_newtype_struct(d)
+            self.0.visit_newtype_struct($de(d))
         }
 
         fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-            self.0.visit_seq(seq)
+            self.0.visit_seq($seq(seq))
         }
 
         fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-            self.0.visit_map(map)
+            self.0.visit_map($map(map))
         }
 
         fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<Self::Value, A::Error> {
             self.0.visit_enum(data)
         }
     };
+}
+
+/// No wrapping: for a visitor whose inner visitor wraps already.
+fn same<T>(t: T) -> T {
+    t
 }
 
 impl<'de, V: Visitor<'de>> Visitor<'de> for Wrap<V> {
@@ -157,49 +163,7 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Wrap<V> {
         self.0.expecting(f)
     }
 
-    visit!(
-        visit_bool(bool),
-        visit_i64(i64),
-        visit_i128(i128),
-        visit_u64(u64),
-        visit_u128(u128),
-        visit_f64(f64),
-        visit_char(char),
-        visit_str(&str),
-        visit_borrowed_str(&'de str),
-        visit_string(String),
-        visit_bytes(&[u8]),
-        visit_borrowed_bytes(&'de [u8]),
-        visit_byte_buf(Vec<u8>),
-    );
-
-    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        self.0.visit_none()
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        self.0.visit_unit()
-    }
-
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        self.0.visit_some(Strict(d))
-    }
-
-    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        self.0.visit_newtype_struct(Strict(d))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        self.0.visit_seq(Seq(seq))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        self.0.visit_map(Map(map))
-    }
-
-    fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<Self::Value, A::Error> {
-        self.0.visit_enum(data)
-    }
+    forward!(Strict, Seq, Map);
 }
 
 impl<'de, V: Visitor<'de>> Visitor<'de> for Object<V> {
@@ -209,7 +173,8 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Object<V> {
         f.write_str("a JSON object")
     }
 
-    scalars!();
+    // The inner visitor is a `Wrap`, which wraps what it is given.
+    forward!(same, same, same);
 }
 
 impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Seed<S> {

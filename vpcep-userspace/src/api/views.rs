@@ -7,8 +7,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::domain::{
-    Endpoint, EndpointStatus, Node, Permission, Port, PortMapping, Service, ServiceStatus, Subnet,
-    Tag, Vpc,
+    Audience, Caller, Endpoint, EndpointStatus, Node, Permission, Port, PortMapping, Service,
+    ServiceStatus, Subnet, Tag, Vpc,
 };
 
 /// An error item of the reference's `error` lists (this product's are always empty).
@@ -86,7 +86,9 @@ impl Service {
     }
 }
 
-/// An endpoint as its owner sees it.
+/// An endpoint as its owner sees it. Its field list repeats part of [`Endpoint`]'s on
+/// purpose: the record is what is stored, this is what is sent (the reference's names and
+/// constants, without the provider's and the feed's fields), and `/openapi.json` documents it.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct EndpointView {
     pub id: String,
@@ -220,29 +222,80 @@ impl Permission {
     }
 }
 
-/// `describe`: a service found by name or id.
+/// A service as a consumer sees it (a tenant that may connect to it but does not own it):
+/// the reference's describe and public fields, the approval, the state and the client side
+/// of the ports; never the provider's backend address, NIC or LB id, VPC, project, tags,
+/// description or server ports. Who gets which view is [`Audience`]'s rule.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
-pub struct DescribeView {
+pub struct ConsumerServiceView {
     pub id: String,
     pub service_name: String,
     pub service_type: String,
+    /// The provider's domain id, as the reference's public list shows it; empty when the
+    /// provider has no domain of its own (its domain is then its project id).
+    pub owner: String,
+    pub approval_enabled: bool,
+    pub status: ServiceStatus,
+    /// The ports an endpoint listens on.
+    pub ports: Vec<ClientPort>,
     pub created_at: String,
     pub is_charge: bool,
     pub public_border_group: String,
     pub enable_policy: bool,
 }
 
-/// An item of `public`: a service the caller may use but does not own.
+/// The client side of a port mapping.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
-pub struct PublicServiceView {
-    pub id: String,
-    /// The provider's domain.
-    pub owner: String,
-    pub service_name: String,
-    pub service_type: String,
-    pub created_at: String,
-    pub is_charge: bool,
-    pub enable_policy: bool,
+pub struct ClientPort {
+    pub client_port: u16,
+    pub protocol: String,
+}
+
+impl From<&Service> for ConsumerServiceView {
+    fn from(s: &Service) -> Self {
+        Self {
+            id: s.id.clone(),
+            service_name: s.service_name.clone(),
+            service_type: s.service_type.clone(),
+            owner: if s.domain_id == s.project_id {
+                String::new()
+            } else {
+                s.domain_id.clone()
+            },
+            approval_enabled: s.approval_enabled,
+            status: s.status,
+            ports: s
+                .ports
+                .iter()
+                .map(|p| ClientPort {
+                    client_port: p.client_port,
+                    protocol: p.protocol.clone(),
+                })
+                .collect(),
+            created_at: s.created_at.clone(),
+            is_charge: false,
+            public_border_group: "center".to_owned(),
+            enable_policy: s.enable_policy,
+        }
+    }
+}
+
+/// A service as a caller may read it: in full for its owner and the operator, the consumer
+/// view for anyone else.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ServiceForCaller {
+    Owner(Box<ServiceView>),
+    Consumer(ConsumerServiceView),
+}
+
+impl ServiceForCaller {
+    pub fn of(caller: &Caller, s: &Service) -> Self {
+        match Audience::of(caller, s) {
+            Audience::Owner => Self::Owner(Box::new(s.view())),
+            Audience::Consumer => Self::Consumer(s.into()),
+        }
+    }
 }
 
 /// An answer holding one list under its key (and the other fields named).
@@ -261,7 +314,8 @@ macro_rules! answer {
 answer! {
     /// A page of the caller's services, with their endpoint counts.
     ServicePage { endpoint_services: Vec<ServiceView>, total_count: usize }
-    PublicServicePage { endpoint_services: Vec<PublicServiceView>, total_count: usize }
+    /// `public`: the services the caller may use but does not own.
+    PublicServicePage { endpoint_services: Vec<ConsumerServiceView>, total_count: usize }
     EndpointPage { endpoints: Vec<EndpointView>, total_count: usize }
     ConnectionPage { connections: Vec<ConnectionView>, total_count: usize }
     /// The connections a call changed.

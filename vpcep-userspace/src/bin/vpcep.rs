@@ -13,6 +13,15 @@ use vpcep::dataplane::{Dataplane, Mode, TcAttach, config::MapConfig};
     about = "VPC endpoint service: control plane, node agent and CLI"
 )]
 struct Cli {
+    /// Log lines as text (coloured only on a terminal) or as one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "VPCEP_LOG_FORMAT"
+    )]
+    log_format: vpcep::telemetry::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -109,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
         }
         _ => {}
     }
-    vpcep::telemetry::init();
+    vpcep::telemetry::init(cli.log_format);
     match cli.command {
         Command::Dataplane(DataplaneCmd::Run {
             iface,
@@ -146,6 +155,11 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn agent(path: std::path::PathBuf, reload: bool) -> anyhow::Result<()> {
+    // A control-plane-only build (AYA_BUILD_SKIP=1): say so before anything else fails.
+    if vpcep::dataplane::object().is_empty() {
+        eprintln!("error: {}", vpcep::dataplane::DataplaneError::NoObject);
+        std::process::exit(64);
+    }
     let mut cfg = match vpcep::agent::AgentConfig::load(&path) {
         Ok(c) => c,
         Err(e) => {

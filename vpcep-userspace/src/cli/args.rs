@@ -29,6 +29,9 @@ pub struct GlobalArgs {
     /// Per-request timeout in seconds.
     #[arg(long, global = true, default_value_t = 30, value_name = "SECS")]
     pub request_timeout: u64,
+    /// Print on stderr which credential is used and where it came from, and each request.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
 }
 
 /// `--wait` and its bound.

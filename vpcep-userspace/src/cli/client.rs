@@ -27,6 +27,10 @@ pub struct Client {
     base: String,
     auth: Auth,
     project_id: Option<String>,
+    /// Which credential and from where, named in 401/403 errors.
+    credential: String,
+    /// `-v`: print each request line on stderr.
+    verbose: bool,
     http: reqwest::Client,
 }
 
@@ -65,8 +69,17 @@ impl Client {
             base: settings.url.clone(),
             auth,
             project_id: settings.project_id.clone(),
+            credential: settings.credential.clone(),
+            verbose: false,
             http,
         })
+    }
+
+    /// Prints each request line and answer status on stderr (`-v`).
+    #[must_use]
+    pub fn verbose(mut self, on: bool) -> Self {
+        self.verbose = on;
+        self
     }
 
     /// The project of tenant paths (flag, `VPCEP_PROJECT_ID` or profile).
@@ -132,8 +145,14 @@ impl Client {
             url: self.base.clone(),
             source,
         };
+        if self.verbose {
+            eprintln!("> {method} {url}");
+        }
         let resp = req.body(body).send().await.map_err(http_err)?;
         let status = resp.status();
+        if self.verbose {
+            eprintln!("< {status}");
+        }
         let request_id = resp
             .headers()
             .get("x-request-id")
@@ -146,7 +165,16 @@ impl Client {
             }
             return serde_json::from_slice(&bytes).map_err(CliError::BadResponse);
         }
-        Err(api_error(status.as_u16(), &bytes, request_id))
+        let mut err = api_error(status.as_u16(), &bytes, request_id);
+        if let CliError::Api {
+            status: 401 | 403,
+            credential,
+            ..
+        } = &mut err
+        {
+            *credential = Some(self.credential.clone());
+        }
+        Err(err)
     }
 
     /// Adds the credentials: the SDK's signature (over the headers the SDK signs) or a token.
@@ -206,5 +234,6 @@ fn api_error(status: u16, bytes: &[u8], request_id: Option<String>) -> CliError 
         message: text("error_msg")
             .unwrap_or_else(|| String::from_utf8_lossy(bytes).trim().to_owned()),
         request_id,
+        credential: None,
     }
 }

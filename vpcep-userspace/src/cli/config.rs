@@ -94,6 +94,9 @@ pub struct Settings {
     pub sk: Option<String>,
     pub token: Option<String>,
     pub project_id: Option<String>,
+    /// Which credential is used and where it came from, e.g. `signed with AK "…" from
+    /// VPCEP_AK/VPCEP_SK`.
+    pub credential: String,
 }
 
 impl ConfigFile {
@@ -110,52 +113,23 @@ impl Settings {
     /// environment (AK/SK or token) replace the profile's as a whole, so that a profile token
     /// never mixes with an AK/SK from the environment.
     pub fn resolve(args: &GlobalArgs, env: &Env) -> CliResult<Self> {
-        let explicit = args
-            .config_file
-            .clone()
-            .or_else(|| env.config.as_ref().map(PathBuf::from));
-        let file = match (&explicit, env.default_config_path()) {
-            (Some(p), _) => Some(ConfigFile::load(p)?),
-            (None, Some(p)) if p.exists() => Some(ConfigFile::load(&p)?),
-            _ => None,
-        };
-        let wanted = args.profile.clone().or_else(|| env.profile.clone());
-        let profile = match (&file, &wanted) {
-            (Some(f), Some(name)) => f.profiles.get(name).cloned().ok_or_else(|| {
-                CliError::Config(format!("profile {name:?} is not in the config file"))
-            })?,
-            (None, Some(name)) => {
-                return Err(CliError::Config(format!(
-                    "profile {name:?} requested but there is no config file \
-                     (--config-file, VPCEP_CONFIG or ~/.config/vpcep/config.toml)"
-                )));
-            }
-            (Some(f), None) => match &f.default_profile {
-                Some(name) => f.profiles.get(name).cloned().ok_or_else(|| {
-                    CliError::Config(format!(
-                        "default_profile {name:?} is not in the config file"
-                    ))
-                })?,
-                None => f.profiles.get("default").cloned().unwrap_or_default(),
-            },
-            (None, None) => Profile::default(),
-        };
-        let env_creds = env.ak.is_some() || env.sk.is_some() || env.token.is_some();
-        let (ak, sk, token) = if env_creds {
-            (env.ak.clone(), env.sk.clone(), env.token.clone())
-        } else {
-            (profile.ak, profile.sk, profile.token)
-        };
+        let (profile, origin) = select_profile(args, env)?;
         let url = args
             .url
             .clone()
             .or_else(|| env.url.clone())
-            .or(profile.url)
+            .or_else(|| profile.url.clone())
             .ok_or_else(|| {
                 CliError::Config(
                     "no API URL: give --url, set VPCEP_URL or put url in a profile".to_owned(),
                 )
             })?;
+        let project_id = args
+            .project_id
+            .clone()
+            .or_else(|| env.project_id.clone())
+            .or_else(|| profile.project_id.clone());
+        let (ak, sk, token, credential) = credentials(env, profile, origin.as_deref());
         if ak.is_some() != sk.is_some() {
             return Err(CliError::Config(
                 "ak and sk must be given together (VPCEP_AK/VPCEP_SK or the profile)".to_owned(),
@@ -166,13 +140,80 @@ impl Settings {
             ak,
             sk,
             token,
-            project_id: args
-                .project_id
-                .clone()
-                .or_else(|| env.project_id.clone())
-                .or(profile.project_id),
+            project_id,
+            credential,
         })
     }
+}
+
+/// The profile in effect and, when it comes from a file, `profile "NAME" of PATH`.
+fn select_profile(args: &GlobalArgs, env: &Env) -> CliResult<(Profile, Option<String>)> {
+    let explicit = args
+        .config_file
+        .clone()
+        .or_else(|| env.config.as_ref().map(PathBuf::from));
+    let file = match (explicit, env.default_config_path()) {
+        (Some(p), _) => Some((ConfigFile::load(&p)?, p)),
+        (None, Some(p)) if p.exists() => Some((ConfigFile::load(&p)?, p)),
+        _ => None,
+    };
+    let wanted = args.profile.clone().or_else(|| env.profile.clone());
+    let Some((file, path)) = file else {
+        return match wanted {
+            Some(name) => Err(CliError::Config(format!(
+                "profile {name:?} requested but there is no config file \
+                 (--config-file, VPCEP_CONFIG or ~/.config/vpcep/config.toml)"
+            ))),
+            None => Ok((Profile::default(), None)),
+        };
+    };
+    let origin = |name: &str| Some(format!("profile {name:?} of {}", path.display()));
+    match (wanted, &file.default_profile) {
+        (Some(name), _) => match file.profiles.get(&name) {
+            Some(p) => Ok((p.clone(), origin(&name))),
+            None => Err(CliError::Config(format!(
+                "profile {name:?} is not in the config file"
+            ))),
+        },
+        (None, Some(name)) => match file.profiles.get(name) {
+            Some(p) => Ok((p.clone(), origin(name))),
+            None => Err(CliError::Config(format!(
+                "default_profile {name:?} is not in the config file"
+            ))),
+        },
+        (None, None) => Ok((
+            file.profiles.get("default").cloned().unwrap_or_default(),
+            origin("default"),
+        )),
+    }
+}
+
+type Creds = (Option<String>, Option<String>, Option<String>, String);
+
+/// AK/SK, token and a description of which credential is used and where it came from
+/// (for `-v` and for 401/403 messages). Credentials from the environment replace the
+/// profile's as a whole; AK/SK wins over a token from the same place.
+fn credentials(env: &Env, profile: Profile, origin: Option<&str>) -> Creds {
+    let env_creds = env.ak.is_some() || env.sk.is_some() || env.token.is_some();
+    let (ak, sk, token, from_ak, from_token) = if env_creds {
+        let (a, t) = ("VPCEP_AK/VPCEP_SK".to_owned(), "VPCEP_TOKEN".to_owned());
+        (env.ak.clone(), env.sk.clone(), env.token.clone(), a, t)
+    } else {
+        let o = origin.unwrap_or("the profile").to_owned();
+        (profile.ak, profile.sk, profile.token, o.clone(), o)
+    };
+    let source = match (&ak, &token) {
+        (Some(a), Some(_)) => format!(
+            "signed with AK {a:?} from {from_ak}; the token from {from_token} is not used \
+             (AK/SK takes precedence)"
+        ),
+        (Some(a), None) => format!("signed with AK {a:?} from {from_ak}"),
+        (None, Some(_)) => format!("X-Auth-Token from {from_token}"),
+        (None, None) => "no credentials sent (set VPCEP_AK and VPCEP_SK, or VPCEP_TOKEN, or \
+                         use a profile)"
+            .to_owned(),
+    };
+    (ak, sk, token, source)
 }
 
 #[cfg(test)]
@@ -187,6 +228,7 @@ mod tests {
             project_id: None,
             output: super::super::Format::Table,
             request_timeout: 30,
+            verbose: false,
         }
     }
 

@@ -33,12 +33,14 @@ pub mod exit {
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// The API answered with an error body.
-    #[error("{code}: {message} (HTTP {status}{})", request_id.as_deref().map(|r| format!(", request {r}")).unwrap_or_default())]
+    #[error("{code}: {message} (HTTP {status}{})", api_note(request_id.as_deref(), credential.as_deref()))]
     Api {
         status: u16,
         code: String,
         message: String,
         request_id: Option<String>,
+        /// On 401 and 403: which credential was sent and where it came from.
+        credential: Option<String>,
     },
     #[error("cannot reach the API at {url}")]
     Http {
@@ -81,6 +83,18 @@ impl CliError {
     }
 }
 
+/// The end of an API error's parenthesis: the request id, then the credential used.
+fn api_note(request_id: Option<&str>, credential: Option<&str>) -> String {
+    let mut note = request_id
+        .map(|r| format!(", request {r}"))
+        .unwrap_or_default();
+    if let Some(c) = credential {
+        note.push_str("; ");
+        note.push_str(c);
+    }
+    note
+}
+
 pub type CliResult<T> = Result<T, CliError>;
 
 /// Runs one API command: resolves the settings (flags, environment, profile file), calls the
@@ -89,7 +103,11 @@ pub async fn run(cmd: ApiCommand) -> i32 {
     let global = cmd.global().clone();
     let result = async {
         let settings = Settings::resolve(&global, &config::Env::from_process())?;
-        let client = Client::new(&settings, Duration::from_secs(global.request_timeout))?;
+        if global.verbose {
+            eprintln!("credentials: {}", settings.credential);
+        }
+        let client = Client::new(&settings, Duration::from_secs(global.request_timeout))?
+            .verbose(global.verbose);
         commands::execute(&client, cmd).await
     }
     .await;

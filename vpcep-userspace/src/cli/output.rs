@@ -73,8 +73,8 @@ fn json(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()) + "\n"
 }
 
-/// One value as table text: port mappings as `80:8080/TCP`, tags as `k=v`, lists joined by
-/// commas, null as empty.
+/// One value as table text: port mappings as `80:8080/TCP` (`80/TCP` when only the client
+/// side is shown), tags as `k=v`, lists joined by commas, null as empty.
 pub fn cell(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
@@ -86,12 +86,11 @@ pub fn cell(v: &Value) -> String {
 
 fn item(v: &Value) -> String {
     if let Some(c) = v.get("client_port") {
-        return format!(
-            "{}:{}/{}",
-            cell(c),
-            cell(&v["server_port"]),
-            cell(&v["protocol"])
-        );
+        // A consumer is shown the client side only.
+        return match v.get("server_port").filter(|s| !s.is_null()) {
+            Some(s) => format!("{}:{}/{}", cell(c), cell(s), cell(&v["protocol"])),
+            None => format!("{}/{}", cell(c), cell(&v["protocol"])),
+        };
     }
     if let Some(k) = v.get("key") {
         let val = v.get("value").or_else(|| v.get("values"));
@@ -151,12 +150,13 @@ mod tests {
             items: vec![
                 json!({"id": "a", "ports": [{"client_port": 80, "server_port": 8080, "protocol": "TCP"}], "tags": [{"key": "k", "value": "v"}]}),
                 json!({"id": "bbbb", "ports": [], "tags": null}),
+                json!({"id": "c", "ports": [{"client_port": 53, "protocol": "UDP"}], "tags": []}),
             ],
             columns: &[("ID", "id"), ("PORTS", "ports"), ("TAGS", "tags")],
         };
         assert_eq!(
             out.render(Format::Table),
-            "ID    PORTS        TAGS\na     80:8080/TCP  k=v\nbbbb\n"
+            "ID    PORTS        TAGS\na     80:8080/TCP  k=v\nbbbb\nc     53/UDP\n"
         );
         let v: Value = serde_json::from_str(&out.render(Format::Json)).unwrap();
         assert_eq!(v[1]["id"], "bbbb");

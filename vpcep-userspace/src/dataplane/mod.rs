@@ -42,7 +42,10 @@ pub fn object() -> &'static [u8] {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
-    #[error("the eBPF object is empty: this binary was built with AYA_BUILD_SKIP=1")]
+    #[error(
+        "this vpcep has no eBPF programs (built with AYA_BUILD_SKIP=1, for the control plane \
+         and the CLI only); build it with cargo xtask build to run the agent or the data plane"
+    )]
     NoObject,
     #[error("loading the eBPF object")]
     Load(#[from] aya::EbpfError),
@@ -995,5 +998,18 @@ impl Loadable for SchedClassifier {
             self.load()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// What an object-less build (`AYA_BUILD_SKIP=1`) says when asked to load programs.
+    #[test]
+    fn an_object_less_build_says_how_to_get_the_programs() {
+        let msg = super::DataplaneError::NoObject.to_string();
+        assert!(
+            msg.contains("AYA_BUILD_SKIP=1") && msg.contains("cargo xtask build"),
+            "{msg}"
+        );
     }
 }

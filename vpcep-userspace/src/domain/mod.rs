@@ -2,6 +2,7 @@
 //! fields, CIDRs and permissions. No HTTP and no SQL: the API, the operations and the agent
 //! all build on this.
 pub mod actor;
+pub mod audience;
 pub mod cidr;
 pub mod error;
 pub mod records;
@@ -10,6 +11,7 @@ pub mod status;
 
 pub use self::{
     actor::{Caller, Identity},
+    audience::Audience,
     cidr::*,
     error::{Error, Result},
     records::*,

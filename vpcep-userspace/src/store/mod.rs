@@ -48,6 +48,26 @@ pub enum StoreError {
     Encode(#[source] serde_json::Error),
     #[error("unsupported database URL {0:?} (use sqlite://PATH or postgres://…)")]
     BadUrl(String),
+    #[error(
+        "cannot create the database folder {}: create it (mkdir -p {}) writable by this \
+         user, or give another --db sqlite://PATH",
+        path.display(), path.display()
+    )]
+    SqliteDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot open the SQLite database {}: its folder must be writable by this user (or \
+         give another --db sqlite://PATH)",
+        path.display()
+    )]
+    SqliteOpen {
+        path: std::path::PathBuf,
+        #[source]
+        source: sqlx::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

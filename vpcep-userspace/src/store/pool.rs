@@ -1,5 +1,10 @@
 //! Database URLs, the connection pool and migrations.
-use std::{str::FromStr, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    str::FromStr,
+    sync::Arc,
+    time::Duration,
+};
 
 use sqlx::{
     AnyConnection, AnyPool, Row,
@@ -35,6 +40,10 @@ impl Store {
 async fn connect(url: &str) -> Result<(AnyPool, Backend)> {
     sqlx::any::install_default_drivers();
     let (url, backend) = normalize_url(url)?;
+    let file = (backend == Backend::Sqlite).then(|| sqlite_file(&url));
+    if let Some(file) = &file {
+        create_parent(file)?;
+    }
     let opts = AnyConnectOptions::from_str(&url)?;
     let max = if backend == Backend::Sqlite { 8 } else { 16 };
     let pool = AnyPoolOptions::new()
@@ -49,8 +58,34 @@ async fn connect(url: &str) -> Result<(AnyPool, Backend)> {
             })
         })
         .connect_with(opts)
-        .await?;
+        .await
+        .map_err(|source| match file {
+            Some(path) => StoreError::SqliteOpen { path, source },
+            None => StoreError::Db(source),
+        })?;
     Ok((pool, backend))
+}
+
+/// The file of a normalized SQLite URL (`sqlite://PATH?…`).
+fn sqlite_file(url: &str) -> PathBuf {
+    let path = url.strip_prefix("sqlite://").unwrap_or(url);
+    PathBuf::from(path.split('?').next().unwrap_or(path))
+}
+
+/// Creates the folder of a SQLite file (`/var/lib/vpcep` on a fresh machine), so that the
+/// documented path works; SQLite itself only creates the file.
+fn create_parent(file: &Path) -> Result<()> {
+    // `:memory:` and a bare file name have no folder to create.
+    if file.as_os_str().to_string_lossy().starts_with(':') {
+        return Ok(());
+    }
+    match file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::create_dir_all(dir).map_err(|source| StoreError::SqliteDir {
+            path: dir.to_owned(),
+            source,
+        }),
+        None => Ok(()),
+    }
 }
 
 async fn sqlite_pragmas(conn: &mut AnyConnection) -> std::result::Result<(), sqlx::Error> {
