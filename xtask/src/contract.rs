@@ -105,10 +105,13 @@ pub fn stage() -> Result<()> {
         .context("starting the control plane")?;
     let _server = ChildGuard::from(child).with_grace(Duration::from_secs(5));
     wait_listening(port)?;
-    seed(&url, &operator)?;
+    let inventory = seed(&url, &operator)?;
     let result = [("tenant", &tenant), ("operator", &operator)]
         .into_iter()
-        .try_for_each(|(who, token)| run(&dir.0, &url, who, token));
+        .try_for_each(|(who, token)| {
+            let ids = service_and_endpoint(&url, &operator, &inventory)?;
+            run(&dir.0, &url, who, token, &ids)
+        });
     if result.is_err() {
         let log = fs::read_to_string(dir.0.join("control-plane.log")).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(20).collect();
@@ -150,8 +153,15 @@ fn curl(url: &str, token: &str, method: &str, path: &str, body: &str) -> Result<
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
+/// The ids the tenant's resources are made of.
+struct Inventory {
+    vpc: String,
+    subnet: String,
+    port: String,
+}
+
 /// The inventory the tenant's operations need: a node, the tenant's VPC, subnet and a NIC.
-fn seed(url: &str, token: &str) -> Result<()> {
+fn seed(url: &str, token: &str) -> Result<Inventory> {
     curl(
         url,
         token,
@@ -173,18 +183,55 @@ fn seed(url: &str, token: &str) -> Result<()> {
         "/inventory/subnets",
         &format!(r#"{{"vpc_id": {}, "cidr": "10.0.0.0/24"}}"#, vpc["id"]),
     )?;
-    curl(
+    let port = curl(
         url,
         token,
         "POST",
         "/inventory/ports",
         &format!(r#"{{"subnet_id": {}, "node": "node1"}}"#, subnet["id"]),
     )?;
-    Ok(())
+    let id = |v: &serde_json::Value| v["id"].as_str().unwrap_or_default().to_owned();
+    Ok(Inventory {
+        vpc: id(&vpc),
+        subnet: id(&subnet),
+        port: id(&port),
+    })
+}
+
+/// A service of the tenant and an endpoint of it, whose ids the run puts in the paths that
+/// name a service or an endpoint, so that those operations reach their rules rather than
+/// answering 404 to made-up ids. Made before each run: a run may delete them.
+fn service_and_endpoint(url: &str, token: &str, inv: &Inventory) -> Result<(String, String)> {
+    let v1 = format!("/v1/{TENANT_PROJECT}");
+    let service = curl(
+        url,
+        token,
+        "POST",
+        &format!("{v1}/vpc-endpoint-services"),
+        &format!(
+            r#"{{"port_id": "{}", "vpc_id": "{}", "server_type": "VM", "approval_enabled": false,
+                "ports": [{{"client_port": 80, "server_port": 8080}}]}}"#,
+            inv.port, inv.vpc
+        ),
+    )?;
+    let sid = service["id"].as_str().unwrap_or_default().to_owned();
+    let endpoint = curl(
+        url,
+        token,
+        "POST",
+        &format!("{v1}/vpc-endpoints"),
+        &format!(
+            r#"{{"endpoint_service_id": "{sid}", "vpc_id": "{}", "subnet_id": "{}"}}"#,
+            inv.vpc, inv.subnet
+        ),
+    )?;
+    let eid = endpoint["id"].as_str().unwrap_or_default().to_owned();
+    Ok((sid, eid))
 }
 
 /// One schemathesis run with one identity.
-fn run(dir: &Path, url: &str, who: &str, token: &str) -> Result<()> {
+fn run(dir: &Path, url: &str, who: &str, token: &str, ids: &(String, String)) -> Result<()> {
+    let (service, endpoint) = ids;
     let config = dir.join(format!("schemathesis-{who}.toml"));
     // Schema-valid bodies can still break rules a schema cannot state (references to
     // inventory that must exist, unique keys, quotas, a permission_type that must match the
@@ -192,7 +239,9 @@ fn run(dir: &Path, url: &str, who: &str, token: &str) -> Result<()> {
     fs::write(
         &config,
         format!(
-            "[parameters]\n\"path.project_id\" = \"{TENANT_PROJECT}\"\n\n\
+            "[parameters]\n\"path.project_id\" = \"{TENANT_PROJECT}\"\n\
+             \"path.vpc_endpoint_service_id\" = \"{service}\"\n\
+             \"path.vpc_endpoint_id\" = \"{endpoint}\"\n\n\
              [generation]\n\
              with-security-parameters = false\n\n\
              [checks.positive_data_acceptance]\n\

@@ -69,9 +69,20 @@ async fn permission_operations(db: Db) {
             json!({"permissions": ["iam:domain::x"], "action": "add", "permission_type": "bogus"}),
             "permission_type",
         ),
+        // Checked even when there is no permission to check it against.
+        (
+            json!({"permissions": [], "action": "add", "permission_type": "AAA"}),
+            "permission_type",
+        ),
     ] {
         p.post(&format!("{base}/action"), bad).await.err(400, field);
     }
+    p.post(
+        &format!("{base}/batch-create"),
+        json!({"permissions": [], "permission_type": "AAA"}),
+    )
+    .await
+    .err(400, "permission_type");
     p.post(
         &format!("{base}/action"),
         json!({"permissions": ["organizations:orgPath::o-1/r-2"], "permission_type": "orgPath", "action": "add"}),

@@ -185,6 +185,8 @@ pub async fn action(
     let action = required("action", req.action)?;
     check_enum("action", &action, &["add", "remove"])?;
     let perms = required("permissions", req.permissions)?;
+    // Checked on its own too: an empty list has no item to check it against.
+    check_permission_type_given(req.permission_type.as_deref())?;
     let mut items = Vec::with_capacity(perms.len());
     for (i, p) in perms.iter().enumerate() {
         let f = format!("permissions[{i}]");
@@ -214,6 +216,7 @@ pub async fn batch_create(
     Body(req): Body<BatchCreate>,
 ) -> ApiResult<Json<Permissions>> {
     let items = required("permissions", req.permissions)?;
+    check_permission_type_given(req.permission_type.as_deref())?;
     let mut checked = Vec::with_capacity(items.len());
     for (i, p) in items.into_iter().enumerate() {
         let f = format!("permissions[{i}].permission");

@@ -423,18 +423,24 @@ pub fn check_routetables(r: &[String]) -> Result<Vec<String>> {
         .collect()
 }
 
+/// The `permission_type` of a request, if given, is one of the types.
+pub fn check_permission_type_given(given: Option<&str>) -> Result<()> {
+    match given {
+        Some(t) => check_enum("permission_type", t, &PERMISSION_TYPES),
+        None => Ok(()),
+    }
+}
+
 /// The `permission_type` of a request, if given, must match what the permission string is.
 pub fn check_permission_type(field: &str, given: Option<&str>, actual: &str) -> Result<()> {
-    if let Some(t) = given {
-        check_enum("permission_type", t, &PERMISSION_TYPES)?;
-        if t != actual {
-            return Err(Error::invalid(
-                field,
-                format!("does not match permission_type {t}"),
-            ));
-        }
+    check_permission_type_given(given)?;
+    match given {
+        Some(t) if t != actual => Err(Error::invalid(
+            field,
+            format!("does not match permission_type {t}"),
+        )),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// A MAC `xx:xx:xx:xx:xx:xx`, lower-cased.
