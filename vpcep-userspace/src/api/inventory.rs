@@ -77,47 +77,37 @@ trait Removable: Listed {
     ) -> impl Future<Output = ops::Result<()>> + Send + 'a;
 }
 
-impl Listed for Vpc {
-    const WHAT: &'static str = "VPC";
-    type List = Vpcs;
-    fn listed(vpcs: Vec<Self>) -> Vpcs {
-        Vpcs { vpcs }
-    }
+/// An inventory kind's list answer and 404 name, and its delete rule when it has one.
+macro_rules! listed {
+    ($t:ty, $what:literal, $list:ident { $field:ident } $(, $delete:path)?) => {
+        impl Listed for $t {
+            const WHAT: &'static str = $what;
+            type List = $list;
+            fn listed($field: Vec<Self>) -> $list {
+                $list { $field }
+            }
+        }
+        $(
+            impl Removable for $t {
+                fn remove<'a>(
+                    tx: &'a mut WriteTx,
+                    id: &'a str,
+                ) -> impl Future<Output = ops::Result<()>> + Send + 'a {
+                    $delete(tx, id)
+                }
+            }
+        )?
+    };
 }
 
-impl Removable for Vpc {
-    fn remove<'a>(
-        tx: &'a mut WriteTx,
-        id: &'a str,
-    ) -> impl Future<Output = ops::Result<()>> + Send + 'a {
-        inventory::delete_vpc(tx, id)
-    }
-}
-
-impl Listed for Subnet {
-    const WHAT: &'static str = "subnet";
-    type List = Subnets;
-    fn listed(subnets: Vec<Self>) -> Subnets {
-        Subnets { subnets }
-    }
-}
-
-impl Removable for Subnet {
-    fn remove<'a>(
-        tx: &'a mut WriteTx,
-        id: &'a str,
-    ) -> impl Future<Output = ops::Result<()>> + Send + 'a {
-        inventory::delete_subnet(tx, id)
-    }
-}
-
-impl Listed for Port {
-    const WHAT: &'static str = "port";
-    type List = Ports;
-    fn listed(ports: Vec<Self>) -> Ports {
-        Ports { ports }
-    }
-}
+listed!(Vpc, "VPC", Vpcs { vpcs }, inventory::delete_vpc);
+listed!(
+    Subnet,
+    "subnet",
+    Subnets { subnets },
+    inventory::delete_subnet
+);
+listed!(Port, "port", Ports { ports });
 
 async fn list<T: Listed>(
     State(st): State<AppState>,

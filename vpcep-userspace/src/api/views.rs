@@ -18,7 +18,8 @@ pub struct QueryError {
     pub error_message: String,
 }
 
-/// An endpoint service as its owner (and the operator) sees it.
+/// An endpoint service as its owner (and the operator) sees it. Like [`EndpointView`] it
+/// repeats part of its record's field list on purpose: what is sent, not what is stored.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct ServiceView {
     pub id: String,
