@@ -32,12 +32,7 @@ struct Provider {
 
 async fn provider(env: &Env) -> Provider {
     let op = env.operator();
-    op.put(
-        "/inventory/nodes/node1",
-        json!({"underlay_ip": "192.0.2.1"}),
-    )
-    .await
-    .ok();
+    crate::fixtures::node1(&op).await;
     let pv = vpc(&op, "proj-provider", PROVIDER_CIDR).await;
     let pv = pv["id"].as_str().unwrap().to_owned();
     let ps = subnet(&op, &pv, PROVIDER_CIDR).await;

@@ -35,14 +35,19 @@ pub async fn port(op: &Client, subnet: &str, ip: Option<&str>) -> Value {
     op.post("/inventory/ports", b).await.ok()
 }
 
-pub async fn world(env: &Env) -> World {
-    let op = env.operator();
+/// The node every fixture NIC is on.
+pub async fn node1(op: &Client) {
     op.put(
         "/inventory/nodes/node1",
         json!({"underlay_ip": "192.0.2.1"}),
     )
     .await
     .ok();
+}
+
+pub async fn world(env: &Env) -> World {
+    let op = env.operator();
+    node1(&op).await;
     let pv = vpc(&op, "proj-provider", "10.0.0.0/24").await;
     let ps = subnet(&op, pv["id"].as_str().unwrap(), "10.0.0.0/24").await;
     let bp = port(&op, ps["id"].as_str().unwrap(), Some("10.0.0.5")).await;
