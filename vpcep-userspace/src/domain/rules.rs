@@ -432,8 +432,8 @@ pub fn check_permission_type_given(given: Option<&str>) -> Result<()> {
 }
 
 /// The `permission_type` of a request, if given, must match what the permission string is.
+/// The value itself is checked once per request, by [`check_permission_type_given`].
 pub fn check_permission_type(field: &str, given: Option<&str>, actual: &str) -> Result<()> {
-    check_permission_type_given(given)?;
     match given {
         Some(t) if t != actual => Err(Error::invalid(
             field,
