@@ -86,13 +86,16 @@ pub async fn serve(args: ControlPlaneArgs) -> Result<(), ServeError> {
     tracing::info!(%addr, db = ?store.backend(), "control plane listening");
     let state = AppState::new(store, Credentials::new(creds), args.config);
     let shutdown = state.shutdown.clone();
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            stop_signal().await;
-            tracing::info!("shutting down");
-            shutdown.send_replace(true);
-        })
-        .await?;
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        stop_signal().await;
+        tracing::info!("shutting down");
+        shutdown.send_replace(true);
+    })
+    .await?;
     Ok(())
 }
 
@@ -151,6 +154,7 @@ impl Server {
         let shutdown = state.shutdown.clone();
         let app = app(state);
         let task = tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "server stopped");
             }

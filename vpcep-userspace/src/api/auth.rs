@@ -13,7 +13,7 @@ use chrono::{NaiveDateTime, Utc};
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
-use super::{AppState, error::ApiError};
+use super::{AppState, context::CredentialId, error::ApiError};
 use crate::{
     domain::Error,
     signing::{Canonical, DATE_FORMAT, SignedAuth, body_hash, parse_authorization},
@@ -241,14 +241,10 @@ fn path_project(path: &str) -> Option<&str> {
 pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-    let mut resp = match authenticate(&state, req).await {
+    let resp = match authenticate(&state, req).await {
         Ok(req) => next.run(req).await,
         Err(e) => e.into_response(),
     };
-    // The SDK reports this as the exception's request_id.
-    if let Ok(v) = uuid::Uuid::new_v4().simple().to_string().parse() {
-        resp.headers_mut().insert("x-request-id", v);
-    }
     tracing::debug!(
         %method,
         path,
@@ -316,7 +312,9 @@ async fn identify(state: &AppState, req: Request) -> Result<(Request, Identity),
                 .clone()
                 .unwrap_or_else(|| key.project_id.clone()),
         };
-        Ok((Request::from_parts(parts, Body::from(bytes)), id))
+        let mut req = Request::from_parts(parts, Body::from(bytes));
+        req.extensions_mut().insert(CredentialId(key.ak.clone()));
+        Ok((req, id))
     } else if let Some(token) = header(&req, "x-auth-token").filter(|t| !t.trim().is_empty()) {
         // An empty token is no credential, not a bad one (anonymous routes answer as
         // without it); a present but empty Authorization still fails as malformed.
@@ -325,10 +323,20 @@ async fn identify(state: &AppState, req: Request) -> Result<(Request, Identity),
             .get(&token)
             .cloned()
             .ok_or_else(|| bad("unknown token"))?;
+        let mut req = req;
+        req.extensions_mut().insert(CredentialId(token_id(&token)));
         Ok((req, id))
     } else {
         Ok((req, Identity::Anonymous))
     }
+}
+
+/// A token's public id: a prefix of its SHA-256, which names it in logs and the audit
+/// without revealing it.
+pub fn token_id(token: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(token.as_bytes());
+    format!("token:{}", hex::encode(&digest[..6]))
 }
 
 /// The tenant a project path acts for: the identity's own project, or any for the operator.

@@ -20,6 +20,7 @@ use crate::{
 };
 
 pub mod auth;
+pub mod context;
 mod endpoints;
 pub mod error;
 mod inventory;
@@ -133,6 +134,7 @@ pub fn router(
         .fallback(|| async { ApiError::not_found("resource") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), auth::layer))
+        .layer(middleware::from_fn(context::request_id))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
