@@ -35,3 +35,12 @@ pub fn source(req: &Request) -> Option<SocketAddr> {
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0)
 }
+
+/// The client certificate a TLS connection presented, verified against the operator's
+/// agent CA: the node it names (its common name) and its serial (hex), which is the
+/// credential id. The server inserts it for every request of such a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    pub node: String,
+    pub serial: String,
+}
