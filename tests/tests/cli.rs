@@ -1088,3 +1088,114 @@ async fn control_plane_logs_json_lines() {
         );
     }
 }
+
+/// `vpcep pki` makes the CA and certificates; the CLI verifies the API's certificate against
+/// `--ca-file` (or VPCEP_CA_FILE, or the profile's `ca_file`), refuses it without, and
+/// `--insecure` skips the check with a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_verifies_the_servers_certificate() {
+    let pki = TempDir::new("cli-pki");
+    let dir = pki.0.display().to_string();
+    let home = TempDir::new("cli");
+    let none = World {
+        server: start_server(
+            &sqlite_url(&TempDir::new("cli").0),
+            Credentials::default(),
+            Config::default(),
+        )
+        .await,
+        home,
+        _db: TempDir::new("cli"),
+    };
+    let made = none.run_with(&[], &["pki", "init", "--dir", &dir]).await;
+    made.ok();
+    for f in ["ca.pem", "ca-key.pem", "server.pem", "server-key.pem"] {
+        assert!(made.stdout.contains(f), "{}", made.stdout);
+    }
+    none.run_with(&[], &["pki", "node", "node1", "--dir", &dir])
+        .await
+        .ok();
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(pki.0.join("ca-key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "keys are owner-only: {mode:o}");
+
+    let db = TempDir::new("cli");
+    let store = vpcep::store::Store::open(&sqlite_url(&db.0), 100)
+        .await
+        .unwrap();
+    let server = Server::start_tls(
+        store,
+        credentials(),
+        Config::default(),
+        vpcep::tls::server::TlsFiles {
+            cert: pki.0.join("server.pem"),
+            key: pki.0.join("server-key.pem"),
+            client_ca: Some(pki.0.join("ca.pem")),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(server.url().starts_with("https://"));
+    let w = World {
+        server,
+        home: TempDir::new("cli"),
+        _db: db,
+    };
+    let ca = pki.0.join("ca.pem").display().to_string();
+    let refused = w.run(Who::Operator, &["node", "list"]).await;
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("UnknownIssuer") && refused.stderr.contains("--ca-file"),
+        "names the cause and the fix: {}",
+        refused.stderr
+    );
+    w.run(Who::Operator, &["node", "list", "--ca-file", &ca])
+        .await
+        .ok();
+    let mut env = w.env(Who::Operator);
+    env.push(("VPCEP_CA_FILE", ca.clone()));
+    w.run_with(&env, &["node", "list"]).await.ok();
+    let insecure = w.run(Who::Operator, &["node", "list", "--insecure"]).await;
+    insecure.ok();
+    assert!(
+        insecure.stderr.contains("--insecure"),
+        "{}",
+        insecure.stderr
+    );
+    // The profile's ca_file.
+    let cfg = w.home.0.join("cli.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[profiles.default]\nurl = \"{}\"\ntoken = \"{OPERATOR}\"\nca_file = \"{ca}\"\n",
+            w.server.url()
+        ),
+    )
+    .unwrap();
+    let env = vec![("VPCEP_CONFIG", cfg.display().to_string())];
+    w.run_with(&env, &["node", "list"]).await.ok();
+}
+
+/// Plain HTTP is for loopback development: it says so in the log, and a non-loopback
+/// address without TLS is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_refuses_plain_http_off_loopback() {
+    let dir = TempDir::new("cp-db");
+    let url = sqlite_url(&dir.0);
+    let mut cp = ControlPlaneProcess::spawn(&["--listen", "0.0.0.0:0", "--db", &url]);
+    let status = cp.guard.take().unwrap().wait().unwrap();
+    assert_eq!(status.code(), Some(64));
+    let stderr = cp.read("stderr");
+    assert!(
+        stderr.contains("plain HTTP on 0.0.0.0:0") && stderr.contains("--tls-cert"),
+        "{stderr}"
+    );
+    let mut cp = ControlPlaneProcess::spawn(&["--listen", "127.0.0.1:0", "--db", &url]);
+    cp.listening().await;
+    cp.stop();
+    let stderr = cp.read("stderr");
+    assert!(stderr.contains("PLAIN HTTP"), "{stderr}");
+}

@@ -13,3 +13,4 @@ pub mod server;
 pub mod signing;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

@@ -12,6 +12,10 @@ use crate::{
     domain::{Endpoint, Port},
     feed, ops,
     store::{Store, StoreError},
+    tls::{
+        ServerTls, TlsArgs, TlsError,
+        server::{TlsFiles, plain_allowed},
+    },
 };
 
 /// `vpcep control-plane` arguments.
@@ -26,6 +30,8 @@ pub struct ControlPlaneArgs {
     /// Credentials file (TOML): AK/SK pairs, tokens, agent tokens, operator tokens.
     #[arg(long)]
     pub credentials: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(flatten)]
     pub config: Config,
 }
@@ -44,6 +50,14 @@ pub enum ServeError {
     },
     #[error("server failed")]
     Io(#[from] std::io::Error),
+    #[error("cannot load the TLS files")]
+    Tls(#[from] TlsError),
+    #[error(
+        "plain HTTP on {0} would send tokens and signatures in clear over the network: give \
+         --tls-cert and --tls-key (`vpcep pki init` makes a development CA and certificate), \
+         or listen on a loopback address"
+    )]
+    PlainHttp(SocketAddr),
 }
 
 /// Runs `vpcep control-plane` until Ctrl-C or SIGTERM, on a multi-threaded runtime of its own (the
@@ -73,6 +87,12 @@ pub async fn serve(args: ControlPlaneArgs) -> Result<(), ServeError> {
             CredentialsFile::default()
         }
     };
+    // TLS files first: a bad one fails the start before anything listens.
+    let tls = match args.tls.files() {
+        Some(files) => Some(ServerTls::load(files)?),
+        None if plain_allowed(&args.listen) => None,
+        None => return Err(ServeError::PlainHttp(args.listen)),
+    };
     let store = Store::open(&args.db, args.config.feed_retain).await?;
     prepare(&store, &args.config).await?;
     let listener = TcpListener::bind(args.listen)
@@ -83,21 +103,45 @@ pub async fn serve(args: ControlPlaneArgs) -> Result<(), ServeError> {
         })?;
     // The bound address, so that `--listen …:0` tells which port it got.
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, db = ?store.backend(), "control plane listening");
     let state = AppState::new(store, Credentials::new(creds), args.config);
     let shutdown = state.shutdown.clone();
-    axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let stop = async move {
         stop_signal().await;
         tracing::info!("shutting down");
         shutdown.send_replace(true);
-    })
-    .await?;
+    };
+    match tls {
+        Some(tls) => {
+            tracing::info!(
+                %addr,
+                db = ?state.store.backend(),
+                cert = %tls.files().cert.display(),
+                client_ca = ?tls.files().client_ca,
+                "control plane listening (HTTPS)"
+            );
+            tls.spawn_watcher(RELOAD_POLL, state.shutdown.subscribe());
+            crate::tls::server::serve(listener, app(state), tls, stop).await;
+        }
+        None => {
+            tracing::warn!(
+                %addr,
+                db = ?state.store.backend(),
+                "control plane listening on PLAIN HTTP: credentials cross the connection in \
+                 clear; for loopback development only (give --tls-cert and --tls-key)"
+            );
+            axum::serve(
+                listener,
+                app(state).into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop)
+            .await?;
+        }
+    }
     Ok(())
 }
+
+/// How often the TLS files are checked for a new certificate.
+const RELOAD_POLL: Duration = Duration::from_secs(1);
 
 /// Brings a database up to date before serving: the address index and the default limits.
 async fn prepare(store: &Store, config: &Config) -> Result<(), StoreError> {
@@ -133,16 +177,36 @@ async fn stop_signal() {
 /// A server running in this process (tests and the benchmark).
 pub struct Server {
     pub addr: SocketAddr,
+    scheme: &'static str,
     task: tokio::task::JoinHandle<()>,
     shutdown: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Server {
-    /// Serves on an ephemeral loopback port.
+    /// Serves plain HTTP on an ephemeral loopback port.
     pub async fn start(
         store: Store,
         creds: Credentials,
         config: Config,
+    ) -> Result<Self, ServeError> {
+        Self::start_with(store, creds, config, None).await
+    }
+
+    /// Serves HTTPS on an ephemeral loopback port; the files are reloaded when they change.
+    pub async fn start_tls(
+        store: Store,
+        creds: Credentials,
+        config: Config,
+        files: TlsFiles,
+    ) -> Result<Self, ServeError> {
+        Self::start_with(store, creds, config, Some(ServerTls::load(files)?)).await
+    }
+
+    async fn start_with(
+        store: Store,
+        creds: Credentials,
+        config: Config,
+        tls: Option<Arc<ServerTls>>,
     ) -> Result<Self, ServeError> {
         let addr: SocketAddr = ([127, 0, 0, 1], 0).into();
         let listener = TcpListener::bind(addr)
@@ -152,22 +216,37 @@ impl Server {
         prepare(&store, &config).await?;
         let state = AppState::new(store, creds, config);
         let shutdown = state.shutdown.clone();
+        let mut stopped = state.shutdown.subscribe();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let app = app(state);
-        let task = tokio::spawn(async move {
-            let app = app.into_make_service_with_connect_info::<SocketAddr>();
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "server stopped");
+        let task = match tls {
+            Some(tls) => {
+                // Faster than the server's poll: tests rotate certificates.
+                tls.spawn_watcher(Duration::from_millis(100), shutdown.subscribe());
+                tokio::spawn(async move {
+                    let stop = async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    };
+                    crate::tls::server::serve(listener, app, tls, stop).await;
+                })
             }
-        });
+            None => tokio::spawn(async move {
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "server stopped");
+                }
+            }),
+        };
         Ok(Self {
             addr,
+            scheme,
             task,
             shutdown,
         })
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 }
 

@@ -6,6 +6,7 @@ use vpcep::{
     api::{Config, Credentials},
     server::Server,
     store::Store,
+    tls::server::TlsFiles,
 };
 
 use super::{Postgres, TempDir};
@@ -38,6 +39,25 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     pub async fn start(db: Db, credentials: Credentials, config: Config) -> Self {
+        Self::start_with(db, credentials, config, None).await
+    }
+
+    /// Over HTTPS with `tls` (mutual TLS when it names a client CA).
+    pub async fn start_tls(
+        db: Db,
+        credentials: Credentials,
+        config: Config,
+        tls: TlsFiles,
+    ) -> Self {
+        Self::start_with(db, credentials, config, Some(tls)).await
+    }
+
+    async fn start_with(
+        db: Db,
+        credentials: Credentials,
+        config: Config,
+        tls: Option<TlsFiles>,
+    ) -> Self {
         let dir = TempDir::new("cp");
         let pg = (db == Db::Postgres).then(Postgres::start);
         let url = match &pg {
@@ -45,9 +65,11 @@ impl ControlPlane {
             None => sqlite_url(&dir.0),
         };
         let store = Store::open(&url, config.feed_retain).await.unwrap();
-        let server = Server::start(store.clone(), credentials, config)
-            .await
-            .unwrap();
+        let server = match tls {
+            Some(tls) => Server::start_tls(store.clone(), credentials, config, tls).await,
+            None => Server::start(store.clone(), credentials, config).await,
+        }
+        .unwrap();
         Self {
             server,
             store,

@@ -6,6 +6,7 @@ use std::net::TcpListener;
 pub mod agent;
 pub mod control_plane;
 pub mod fs;
+pub mod pki;
 pub mod postgres;
 pub mod process;
 pub mod root;
@@ -13,6 +14,7 @@ pub mod wait;
 
 pub use control_plane::{ControlPlane, Db};
 pub use fs::TempDir;
+pub use pki::Pki;
 pub use postgres::Postgres;
 pub use process::{ChildGuard, spawn_guarded};
 pub use wait::{eventually, poll, wait_for};

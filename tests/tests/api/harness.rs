@@ -10,8 +10,9 @@ use sha2::{Digest, Sha256};
 use vpcep::{
     api::{Config, Credentials, CredentialsFile, auth},
     server::Server,
+    tls::client::ClientTls,
 };
-pub use vpcep_tests::harness::{ControlPlane, Db, Postgres, TempDir};
+pub use vpcep_tests::harness::{ControlPlane, Db, Pki, Postgres, TempDir};
 
 pub const OPERATOR_TOKEN: &str = "operator-secret";
 pub const AGENT1_TOKEN: &str = "agent-node1-secret";
@@ -60,7 +61,7 @@ pub fn credentials() -> Credentials {
 }
 
 /// One test's world: a control plane on its own database (`server`, `store`), and clients.
-pub struct Env(ControlPlane);
+pub struct Env(ControlPlane, ClientTls);
 
 impl Deref for Env {
     type Target = ControlPlane;
@@ -76,7 +77,22 @@ impl Env {
     }
 
     pub async fn with_config(db: Db, config: Config) -> Self {
-        Self(ControlPlane::start(db, credentials(), config).await)
+        Self(
+            ControlPlane::start(db, credentials(), config).await,
+            ClientTls::default(),
+        )
+    }
+
+    /// Over HTTPS with mutual TLS for agents; the clients trust `pki`'s CA.
+    pub async fn tls(db: Db, pki: &Pki) -> Self {
+        let cp =
+            ControlPlane::start_tls(db, credentials(), Config::default(), pki.server_files()).await;
+        Self(cp, pki.client())
+    }
+
+    /// A client of this server with `auth`, verifying its certificate when it has one.
+    pub fn client(&self, auth: Auth, project: &str) -> Client {
+        Client::with_tls(&self.server.url(), auth, project, &self.1)
     }
 
     /// Another API replica on the same database.
@@ -86,8 +102,7 @@ impl Env {
 
     pub fn tenant(&self, i: usize) -> Client {
         let (ak, sk, p, _) = TENANTS[i];
-        Client::new(
-            &self.server.url(),
+        self.client(
             Auth::Signed {
                 ak: ak.to_owned(),
                 sk: sk.to_owned(),
@@ -105,15 +120,11 @@ impl Env {
     }
 
     pub fn operator(&self) -> Client {
-        Client::new(
-            &self.server.url(),
-            Auth::Token(OPERATOR_TOKEN.to_owned()),
-            "",
-        )
+        self.client(Auth::Token(OPERATOR_TOKEN.to_owned()), "")
     }
 
     pub fn agent(&self) -> Client {
-        Client::new(&self.server.url(), Auth::Token(AGENT1_TOKEN.to_owned()), "")
+        self.client(Auth::Token(AGENT1_TOKEN.to_owned()), "")
     }
 }
 
@@ -244,11 +255,18 @@ impl Resp {
 
 impl Client {
     pub fn new(base: &str, auth: Auth, project: &str) -> Self {
+        Self::with_tls(base, auth, project, &ClientTls::default())
+    }
+
+    /// Over HTTPS, verifying the server as `tls` says (and presenting its certificate).
+    pub fn with_tls(base: &str, auth: Auth, project: &str, tls: &ClientTls) -> Self {
         Self {
             base: base.to_owned(),
             auth,
             project: project.to_owned(),
-            http: reqwest::Client::builder()
+            http: tls
+                .builder()
+                .unwrap()
                 .pool_max_idle_per_host(16)
                 .build()
                 .unwrap(),
@@ -275,7 +293,11 @@ impl Client {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let host = self.base.trim_start_matches("http://").to_owned();
+        let host = self
+            .base
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .to_owned();
         let body = body.unwrap_or_default();
         let ct = if body.is_empty() {
             "application/json"

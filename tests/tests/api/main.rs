@@ -40,3 +40,4 @@ mod services;
 mod story;
 mod strict;
 mod tags;
+mod tls;

@@ -15,9 +15,12 @@ from huaweicloudsdkvpcep.v1 import *  # noqa: F401,F403
 E = os.environ
 
 
-def client(ak, sk, project):
+def client(ak, sk, project, ca=E["VPCEP_CA_FILE"]):
     cfg = HttpConfig.get_default_config()
     cfg.timeout = (5, 30)
+    # Over HTTPS, the server's certificate verified against the deployment's CA.
+    cfg.ignore_ssl_verification = False
+    cfg.ssl_ca_cert = ca
     return (VpcepClient.new_builder()
             .with_credentials(BasicCredentials(ak, sk, project))
             .with_endpoints([E["VPCEP_URL"]])
@@ -25,8 +28,17 @@ def client(ak, sk, project):
             .build())
 
 
+assert E["VPCEP_URL"].startswith("https://"), E["VPCEP_URL"]
 prov = client("AK-PROVIDER", "SK-provider", "proj-provider")
 cons = client("AK-CONSUMER", "SK-consumer", "proj-consumer")
+
+# Without the deployment's CA (only the SDK's default bundle) the server is refused.
+try:
+    client("AK-PROVIDER", "SK-provider", "proj-provider", ca=None).list_endpoint_service(
+        ListEndpointServiceRequest(limit=1))
+    raise SystemExit("a client without the CA reached the server")
+except exceptions.SslHandShakeException:
+    pass
 
 s = prov.create_endpoint_service(CreateEndpointServiceRequest(CreateEndpointServiceRequestBody(
     port_id=E["PORT"], vpc_id=E["PVPC"], server_type="VM", service_name="web",

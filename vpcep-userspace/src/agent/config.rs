@@ -3,8 +3,11 @@
 //! ```toml
 //! node_name = "node1"
 //! underlay_ip = "192.0.2.1"
-//! control_plane = ["http://10.1.0.1:8080", "http://10.1.0.2:8080"]
-//! token = "agent-node1-secret"
+//! control_plane = ["https://10.1.0.1:8443", "https://10.1.0.2:8443"]
+//! ca_file = "/etc/vpcep/ca.pem"          # CA of the control plane's certificate (default: the system's)
+//! cert_file = "/etc/vpcep/node1.pem"     # node certificate (common name = node_name) …
+//! key_file = "/etc/vpcep/node1-key.pem"  # … and its key: mutual TLS
+//! # token = "agent-node1-secret"         # or an agent token instead of the certificate
 //! pin_dir = "/sys/fs/bpf/vpcep"          # default
 //! metrics_address = "127.0.0.1:9464"     # default
 //! resync_interval_ms = 30000             # default: full reconcile against the kernel maps
@@ -40,9 +43,13 @@ use std::{
 use serde::Deserialize;
 use vpcep_common::endpoint::{DEFAULT_PORT_HI, DEFAULT_PORT_LO, Timeouts, VXLAN_OVERHEAD};
 
-use crate::dataplane::{
-    TcAttach,
-    config::{FileError, invalid, parse_mac, read_file},
+use super::feed_client::Link;
+use crate::{
+    dataplane::{
+        TcAttach,
+        config::{FileError, invalid, parse_mac, read_file},
+    },
+    tls::{TlsError, client::ClientTls},
 };
 
 /// A configuration that cannot be read, parsed or validated; `Invalid` names the field.
@@ -55,7 +62,14 @@ struct RawConfig {
     node_name: String,
     underlay_ip: String,
     control_plane: Vec<String>,
-    token: String,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    cert_file: Option<PathBuf>,
+    #[serde(default)]
+    key_file: Option<PathBuf>,
     #[serde(default = "default_pin_dir")]
     pin_dir: PathBuf,
     #[serde(default = "default_metrics")]
@@ -180,7 +194,10 @@ pub struct AgentConfig {
     pub node_name: String,
     pub underlay_ip: Ipv4Addr,
     pub control_plane: Vec<String>,
-    pub token: String,
+    /// Whom the agent trusts and the node certificate it presents.
+    pub tls: ClientTls,
+    /// The HTTP client built from `tls`, and the agent token if one is configured.
+    pub link: Link,
     pub pin_dir: PathBuf,
     pub metrics_address: SocketAddr,
     pub resync_interval: Duration,
@@ -232,8 +249,31 @@ impl RawConfig {
                 ));
             }
         }
-        if self.token.is_empty() {
+        if self.token.as_deref().is_some_and(str::is_empty) {
             return Err(invalid("token", "must not be empty"));
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) => return Err(invalid("key_file", "needed with cert_file")),
+            (None, Some(_)) => return Err(invalid("cert_file", "needed with key_file")),
+            (None, None) if self.token.is_none() => {
+                return Err(invalid(
+                    "cert_file",
+                    "the agent needs a node certificate (cert_file and key_file) or a token",
+                ));
+            }
+            (Some(_), Some(_)) => {
+                if let Some(i) = self
+                    .control_plane
+                    .iter()
+                    .position(|u| !u.starts_with("https://"))
+                {
+                    return Err(invalid(
+                        format!("control_plane[{i}]"),
+                        "must be an https:// URL: a node certificate is presented over TLS",
+                    ));
+                }
+            }
+            _ => {}
         }
         Ok(underlay_ip)
     }
@@ -354,15 +394,21 @@ impl RawOverlay {
 }
 
 impl AgentConfig {
+    /// Reads, validates, and checks the node certificate (present, valid now, for this
+    /// node) so that a wrong one stops the agent at start with the reason.
     pub fn load(path: &Path) -> Result<Self, AgentConfigError> {
         let text = read_file(path)?;
-        Self::parse(&text).map_err(|e| match e {
+        let cfg = Self::parse(&text).map_err(|e| match e {
             AgentConfigError::Parse { source, .. } => AgentConfigError::Parse {
                 path: path.display().to_string(),
                 source,
             },
             e => e,
-        })
+        })?;
+        cfg.tls
+            .check_node_cert(&cfg.node_name, chrono::Utc::now().timestamp())
+            .map_err(|e| invalid("cert_file", crate::tls::chain(&e)))?;
+        Ok(cfg)
     }
 
     /// Parses and validates; the error names the offending field.
@@ -377,11 +423,30 @@ impl AgentConfig {
         raw.check_nics()?;
         let overlay = raw.overlay.map(RawOverlay::check).transpose()?;
         let ct = &raw.conntrack;
+        let tls = ClientTls {
+            ca_file: raw.ca_file.clone(),
+            cert_file: raw.cert_file.clone(),
+            key_file: raw.key_file.clone(),
+            insecure: false,
+        };
+        let field = if raw.cert_file.is_some() {
+            "cert_file"
+        } else {
+            "ca_file"
+        };
+        let http = tls
+            .builder()
+            .and_then(|b| b.build().map_err(TlsError::Client))
+            .map_err(|e| invalid(field, crate::tls::chain(&e)))?;
         Ok(Self {
             node_name: raw.node_name,
             underlay_ip,
             control_plane: raw.control_plane,
-            token: raw.token,
+            tls,
+            link: Link {
+                http,
+                token: raw.token,
+            },
             pin_dir: raw.pin_dir,
             metrics_address,
             resync_interval: Duration::from_millis(raw.resync_interval_ms),

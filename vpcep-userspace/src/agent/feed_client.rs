@@ -1,12 +1,16 @@
 //! The agent's client of the feed: list (snapshot), watch (NDJSON stream), register the node
-//! and report the applied revision, over HTTP with the node's agent token.
+//! and report the applied revision, over HTTPS with the node's certificate (or HTTP, and an
+//! agent token).
 use serde_json::Value;
+
+use crate::tls::chain;
 
 pub use crate::feed::wire::{Event, Snapshot, SnapshotObject};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FeedError {
-    #[error("request to the control plane failed")]
+    /// The causes are spelled out: a TLS failure's reason is the innermost.
+    #[error("request to the control plane failed: {}{}", chain(.0), hint(.0))]
     Http(#[from] reqwest::Error),
     #[error("control plane answered {status}: {body}")]
     Status { status: u16, body: String },
@@ -18,11 +22,33 @@ pub enum FeedError {
     },
 }
 
+fn hint(e: &reqwest::Error) -> &'static str {
+    crate::tls::hint(&chain(e)).unwrap_or("")
+}
+
+/// How the agent reaches the control plane: the HTTP client (whom it trusts, the node
+/// certificate it presents) and the agent token, when it uses one.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub http: reqwest::Client,
+    pub token: Option<String>,
+}
+
+impl Link {
+    /// A request with the token, if any (a node certificate needs none).
+    pub fn request(&self, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
+        let rb = self.http.request(method, url);
+        match &self.token {
+            Some(t) => rb.header("x-auth-token", t),
+            None => rb,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct FeedClient {
-    http: reqwest::Client,
+    link: Link,
     base: String,
-    token: String,
 }
 
 async fn check(resp: reqwest::Response) -> Result<reqwest::Response, FeedError> {
@@ -35,20 +61,27 @@ async fn check(resp: reqwest::Response) -> Result<reqwest::Response, FeedError> 
 }
 
 impl FeedClient {
-    /// `base` is `http://host:port`; `token` the node's agent token.
+    /// `base` is `http://host:port`; `token` the node's agent token (or the operator's).
     pub fn new(base: &str, token: &str) -> Self {
-        Self {
+        let link = Link {
             http: reqwest::Client::new(),
+            token: Some(token.to_owned()),
+        };
+        Self::with_link(link, base)
+    }
+
+    /// A client of `base` (`http(s)://host:port`) over `link`.
+    pub fn with_link(link: Link, base: &str) -> Self {
+        Self {
+            link,
             base: base.trim_end_matches('/').to_owned(),
-            token: token.to_owned(),
         }
     }
 
     pub async fn snapshot(&self) -> Result<Snapshot, FeedError> {
         let resp = self
-            .http
-            .get(format!("{}/feed/snapshot", self.base))
-            .header("x-auth-token", &self.token)
+            .link
+            .request(reqwest::Method::GET, format!("{}/feed/snapshot", self.base))
             .send()
             .await?;
         Ok(check(resp).await?.json().await?)
@@ -57,9 +90,11 @@ impl FeedClient {
     /// Opens a watch of the changes after `after`.
     pub async fn watch(&self, after: i64) -> Result<Watch, FeedError> {
         let resp = self
-            .http
-            .get(format!("{}/feed/watch?after={after}", self.base))
-            .header("x-auth-token", &self.token)
+            .link
+            .request(
+                reqwest::Method::GET,
+                format!("{}/feed/watch?after={after}", self.base),
+            )
             .send()
             .await?;
         Ok(Watch {
@@ -71,9 +106,11 @@ impl FeedClient {
     /// Registers (or updates) this node; returns the node with its SNAT address.
     pub async fn register_node(&self, name: &str, underlay_ip: &str) -> Result<Value, FeedError> {
         let resp = self
-            .http
-            .put(format!("{}/inventory/nodes/{name}", self.base))
-            .header("x-auth-token", &self.token)
+            .link
+            .request(
+                reqwest::Method::PUT,
+                format!("{}/inventory/nodes/{name}", self.base),
+            )
             .json(&serde_json::json!({ "underlay_ip": underlay_ip }))
             .send()
             .await?;
@@ -83,12 +120,11 @@ impl FeedClient {
     /// Reports the revision this node has applied.
     pub async fn report_applied(&self, node: &str, revision: i64) -> Result<(), FeedError> {
         let resp = self
-            .http
-            .put(format!(
-                "{}/inventory/nodes/{node}/applied-revision",
-                self.base
-            ))
-            .header("x-auth-token", &self.token)
+            .link
+            .request(
+                reqwest::Method::PUT,
+                format!("{}/inventory/nodes/{node}/applied-revision", self.base),
+            )
             .json(&serde_json::json!({ "revision": revision }))
             .send()
             .await?;

@@ -19,10 +19,9 @@ pub(super) async fn register_node(cfg: &AgentConfig, client: &FeedClient) -> Res
 /// warns about the ones it does not place on this node. The new ports arrive through the
 /// watch like any other change.
 pub(super) async fn register_nics(cfg: &AgentConfig, base: &str, st: &FeedState) {
-    let http = reqwest::Client::new();
     for n in &cfg.nics {
         match st.port(&n.port_id) {
-            None if n.subnet_id.is_some() => register_nic(&http, cfg, base, n).await,
+            None if n.subnet_id.is_some() => register_nic(cfg, base, n).await,
             None => {
                 tracing::warn!(iface = %n.iface, port_id = %n.port_id, "NIC not in the inventory")
             }
@@ -35,7 +34,7 @@ pub(super) async fn register_nics(cfg: &AgentConfig, base: &str, st: &FeedState)
 }
 
 /// `POST /inventory/ports` for one NIC; a failure is logged (the next snapshot tries again).
-async fn register_nic(http: &reqwest::Client, cfg: &AgentConfig, base: &str, n: &NicConfig) {
+async fn register_nic(cfg: &AgentConfig, base: &str, n: &NicConfig) {
     let mut body = serde_json::json!({
         "id": n.port_id,
         "subnet_id": n.subnet_id,
@@ -47,9 +46,9 @@ async fn register_nic(http: &reqwest::Client, cfg: &AgentConfig, base: &str, n: 
     if let Some(mac) = &n.mac {
         body["mac"] = serde_json::json!(mac);
     }
-    let resp = http
-        .post(format!("{base}/inventory/ports"))
-        .header("x-auth-token", &cfg.token)
+    let resp = cfg
+        .link
+        .request(reqwest::Method::POST, format!("{base}/inventory/ports"))
         .json(&body)
         .send()
         .await;
@@ -63,7 +62,7 @@ async fn register_nic(http: &reqwest::Client, cfg: &AgentConfig, base: &str, n: 
             tracing::warn!(iface = %n.iface, port_id = %n.port_id, status, body = %text, "registering the NIC")
         }
         Err(e) => {
-            tracing::warn!(iface = %n.iface, port_id = %n.port_id, error = %e, "registering the NIC")
+            tracing::warn!(iface = %n.iface, port_id = %n.port_id, error = %crate::tls::chain(&e), "registering the NIC")
         }
     }
 }

@@ -64,7 +64,7 @@ pub(super) async fn feed_loop(cfg: &AgentConfig, tx: mpsc::Sender<Update>, share
     let mut url = 0usize;
     loop {
         let base = &cfg.control_plane[url % cfg.control_plane.len()];
-        let client = FeedClient::new(base, &cfg.token);
+        let client = FeedClient::with_link(cfg.link.clone(), base);
         match f.session(base, &client).await {
             Ok(()) => {}
             Err(SessionEnd::OwnerGone) => return,
@@ -105,7 +105,7 @@ impl Follower<'_> {
 
     /// Takes a snapshot, registers the configured NICs it lacks and hands it over.
     async fn list(&self, base: &str) -> Result<(FeedState, i64), SessionEnd> {
-        let (revision, st) = snapshot::fetch(base, &self.cfg.token).await?;
+        let (revision, st) = snapshot::fetch(&self.cfg.link, base).await?;
         registration::register_nics(self.cfg, base, &st).await;
         tracing::info!(revision, objects = st.len(), "snapshot");
         self.send(&st, revision)?;
@@ -176,7 +176,7 @@ pub(super) async fn report_applied(cfg: AgentConfig, mut rx: tokio::sync::watch:
     let clients: Vec<FeedClient> = cfg
         .control_plane
         .iter()
-        .map(|u| FeedClient::new(u, &cfg.token))
+        .map(|u| FeedClient::with_link(cfg.link.clone(), u))
         .collect();
     let mut i = 0usize;
     while rx.changed().await.is_ok() {

@@ -15,17 +15,17 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::desired::FeedState;
-use super::feed_client::FeedError;
+use super::feed_client::{FeedError, Link};
 
 /// Chunks of the body in flight between the HTTP task and the parser.
 const IN_FLIGHT: usize = 16;
 
 /// Fetches the snapshot: its revision and the state at that revision.
-pub async fn fetch(base: &str, token: &str) -> Result<(i64, FeedState), FeedError> {
-    match fetch_with(base, token, Mode::Direct).await {
+pub async fn fetch(link: &Link, base: &str) -> Result<(i64, FeedState), FeedError> {
+    match fetch_with(link, base, Mode::Direct).await {
         Err(FeedError::Decode { source, .. }) if source.is_data() => {
             tracing::warn!(error = %source, "snapshot has an object that does not parse; reading it again object by object");
-            fetch_with(base, token, Mode::Tolerant).await
+            fetch_with(link, base, Mode::Tolerant).await
         }
         r => r,
     }
@@ -39,12 +39,9 @@ enum Mode {
     Tolerant,
 }
 
-async fn fetch_with(base: &str, token: &str, mode: Mode) -> Result<(i64, FeedState), FeedError> {
-    let mut resp = reqwest::Client::new()
-        .get(format!("{}/feed/snapshot", base.trim_end_matches('/')))
-        .header("x-auth-token", token)
-        .send()
-        .await?;
+async fn fetch_with(link: &Link, base: &str, mode: Mode) -> Result<(i64, FeedState), FeedError> {
+    let url = format!("{}/feed/snapshot", base.trim_end_matches('/'));
+    let mut resp = link.request(reqwest::Method::GET, url).send().await?;
     if !resp.status().is_success() {
         let status = resp.status().as_u16();
         let body = resp.text().await.unwrap_or_default();

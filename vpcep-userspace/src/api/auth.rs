@@ -13,7 +13,11 @@ use chrono::{NaiveDateTime, Utc};
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
-use super::{AppState, context::CredentialId, error::ApiError};
+use super::{
+    AppState,
+    context::{ClientCert, CredentialId},
+    error::ApiError,
+};
 use crate::{
     domain::Error,
     signing::{Canonical, DATE_FORMAT, SignedAuth, body_hash, parse_authorization},
@@ -326,6 +330,13 @@ async fn identify(state: &AppState, req: Request) -> Result<(Request, Identity),
         let mut req = req;
         req.extensions_mut().insert(CredentialId(token_id(&token)));
         Ok((req, id))
+    } else if let Some(cert) = req.extensions().get::<ClientCert>().cloned() {
+        // A node certificate the TLS layer verified against the node CA: the node is the
+        // one it names, whatever the request claims.
+        let mut req = req;
+        req.extensions_mut()
+            .insert(CredentialId(format!("cert:{}", cert.serial)));
+        Ok((req, Identity::Agent { node: cert.node }))
     } else {
         Ok((req, Identity::Anonymous))
     }

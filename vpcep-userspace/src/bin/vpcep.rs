@@ -43,6 +43,9 @@ enum Command {
         #[arg(long)]
         reload: bool,
     },
+    /// A development CA, the control plane's certificate and the agents' node certificates.
+    #[command(subcommand)]
+    Pki(vpcep::tls::pki::PkiCmd),
     #[command(flatten)]
     Api(vpcep::cli::ApiCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -112,6 +115,13 @@ async fn main() -> anyhow::Result<()> {
     // The API verbs own stdout and report their own errors and exit status (docs/cli.md).
     match cli.command {
         Command::Api(cmd) => std::process::exit(vpcep::cli::run(cmd).await),
+        Command::Pki(cmd) => {
+            if let Err(e) = vpcep::tls::pki::run(&cmd) {
+                eprintln!("error: {}", vpcep::tls::chain(&e));
+                std::process::exit(1);
+            }
+            return Ok(());
+        }
         Command::Completions { shell } => {
             vpcep::cli::completions(shell, &mut <Cli as clap::CommandFactory>::command());
             return Ok(());
@@ -129,7 +139,11 @@ async fn main() -> anyhow::Result<()> {
         }) => run(iface, config, mode, tc_attach, duration).await,
         Command::ControlPlane(args) => match vpcep::server::run(args).await {
             // Invalid configuration: EX_CONFIG-style exit with the cause (which names the field).
-            Err(e @ vpcep::server::ServeError::Credentials(_)) => {
+            Err(
+                e @ (vpcep::server::ServeError::Credentials(_)
+                | vpcep::server::ServeError::Tls(_)
+                | vpcep::server::ServeError::PlainHttp(_)),
+            ) => {
                 eprintln!("error: {:#}", anyhow::Error::from(e));
                 std::process::exit(64)
             }
@@ -150,7 +164,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Dataplane(DataplaneCmd::Stats(a)) => view(&a, "stats", 0),
         Command::Dataplane(DataplaneCmd::Endpoints(a)) => view(&a, "endpoints", 0),
         Command::Dataplane(DataplaneCmd::Flows { pinned, limit }) => view(&pinned, "flows", limit),
-        Command::Api(_) | Command::Completions { .. } => Ok(()),
+        Command::Api(_) | Command::Pki(_) | Command::Completions { .. } => Ok(()),
     }
 }
 

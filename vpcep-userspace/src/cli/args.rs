@@ -32,6 +32,14 @@ pub struct GlobalArgs {
     /// Print on stderr which credential is used and where it came from, and each request.
     #[arg(short, long, global = true)]
     pub verbose: bool,
+    /// CA bundle (PEM) the API's certificate must chain to [env: VPCEP_CA_FILE; default: the
+    /// profile's `ca_file`, else the system's CA store].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+    /// Accept any server certificate. For development only: anyone on the path can then read
+    /// and replay the credentials.
+    #[arg(long, global = true)]
+    pub insecure: bool,
 }
 
 /// `--wait` and its bound.

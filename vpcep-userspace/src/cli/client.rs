@@ -58,7 +58,16 @@ impl Client {
         };
         Url::parse(&settings.url)
             .map_err(|e| CliError::Config(format!("invalid API URL {:?}: {e}", settings.url)))?;
-        let http = reqwest::Client::builder()
+        if settings.tls.insecure {
+            eprintln!(
+                "warning: --insecure: the API's certificate is not verified; the credentials \
+                 can be read by anyone on the path"
+            );
+        }
+        let http = settings
+            .tls
+            .builder()
+            .map_err(|e| CliError::Config(crate::tls::chain(&e)))?
             .timeout(timeout)
             .build()
             .map_err(|source| CliError::Http {

@@ -5,13 +5,14 @@
 //! default_profile = "provider"
 //!
 //! [profiles.provider]
-//! url = "http://127.0.0.1:8080"
+//! url = "https://127.0.0.1:8443"
+//! ca_file = "/etc/vpcep/ca.pem"   # default: the system's CA store
 //! ak = "…"
 //! sk = "…"
 //! project_id = "…"
 //!
 //! [profiles.admin]
-//! url = "http://127.0.0.1:8080"
+//! url = "https://127.0.0.1:8443"
 //! token = "…"
 //! ```
 use std::{
@@ -22,6 +23,7 @@ use std::{
 use serde::Deserialize;
 
 use super::{CliError, CliResult, GlobalArgs};
+use crate::tls::client::ClientTls;
 
 /// The config file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -44,6 +46,8 @@ pub struct Profile {
     pub project_id: Option<String>,
     /// An `X-Auth-Token` (tenant, operator or agent token).
     pub token: Option<String>,
+    /// CA bundle (PEM) the API's certificate must chain to.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The environment variables the CLI reads (a struct so that resolution is testable).
@@ -56,6 +60,7 @@ pub struct Env {
     pub sk: Option<String>,
     pub project_id: Option<String>,
     pub token: Option<String>,
+    pub ca_file: Option<String>,
     pub xdg_config_home: Option<String>,
     pub home: Option<String>,
 }
@@ -72,6 +77,7 @@ impl Env {
             sk: var("VPCEP_SK"),
             project_id: var("VPCEP_PROJECT_ID"),
             token: var("VPCEP_TOKEN"),
+            ca_file: var("VPCEP_CA_FILE"),
             xdg_config_home: var("XDG_CONFIG_HOME"),
             home: var("HOME"),
         }
@@ -97,6 +103,8 @@ pub struct Settings {
     /// Which credential is used and where it came from, e.g. `signed with AK "…" from
     /// VPCEP_AK/VPCEP_SK`.
     pub credential: String,
+    /// How the API's certificate is verified.
+    pub tls: ClientTls,
 }
 
 impl ConfigFile {
@@ -129,6 +137,16 @@ impl Settings {
             .clone()
             .or_else(|| env.project_id.clone())
             .or_else(|| profile.project_id.clone());
+        let ca_file = args
+            .ca_file
+            .clone()
+            .or_else(|| env.ca_file.as_ref().map(PathBuf::from))
+            .or_else(|| profile.ca_file.clone());
+        let tls = ClientTls {
+            ca_file,
+            insecure: args.insecure,
+            ..ClientTls::default()
+        };
         let (ak, sk, token, credential) = credentials(env, profile, origin.as_deref());
         if ak.is_some() != sk.is_some() {
             return Err(CliError::Config(
@@ -142,6 +160,7 @@ impl Settings {
             token,
             project_id,
             credential,
+            tls,
         })
     }
 }
@@ -229,6 +248,8 @@ mod tests {
             output: super::super::Format::Table,
             request_timeout: 30,
             verbose: false,
+            ca_file: None,
+            insecure: false,
         }
     }
 

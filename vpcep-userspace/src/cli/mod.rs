@@ -120,6 +120,9 @@ pub async fn run(cmd: ApiCommand) -> i32 {
                 msg.push_str(&format!(": {s}"));
                 src = s.source();
             }
+            if let Some(h) = crate::tls::hint(&msg) {
+                msg.push_str(h);
+            }
             eprintln!("{msg}");
             e.exit_code()
         }

@@ -136,3 +136,69 @@ impl Demo {
         Ok(())
     }
 }
+
+/// The secrets found in a capture (any of `secrets`, byte for byte).
+pub(super) fn secrets_in<'a>(capture: &[u8], secrets: &'a [String]) -> Vec<&'a str> {
+    secrets
+        .iter()
+        .filter(|s| !s.is_empty() && capture.windows(s.len()).any(|w| w == s.as_bytes()))
+        .map(String::as_str)
+        .collect()
+}
+
+/// TLS records in a capture: handshakes (0x16) and application data (0x17), TLS 1.2 framing.
+fn tls_records(capture: &[u8]) -> (usize, usize) {
+    let count = |t: u8| {
+        capture
+            .windows(3)
+            .filter(|w| w[0] == t && w[1] == 0x03 && w[2] == 0x03)
+            .count()
+    };
+    (count(0x16), count(0x17))
+}
+
+impl Demo {
+    /// Stops the capture and checks it: it holds the CLI's and the agent's TLS traffic, and
+    /// none of the tokens or secret keys.
+    pub(super) fn expect_no_secret_on_the_wire(&mut self) -> Result<()> {
+        // tcpdump writes its last packets on SIGTERM.
+        self.capture = None;
+        let path = self.path("capture.pcap");
+        let pcap = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let (handshakes, data) = tls_records(&pcap);
+        println!(
+            "  {} bytes captured on lo: {handshakes} TLS handshake and {data} application-data records",
+            pcap.len()
+        );
+        if handshakes == 0 || data < 10 {
+            bail!("the capture holds no TLS traffic: was the control plane's port captured?");
+        }
+        let found = secrets_in(&pcap, &self.secrets);
+        if !found.is_empty() {
+            bail!(
+                "{} of the {} credentials' secrets crossed loopback in clear",
+                found.len(),
+                self.secrets.len()
+            );
+        }
+        println!(
+            "  none of the {} secrets (operator token, agent token, two SKs) is in it",
+            self.secrets.len()
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_planted_secret() {
+        let secrets = vec!["s3cr3t-token".to_owned(), "absent".to_owned()];
+        let cap = b"\x00\x01GET / HTTP/1.1\r\nx-auth-token: s3cr3t-token\r\n";
+        assert_eq!(secrets_in(cap, &secrets), ["s3cr3t-token"]);
+        assert!(secrets_in(b"nothing here", &secrets).is_empty());
+        assert_eq!(tls_records(b"\x16\x03\x03..\x17\x03\x03"), (1, 1));
+    }
+}

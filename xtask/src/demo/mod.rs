@@ -162,6 +162,10 @@ struct Demo {
     pin_dir: PathBuf,
     backend: Option<Proc>,
     control_plane: Option<Proc>,
+    /// tcpdump on the control plane's port (stopped before the capture is read).
+    capture: Option<Proc>,
+    /// The credentials' secrets, which the capture must not contain.
+    secrets: Vec<String>,
     topo: Option<Topology>,
     dir: PathBuf,
     kept: bool,
@@ -212,6 +216,8 @@ impl Demo {
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/{DIR_PREFIX}{pid}")),
             backend: None,
             control_plane: None,
+            capture: None,
+            secrets: Vec::new(),
             topo: None,
             dir,
             kept: false,
@@ -246,7 +252,9 @@ impl Demo {
         );
         println!("vpcep is {}", self.bin.display());
 
-        steps.next("Start the control plane on an embedded SQLite store");
+        steps.next(
+            "Start the control plane on an embedded SQLite store, over HTTPS with a development CA",
+        );
         self.start_control_plane()?;
 
         steps.next("Build the topology: node namespace, consumer VM and backend VM");
@@ -302,6 +310,9 @@ impl Demo {
         ])?;
         self.wait_for_map(false)?;
         self.expect_refused("rejected")?;
+
+        steps.next("Check the capture of the control plane's port: no credential in clear");
+        self.expect_no_secret_on_the_wire()?;
         Ok(())
     }
 
@@ -370,6 +381,7 @@ impl Drop for Demo {
         let _ = fs::remove_dir_all(&self.pin_dir);
         self.backend = None;
         self.control_plane = None;
+        self.capture = None;
         self.topo = None;
         let _ = fs::remove_dir_all(&self.dir);
     }

@@ -27,12 +27,52 @@ pub(super) fn secret() -> String {
 }
 
 impl Demo {
+    /// A development CA, the control plane's certificate and the node's certificate, made
+    /// the way an operator would (`vpcep pki`).
+    fn make_pki(&self) -> Result<()> {
+        let pki = self.path("pki").display().to_string();
+        self.cli(&["pki", "init", "--dir", &pki])?;
+        self.cli(&["pki", "node", NODE, "--dir", &pki])?;
+        Ok(())
+    }
+
+    /// Records the control plane's loopback traffic for the check that no credential
+    /// crosses it in clear.
+    fn start_capture(&mut self, port: u16) -> Result<()> {
+        let pcap = self.path("capture.pcap").display().to_string();
+        let port = port.to_string();
+        let args = ["-i", "lo", "-U", "-n", "-w", &pcap, "tcp", "port", &port];
+        show_command("tcpdump", &args);
+        let log = self.path("tcpdump.log");
+        self.capture = Some(Proc::spawn(
+            "capture",
+            "tcpdump",
+            Command::new("tcpdump").args(args),
+            &log,
+        )?);
+        // tcpdump says "listening on lo" once it captures.
+        wait_for("tcpdump to listen", 10, || {
+            if let Some(p) = self.capture.as_mut() {
+                p.alive(&log)?;
+            }
+            Ok(fs::read_to_string(&log).is_ok_and(|l| l.contains("listening on")))
+        })?;
+        Ok(())
+    }
+
     pub(super) fn start_control_plane(&mut self) -> Result<()> {
         let port = free_port()?;
-        self.url = format!("http://127.0.0.1:{port}");
+        self.url = format!("https://127.0.0.1:{port}");
+        self.make_pki()?;
         self.write_credentials()?;
+        self.start_capture(port)?;
         let db = format!("sqlite://{}", self.path("vpcep.db").display());
         let creds = self.path("credentials.toml").display().to_string();
+        let (cert, key, ca) = (
+            self.path("pki/server.pem").display().to_string(),
+            self.path("pki/server-key.pem").display().to_string(),
+            self.path("pki/ca.pem").display().to_string(),
+        );
         let args = [
             "control-plane",
             "--listen",
@@ -41,6 +81,12 @@ impl Demo {
             &db,
             "--credentials",
             &creds,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--client-ca",
+            &ca,
         ];
         show_command("vpcep", &args);
         let log = self.path("control-plane.log");
@@ -67,8 +113,9 @@ impl Demo {
     }
 
     /// The control plane's credentials (operator token, the provider's and the consumer's
-    /// AK/SK, the agent's token), the CLI's profiles and the agent's token file.
-    fn write_credentials(&self) -> Result<()> {
+    /// AK/SK, an agent token the demo's agent does not need: it has its node certificate)
+    /// and the CLI's profiles.
+    fn write_credentials(&mut self) -> Result<()> {
         let (op, agent) = (secret(), secret());
         let (p_ak, p_sk, c_ak, c_sk) = (
             format!("AK-PROVIDER-{}", &secret()[..8]),
@@ -97,30 +144,34 @@ token = "{agent}"
 "#
             ),
         )?;
+        self.secrets = vec![op.clone(), agent.clone(), p_sk.clone(), c_sk.clone()];
         // The CLI's profiles: `--profile operator|provider|consumer` on every command.
         let url = &self.url;
+        let ca = self.path("pki/ca.pem").display().to_string();
         fs::write(
             self.path("cli.toml"),
             format!(
                 r#"[profiles.operator]
 url = "{url}"
+ca_file = "{ca}"
 token = "{op}"
 
 [profiles.provider]
 url = "{url}"
+ca_file = "{ca}"
 ak = "{p_ak}"
 sk = "{p_sk}"
 project_id = "{PROVIDER_PROJECT}"
 
 [profiles.consumer]
 url = "{url}"
+ca_file = "{ca}"
 ak = "{c_ak}"
 sk = "{c_sk}"
 project_id = "{CONSUMER_PROJECT}"
 "#
             ),
         )?;
-        fs::write(self.path("agent-token"), agent)?;
         Ok(())
     }
 
@@ -203,7 +254,6 @@ project_id = "{CONSUMER_PROJECT}"
 
     pub(super) fn start_agent(&mut self) -> Result<()> {
         let pid = std::process::id();
-        let token = fs::read_to_string(self.path("agent-token"))?;
         let node_ns = self.topo()?.node.name().to_owned();
         let metrics = free_port()?;
         let config = format!(
@@ -212,7 +262,10 @@ project_id = "{CONSUMER_PROJECT}"
 node_name = "{NODE}"
 underlay_ip = "{UNDERLAY_IP}"
 control_plane = ["{url}"]
-token = "{token}"
+# Mutual TLS: the control plane takes the node from this certificate.
+ca_file = "{pki}/ca.pem"
+cert_file = "{pki}/node-{NODE}.pem"
+key_file = "{pki}/node-{NODE}-key.pem"
 pin_dir = "{pins}"
 metrics_address = "127.0.0.1:{metrics}"
 resync_interval_ms = 5000
@@ -227,6 +280,7 @@ iface = "tapb-{pid}"
 port_id = "{bport}"
 "#,
             url = self.url,
+            pki = self.path("pki").display(),
             pins = self.pin_dir.display(),
             cport = self.ids.consumer_port,
             bport = self.ids.backend_port,
