@@ -321,8 +321,7 @@ async fn audit_records_failed_writes(db: Db) {
     );
     assert_eq!(r["actor"], "agent:node1");
     // Refused by authentication before routing: recorded by method and path.
-    let action = format!("POST /v1/proj-provider/vpc-endpoint-services");
-    let r = find(&recs, &action);
+    let r = find(&recs, "POST /v1/proj-provider/vpc-endpoint-services");
     assert_eq!(
         (r["result"].clone(), r["status"].clone()),
         (json!("failed"), json!(403)),
