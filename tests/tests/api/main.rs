@@ -24,6 +24,7 @@ macro_rules! both {
     };
 }
 
+mod audit;
 mod auth;
 mod bench;
 mod concurrency;

@@ -416,6 +416,20 @@ async fn tenant_tour(env: &Env, d: &mut Doc) {
         env.operator().get("/inventory/public-services").await,
     );
     d.check("delete", svc, p.delete(&at("")).await);
+    let audit = d.check(
+        "get",
+        "/v1/{project_id}/audit-records",
+        p.get(&p.v1("/audit-records")).await,
+    );
+    assert!(!audit["audit_records"].as_array().unwrap().is_empty());
+    let audit = d.check(
+        "get",
+        "/inventory/audit-records",
+        env.operator()
+            .get("/inventory/audit-records?project_id=proj-provider&since=2000-01-01T00:00:00Z")
+            .await,
+    );
+    assert!(!audit["audit_records"].as_array().unwrap().is_empty());
 }
 
 async fn consumer_tour(env: &Env, d: &mut Doc, w: &World, sid: &str) {

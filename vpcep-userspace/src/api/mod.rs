@@ -19,6 +19,7 @@ use crate::{
     store::{Store, WriteTx},
 };
 
+pub mod audit;
 pub mod auth;
 pub mod context;
 mod endpoints;
@@ -57,14 +58,19 @@ impl AppState {
         }
     }
 
-    /// Runs an operation in a write transaction and commits it (dropped, it rolls back).
+    /// Runs an operation in a write transaction and commits it (dropped, it rolls back),
+    /// with the request's audit record in the same transaction.
     pub async fn in_tx<T>(
         &self,
         op: impl AsyncFnOnce(&mut WriteTx) -> crate::ops::Result<T>,
     ) -> ApiResult<T> {
         let mut tx = self.store.write().await?;
         let out = op(&mut tx).await?;
+        let audited = audit::record(self, &mut tx).await?;
         tx.commit().await?;
+        if audited {
+            audit::committed();
+        }
         Ok(out)
     }
 }
@@ -133,7 +139,10 @@ pub fn router(
     r.route("/{version}/", get(misc::version))
         .fallback(|| async { ApiError::not_found("resource") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .route_layer(middleware::from_fn(audit::identify))
         .layer(middleware::from_fn_with_state(state.clone(), auth::layer))
+        // Outside authentication, so that refused writes are audited too.
+        .layer(middleware::from_fn_with_state(state.clone(), audit::layer))
         .layer(middleware::from_fn(context::request_id))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)

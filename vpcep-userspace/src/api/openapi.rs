@@ -100,6 +100,7 @@ fn response(op: &str, g: &mut SchemaGenerator) -> Success {
         }
         "inventory_public_services" => ok::<v::OpenServices>(g),
         "inventory_show_quota" | "inventory_put_quota" => ok::<v::ProjectQuota>(g),
+        "list_audit_records" | "inventory_list_audit_records" => ok::<v::AuditRecords>(g),
         "feed_snapshot" => Success::Json(200, snapshot_schema()),
         "feed_watch" => Success::Other(
             "application/x-ndjson",
@@ -217,6 +218,20 @@ fn query_params(op: &str) -> Vec<Value> {
             f
         }
         "list_service_permissions_details" => filters(&["permission"]),
+        "list_audit_records" | "inventory_list_audit_records" => {
+            let mut a = vec![
+                param("since", false, json!({"type": "string", "format": "date-time"})),
+                param(
+                    "limit",
+                    false,
+                    json!({"type": "integer", "minimum": 1, "maximum": super::audit::MAX_LIMIT, "default": 100}),
+                ),
+            ];
+            if op == "inventory_list_audit_records" {
+                a.push(param("project_id", false, json!({"type": "string"})));
+            }
+            a
+        }
         _ => Vec::new(),
     });
     out
@@ -255,7 +270,7 @@ fn responses(method: &str, path: &str, op: &str, body: bool, g: &mut SchemaGener
     let errors = [
         (
             "400",
-            body || tenant || op == "feed_watch",
+            body || tenant || op == "feed_watch" || op == "inventory_list_audit_records",
             "invalid request (error_code and a message naming the field)",
         ),
         ("401", !anonymous, "no or bad credentials"),

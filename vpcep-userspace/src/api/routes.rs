@@ -23,6 +23,13 @@ pub const OPERATIONS: &[(&str, &str, &str, &str, bool)] = &[
     ),
     (
         "get",
+        "/v1/{project_id}/audit-records",
+        "list_audit_records",
+        "The project's audit trail",
+        false,
+    ),
+    (
+        "get",
         "/v1/{project_id}/vpc-endpoint-services",
         "list_endpoint_service",
         "List endpoint services",
@@ -373,6 +380,13 @@ pub const OPERATIONS: &[(&str, &str, &str, &str, bool)] = &[
     ),
     (
         "get",
+        "/inventory/audit-records",
+        "inventory_list_audit_records",
+        "The audit trail of every project",
+        false,
+    ),
+    (
+        "get",
         "/feed/snapshot",
         "feed_snapshot",
         "All agent-relevant objects at one revision",
@@ -434,6 +448,8 @@ pub fn handler(op: &str, method: MethodFilter) -> Option<MethodRouter<AppState>>
         "add_endpoint_service_server_resource" => h!(m::add_server_resources),
         "upgrade_endpoint_service" => h!(m::upgrade_service),
         "upgrade_endpoint" => h!(m::upgrade_endpoint),
+        "list_audit_records" => h!(super::audit::list_project),
+        "inventory_list_audit_records" => h!(super::audit::list_all),
         "openapi" => h!(openapi::serve),
         other => return i::handler(other, method),
     })

@@ -368,6 +368,8 @@ answer! {
     Nodes { nodes: Vec<NodeView> }
     OpenServices { endpoint_services: Vec<ServiceView> }
     ProjectQuota { project_id: String, endpoint_service: i64, endpoint: i64 }
+    /// Audit records, oldest first.
+    AuditRecords { audit_records: Vec<crate::store::AuditRecord> }
 }
 
 /// `resource_instances/action`: the matching resources (`filter`) or only their number

@@ -31,6 +31,9 @@ pub struct Config {
     /// `max_new_connections_per_second` (0 = no limit).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_NEW_CONNECTIONS_PER_SECOND)))]
     pub default_max_new_connections_per_second: u32,
+    /// Days of audit trail kept; older records are pruned by the next write (0 = keep all).
+    #[arg(long, default_value_t = 90)]
+    pub audit_retain_days: u64,
 }
 
 impl Default for Config {
@@ -44,6 +47,7 @@ impl Default for Config {
             feed_poll_ms: 200,
             default_max_connections: 3000,
             default_max_new_connections_per_second: 0,
+            audit_retain_days: 90,
         }
     }
 }

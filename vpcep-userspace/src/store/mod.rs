@@ -10,6 +10,7 @@
 //! * `tx`: the write transaction (revision bump, commit, log compaction).
 //! * `address`: the index of the addresses that objects hold.
 //! * `changes`: the change log, the revision poller and the agents' applied revisions.
+//! * `audit`: the audit trail (not part of the change log).
 //! * `snapshot`: the feed snapshot as one JSON document.
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use sqlx::AnyPool;
 use tokio::sync::watch;
 
 mod address;
+mod audit;
 mod changes;
 mod objects;
 mod pool;
@@ -27,6 +29,7 @@ mod tx;
 #[cfg(test)]
 mod tests;
 
+pub use audit::{AuditQuery, AuditRecord, audit_time};
 pub use changes::Change;
 pub use objects::Filter;
 pub use tx::WriteTx;

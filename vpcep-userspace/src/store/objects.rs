@@ -128,7 +128,7 @@ impl WriteTx {
     pub async fn put<T: Object>(&mut self, obj: &T) -> Result<()> {
         let body = serde_json::to_string(obj).map_err(StoreError::Encode)?;
         let (r1, r2) = obj.refs();
-        let id = obj.id();
+        let (id, project) = (obj.id(), obj.project());
         sqlx::query(
             "INSERT INTO objects (kind, id, project_id, ref1, ref2, revision, body) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) \
@@ -138,7 +138,7 @@ impl WriteTx {
         )
         .bind(T::KIND)
         .bind(&id)
-        .bind(obj.project())
+        .bind(&project)
         .bind(r1)
         .bind(r2)
         .bind(self.revision)
@@ -148,17 +148,20 @@ impl WriteTx {
         if T::ADDRESSED {
             self.hold_address(T::KIND, &id, obj.address()).await?;
         }
+        self.touched(T::KIND, &id, project);
         self.log(T::KIND, &id, "put", &body).await
     }
 
     /// Deletes an object (if present) and logs the change.
     pub async fn delete<T: Object>(&mut self, id: &str) -> Result<()> {
-        let res = sqlx::query("DELETE FROM objects WHERE kind = $1 AND id = $2")
-            .bind(T::KIND)
-            .bind(id)
-            .execute(&mut *self.tx)
-            .await?;
-        if res.rows_affected() > 0 {
+        let row =
+            sqlx::query("DELETE FROM objects WHERE kind = $1 AND id = $2 RETURNING project_id")
+                .bind(T::KIND)
+                .bind(id)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        if let Some(row) = row {
+            self.touched(T::KIND, id, sqlx::Row::try_get(&row, 0)?);
             if T::ADDRESSED {
                 self.release_address(T::KIND, id).await?;
             }

@@ -10,6 +10,8 @@ pub struct WriteTx {
     compacted: i64,
     seq: i64,
     store: Store,
+    /// The objects this transaction wrote (`kind/id`) and their projects, for the audit.
+    pub(super) touched: Vec<(String, String)>,
     /// Released after the commit (or the rollback on drop).
     _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
@@ -30,6 +32,7 @@ impl Store {
             compacted: row.try_get(1)?,
             seq: 0,
             store: self.clone(),
+            touched: Vec::new(),
             _guard: guard,
         })
     }
@@ -50,6 +53,18 @@ impl WriteTx {
             .await?
             .rows_affected()
             > 0)
+    }
+
+    /// The objects this transaction wrote so far, as `kind/id`, and their projects.
+    pub fn touched_objects(&self) -> &[(String, String)] {
+        &self.touched
+    }
+
+    pub(super) fn touched(&mut self, kind: &str, id: &str, project: String) {
+        let r = format!("{kind}/{id}");
+        if !self.touched.iter().any(|(x, _)| *x == r) {
+            self.touched.push((r, project));
+        }
     }
 
     /// Appends one change of this revision to the log.
