@@ -1199,3 +1199,148 @@ async fn control_plane_refuses_plain_http_off_loopback() {
     let stderr = cp.read("stderr");
     assert!(stderr.contains("PLAIN HTTP"), "{stderr}");
 }
+
+/// `vpcep credentials` makes tokens and their hashed forms; the control plane takes hashed
+/// tokens from its credentials file, refuses a file open to other users or with a malformed
+/// hash (naming the entry), and the audit trail names the token by its id, never by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hashed_tokens_in_a_private_credentials_file() {
+    let w = World {
+        server: start_server(
+            &sqlite_url(&TempDir::new("cli").0),
+            Credentials::default(),
+            Config::default(),
+        )
+        .await,
+        home: TempDir::new("cli"),
+        _db: TempDir::new("cli"),
+    };
+    // new-token: `token = "…"`, `stored = "sha256:…"`, `id = "token:…"`.
+    let made = w.run_with(&[], &["credentials", "new-token"]).await;
+    made.ok();
+    let field = |name: &str| {
+        let line = made
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {}", made.stdout));
+        line.split('"').nth(1).unwrap().to_owned()
+    };
+    let (op, op_stored, op_id) = (field("token "), field("stored "), field("id "));
+    assert_eq!(op.len(), 64);
+    assert!(op_stored.starts_with("sha256:") && !op_stored.contains(&op));
+    assert_eq!(op_id, vpcep::api::auth::token_id(&op));
+    // hash-token reads the token from stdin, so that it stays out of argv.
+    let tenant = "tenant-token-0123456789abcdef";
+    let mut child = std::process::Command::new(vpcep_bin())
+        .args(["credentials", "hash-token"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        writeln!(child.stdin.take().unwrap(), "{tenant}").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let tenant_stored = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(tenant_stored.starts_with("sha256:") && !tenant_stored.contains(tenant));
+
+    let dir = TempDir::new("cp-creds");
+    let creds = dir.0.join("credentials.toml");
+    let write = |text: String, mode: u32| {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(&creds, text).unwrap();
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let good = format!(
+        "operator_tokens = [\"{op_stored}\"]\n\n[[tokens]]\ntoken = \"{tenant_stored}\"\nproject_id = \"proj-hashed\"\n"
+    );
+    let url = sqlite_url(&dir.0);
+    let creds_arg = creds.display().to_string();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--db",
+        &url,
+        "--credentials",
+        &creds_arg,
+    ];
+    let refused = |cp: &mut ControlPlaneProcess| {
+        let status = cp.guard.take().unwrap().wait().unwrap();
+        assert_eq!(status.code(), Some(64));
+        cp.read("stderr")
+    };
+    // Readable by others: refused, with the mode and the fix.
+    write(good.clone(), 0o644);
+    let stderr = refused(&mut ControlPlaneProcess::spawn(&args));
+    assert!(
+        stderr.contains("open to other users (mode 0644)") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+    // A malformed hash would never match: refused, naming the entry.
+    write(good.replace(&tenant_stored, "sha256:zz:00"), 0o600);
+    let stderr = refused(&mut ControlPlaneProcess::spawn(&args));
+    assert!(
+        stderr.contains("tokens[0].token") && stderr.contains("salt"),
+        "{stderr}"
+    );
+
+    write(good, 0o640);
+    let mut cp = ControlPlaneProcess::spawn(&args);
+    let addr = cp.listening().await;
+    let env = |token: &str, project: Option<&str>| {
+        let mut e = vec![
+            ("VPCEP_URL", format!("http://{addr}")),
+            ("VPCEP_TOKEN", token.to_owned()),
+        ];
+        if let Some(p) = project {
+            e.push(("VPCEP_PROJECT_ID", p.to_owned()));
+        }
+        e
+    };
+    let operator = env(&op, None);
+    w.run_with(
+        &operator,
+        &["node", "register", "node-h", "--underlay-ip", "192.0.2.7"],
+    )
+    .await
+    .ok();
+    // The stored form is no token.
+    w.run_with(&env(&op_stored, None), &["node", "list"])
+        .await
+        .fails(4, "unknown token");
+    let tenant_env = env(tenant, Some("proj-hashed"));
+    w.run_with(&tenant_env, &["quota", "show"]).await.ok();
+
+    // The audit trail: the write, by the operator's token id.
+    let mut a = vec!["audit", "list", "--all", "--since", "1h", "-o", "json"];
+    let all = w.run_with(&operator, &a).await.json();
+    let put = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["action"] == "inventory_put_node")
+        .unwrap_or_else(|| panic!("no node registration in {all}"));
+    assert_eq!(put["actor"], "operator");
+    assert_eq!(put["credential_id"], op_id.as_str());
+    assert_eq!(put["resources"], json!(["node/node-h"]));
+    assert!(!all.to_string().contains(&op));
+    // A tenant lists its own project's (none: it wrote nothing), and not every project's.
+    a.retain(|x| *x != "--all");
+    assert_eq!(w.run_with(&tenant_env, &a).await.json(), json!([]));
+    w.run_with(&tenant_env, &["audit", "list", "--all"])
+        .await
+        .fails(4, "");
+    let bad = w
+        .run_with(&operator, &["audit", "list", "--since", "yesterday"])
+        .await;
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("--since"), "{}", bad.stderr);
+    cp.stop();
+    let log = cp.read("stderr");
+    for secret in [op.as_str(), tenant] {
+        assert!(!log.contains(secret), "a token in the log: {log}");
+    }
+}

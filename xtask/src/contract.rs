@@ -83,9 +83,9 @@ pub fn stage() -> Result<()> {
     let dir = Scratch(std::env::temp_dir().join(format!("vpcep-contract-{}", std::process::id())));
     fs::create_dir_all(&dir.0)?;
     let (operator, tenant) = (secret(), secret());
-    fs::write(
-        dir.0.join("credentials.toml"),
-        format!(
+    xtask::write_private(
+        &dir.0.join("credentials.toml"),
+        &format!(
             "operator_tokens = [\"{operator}\"]\n\n[[tokens]]\ntoken = \"{tenant}\"\nproject_id = \"{TENANT_PROJECT}\"\n"
         ),
     )?;

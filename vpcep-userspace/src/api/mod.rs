@@ -24,6 +24,7 @@ pub mod auth;
 pub mod context;
 mod endpoints;
 pub mod error;
+pub mod hashed;
 mod inventory;
 mod misc;
 pub mod openapi;

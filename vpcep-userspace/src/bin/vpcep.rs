@@ -46,6 +46,9 @@ enum Command {
     /// A development CA, the control plane's certificate and the agents' node certificates.
     #[command(subcommand)]
     Pki(vpcep::tls::pki::PkiCmd),
+    /// Tokens for the credentials file, stored hashed.
+    #[command(subcommand)]
+    Credentials(CredentialsCmd),
     #[command(flatten)]
     Api(vpcep::cli::ApiCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -53,6 +56,14 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Subcommand)]
+enum CredentialsCmd {
+    /// Print a new random token, its hashed form for the credentials file, and its id.
+    NewToken,
+    /// Read a token from stdin (one line) and print its hashed form.
+    HashToken,
 }
 
 #[derive(Subcommand)]
@@ -122,6 +133,10 @@ async fn main() -> anyhow::Result<()> {
             }
             return Ok(());
         }
+        Command::Credentials(cmd) => {
+            credentials(cmd)?;
+            return Ok(());
+        }
         Command::Completions { shell } => {
             vpcep::cli::completions(shell, &mut <Cli as clap::CommandFactory>::command());
             return Ok(());
@@ -164,7 +179,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Dataplane(DataplaneCmd::Stats(a)) => view(&a, "stats", 0),
         Command::Dataplane(DataplaneCmd::Endpoints(a)) => view(&a, "endpoints", 0),
         Command::Dataplane(DataplaneCmd::Flows { pinned, limit }) => view(&pinned, "flows", limit),
-        Command::Api(_) | Command::Pki(_) | Command::Completions { .. } => Ok(()),
+        Command::Api(_)
+        | Command::Pki(_)
+        | Command::Credentials(_)
+        | Command::Completions { .. } => Ok(()),
     }
 }
 
@@ -349,5 +367,36 @@ fn print_stats(dp: &Dataplane) -> anyhow::Result<()> {
         println!("(no packets yet)");
     }
     println!();
+    Ok(())
+}
+
+fn credentials(cmd: CredentialsCmd) -> anyhow::Result<()> {
+    use vpcep::api::{auth::token_id, hashed};
+    match cmd {
+        CredentialsCmd::NewToken => {
+            let token = hashed::new_token();
+            println!("token  = \"{token}\"   # give this to the caller");
+            println!(
+                "stored = \"{}\"   # put this in credentials.toml",
+                hashed::hash(&token)
+            );
+            println!(
+                "id     = \"{}\"   # how logs and the audit name it",
+                token_id(&token)
+            );
+        }
+        CredentialsCmd::HashToken => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the token from stdin")?;
+            let token = line.trim_end_matches(['\n', '\r']);
+            if token.is_empty() {
+                eprintln!("error: no token on stdin");
+                std::process::exit(2);
+            }
+            println!("{}", hashed::hash(token));
+        }
+    }
     Ok(())
 }

@@ -86,6 +86,7 @@ group!(VpcArgs, VpcCmd);
 group!(SubnetArgs, SubnetCmd);
 group!(PortArgs, PortCmd);
 group!(NodeArgs, NodeCmd);
+group!(AuditArgs, AuditCmd);
 
 /// The API verbs, mounted as top-level subcommands of `vpcep`.
 #[derive(Debug, Clone, Subcommand)]
@@ -117,6 +118,8 @@ pub enum ApiCommand {
     Port(PortArgs),
     /// Inventory: compute nodes (operator).
     Node(NodeArgs),
+    /// The audit trail of writes: your project's, or (operator) any project's.
+    Audit(AuditArgs),
 }
 
 impl ApiCommand {
@@ -133,6 +136,7 @@ impl ApiCommand {
             Self::Subnet(a) => &a.global,
             Self::Port(a) => &a.global,
             Self::Node(a) => &a.global,
+            Self::Audit(a) => &a.global,
         }
     }
 }
@@ -540,5 +544,27 @@ pub enum NodeCmd {
     #[command(visible_alias = "rm")]
     Delete {
         name: String,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum AuditCmd {
+    /// Audited writes, oldest first: of `--project` (else the profile's project; an operator
+    /// without one sees every project's).
+    #[command(visible_alias = "ls")]
+    List {
+        /// The project acted on.
+        #[arg(long)]
+        project: Option<String>,
+        /// Every project (operator).
+        #[arg(long, conflicts_with = "project")]
+        all: bool,
+        /// From this time: RFC 3339 (`2026-12-01T00:00:00Z`) or an age (`90s`, `30m`, `12h`,
+        /// `7d`).
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many records (1-1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
     },
 }

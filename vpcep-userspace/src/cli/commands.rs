@@ -6,9 +6,9 @@ use serde_json::{Map, Value, json};
 use super::{
     CliError, CliResult, Client,
     args::{
-        ApiCommand, ConnectionCmd, EndpointCmd, EndpointCreate, NodeCmd, Page, PermissionCmd,
-        PortCmd, PublicServiceCmd, QuotaCmd, ServiceCmd, ServiceCreate, ServiceUpdate, SubnetCmd,
-        TagCmd, TagResource, VpcCmd, WaitArgs,
+        ApiCommand, AuditCmd, ConnectionCmd, EndpointCmd, EndpointCreate, NodeCmd, Page,
+        PermissionCmd, PortCmd, PublicServiceCmd, QuotaCmd, ServiceCmd, ServiceCreate,
+        ServiceUpdate, SubnetCmd, TagCmd, TagResource, VpcCmd, WaitArgs,
     },
     client::seg,
     output::{Column, Output},
@@ -105,6 +105,7 @@ pub async fn execute(c: &Client, cmd: ApiCommand) -> CliResult<Output> {
         ApiCommand::Subnet(a) => subnet(c, a.cmd).await,
         ApiCommand::Port(a) => port(c, a.cmd).await,
         ApiCommand::Node(a) => node(c, a.cmd).await,
+        ApiCommand::Audit(a) => audit(c, a.cmd).await,
     }
 }
 
@@ -672,6 +673,67 @@ async fn quota(c: &Client, cmd: QuotaCmd) -> CliResult<Output> {
     }
 }
 
+// ---- audit ----
+
+const AUDIT_COLS: &[Column] = &[
+    ("AT", "at"),
+    ("PROJECT", "project_id"),
+    ("ACTOR", "actor"),
+    ("CREDENTIAL", "credential_id"),
+    ("SOURCE", "source"),
+    ("ACTION", "action"),
+    ("RESOURCES", "resources"),
+    ("RESULT", "result"),
+    ("STATUS", "status"),
+    ("REQUEST_ID", "request_id"),
+];
+
+async fn audit(c: &Client, cmd: AuditCmd) -> CliResult<Output> {
+    let AuditCmd::List {
+        project,
+        all,
+        since,
+        limit,
+    } = cmd;
+    let mut query = vec![("limit", limit.to_string())];
+    if let Some(s) = since {
+        query.push(("since", since_time(&s, chrono::Utc::now())?));
+    }
+    // A project's records through its own path (a tenant's, or any for the operator).
+    let path = match project.as_deref().or(c.project().ok()).filter(|_| !all) {
+        Some(p) => format!("/v1/{}/audit-records", seg(p)),
+        None => "/inventory/audit-records".to_owned(),
+    };
+    let v = c.get(&path, &query).await?;
+    Ok(list(&v, "audit_records", AUDIT_COLS))
+}
+
+/// `--since`: an RFC 3339 time as given, or an age (`30m`) before `now`.
+pub fn since_time(s: &str, now: chrono::DateTime<chrono::Utc>) -> CliResult<String> {
+    if chrono::DateTime::parse_from_rfc3339(s).is_ok() {
+        return Ok(s.to_owned());
+    }
+    let bad = || {
+        CliError::Usage(format!(
+            "invalid --since {s:?}: expected an RFC 3339 time (2026-12-01T00:00:00Z) or an age \
+             such as 90s, 30m, 12h, 7d"
+        ))
+    };
+    let unit = s.chars().last().ok_or_else(bad)?;
+    let n: i64 = s[..s.len() - unit.len_utf8()].parse().map_err(|_| bad())?;
+    let age = match unit {
+        's' => chrono::TimeDelta::try_seconds(n),
+        'm' => chrono::TimeDelta::try_minutes(n),
+        'h' => chrono::TimeDelta::try_hours(n),
+        'd' => chrono::TimeDelta::try_days(n),
+        _ => None,
+    }
+    .filter(|_| n >= 0)
+    .ok_or_else(bad)?;
+    let t = now.checked_sub_signed(age).ok_or_else(bad)?;
+    Ok(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
+
 // ---- inventory ----
 
 /// Items of an inventory list whose `field` equals `want` (all when `want` is None).
@@ -858,6 +920,24 @@ async fn node(c: &Client, cmd: NodeCmd) -> CliResult<Output> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_is_a_time_or_an_age() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-03T12:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(
+            since_time("2026-12-01T00:00:00Z", now).unwrap(),
+            "2026-12-01T00:00:00Z"
+        );
+        assert_eq!(since_time("90s", now).unwrap(), "2026-12-03T11:58:30Z");
+        assert_eq!(since_time("12h", now).unwrap(), "2026-12-03T00:00:00Z");
+        assert_eq!(since_time("2d", now).unwrap(), "2026-12-01T12:00:00Z");
+        for bad in ["", "h", "5w", "-1h", "yesterday", "1.5h"] {
+            let e = since_time(bad, now).unwrap_err().to_string();
+            assert!(e.contains("--since"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn port_mappings_parse() {

@@ -123,9 +123,9 @@ impl Demo {
             format!("AK-CONSUMER-{}", &secret()[..8]),
             secret(),
         );
-        fs::write(
-            self.path("credentials.toml"),
-            format!(
+        xtask::write_private(
+            &self.path("credentials.toml"),
+            &format!(
                 r#"operator_tokens = ["{op}"]
 
 [[credentials]]
@@ -148,9 +148,9 @@ token = "{agent}"
         // The CLI's profiles: `--profile operator|provider|consumer` on every command.
         let url = &self.url;
         let ca = self.path("pki/ca.pem").display().to_string();
-        fs::write(
-            self.path("cli.toml"),
-            format!(
+        xtask::write_private(
+            &self.path("cli.toml"),
+            &format!(
                 r#"[profiles.operator]
 url = "{url}"
 ca_file = "{ca}"
