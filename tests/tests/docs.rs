@@ -254,6 +254,13 @@ impl Sandbox {
         for f in ["credentials.toml", "agent.toml", "control-plane.env"] {
             std::fs::copy(debian.join(f), etc.join(f)).unwrap();
         }
+        // The package's mode: the control plane refuses a credentials file open to others.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(
+            etc.join("credentials.toml"),
+            std::fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
         let bin_dir = vpcep_bin().parent().unwrap().display().to_string();
         let path_var = format!("{bin_dir}:{}", std::env::var("PATH").unwrap_or_default());
         let state = dir.0.join(".doc-test-state");
