@@ -1344,3 +1344,255 @@ async fn hashed_tokens_in_a_private_credentials_file() {
         assert!(!log.contains(secret), "a token in the log: {log}");
     }
 }
+
+/// No secret in the control plane's log at TRACE level (every crate), in the CLI's output,
+/// in error answers, in the feed or in the audit trail, after a run that uses every kind of
+/// credential, correct and wrong, over TLS with a node certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_in_logs_answers_or_the_feed() {
+    use vpcep_tests::harness::pki::Pki;
+    let pki = Pki::new();
+    let (op, tenant_token, agent_token) = (
+        "redact-operator-7f3a9c",
+        "redact-tenant-token-51be",
+        "redact-agent-token-c04d",
+    );
+    let (ak, sk, wrong_sk) = ("AK-REDACT", "redact-sk-0e6b92d1", "redact-wrong-sk-9a71c3");
+    let dir = TempDir::new("cp-redact");
+    let creds = dir.0.join("credentials.toml");
+    xtask::write_private(
+        &creds,
+        &format!(
+            "operator_tokens = [\"{op}\"]\n\n[[credentials]]\nak = \"{ak}\"\nsk = \"{sk}\"\nproject_id = \"proj-r\"\n\n[[tokens]]\ntoken = \"{tenant_token}\"\nproject_id = \"proj-r\"\n\n[[agents]]\nnode = \"node-r\"\ntoken = \"{agent_token}\"\n"
+        ),
+    )
+    .unwrap();
+    let files = pki.server_files();
+    let node = pki.node("node-r", false);
+    let node_key = std::fs::read_to_string(node.key_file.as_ref().unwrap()).unwrap();
+    // The key's base64 body, line by line.
+    let key_lines: Vec<String> = node_key
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 20)
+        .map(str::to_owned)
+        .collect();
+    assert!(!key_lines.is_empty());
+    let (url, creds_s, cert, key, ca) = (
+        sqlite_url(&dir.0),
+        creds.display().to_string(),
+        files.cert.display().to_string(),
+        files.key.display().to_string(),
+        pki.ca_file().display().to_string(),
+    );
+    let out = TempDir::new("cp-out");
+    let file = |name: &str| std::fs::File::create(out.0.join(name)).unwrap();
+    let guard = spawn_guarded(
+        std::process::Command::new(vpcep_bin())
+            .args(["control-plane", "--listen", "127.0.0.1:0", "--db", &url])
+            .args([
+                "--credentials",
+                &creds_s,
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key,
+            ])
+            .args(["--client-ca", &ca])
+            .env("RUST_LOG", "trace")
+            .env_remove("VPCEP_LOG_FORMAT")
+            .stdin(Stdio::null())
+            .stdout(file("stdout"))
+            .stderr(file("stderr")),
+    )
+    .with_grace(Duration::from_secs(10));
+    let mut cp = ControlPlaneProcess {
+        guard: Some(guard),
+        out,
+    };
+    let addr = cp.listening().await;
+    let base = format!("https://localhost:{}", addr.port());
+
+    let w = World {
+        server: start_server(
+            &sqlite_url(&TempDir::new("cli").0),
+            Credentials::default(),
+            Config::default(),
+        )
+        .await,
+        home: TempDir::new("cli"),
+        _db: TempDir::new("cli"),
+    };
+    let env = |creds: &[(&'static str, &str)]| {
+        let mut e = vec![("VPCEP_URL", base.clone()), ("VPCEP_CA_FILE", ca.clone())];
+        e.extend(creds.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        e
+    };
+    let operator = env(&[("VPCEP_TOKEN", op)]);
+    let signed = env(&[
+        ("VPCEP_AK", ak),
+        ("VPCEP_SK", sk),
+        ("VPCEP_PROJECT_ID", "proj-r"),
+    ]);
+    let mut seen = String::new();
+    let mut run = async |e: &[(&str, String)], args: &[&str], ok: bool| {
+        let mut a = args.to_vec();
+        a.push("-v");
+        let r = w.run_with(e, &a).await;
+        assert_eq!(r.code == 0, ok, "{args:?}: {}", r.stderr);
+        seen.push_str(&r.stdout);
+        seen.push_str(&r.stderr);
+        r
+    };
+    run(
+        &operator,
+        &["node", "register", "node-r", "--underlay-ip", "192.0.2.9"],
+        true,
+    )
+    .await;
+    let vpc = run(
+        &operator,
+        &[
+            "vpc",
+            "create",
+            "--owner",
+            "proj-r",
+            "--cidr",
+            "10.9.0.0/24",
+            "-o",
+            "json",
+        ],
+        true,
+    )
+    .await;
+    let vpc: Value = serde_json::from_str(&vpc.stdout).unwrap();
+    let vpc = vpc["id"].as_str().unwrap().to_owned();
+    let subnet = run(
+        &operator,
+        &[
+            "subnet",
+            "create",
+            "--vpc-id",
+            &vpc,
+            "--cidr",
+            "10.9.0.0/24",
+            "-o",
+            "json",
+        ],
+        true,
+    )
+    .await;
+    let subnet: Value = serde_json::from_str(&subnet.stdout).unwrap();
+    let subnet = subnet["id"].as_str().unwrap().to_owned();
+    let nic = run(
+        &operator,
+        &[
+            "port",
+            "create",
+            "--subnet-id",
+            &subnet,
+            "--node",
+            "node-r",
+            "-o",
+            "json",
+        ],
+        true,
+    )
+    .await;
+    let nic: Value = serde_json::from_str(&nic.stdout).unwrap();
+    let nic = nic["id"].as_str().unwrap().to_owned();
+    // Signed writes, good and refused; a wrong SK; unknown and tenant tokens.
+    run(
+        &signed,
+        &[
+            "service",
+            "create",
+            "--port-id",
+            &nic,
+            "--vpc-id",
+            &vpc,
+            "--port",
+            "80:8080",
+        ],
+        true,
+    )
+    .await;
+    run(
+        &signed,
+        &[
+            "service",
+            "create",
+            "--port-id",
+            &nic,
+            "--vpc-id",
+            &vpc,
+            "--port",
+            "99999",
+        ],
+        false,
+    )
+    .await;
+    let wrong = env(&[
+        ("VPCEP_AK", ak),
+        ("VPCEP_SK", wrong_sk),
+        ("VPCEP_PROJECT_ID", "proj-r"),
+    ]);
+    run(&wrong, &["service", "list"], false).await;
+    let unknown = env(&[("VPCEP_TOKEN", "redact-unknown-token-77d1")]);
+    run(&unknown, &["node", "list"], false).await;
+    let tenant = env(&[
+        ("VPCEP_TOKEN", tenant_token),
+        ("VPCEP_PROJECT_ID", "proj-r"),
+    ]);
+    run(&tenant, &["service", "list"], true).await;
+    run(&tenant, &["node", "list"], false).await;
+
+    // The agent: by its token and by its certificate; the feed and the audit as answered.
+    let http = node.builder().unwrap().build().unwrap();
+    let snap = http
+        .get(format!("{base}/feed/snapshot"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(snap.status(), 200);
+    seen.push_str(&snap.text().await.unwrap());
+    let by_token = pki.client().builder().unwrap().build().unwrap();
+    let r = by_token
+        .put(format!("{base}/inventory/nodes/node-r/applied-revision"))
+        .header("x-auth-token", agent_token)
+        .json(&json!({"revision": 1}))
+        .send()
+        .await
+        .unwrap();
+    seen.push_str(&r.text().await.unwrap());
+    let audit = by_token
+        .get(format!("{base}/inventory/audit-records?limit=1000"))
+        .header("x-auth-token", op)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(audit.contains("service_create") || audit.contains("create_endpoint_service"));
+    seen.push_str(&audit);
+    cp.stop();
+    let log = cp.read("stderr");
+    // The log is a real trace: TLS, HTTP and the server's requests are in it.
+    assert!(log.lines().count() > 200, "{log}");
+    assert!(log.contains("TRACE"), "not a trace");
+    assert!(log.contains("status=401"), "failures are logged");
+    let mut secrets = vec![
+        op,
+        tenant_token,
+        agent_token,
+        sk,
+        wrong_sk,
+        "redact-unknown-token-77d1",
+    ];
+    secrets.extend(key_lines.iter().map(String::as_str));
+    for (what, text) in [("log", &log), ("answers and CLI output", &seen)] {
+        for s in &secrets {
+            assert!(!text.contains(s), "{s:?} in the {what}");
+        }
+    }
+}

@@ -185,6 +185,16 @@ impl Demo {
             "  none of the {} secrets (operator token, agent token, two SKs) is in it",
             self.secrets.len()
         );
+        // Nor in what the control plane and the agent logged.
+        for name in ["control-plane.log", "agent.log"] {
+            let path = self.path(name);
+            let log = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let found = secrets_in(&log, &self.secrets);
+            if !found.is_empty() {
+                bail!("{} of the secrets are in {name}", found.len());
+            }
+            println!("  nor in {name} ({} bytes)", log.len());
+        }
         Ok(())
     }
 }

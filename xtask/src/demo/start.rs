@@ -93,7 +93,10 @@ impl Demo {
         self.control_plane = Some(Proc::spawn(
             "control plane",
             "control-plane",
-            Command::new(&self.bin).args(args),
+            // Every request in the log: the last step checks that none carries a secret.
+            Command::new(&self.bin)
+                .args(args)
+                .env("RUST_LOG", "info,vpcep=debug"),
             &log,
         )?);
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
@@ -294,7 +297,9 @@ port_id = "{bport}"
         self.agent = Some(Proc::spawn(
             "agent",
             "agent",
-            Command::new(&self.bin).args(args),
+            Command::new(&self.bin)
+                .args(args)
+                .env("RUST_LOG", "info,vpcep=debug"),
             &log,
         )?);
         // The views succeed once the agent has loaded the programs and pinned its maps.
