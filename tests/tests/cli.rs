@@ -6,14 +6,14 @@ use std::{process::Stdio, time::Duration};
 
 use serde_json::{Value, json};
 use vpcep::{
-    api::{Config, Credentials, CredentialsFile, auth},
+    api::{Credentials, CredentialsFile, auth},
     server::Server,
 };
 use vpcep_tests::{
     harness::{
         ChildGuard, TempDir,
         control_plane::{sqlite_url, start_server},
-        poll, spawn_guarded,
+        poll, spawn_guarded, test_config,
     },
     vpcep_bin,
 };
@@ -137,7 +137,7 @@ enum Who {
 impl World {
     async fn new() -> Self {
         let db = TempDir::new("cli");
-        let server = start_server(&sqlite_url(&db.0), credentials(), Config::default()).await;
+        let server = start_server(&sqlite_url(&db.0), credentials(), test_config()).await;
         Self {
             server,
             home: TempDir::new("cli"),
@@ -1101,7 +1101,7 @@ async fn cli_verifies_the_servers_certificate() {
         server: start_server(
             &sqlite_url(&TempDir::new("cli").0),
             Credentials::default(),
-            Config::default(),
+            test_config(),
         )
         .await,
         home,
@@ -1129,7 +1129,7 @@ async fn cli_verifies_the_servers_certificate() {
     let server = Server::start_tls(
         store,
         credentials(),
-        Config::default(),
+        test_config(),
         vpcep::tls::server::TlsFiles {
             cert: pki.0.join("server.pem"),
             key: pki.0.join("server-key.pem"),
