@@ -523,6 +523,27 @@ async fn provider_consumer_story() {
         w.json(Operator, &["quota", "get", "proj-consumer"]).await[0]["endpoint"],
         1
     );
+    // The API request rate of another project's credentials.
+    let rate = [
+        "quota",
+        "set",
+        "proj-rated",
+        "--api-rate-per-second",
+        "20",
+        "--api-rate-burst",
+        "40",
+    ];
+    let set = w.json(Operator, &rate).await;
+    assert_eq!(
+        (
+            set[0]["api_rate_per_second"].as_i64(),
+            set[0]["api_rate_burst"].as_i64()
+        ),
+        (Some(20), Some(40))
+    );
+    let table = w.run(Operator, &["quota", "get", "proj-rated"]).await;
+    let out = &table.ok().stdout;
+    assert!(out.contains("API_RATE") && out.contains("40"), "{out}");
     w.run(
         Consumer,
         &[
