@@ -81,6 +81,7 @@ pub struct Limits {
     /// Project → (read at, its rate).
     overrides: Mutex<HashMap<String, (Instant, ApiRate)>>,
     backoff: Mutex<Backoff>,
+    backoff_on: bool,
     metrics: Metrics,
     started: Instant,
     /// Seconds after `started` of the last prune.
@@ -107,7 +108,7 @@ fn whole_secs(d: Duration) -> u64 {
     (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
-/// What a rate limit is kept per: an IPv6 address by its /64, an IPv4-mapped one as IPv4.
+/// What limits keep a source address as: an IPv6 one by its /64, an IPv4-mapped one as IPv4.
 fn source_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -133,6 +134,7 @@ impl Limits {
                 l.auth_failures_before_backoff,
                 Duration::from_secs(l.auth_backoff_max_secs.max(1)),
             )),
+            backoff_on: l.auth_failures_before_backoff > 0,
             metrics: Metrics::new(),
             started: Instant::now(),
             pruned_at: AtomicU64::new(0),
@@ -241,7 +243,8 @@ impl Limits {
     /// Before credentials are checked: refused (429) while the attempt's source, or the
     /// access key it names from a source it never succeeded from, is backed off.
     pub fn admit(&self, a: &Attempt) -> Result<(), ApiError> {
-        if !a.credential {
+        // Off: no lock on every authenticated request.
+        if !a.credential || !self.backoff_on {
             return Ok(());
         }
         let wait = lock(&self.backoff).refused(a.source, a.access_key.as_deref(), Instant::now());
@@ -267,6 +270,9 @@ impl Limits {
         }
         let reason = a.reason(msg);
         self.metrics.auth_failure(reason);
+        if !self.backoff_on {
+            return;
+        }
         // An unknown access key names no account to protect: the source's back-off covers
         // it, and keying on it would let random keys fill the table.
         let key = a
@@ -278,7 +284,7 @@ impl Limits {
 
     /// Authentication accepted the attempt: a signature resets its access key's failures.
     pub fn auth_succeeded(&self, a: &Attempt) {
-        if let Some(ak) = &a.access_key {
+        if let Some(ak) = a.access_key.as_ref().filter(|_| self.backoff_on) {
             lock(&self.backoff).succeeded(a.source, ak, Instant::now());
         }
     }
