@@ -132,6 +132,7 @@ impl Limits {
             overrides: Mutex::default(),
             backoff: Mutex::new(Backoff::new(
                 l.auth_failures_before_backoff,
+                Duration::from_secs(l.auth_backoff_initial_secs.max(1)),
                 Duration::from_secs(l.auth_backoff_max_secs.max(1)),
             )),
             backoff_on: l.auth_failures_before_backoff > 0,
@@ -469,8 +470,6 @@ const MAX_ENTRIES: usize = 65_536;
 const MAX_TRUSTED: usize = 4;
 /// How long such a source stays trusted after its last success.
 const TRUST_TTL: Duration = Duration::from_secs(24 * 3600);
-/// The first back-off.
-const FIRST_DELAY: Duration = Duration::from_secs(1);
 
 /// Failed authentications of one source or access key.
 #[derive(Debug, Clone, Copy)]
@@ -490,7 +489,8 @@ struct KeyState {
 /// The back-off of failed authentication, per source address and per access key.
 ///
 /// After `threshold` failures (failures are forgotten after twice the longest delay without
-/// one), each further failure refuses the next attempts for 1 s, 2 s, 4 s … up to `max`,
+/// one), each further failure refuses the next attempts for `first` (1 s), then twice as
+/// long with each further failure (2 s, 4 s …) up to `max`,
 /// answered 429 without looking at the credentials: guessing gets slower and costs the
 /// server no signature or body read.
 ///
@@ -511,6 +511,7 @@ struct KeyState {
 #[derive(Debug)]
 struct Backoff {
     threshold: u32,
+    first: Duration,
     max: Duration,
     window: Duration,
     sources: HashMap<IpAddr, Strikes>,
@@ -530,9 +531,10 @@ impl Strikes {
 }
 
 impl Backoff {
-    fn new(threshold: u32, max: Duration) -> Self {
+    fn new(threshold: u32, first: Duration, max: Duration) -> Self {
         Self {
             threshold,
+            first: first.min(max),
             max,
             window: (max * 2).max(Duration::from_secs(60)),
             sources: HashMap::new(),
@@ -563,7 +565,8 @@ impl Backoff {
         s.last = now;
         if s.failures >= self.threshold {
             let doublings = (s.failures - self.threshold).min(31);
-            let delay = FIRST_DELAY
+            let delay = self
+                .first
                 .checked_mul(1u32 << doublings)
                 .unwrap_or(self.max)
                 .min(self.max);
@@ -649,7 +652,7 @@ mod tests {
     #[test]
     fn source_backoff_doubles_up_to_the_cap_and_is_forgotten() {
         let t0 = Instant::now();
-        let mut b = Backoff::new(3, Duration::from_secs(5));
+        let mut b = Backoff::new(3, Duration::from_secs(1), Duration::from_secs(5));
         let a = ip("192.0.2.1");
         for i in 0..2 {
             b.failed(a, None, t0 + Duration::from_millis(i));
@@ -683,7 +686,7 @@ mod tests {
     #[test]
     fn key_backoff_spares_the_sources_it_succeeded_from() {
         let t = Instant::now();
-        let mut b = Backoff::new(2, Duration::from_secs(300));
+        let mut b = Backoff::new(2, Duration::from_secs(1), Duration::from_secs(300));
         let home = ip("192.0.2.10");
         b.succeeded(home, "AK", t);
         // Failures from two addresses, one each: neither source is backed off, the key is.
@@ -714,14 +717,14 @@ mod tests {
     #[test]
     fn off_and_bounded() {
         let t = Instant::now();
-        let mut off = Backoff::new(0, Duration::from_secs(300));
+        let mut off = Backoff::new(0, Duration::from_secs(1), Duration::from_secs(300));
         for _ in 0..10 {
             off.failed(ip("192.0.2.1"), Some("AK"), t);
         }
         assert_eq!(off.refused(ip("192.0.2.1"), Some("AK"), t), None);
         assert!(off.sources.is_empty() && off.keys.is_empty());
 
-        let mut b = Backoff::new(5, Duration::from_secs(300));
+        let mut b = Backoff::new(5, Duration::from_secs(1), Duration::from_secs(300));
         for i in 0..(MAX_ENTRIES as u32 + 10) {
             b.failed(Some(IpAddr::from(i.to_be_bytes())), None, t);
         }

@@ -66,9 +66,13 @@ pub struct RequestLimits {
     #[arg(long, default_value_t = 0, value_parser = rate_range())]
     pub rate_limit_operator_burst: u32,
     /// Failed authentications from one source address (or for one access key) before
-    /// further attempts are refused for a while, doubling from 1 s; 0 = no back-off.
+    /// further attempts are refused for a while, doubling with each further failure;
+    /// 0 = no back-off.
     #[arg(long, default_value_t = 5)]
     pub auth_failures_before_backoff: u32,
+    /// The first authentication back-off, in seconds.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub auth_backoff_initial_secs: u64,
     /// The longest authentication back-off, in seconds.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub auth_backoff_max_secs: u64,
@@ -89,6 +93,7 @@ impl RequestLimits {
             rate_limit_operator_per_second: 0,
             rate_limit_operator_burst: 0,
             auth_failures_before_backoff: 0,
+            auth_backoff_initial_secs: 1,
             auth_backoff_max_secs: 300,
         }
     }
@@ -105,6 +110,7 @@ impl Default for RequestLimits {
             rate_limit_operator_per_second: 0,
             rate_limit_operator_burst: 0,
             auth_failures_before_backoff: 5,
+            auth_backoff_initial_secs: 1,
             auth_backoff_max_secs: 300,
         }
     }
