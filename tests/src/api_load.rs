@@ -18,6 +18,8 @@ use vpcep::{
     store::{Store, StoreError},
 };
 
+use crate::harness::test_config;
+
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     /// `sqlite://PATH` or `postgres://…` (a fresh database is best).
@@ -185,7 +187,7 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
     let backend = format!("{:?}", store.backend()).to_lowercase();
     let config = Config {
         quota_endpoints: 1_000_000,
-        ..Config::default()
+        ..test_config()
     };
     let server = Server::start(store, credentials(), config).await?;
     let http = reqwest::Client::builder()

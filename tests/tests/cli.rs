@@ -6,14 +6,14 @@ use std::{process::Stdio, time::Duration};
 
 use serde_json::{Value, json};
 use vpcep::{
-    api::{Config, Credentials, CredentialsFile, auth},
+    api::{Credentials, CredentialsFile, auth},
     server::Server,
 };
 use vpcep_tests::{
     harness::{
         ChildGuard, TempDir,
         control_plane::{sqlite_url, start_server},
-        poll, spawn_guarded,
+        poll, spawn_guarded, test_config,
     },
     vpcep_bin,
 };
@@ -137,7 +137,7 @@ enum Who {
 impl World {
     async fn new() -> Self {
         let db = TempDir::new("cli");
-        let server = start_server(&sqlite_url(&db.0), credentials(), Config::default()).await;
+        let server = start_server(&sqlite_url(&db.0), credentials(), test_config()).await;
         Self {
             server,
             home: TempDir::new("cli"),
@@ -523,6 +523,27 @@ async fn provider_consumer_story() {
         w.json(Operator, &["quota", "get", "proj-consumer"]).await[0]["endpoint"],
         1
     );
+    // The API request rate of another project's credentials.
+    let rate = [
+        "quota",
+        "set",
+        "proj-rated",
+        "--api-rate-per-second",
+        "20",
+        "--api-rate-burst",
+        "40",
+    ];
+    let set = w.json(Operator, &rate).await;
+    assert_eq!(
+        (
+            set[0]["api_rate_per_second"].as_i64(),
+            set[0]["api_rate_burst"].as_i64()
+        ),
+        (Some(20), Some(40))
+    );
+    let table = w.run(Operator, &["quota", "get", "proj-rated"]).await;
+    let out = &table.ok().stdout;
+    assert!(out.contains("API_RATE") && out.contains("40"), "{out}");
     w.run(
         Consumer,
         &[
@@ -1101,7 +1122,7 @@ async fn cli_verifies_the_servers_certificate() {
         server: start_server(
             &sqlite_url(&TempDir::new("cli").0),
             Credentials::default(),
-            Config::default(),
+            test_config(),
         )
         .await,
         home,
@@ -1129,7 +1150,7 @@ async fn cli_verifies_the_servers_certificate() {
     let server = Server::start_tls(
         store,
         credentials(),
-        Config::default(),
+        test_config(),
         vpcep::tls::server::TlsFiles {
             cert: pki.0.join("server.pem"),
             key: pki.0.join("server-key.pem"),
@@ -1209,7 +1230,7 @@ async fn hashed_tokens_in_a_private_credentials_file() {
         server: start_server(
             &sqlite_url(&TempDir::new("cli").0),
             Credentials::default(),
-            Config::default(),
+            test_config(),
         )
         .await,
         home: TempDir::new("cli"),
@@ -1416,7 +1437,7 @@ async fn no_secret_in_logs_answers_or_the_feed() {
         server: start_server(
             &sqlite_url(&TempDir::new("cli").0),
             Credentials::default(),
-            Config::default(),
+            test_config(),
         )
         .await,
         home: TempDir::new("cli"),

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use vpcep::{
-    api::{Config, Credentials},
+    api::{Config, Credentials, RequestLimits},
     server::Server,
     store::Store,
     tls::server::TlsFiles,
@@ -15,6 +15,16 @@ use super::{Postgres, TempDir};
 pub enum Db {
     Sqlite,
     Postgres,
+}
+
+/// The control plane's defaults with the request limits off: the tests send many requests
+/// quickly from one credential and one address (and some fail authentication on purpose),
+/// which the production defaults would refuse. `tests/api/rate_limits.rs` sets its own.
+pub fn test_config() -> Config {
+    Config {
+        limits: RequestLimits::off(),
+        ..Config::default()
+    }
 }
 
 /// The URL of the SQLite database file `vpcep.db` in `dir`.

@@ -12,7 +12,7 @@ pub mod process;
 pub mod root;
 pub mod wait;
 
-pub use control_plane::{ControlPlane, Db};
+pub use control_plane::{ControlPlane, Db, test_config};
 pub use fs::TempDir;
 pub use pki::Pki;
 pub use postgres::Postgres;

@@ -6,7 +6,7 @@ use vpcep::{api::Config, store::AuditRecord};
 
 use crate::{
     fixtures::*,
-    harness::{AGENT1_TOKEN, Db, Env, OPERATOR_TOKEN, TENANTS},
+    harness::{AGENT1_TOKEN, Db, Env, OPERATOR_TOKEN, TENANTS, test_config},
 };
 
 both!(
@@ -413,7 +413,7 @@ async fn audit_retention_prunes(db: Db) {
         db,
         Config {
             audit_retain_days: 30,
-            ..Config::default()
+            ..test_config()
         },
     )
     .await;

@@ -6,7 +6,7 @@ use vpcep::api::Config;
 
 use crate::{
     fixtures::*,
-    harness::{Db, Env, OPERATOR_TOKEN},
+    harness::{Db, Env, OPERATOR_TOKEN, test_config},
 };
 
 both!(
@@ -131,7 +131,7 @@ async fn snapshot_and_watch(db: Db) {
 async fn relist_when_behind(db: Db) {
     let config = Config {
         feed_retain: 3,
-        ..Config::default()
+        ..test_config()
     };
     let env = Env::with_config(db, config).await;
     let op = env.operator();
@@ -159,7 +159,7 @@ async fn relist_when_behind(db: Db) {
 
 async fn two_replicas(db: Db) {
     let env = Env::new(db).await;
-    let b = env.replica(Config::default()).await;
+    let b = env.replica(test_config()).await;
     let snap = env.agent().get("/feed/snapshot").await.ok();
     let rev = snap["revision"].as_i64().unwrap();
     let mut watch_b = Watch::open(&b.url(), rev).await;

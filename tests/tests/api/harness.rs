@@ -12,7 +12,7 @@ use vpcep::{
     server::Server,
     tls::client::ClientTls,
 };
-pub use vpcep_tests::harness::{ControlPlane, Db, Pki, Postgres, TempDir};
+pub use vpcep_tests::harness::{ControlPlane, Db, Pki, Postgres, TempDir, test_config};
 
 pub const OPERATOR_TOKEN: &str = "operator-secret";
 pub const AGENT1_TOKEN: &str = "agent-node1-secret";
@@ -73,7 +73,7 @@ impl Deref for Env {
 
 impl Env {
     pub async fn new(db: Db) -> Self {
-        Self::with_config(db, Config::default()).await
+        Self::with_config(db, test_config()).await
     }
 
     pub async fn with_config(db: Db, config: Config) -> Self {
@@ -86,7 +86,7 @@ impl Env {
     /// Over HTTPS with mutual TLS for agents; the clients trust `pki`'s CA.
     pub async fn tls(db: Db, pki: &Pki) -> Self {
         let cp =
-            ControlPlane::start_tls(db, credentials(), Config::default(), pki.server_files()).await;
+            ControlPlane::start_tls(db, credentials(), test_config(), pki.server_files()).await;
         Self(cp, pki.client())
     }
 
@@ -219,10 +219,11 @@ pub fn sdk_date() -> String {
     chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string()
 }
 
-/// A response: status and JSON body (Null when empty or not JSON).
+/// A response: status, headers and JSON body (Null when empty or not JSON).
 #[derive(Debug)]
 pub struct Resp {
     pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
     pub body: Value,
 }
 
@@ -271,6 +272,18 @@ impl Client {
                 .build()
                 .unwrap(),
         }
+    }
+
+    /// The same client connecting from another loopback address (`127.0.0.2`, …: every
+    /// 127/8 address is this host's), for limits kept per source address.
+    pub fn with_source(mut self, ip: std::net::IpAddr) -> Self {
+        self.http = ClientTls::default()
+            .builder()
+            .unwrap()
+            .local_address(ip)
+            .build()
+            .unwrap();
+        self
     }
 
     /// `/v1/{project}` + rest.
@@ -342,9 +355,11 @@ impl Client {
         }
         let resp = req.send().await.unwrap();
         let status = resp.status();
+        let headers = resp.headers().clone();
         let bytes = resp.bytes().await.unwrap();
         Resp {
             status,
+            headers,
             body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         }
     }

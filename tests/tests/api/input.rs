@@ -5,7 +5,7 @@ use vpcep::api::Config;
 
 use crate::{
     fixtures::*,
-    harness::{Db, Env},
+    harness::{Db, Env, test_config},
 };
 
 both!(bad_input);
@@ -13,7 +13,7 @@ both!(bad_input);
 async fn bad_input(db: Db) {
     let config = Config {
         max_body: 64 * 1024,
-        ..Config::default()
+        ..test_config()
     };
     let env = Env::with_config(db, config).await;
     let w = world(&env).await;

@@ -6,7 +6,7 @@ use vpcep::{api::Config, domain as model, server::fill_service_limits, store::St
 
 use crate::{
     fixtures::*,
-    harness::{Db, Env, Postgres, TempDir},
+    harness::{Db, Env, Postgres, TempDir, test_config},
 };
 
 both!(connection_limits, limits_filled_once_for_old_services);
@@ -27,7 +27,7 @@ async fn connection_limits(db: Db) {
     let config = Config {
         default_max_connections: 1234,
         default_max_new_connections_per_second: 77,
-        ..Config::default()
+        ..test_config()
     };
     let env = Env::with_config(db, config).await;
     let w = world(&env).await;
@@ -142,7 +142,7 @@ async fn limits_filled_once_for_old_services(db: Db) {
     };
     let config = Config {
         default_max_connections: 42,
-        ..Config::default()
+        ..test_config()
     };
     let store = Store::open(&url, config.feed_retain).await.unwrap();
     let id = uuid::Uuid::new_v4().to_string();
@@ -162,7 +162,7 @@ async fn limits_filled_once_for_old_services(db: Db) {
     // created meanwhile keeps what it has.
     let other = Config {
         default_max_connections: 7,
-        ..Config::default()
+        ..test_config()
     };
     let rev = store.current_revision().await.unwrap();
     assert_eq!(fill_service_limits(&store, &other).await.unwrap(), 0);

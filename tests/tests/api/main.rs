@@ -36,6 +36,7 @@ mod inventory;
 mod limits;
 mod openapi;
 mod permissions;
+mod rate_limits;
 mod sdk;
 mod services;
 mod story;

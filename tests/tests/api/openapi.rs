@@ -129,7 +129,8 @@ fn document_shape(doc: &Value) {
     }
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, o) in item.as_object().unwrap() {
-            let anonymous = ["/", "/{version}", "/openapi.json"].contains(&path.as_str());
+            let anonymous =
+                ["/", "/{version}", "/openapi.json", "/metrics"].contains(&path.as_str());
             assert_eq!(
                 o.get("security") == Some(&json!([])),
                 anonymous,
@@ -137,6 +138,10 @@ fn document_shape(doc: &Value) {
             );
             let r = o["responses"].as_object().unwrap();
             assert!(r.contains_key("default"), "{method} {path}");
+            assert!(
+                r["429"]["headers"]["Retry-After"].is_object(),
+                "{method} {path}: 429 and its Retry-After"
+            );
             assert!(
                 r.keys().any(|k| k.starts_with('2')),
                 "{method} {path} has no success"
@@ -176,6 +181,16 @@ async fn inventory_tour(env: &Env, d: &mut Doc) {
     d.check("get", "/", anon.get("/").await);
     d.check("get", "/{version}", anon.get("/v2").await);
     d.check("get", "/openapi.json", anon.get("/openapi.json").await);
+    // Text, not JSON: its media type is the one declared.
+    let m = reqwest::get(format!("{}/metrics", env.server.url()))
+        .await
+        .unwrap();
+    assert_eq!(m.status(), 200);
+    let media = m.headers()["content-type"].to_str().unwrap().to_owned();
+    let content = &d.op("get", "/metrics")["responses"]["200"]["content"];
+    assert!(content[&media].is_object(), "{media} not in {content}");
+    assert!(m.text().await.unwrap().contains("vpcep_api_requests_total"));
+    d.covered.insert("metrics".to_owned());
     let node = d.check(
         "put",
         "/inventory/nodes/{name}",
@@ -735,4 +750,14 @@ async fn inventory_rules(env: &Env, d: &Doc, w: &World) {
     assert!(d.errors(&quota, &good).is_empty());
     let q = op.put("/inventory/quotas/proj-x", good).await.ok();
     assert_eq!(q["endpoint"], 12);
+    for field in ["api_rate_per_second", "api_rate_burst"] {
+        let bad = json!({field: 1_000_001});
+        assert!(!d.errors(&quota, &bad).is_empty(), "{field}");
+        op.put("/inventory/quotas/proj-x", bad)
+            .await
+            .err(400, field);
+        let good = json!({field: 1_000_000});
+        assert!(d.errors(&quota, &good).is_empty(), "{field}");
+        op.put("/inventory/quotas/proj-x", good).await.ok();
+    }
 }

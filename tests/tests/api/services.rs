@@ -3,7 +3,7 @@ use serde_json::json;
 
 use crate::{
     fixtures::*,
-    harness::{Db, Env, eventually},
+    harness::{Db, Env, eventually, test_config},
 };
 
 both!(
@@ -569,7 +569,7 @@ async fn failed_when_backend_is_gone(db: Db) {
     tx.put(&stored).await.unwrap();
     tx.commit().await.unwrap();
     // A (re)started server finishes it.
-    let b = env.replica(vpcep::api::Config::default()).await;
+    let b = env.replica(test_config()).await;
     let via_b = crate::harness::Client::new(&b.url(), p.auth.clone(), &p.project);
     let id = stored.id.clone();
     eventually(|| {

@@ -9,7 +9,7 @@ use std::{
 use axum::{
     Extension, Json,
     extract::{MatchedPath, RawQuery, Request, State},
-    http::Method,
+    http::{Method, StatusCode},
     middleware::Next,
     response::Response,
 };
@@ -69,6 +69,11 @@ pub async fn layer(State(st): State<AppState>, req: Request, next: Next) -> Resp
         recorded: false,
     }));
     let resp = AUDIT.scope(ctx.clone(), next.run(req)).await;
+    // Refused by a request limit before any work: a row per refusal would let a flood
+    // through to the database. The metrics count them.
+    if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+        return resp;
+    }
     let status = resp.status().as_u16();
     let (recorded, pending) = match ctx.lock() {
         Ok(c) if c.recorded => (Some(c.record.request_id.clone()), None),

@@ -18,6 +18,7 @@ use super::{
     context::{ClientCert, CredentialId},
     error::ApiError,
     hashed::HashedToken,
+    limits,
 };
 use crate::{
     domain::Error,
@@ -343,7 +344,13 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
 
 async fn authenticate(state: &AppState, req: Request) -> Result<Request, ApiError> {
     let path = req.uri().path().to_owned();
-    let (mut req, identity) = identify(state, req).await?;
+    // A backed-off source or key is refused before its credentials are looked at.
+    let attempt = limits::Attempt::of(&req);
+    state.limits.admit(&attempt)?;
+    let (mut req, identity) = identify(state, req)
+        .await
+        .inspect_err(|e| state.limits.auth_failed(&attempt, e))?;
+    state.limits.auth_succeeded(&attempt);
     if let Some(seg) = path_project(&path) {
         let project = percent_decode_str(seg).decode_utf8_lossy().into_owned();
         let caller = caller(&state.credentials, &identity, project)?;

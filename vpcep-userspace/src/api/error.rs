@@ -3,7 +3,7 @@ use axum::{
     Json,
     body::Bytes,
     extract::{FromRequest, FromRequestParts, Request, path::ErrorKind, rejection::PathRejection},
-    http::{StatusCode, request::Parts},
+    http::{HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
 };
 use serde::de::DeserializeOwned;
@@ -23,6 +23,7 @@ pub mod code {
     pub const METHOD: &str = "VPCEP.0405";
     pub const CONFLICT: &str = "VPCEP.0409";
     pub const TOO_LARGE: &str = "VPCEP.0413";
+    pub const TOO_MANY: &str = "VPCEP.0429";
     pub const INTERNAL: &str = "VPCEP.0500";
 }
 
@@ -39,6 +40,13 @@ pub enum ApiError {
     TooLarge,
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// Refused by a request limit ([`super::limits`]) before any work: 429 with
+    /// `Retry-After` (whole seconds, at least 1).
+    #[error("{what}: retry after {retry_after} s")]
+    Limited {
+        what: &'static str,
+        retry_after: u64,
+    },
 }
 
 impl From<StoreError> for ApiError {
@@ -61,6 +69,7 @@ impl ApiError {
             Self::BadJson(_) | Self::MissingBody => StatusCode::BAD_REQUEST,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Domain(e) => match e {
                 Error::Invalid { .. } | Error::Quota(_) => StatusCode::BAD_REQUEST,
                 Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -78,6 +87,7 @@ impl ApiError {
             Self::MissingBody => code::MISSING_BODY,
             Self::TooLarge => code::TOO_LARGE,
             Self::MethodNotAllowed => code::METHOD,
+            Self::Limited { .. } => code::TOO_MANY,
             Self::Domain(e) => match e {
                 Error::Invalid { .. } => code::INVALID_FIELD,
                 Error::Quota(_) => code::QUOTA,
@@ -108,7 +118,12 @@ impl IntoResponse for ApiError {
             "error_code": self.error_code(),
             "error_msg": self.to_string(),
         });
-        (self.status_code(), Json(body)).into_response()
+        let mut resp = (self.status_code(), Json(body)).into_response();
+        if let Self::Limited { retry_after, .. } = self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
+        }
+        resp
     }
 }
 

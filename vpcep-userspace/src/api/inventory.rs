@@ -18,8 +18,7 @@ use crate::{
     ops::{
         self,
         inventory::{self, NewPort},
-        quota::{self, quota_read},
-        services,
+        quota, services,
     },
     store::{Filter, Object, WriteTx},
 };
@@ -442,6 +441,25 @@ pub struct PutQuota {
     #[serde(default, deserialize_with = "integral")]
     #[schemars(with = "Option<i64>", range(min = 0, max = MAX_QUOTA))]
     endpoint: Option<i64>,
+    /// API requests per second each of the project's credentials may sustain; 0 = no limit.
+    #[serde(default, deserialize_with = "integral")]
+    #[schemars(with = "Option<i64>", range(min = 0, max = MAX_API_RATE))]
+    api_rate_per_second: Option<i64>,
+    /// Their burst; 0 = the rate.
+    #[serde(default, deserialize_with = "integral")]
+    #[schemars(with = "Option<i64>", range(min = 0, max = MAX_API_RATE))]
+    api_rate_burst: Option<i64>,
+}
+
+fn quota_view(project_id: String, q: quota::Effective) -> ProjectQuota {
+    let (rate, burst) = q.api_rate.unwrap_or((0, 0));
+    ProjectQuota {
+        project_id,
+        endpoint_service: q.endpoint_service,
+        endpoint: q.endpoint,
+        api_rate_per_second: rate.into(),
+        api_rate_burst: burst.into(),
+    }
 }
 
 async fn show_quota(
@@ -450,11 +468,8 @@ async fn show_quota(
     Path(project): Path<String>,
 ) -> ApiResult<Json<ProjectQuota>> {
     who.operator()?;
-    Ok(Json(ProjectQuota {
-        endpoint_service: quota_read(&st.store, &st.config, &project, Service::KIND).await?,
-        endpoint: quota_read(&st.store, &st.config, &project, Endpoint::KIND).await?,
-        project_id: project,
-    }))
+    let q = quota::project_quotas(&st.store, &st.config, &project).await?;
+    Ok(Json(quota_view(project, q)))
 }
 
 async fn put_quota(
@@ -468,13 +483,13 @@ async fn put_quota(
         project_id: project.clone(),
         endpoint_service: req.endpoint_service,
         endpoint: req.endpoint,
+        api_rate_per_second: req.api_rate_per_second,
+        api_rate_burst: req.api_rate_burst,
     };
-    let (endpoint_service, endpoint) = st
+    let effective = st
         .in_tx(async |tx| quota::put_quota(tx, &st.config, q).await)
         .await?;
-    Ok(Json(ProjectQuota {
-        project_id: project,
-        endpoint_service,
-        endpoint,
-    }))
+    // This replica applies the new rate at once; others when their cached copy expires.
+    st.limits.forget_project(&project);
+    Ok(Json(quota_view(project, effective)))
 }

@@ -26,6 +26,7 @@ mod endpoints;
 pub mod error;
 pub mod hashed;
 mod inventory;
+pub mod limits;
 mod misc;
 pub mod openapi;
 mod permissions;
@@ -37,13 +38,15 @@ mod views;
 
 pub use self::auth::{Credentials, CredentialsFile};
 use self::error::{ApiError, ApiResult, Path};
-pub use crate::ops::Config;
+pub use crate::ops::{Config, RequestLimits};
 
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
     pub credentials: Arc<Credentials>,
     pub config: Arc<Config>,
+    /// Rate limits, the authentication back-off and the API's metrics.
+    pub limits: Arc<limits::Limits>,
     /// Set to true on shutdown: ends the feed streams (which would otherwise hold a graceful
     /// shutdown open forever) and the poller.
     pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
@@ -54,6 +57,7 @@ impl AppState {
         Self {
             store,
             credentials: Arc::new(creds),
+            limits: Arc::new(limits::Limits::new(&config.limits)),
             config: Arc::new(config),
             shutdown: Arc::new(tokio::sync::watch::channel(false).0),
         }
@@ -122,7 +126,8 @@ fn method_filter(method: &str) -> Option<MethodFilter> {
 }
 
 /// Builds the router from the route table: the API's handlers, and `others` for the rows it
-/// does not serve (the feed's); then authentication, the body limit and the error fallbacks.
+/// does not serve (the feed's); then authentication, the request limits, the body limit and
+/// the error fallbacks.
 pub fn router(
     state: AppState,
     others: impl Fn(&str, MethodFilter) -> Option<MethodRouter<AppState>>,
@@ -141,9 +146,12 @@ pub fn router(
         .fallback(|| async { ApiError::not_found("resource") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .route_layer(middleware::from_fn(audit::identify))
+        // Inside authentication: the bucket is the authenticated caller's.
+        .layer(middleware::from_fn_with_state(state.clone(), limits::layer))
         .layer(middleware::from_fn_with_state(state.clone(), auth::layer))
         // Outside authentication, so that refused writes are audited too.
         .layer(middleware::from_fn_with_state(state.clone(), audit::layer))
+        .layer(middleware::from_fn_with_state(state.clone(), limits::count))
         .layer(middleware::from_fn(context::request_id))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)

@@ -107,6 +107,10 @@ fn response(op: &str, g: &mut SchemaGenerator) -> Success {
             json!({"type": "string", "description": "one JSON event per line"}),
         ),
         "openapi" => Success::Json(200, Schema::from(true)),
+        "metrics" => Success::Other(
+            super::limits::METRICS_CONTENT_TYPE,
+            json!({"type": "string", "description": "OpenMetrics text"}),
+        ),
         _ => Success::NoContent,
     }
 }
@@ -134,10 +138,11 @@ fn snapshot_schema() -> Schema {
 }
 
 /// Routes anyone may call: no credentials (`security: []`).
-const ANONYMOUS: [&str; 3] = [
+const ANONYMOUS: [&str; 4] = [
     "list_version_details",
     "list_specified_version_details",
     "openapi",
+    "metrics",
 ];
 
 /// The schema of a path parameter: the form the handlers accept (anything else is a 404,
@@ -296,6 +301,16 @@ fn responses(method: &str, path: &str, op: &str, body: bool, g: &mut SchemaGener
             r.insert(status.into(), error(description));
         }
     }
+    // Any request, anonymous ones by their source address.
+    let mut limited = error(
+        "a request rate limit, or the back-off after failed authentications: retry after \
+         Retry-After seconds",
+    );
+    limited["headers"] = json!({"Retry-After": {
+        "description": "whole seconds to wait, at least 1",
+        "schema": {"type": "integer", "minimum": 1},
+    }});
+    r.insert("429".into(), limited);
     r.insert("default".into(), error("internal error"));
     Value::Object(r)
 }

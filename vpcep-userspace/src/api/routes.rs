@@ -400,6 +400,13 @@ pub const OPERATIONS: &[(&str, &str, &str, &str, bool)] = &[
         false,
     ),
     ("get", "/openapi.json", "openapi", "This document", false),
+    (
+        "get",
+        "/metrics",
+        "metrics",
+        "The API's Prometheus metrics (OpenMetrics text)",
+        false,
+    ),
 ];
 
 /// The handler of an API operation, on the table's method; `None` for operations served
@@ -451,6 +458,7 @@ pub fn handler(op: &str, method: MethodFilter) -> Option<MethodRouter<AppState>>
         "list_audit_records" => h!(super::audit::list_project),
         "inventory_list_audit_records" => h!(super::audit::list_all),
         "openapi" => h!(openapi::serve),
+        "metrics" => h!(super::limits::metrics),
         other => return i::handler(other, method),
     })
 }

@@ -367,7 +367,15 @@ answer! {
     }
     Nodes { nodes: Vec<NodeView> }
     OpenServices { endpoint_services: Vec<ServiceView> }
-    ProjectQuota { project_id: String, endpoint_service: i64, endpoint: i64 }
+    /// The quotas that apply to a project; `api_rate_per_second` 0 is no limit (and its
+    /// burst 0 then).
+    ProjectQuota {
+        project_id: String,
+        endpoint_service: i64,
+        endpoint: i64,
+        api_rate_per_second: i64,
+        api_rate_burst: i64,
+    }
     /// Audit records, oldest first.
     AuditRecords { audit_records: Vec<crate::store::AuditRecord> }
 }

@@ -418,13 +418,21 @@ pub enum QuotaCmd {
     Show,
     /// The quotas of a project (operator).
     Get { project: String },
-    /// Override the quotas of a project (operator).
+    /// Override the quotas of a project (operator). The override is replaced whole: a
+    /// value not given is the default again.
     Set {
         project: String,
         #[arg(long)]
         endpoint_services: Option<i64>,
         #[arg(long)]
         endpoints: Option<i64>,
+        /// API requests per second each of the project's credentials may sustain
+        /// (0 = no limit).
+        #[arg(long)]
+        api_rate_per_second: Option<i64>,
+        /// Their burst (0 = the rate).
+        #[arg(long)]
+        api_rate_burst: Option<i64>,
     },
 }
 

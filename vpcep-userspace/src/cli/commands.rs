@@ -55,6 +55,8 @@ const PROJECT_QUOTA_COLS: &[Column] = &[
     ("PROJECT", "project_id"),
     ("ENDPOINT_SERVICE", "endpoint_service"),
     ("ENDPOINT", "endpoint"),
+    ("API_RATE", "api_rate_per_second"),
+    ("API_BURST", "api_rate_burst"),
 ];
 const VPC_COLS: &[Column] = &[
     ("ID", "id"),
@@ -650,15 +652,21 @@ async fn quota(c: &Client, cmd: QuotaCmd) -> CliResult<Output> {
             project,
             endpoint_services,
             endpoints,
+            api_rate_per_second,
+            api_rate_burst,
         } => {
-            if endpoint_services.is_none() && endpoints.is_none() {
-                return Err(CliError::Usage(
-                    "give --endpoint-services and/or --endpoints".to_owned(),
-                ));
-            }
             let mut body = Map::new();
             put_opt(&mut body, "endpoint_service", endpoint_services);
             put_opt(&mut body, "endpoint", endpoints);
+            put_opt(&mut body, "api_rate_per_second", api_rate_per_second);
+            put_opt(&mut body, "api_rate_burst", api_rate_burst);
+            if body.is_empty() {
+                return Err(CliError::Usage(
+                    "give --endpoint-services, --endpoints, --api-rate-per-second and/or \
+                     --api-rate-burst"
+                        .to_owned(),
+                ));
+            }
             let v = c
                 .put(
                     &format!("/inventory/quotas/{}", seg(&project)),

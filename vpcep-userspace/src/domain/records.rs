@@ -204,6 +204,14 @@ pub struct QuotaOverride {
     pub project_id: String,
     pub endpoint_service: Option<i64>,
     pub endpoint: Option<i64>,
+    /// API requests per second each of the project's credentials may sustain (0 = no
+    /// limit). Left out of the document when unset, so overrides stored before it read the
+    /// same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_rate_per_second: Option<i64>,
+    /// Their burst (0 = the rate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_rate_burst: Option<i64>,
 }
 
 /// The store's view of a record: kind, id, owning project and the two indexed references

@@ -335,6 +335,8 @@ pub const MAX_WHITELIST: usize = 20;
 pub const MAX_VNI: u32 = (1 << 24) - 1;
 /// Largest per-project quota override.
 pub const MAX_QUOTA: i64 = 100_000;
+/// Largest API request rate (per second) or burst, configured or per project.
+pub const MAX_API_RATE: u32 = 1_000_000;
 
 /// The two limit extension fields of a request.
 pub fn check_limits(conns: Option<i64>, rate: Option<i64>) -> Result<(Option<u32>, Option<u32>)> {

@@ -10,7 +10,7 @@ pub mod quota;
 pub mod services;
 pub mod tags;
 
-pub use self::config::Config;
+pub use self::config::{Config, RequestLimits};
 pub use crate::domain::{Error, Result};
 use crate::store::WriteTx;
 

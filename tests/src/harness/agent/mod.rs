@@ -7,13 +7,13 @@ use std::{path::Path, sync::Arc, time::Duration};
 use reqwest::Method;
 use serde_json::{Value, json};
 use vpcep::{
-    api::{AppState, Config, Credentials, CredentialsFile, auth},
+    api::{AppState, Credentials, CredentialsFile, auth},
     server::app,
     store::Store,
 };
 use xtask::netns::Topology;
 
-use super::{ChildGuard, ControlPlane, Db, eventually, spawn_guarded};
+use super::{ChildGuard, ControlPlane, Db, eventually, spawn_guarded, test_config};
 
 mod maps;
 mod traffic;
@@ -57,7 +57,7 @@ fn credentials() -> Credentials {
 
 /// The control plane, in process, on a fresh SQLite file, with the agent tests' tokens.
 pub async fn control_plane() -> ControlPlane {
-    ControlPlane::start(Db::Sqlite, credentials(), Config::default()).await
+    ControlPlane::start(Db::Sqlite, credentials(), test_config()).await
 }
 
 impl ControlPlane {
@@ -83,7 +83,7 @@ pub struct PortServer {
 
 impl PortServer {
     pub async fn start(port: u16, db_url: &str) -> Self {
-        let config = Config::default();
+        let config = test_config();
         let store = Store::open(db_url, config.feed_retain).await.unwrap();
         let state = AppState::new(store, credentials(), config);
         let shutdown = state.shutdown.clone();
