@@ -97,7 +97,12 @@ pub fn stage() -> Result<()> {
         .args(["--listen", &format!("127.0.0.1:{port}")])
         // A fuzzer sends thousands of requests and bad credentials on purpose: the rate limits
         // and the authentication back-off (tests/api/rate_limits.rs) would answer 429 to most.
-        .args(["--rate-limit-per-second", "0", "--auth-failures-before-backoff", "0"])
+        .args([
+            "--rate-limit-per-second",
+            "0",
+            "--auth-failures-before-backoff",
+            "0",
+        ])
         .arg("--db")
         .arg(format!("sqlite://{}", dir.0.join("vpcep.db").display()))
         .arg("--credentials")
