@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use vpcep::agent::{AgentConfig, run};
 use vpcep_common::endpoint::{EP_ACCEPTED, EP_PERMITTED, EP_SRC_WHITELIST};
 use vpcep_tests::{
-    harness::{ControlPlane, TempDir, agent::*, eventually, free_port},
+    harness::{ControlPlane, Pki, TempDir, agent::*, eventually, free_port},
     require_root,
 };
 
@@ -84,6 +84,10 @@ async fn cli(
         .env_remove("VPCEP_SK")
         .env_remove("VPCEP_PROFILE")
         .env_remove("VPCEP_CONFIG");
+    match pki_of(base) {
+        Some(pki) => cmd.env("VPCEP_CA_FILE", pki.ca_file()),
+        None => cmd.env_remove("VPCEP_CA_FILE"),
+    };
     let out = blocking(move || cmd.output().unwrap()).await;
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
@@ -414,6 +418,110 @@ token = "t"
     )
     .unwrap_err();
     assert!(err.to_string().starts_with("underlay_ip:"), "{err}");
+}
+
+/// The real agent over mutual TLS, refused and refusing with the cause named: a node
+/// certificate for another node or an expired one stop it at start (exit 64, the file and
+/// the reason on stderr); a control-plane certificate its CA did not sign, or a node
+/// certificate from a CA the control plane does not trust, keep it retrying with the reason
+/// in its log and without the endpoint in its maps. Then the right files: it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_refusals_name_their_cause() {
+    require_root!();
+    let topo = topology();
+    let cp = control_plane().await;
+    let base = cp.server.url();
+    let w = world(&base).await;
+    w.create_endpoint(&cp.client(CONSUMER)).await;
+    let pki = cp.pki.clone().unwrap();
+    pki.node(NODE, true);
+    let foreign = Pki::new();
+    foreign.node(NODE, false);
+    let (ours, theirs) = (
+        pki.dir.0.display().to_string(),
+        foreign.dir.0.display().to_string(),
+    );
+    let pins = TempDir::bpffs("agent-mtls");
+    let dir = TempDir::new("agent-mtls");
+    let good = agent_toml(std::slice::from_ref(&base), &topo, &w, &pins.0, free_port());
+    let start = |tag: &str, text: String| {
+        let (cfg, log) = (
+            dir.0.join(format!("{tag}.toml")),
+            dir.0.join(format!("{tag}.log")),
+        );
+        std::fs::write(&cfg, text).unwrap();
+        let out = std::fs::File::create(&log).unwrap();
+        let child = spawn_guarded(
+            std::process::Command::new(vpcep_tests::vpcep_bin())
+                .arg("agent")
+                .arg("--config")
+                .arg(&cfg)
+                .env("RUST_LOG", "info")
+                .stdin(std::process::Stdio::null())
+                .stdout(out.try_clone().unwrap())
+                .stderr(out),
+        );
+        (child, log)
+    };
+    let read = |log: &std::path::Path| std::fs::read_to_string(log).unwrap_or_default();
+    let no_endpoint = || {
+        !pins.0.join(vpcep_common::maps::ENDPOINTS).exists() || endpoints(&pins.0).is_empty()
+    };
+
+    // Checked at start, before the kernel is touched.
+    let own_cert = format!("{ours}/node-{NODE}");
+    for (tag, cert, want) in [
+        ("other-node", format!("{ours}/node-node2"), "is for node \"node2\", not \"node1\""),
+        ("expired", format!("{own_cert}-expired"), "expired at"),
+    ] {
+        let (mut child, log) = start(tag, good.replace(&own_cert, &cert));
+        let mut status = None;
+        for _ in 0..300 {
+            status = child.try_wait().unwrap();
+            if status.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let err = read(&log);
+        assert_eq!(status.and_then(|s| s.code()), Some(64), "{tag}: {err}");
+        assert!(err.contains("cert_file") && err.contains(want), "{tag}: {err}");
+    }
+
+    // Refused on the wire: the agent keeps retrying and says why.
+    let server_ca = pki.ca_file().display().to_string();
+    for (tag, text, want) in [
+        (
+            "wrong-ca",
+            good.replace(&server_ca, &foreign.ca_file().display().to_string()),
+            "check ca_file",
+        ),
+        (
+            "foreign-node-ca",
+            good.replace(&own_cert, &format!("{theirs}/node-{NODE}")),
+            "the control plane refused this client's certificate",
+        ),
+    ] {
+        let (child, log) = start(tag, text);
+        eventually(90, &format!("{tag}: the cause in the agent's log"), || {
+            let text = read(&log);
+            async move { text.contains(want).then_some(()) }
+        })
+        .await;
+        assert!(no_endpoint(), "{tag}: a refused agent programs nothing");
+        drop(child);
+    }
+
+    // The same configuration with its own files: served.
+    let (child, log) = start("good", good.clone());
+    eventually(90, "the endpoint in the maps of the agent with its certificate", || {
+        let ok = !no_endpoint();
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let text = read(&log);
+    assert!(!text.contains("unreachable"), "{text}");
+    drop(child);
 }
 
 /// Waits for a started agent to serve metrics. Generous: under an emulated CPU (the qemu

@@ -42,8 +42,7 @@ fn agent_toml(base: &str, c: &Cluster, i: usize, pins: &Path, port: &str, metric
 node_name = "{}"
 underlay_ip = "{}"
 control_plane = ["{base}"]
-token = "{}"
-pin_dir = "{}"
+{}pin_dir = "{}"
 metrics_address = "127.0.0.1:{metrics}"
 resync_interval_ms = 500
 netns = "{}"
@@ -57,7 +56,7 @@ port_id = "{port}"
 "#,
         node_name(i),
         Cluster::underlay_ip(i),
-        token(i),
+        agent_auth(&[base.to_owned()], &node_name(i), &token(i)),
         pins.display(),
         c.nodes[i].node.name(),
     )

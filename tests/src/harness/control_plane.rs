@@ -1,6 +1,6 @@
 //! The control plane in process: the real API server on a loopback port over a fresh SQLite
 //! file or a throwaway PostgreSQL server.
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use vpcep::{
     api::{Config, Credentials, RequestLimits},
@@ -9,7 +9,7 @@ use vpcep::{
     tls::server::TlsFiles,
 };
 
-use super::{Postgres, TempDir};
+use super::{Pki, Postgres, TempDir};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Db {
@@ -45,6 +45,9 @@ pub struct ControlPlane {
     // Dropped after the server: the database outlives it.
     pg: Option<Postgres>,
     dir: TempDir,
+    /// The CA and certificates of a control plane over HTTPS started with one (see
+    /// [`ControlPlane::start_mtls`]); removed with it.
+    pub pki: Option<Arc<Pki>>,
 }
 
 impl ControlPlane {
@@ -60,6 +63,14 @@ impl ControlPlane {
         tls: TlsFiles,
     ) -> Self {
         Self::start_with(db, credentials, config, Some(tls)).await
+    }
+
+    /// Over mutual TLS with the certificates of `pki` (the server's, and its CA for the
+    /// nodes), which the control plane keeps.
+    pub async fn start_mtls(db: Db, credentials: Credentials, config: Config, pki: Pki) -> Self {
+        let mut cp = Self::start_tls(db, credentials, config, pki.server_files()).await;
+        cp.pki = Some(Arc::new(pki));
+        cp
     }
 
     async fn start_with(
@@ -85,6 +96,7 @@ impl ControlPlane {
             store,
             pg,
             dir,
+            pki: None,
         }
     }
 

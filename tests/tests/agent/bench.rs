@@ -69,7 +69,7 @@ async fn convergence_report() {
     let changes = env("VPCEP_BENCH_CHANGES", 1000);
     let sims = env("VPCEP_BENCH_AGENTS", 100);
     let topo = Arc::new(topology());
-    let cp = control_plane().await;
+    let cp = control_plane_plain().await;
     let base = cp.server.url();
     let w = world_with(&base, true).await;
     let pins = TempDir::bpffs("agent-bench");
@@ -321,7 +321,7 @@ async fn resync_report() {
     let endpoints_n = env("VPCEP_BENCH_ENDPOINTS", 10_000);
     let bin = vpcep_tests::vpcep_bin();
     let topo = Arc::new(topology());
-    let cp = control_plane().await;
+    let cp = control_plane_plain().await;
     let base = cp.server.url();
     let w = world_with(&base, true).await;
     let op = cp.client(OPERATOR);

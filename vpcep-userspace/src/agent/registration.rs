@@ -62,7 +62,9 @@ async fn register_nic(cfg: &AgentConfig, base: &str, n: &NicConfig) {
             tracing::warn!(iface = %n.iface, port_id = %n.port_id, status, body = %text, "registering the NIC")
         }
         Err(e) => {
-            tracing::warn!(iface = %n.iface, port_id = %n.port_id, error = %crate::tls::chain(&e), "registering the NIC")
+            let chain = crate::tls::chain(&e);
+            let hint = crate::tls::hint(&chain).unwrap_or("");
+            tracing::warn!(iface = %n.iface, port_id = %n.port_id, error = %format!("{chain}{hint}"), "registering the NIC")
         }
     }
 }

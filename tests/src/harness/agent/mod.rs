@@ -1,8 +1,13 @@
-//! The agent tests' world: an in-process control plane on a fresh SQLite file with
-//! token-authenticated JSON calls, the API objects and namespaces of the design's first
-//! topology, the agent's configuration, traffic through the endpoint, and readers of the
-//! agent's pinned maps.
-use std::{path::Path, sync::Arc, time::Duration};
+//! The agent tests' world: an in-process control plane over mutual TLS on a fresh SQLite
+//! file with token-authenticated JSON calls, the API objects and namespaces of the design's
+//! first topology, the agent's configuration (its node certificate, or its token where the
+//! control plane is plain HTTP), traffic through the endpoint, and readers of the agent's
+//! pinned maps.
+use std::{
+    path::Path,
+    sync::{Arc, Mutex, Weak},
+    time::Duration,
+};
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -13,7 +18,7 @@ use vpcep::{
 };
 use xtask::netns::Topology;
 
-use super::{ChildGuard, ControlPlane, Db, eventually, spawn_guarded, test_config};
+use super::{ChildGuard, ControlPlane, Db, Pki, eventually, spawn_guarded, test_config};
 
 mod maps;
 mod traffic;
@@ -55,8 +60,43 @@ fn credentials() -> Credentials {
     Credentials::new(f)
 }
 
-/// The control plane, in process, on a fresh SQLite file, with the agent tests' tokens.
+/// The nodes with a certificate from the agent tests' CA (and a token each as well).
+const CERT_NODES: [&str; 4] = ["node1", "node2", "node3", "node4"];
+
+/// The CA of each HTTPS control plane of this process, by URL, for the clients that the
+/// helpers below make from a URL alone; weak, so the files go with the control plane.
+static CAS: Mutex<Vec<(String, Weak<Pki>)>> = Mutex::new(Vec::new());
+
+/// The PKI of the control plane at `base`, while it runs.
+pub fn pki_of(base: &str) -> Option<Arc<Pki>> {
+    let mut cas = CAS.lock().unwrap();
+    cas.retain(|(_, w)| w.strong_count() > 0);
+    cas.iter()
+        .rev()
+        .find(|(url, _)| url == base)
+        .and_then(|(_, w)| w.upgrade())
+}
+
+/// The control plane, in process, on a fresh SQLite file, over mutual TLS: its own CA, a
+/// server certificate and node certificates for node1–node4; tenant and operator tokens as
+/// before.
 pub async fn control_plane() -> ControlPlane {
+    let pki = Pki::new();
+    for node in CERT_NODES {
+        pki.node(node, false);
+    }
+    let cp = ControlPlane::start_mtls(Db::Sqlite, credentials(), test_config(), pki).await;
+    if let Some(pki) = &cp.pki {
+        CAS.lock()
+            .unwrap()
+            .push((cp.server.url(), Arc::downgrade(pki)));
+    }
+    cp
+}
+
+/// As [`control_plane`] over plain HTTP (agents by token), for the benchmarks whose
+/// baseline figures were measured so.
+pub async fn control_plane_plain() -> ControlPlane {
     ControlPlane::start(Db::Sqlite, credentials(), test_config()).await
 }
 
@@ -66,11 +106,39 @@ impl ControlPlane {
     }
 }
 
+/// A token client of `base`, trusting its CA when it is one of [`control_plane`]'s.
 pub fn api(base: &str, token: &str) -> Api {
+    let http = match pki_of(base) {
+        Some(pki) => pki.client().builder().unwrap().build().unwrap(),
+        None => reqwest::Client::new(),
+    };
     Api {
         base: base.to_owned(),
         token: token.to_owned(),
-        http: reqwest::Client::new(),
+        http,
+    }
+}
+
+/// How the agent of `node` authenticates to the first of `urls` that is one of
+/// [`control_plane`]'s, as agent configuration lines: the CA, and the node's certificate
+/// and key; else (plain HTTP) its token.
+pub fn agent_auth(urls: &[String], node: &str, token: &str) -> String {
+    let pki = urls.iter().find_map(|u| pki_of(u));
+    match pki {
+        Some(pki) if CERT_NODES.contains(&node) => {
+            let dir = &pki.dir.0;
+            format!(
+                "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+                pki.ca_file().display(),
+                dir.join(format!("node-{node}.pem")).display(),
+                dir.join(format!("node-{node}-key.pem")).display(),
+            )
+        }
+        Some(pki) => format!(
+            "ca_file = \"{}\"\ntoken = \"{token}\"\n",
+            pki.ca_file().display()
+        ),
+        None => format!("token = \"{token}\"\n"),
     }
 }
 
@@ -331,8 +399,7 @@ pub fn agent_toml(
 node_name = "{NODE}"
 underlay_ip = "192.0.2.1"
 control_plane = {urls:?}
-token = "{AGENT}"
-pin_dir = "{}"
+{}pin_dir = "{}"
 metrics_address = "127.0.0.1:{metrics}"
 resync_interval_ms = 300
 netns = "{}"
@@ -357,6 +424,7 @@ mac = "{C_MAC}"
 iface = "tapb"
 port_id = "{}"
 "#,
+        agent_auth(urls, NODE, AGENT),
         pin_dir.display(),
         topo.node.name(),
         w.consumer_port,
