@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use vpcep::agent::{AgentConfig, run};
 use vpcep_common::endpoint::{EP_ACCEPTED, EP_PERMITTED, EP_SRC_WHITELIST};
 use vpcep_tests::{
-    harness::{ControlPlane, Pki, TempDir, agent::*, eventually, free_port},
+    harness::{ControlPlane, Pki, TempDir, agent::*, eventually, free_port, spawn_guarded},
     require_root,
 };
 
@@ -464,14 +464,17 @@ async fn mutual_tls_refusals_name_their_cause() {
         (child, log)
     };
     let read = |log: &std::path::Path| std::fs::read_to_string(log).unwrap_or_default();
-    let no_endpoint = || {
-        !pins.0.join(vpcep_common::maps::ENDPOINTS).exists() || endpoints(&pins.0).is_empty()
-    };
+    let no_endpoint =
+        || !pins.0.join(vpcep_common::maps::ENDPOINTS).exists() || endpoints(&pins.0).is_empty();
 
     // Checked at start, before the kernel is touched.
     let own_cert = format!("{ours}/node-{NODE}");
     for (tag, cert, want) in [
-        ("other-node", format!("{ours}/node-node2"), "is for node \"node2\", not \"node1\""),
+        (
+            "other-node",
+            format!("{ours}/node-node2"),
+            "is for node \"node2\", not \"node1\"",
+        ),
         ("expired", format!("{own_cert}-expired"), "expired at"),
     ] {
         let (mut child, log) = start(tag, good.replace(&own_cert, &cert));
@@ -485,7 +488,10 @@ async fn mutual_tls_refusals_name_their_cause() {
         }
         let err = read(&log);
         assert_eq!(status.and_then(|s| s.code()), Some(64), "{tag}: {err}");
-        assert!(err.contains("cert_file") && err.contains(want), "{tag}: {err}");
+        assert!(
+            err.contains("cert_file") && err.contains(want),
+            "{tag}: {err}"
+        );
     }
 
     // Refused on the wire: the agent keeps retrying and says why.
@@ -514,10 +520,14 @@ async fn mutual_tls_refusals_name_their_cause() {
 
     // The same configuration with its own files: served.
     let (child, log) = start("good", good.clone());
-    eventually(90, "the endpoint in the maps of the agent with its certificate", || {
-        let ok = !no_endpoint();
-        async move { ok.then_some(()) }
-    })
+    eventually(
+        90,
+        "the endpoint in the maps of the agent with its certificate",
+        || {
+            let ok = !no_endpoint();
+            async move { ok.then_some(()) }
+        },
+    )
     .await;
     let text = read(&log);
     assert!(!text.contains("unreachable"), "{text}");
