@@ -154,7 +154,7 @@ async fn cli_story_through_the_agent_and_kernel() {
     let pins = TempDir::bpffs("agent-test");
     let metrics_port = free_port();
     // A dead control-plane URL first: the agent moves on to the next one.
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    let dead = format!("https://127.0.0.1:{}", free_port());
     let cfg = AgentConfig::parse(&agent_toml(
         &[dead, cp.server.url()],
         &topo,
