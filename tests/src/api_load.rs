@@ -1,8 +1,12 @@
 //! API load generator (`cargo xtask bench api`, and the smoke test in tests/tests/api): starts
-//! an in-process server on the given database, prepares a provider/consumer set-up, then measures signed reads and writes from
-//! concurrent clients over loopback HTTP in the same process.
+//! two in-process servers on the given database, one over plain HTTP and one over HTTPS
+//! (mutual TLS offered, as a control plane with agents runs), prepares a provider/consumer
+//! set-up, then measures signed reads and writes from concurrent clients over loopback,
+//! alternating between the two so that both see the same machine and database; and the
+//! TLS handshakes per second against plain TCP connects.
 use std::{
     fmt,
+    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -18,7 +22,7 @@ use vpcep::{
     store::{Store, StoreError},
 };
 
-use crate::harness::test_config;
+use crate::harness::{Pki, test_config};
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -38,6 +42,10 @@ pub enum BenchError {
     Serve(#[from] ServeError),
     #[error("HTTP request failed")]
     Http(#[from] reqwest::Error),
+    #[error("TLS client set-up failed")]
+    Tls(#[from] vpcep::tls::TlsError),
+    #[error("connecting to the server failed")]
+    Connect(#[from] std::io::Error),
     #[error("set-up request {what} failed with {status}: {body}")]
     Setup {
         what: &'static str,
@@ -56,31 +64,73 @@ pub struct Stats {
     pub p99: Duration,
 }
 
-#[derive(Debug, Clone)]
-pub struct Report {
-    pub backend: String,
-    pub concurrency: usize,
+/// Reads and writes over one transport.
+#[derive(Debug, Clone, Default)]
+pub struct Transport {
     pub reads: Stats,
     pub writes: Stats,
 }
 
+/// New connections per second from the clients: plain TCP connects, and full TLS
+/// handshakes (no session resumption) to the HTTPS server.
+#[derive(Debug, Clone, Default)]
+pub struct Handshakes {
+    pub tcp_per_sec: f64,
+    pub tls_per_sec: f64,
+    pub tls_version: String,
+    pub errors: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub backend: String,
+    pub concurrency: usize,
+    pub plain: Transport,
+    pub tls: Transport,
+    pub handshakes: Handshakes,
+}
+
+impl Report {
+    /// What TLS costs in reads/s, in percent of plain HTTP's (negative: TLS was faster).
+    pub fn tls_read_cost(&self) -> f64 {
+        100.0 * (1.0 - self.tls.reads.per_sec / self.plain.reads.per_sec.max(f64::MIN_POSITIVE))
+    }
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (name, s) in [("reads", &self.reads), ("writes", &self.writes)] {
-            writeln!(
-                f,
-                "{:<10} {:<6} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  ({} requests, {} errors, {} clients)",
-                self.backend,
-                name,
-                s.per_sec,
-                s.p50.as_secs_f64() * 1e3,
-                s.p99.as_secs_f64() * 1e3,
-                s.requests,
-                s.errors,
-                self.concurrency,
-            )?;
+        for (name, t) in [("http", &self.plain), ("https", &self.tls)] {
+            for (kind, s) in [("reads", &t.reads), ("writes", &t.writes)] {
+                writeln!(
+                    f,
+                    "{:<10} {:<5} {:<6} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  ({} requests, {} errors, {} clients)",
+                    self.backend,
+                    name,
+                    kind,
+                    s.per_sec,
+                    s.p50.as_secs_f64() * 1e3,
+                    s.p99.as_secs_f64() * 1e3,
+                    s.requests,
+                    s.errors,
+                    self.concurrency,
+                )?;
+            }
         }
-        Ok(())
+        let write_cost = 100.0
+            * (1.0 - self.tls.writes.per_sec / self.plain.writes.per_sec.max(f64::MIN_POSITIVE));
+        writeln!(
+            f,
+            "{:<10} TLS costs {:.1} % of reads/s and {:.1} % of writes/s (keep-alive; target: reads <= 10 %)",
+            self.backend,
+            self.tls_read_cost(),
+            write_cost,
+        )?;
+        let h = &self.handshakes;
+        writeln!(
+            f,
+            "{:<10} new connections: {:.0} full {} handshakes/s, {:.0} TCP connects/s ({} clients, {} errors)",
+            self.backend, h.tls_per_sec, h.tls_version, h.tcp_per_sec, self.concurrency, h.errors,
+        )
     }
 }
 
@@ -189,17 +239,30 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
         quota_endpoints: 1_000_000,
         ..test_config()
     };
-    let server = Server::start(store, credentials(), config).await?;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(opts.concurrency.max(1))
-        .build()?;
-    let client = |project: &str| Client {
-        http: http.clone(),
-        base: server.url(),
-        host: server.addr.to_string(),
-        project: project.to_owned(),
+    let pki = Pki::new();
+    let server = Server::start(store.clone(), credentials(), config.clone()).await?;
+    let tls_server = Server::start_tls(store, credentials(), config, pki.server_files()).await?;
+    let pool =
+        |b: reqwest::ClientBuilder| b.pool_max_idle_per_host(opts.concurrency.max(1)).build();
+    let (http, https) = (
+        pool(reqwest::Client::builder())?,
+        pool(pki.client().builder()?)?,
+    );
+    let client = |project: &str, tls: bool| {
+        let s = if tls { &tls_server } else { &server };
+        Client {
+            http: if tls { https.clone() } else { http.clone() },
+            base: s.url(),
+            host: s.addr.to_string(),
+            project: project.to_owned(),
+        }
     };
-    let (op, provider, consumer) = (client(""), client("provider"), client("consumer"));
+    let (op, provider, consumer) = (
+        client("", false),
+        client("provider", false),
+        client("consumer", false),
+    );
+    let over = |tls: bool| (client("provider", tls), client("consumer", tls));
 
     // Set-up: one node, provider VPC + backend NIC, consumer VPC with a /16 subnet.
     op.must(
@@ -298,86 +361,245 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
     }
     let eps = Arc::new(eps);
 
-    // Reads: show endpoint, list endpoints (page of 10), show service.
-    let reads = phase(opts, {
-        let consumer = consumer.clone();
-        let provider = provider.clone();
-        let eps = eps.clone();
-        let sid = sid.clone();
-        move |i: usize| {
-            let (c, p, eps, sid) = (consumer.clone(), provider.clone(), eps.clone(), sid.clone());
-            async move {
-                let (status, _) = match i % 3 {
-                    0 => {
-                        c.send(
-                            "GET",
-                            &format!("/v1/consumer/vpc-endpoints/{}", eps[i % eps.len()]),
-                            None,
-                        )
-                        .await?
-                    }
-                    1 => {
-                        c.send("GET", "/v1/consumer/vpc-endpoints?limit=10", None)
-                            .await?
-                    }
-                    _ => {
-                        p.send(
-                            "GET",
-                            &format!("/v1/provider/vpc-endpoint-services/{sid}"),
-                            None,
-                        )
-                        .await?
-                    }
-                };
-                Ok(vec![status])
-            }
+    // Each transport's phases in rounds, alternating, so that a change in the machine's load
+    // during the run falls on both.
+    const ROUNDS: u32 = 2;
+    let round = opts.duration / ROUNDS;
+    let (mut plain, mut tls) = (Samples::default(), Samples::default());
+    for _ in 0..ROUNDS {
+        for (t, out) in [(false, &mut plain), (true, &mut tls)] {
+            let (p, c) = over(t);
+            out.reads
+                .add(reads(opts, round, p, c, eps.clone(), sid.clone()).await?);
         }
-    })
-    .await?;
-
-    // Writes: create an endpoint (address assignment, quota and whitelist checks), delete it.
-    let writes = phase(opts, {
-        let consumer = consumer.clone();
-        move |_i: usize| {
-            let (c, body) = (consumer.clone(), ep_body.clone());
-            async move {
-                let (s1, e) = c
-                    .send("POST", "/v1/consumer/vpc-endpoints", Some(&body))
-                    .await?;
-                let mut out = vec![s1];
-                if s1 < 300 {
-                    let (s2, _) = c
-                        .send(
-                            "DELETE",
-                            &format!("/v1/consumer/vpc-endpoints/{}", id(&e)),
-                            None,
-                        )
-                        .await?;
-                    out.push(s2);
-                }
-                Ok(out)
-            }
+    }
+    for _ in 0..ROUNDS {
+        for (t, out) in [(false, &mut plain), (true, &mut tls)] {
+            let (_, c) = over(t);
+            out.writes
+                .add(writes(opts, round, c, ep_body.clone()).await?);
         }
-    })
-    .await?;
+    }
+    let handshakes = handshakes(opts, tls_server.addr, &pki).await?;
+    drop(tls_server);
     drop(server);
     Ok(Report {
         backend,
         concurrency: opts.concurrency,
-        reads,
-        writes,
+        plain: plain.stats(),
+        tls: tls.stats(),
+        handshakes,
     })
 }
 
-/// Runs `op` from `concurrency` workers for `duration`; each call returns the statuses of
+/// Show endpoint, list endpoints (page of 10), show service.
+async fn reads(
+    opts: &BenchOptions,
+    length: Duration,
+    provider: Client,
+    consumer: Client,
+    eps: Arc<Vec<String>>,
+    sid: String,
+) -> Result<Sample, BenchError> {
+    phase(opts, length, move |i: usize| {
+        let (c, p, eps, sid) = (consumer.clone(), provider.clone(), eps.clone(), sid.clone());
+        async move {
+            let (status, _) = match i % 3 {
+                0 => {
+                    c.send(
+                        "GET",
+                        &format!("/v1/consumer/vpc-endpoints/{}", eps[i % eps.len()]),
+                        None,
+                    )
+                    .await?
+                }
+                1 => {
+                    c.send("GET", "/v1/consumer/vpc-endpoints?limit=10", None)
+                        .await?
+                }
+                _ => {
+                    p.send(
+                        "GET",
+                        &format!("/v1/provider/vpc-endpoint-services/{sid}"),
+                        None,
+                    )
+                    .await?
+                }
+            };
+            Ok(vec![status])
+        }
+    })
+    .await
+}
+
+/// Create an endpoint (address assignment, quota and whitelist checks), delete it.
+async fn writes(
+    opts: &BenchOptions,
+    length: Duration,
+    consumer: Client,
+    body: Arc<Value>,
+) -> Result<Sample, BenchError> {
+    phase(opts, length, move |_i: usize| {
+        let (c, body) = (consumer.clone(), body.clone());
+        async move {
+            let (s1, e) = c
+                .send("POST", "/v1/consumer/vpc-endpoints", Some(&body))
+                .await?;
+            let mut out = vec![s1];
+            if s1 < 300 {
+                let (s2, _) = c
+                    .send(
+                        "DELETE",
+                        &format!("/v1/consumer/vpc-endpoints/{}", id(&e)),
+                        None,
+                    )
+                    .await?;
+                out.push(s2);
+            }
+            Ok(out)
+        }
+    })
+    .await
+}
+
+/// TCP connects, then full TLS handshakes (a client config without resumption, so each
+/// one costs the server its key exchange and signature), from `concurrency` clients for a
+/// few seconds each; every connection is closed at once.
+async fn handshakes(
+    opts: &BenchOptions,
+    addr: SocketAddr,
+    pki: &Pki,
+) -> Result<Handshakes, BenchError> {
+    use rustls::{ClientConfig, RootCertStore, client::Resumption};
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    let length = opts.duration.min(Duration::from_secs(3));
+    let mut roots = RootCertStore::empty();
+    let io = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
+    for cert in CertificateDer::pem_file_iter(pki.ca_file()).map_err(|e| io(&e))? {
+        roots.add(cert.map_err(|e| io(&e))?).map_err(|e| io(&e))?;
+    }
+    let mut config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| io(&e))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.resumption = Resumption::disabled();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+    let version = Arc::new(std::sync::Mutex::new(String::new()));
+    let count = |tls: bool| {
+        let (connector, name, version) = (connector.clone(), name.clone(), version.clone());
+        async move {
+            let deadline = Instant::now() + length;
+            let start = Instant::now();
+            let mut tasks = Vec::new();
+            for _ in 0..opts.concurrency.max(1) {
+                let (connector, name, version) = (connector.clone(), name.clone(), version.clone());
+                tasks.push(tokio::spawn(async move {
+                    let (mut done, mut errors) = (0usize, 0usize);
+                    while Instant::now() < deadline {
+                        let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else {
+                            errors += 1;
+                            continue;
+                        };
+                        if !tls {
+                            done += 1;
+                            continue;
+                        }
+                        match connector.connect(name.clone(), tcp).await {
+                            Ok(s) => {
+                                done += 1;
+                                if let Some(v) = s.get_ref().1.protocol_version() {
+                                    if let Ok(mut g) = version.lock() {
+                                        *g = format!("{v:?}");
+                                    }
+                                }
+                            }
+                            Err(_) => errors += 1,
+                        }
+                    }
+                    (done, errors)
+                }));
+            }
+            let (mut done, mut errors) = (0, 0);
+            for t in tasks {
+                if let Ok((d, e)) = t.await {
+                    done += d;
+                    errors += e;
+                }
+            }
+            (done as f64 / start.elapsed().as_secs_f64(), errors)
+        }
+    };
+    let (tcp_per_sec, e1) = count(false).await;
+    let (tls_per_sec, e2) = count(true).await;
+    let tls_version = version.lock().map(|v| v.clone()).unwrap_or_default();
+    Ok(Handshakes {
+        tcp_per_sec,
+        tls_per_sec,
+        tls_version,
+        errors: e1 + e2,
+    })
+}
+
+/// The latencies and errors of one or more runs of a phase, and the time they took.
+#[derive(Debug, Default)]
+struct Sample {
+    lat: Vec<Duration>,
+    errors: usize,
+    elapsed: Duration,
+}
+
+impl Sample {
+    fn add(&mut self, other: Sample) {
+        self.lat.extend(other.lat);
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+    }
+
+    fn stats(mut self) -> Stats {
+        self.lat.sort();
+        let lat = &self.lat;
+        let pct = |p: f64| {
+            lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or_default()
+        };
+        Stats {
+            requests: lat.len(),
+            errors: self.errors,
+            per_sec: lat.len() as f64 / self.elapsed.as_secs_f64().max(f64::MIN_POSITIVE),
+            p50: pct(0.50),
+            p99: pct(0.99),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Samples {
+    reads: Sample,
+    writes: Sample,
+}
+
+impl Samples {
+    fn stats(self) -> Transport {
+        Transport {
+            reads: self.reads.stats(),
+            writes: self.writes.stats(),
+        }
+    }
+}
+
+/// Runs `op` from `concurrency` workers for `length`; each call returns the statuses of
 /// the requests it made, timed together and split evenly.
-async fn phase<F, Fut>(opts: &BenchOptions, op: F) -> Result<Stats, BenchError>
+async fn phase<F, Fut>(opts: &BenchOptions, length: Duration, op: F) -> Result<Sample, BenchError>
 where
     F: Fn(usize) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<Vec<u16>, BenchError>> + Send,
 {
     let start = Instant::now();
-    let deadline = start + opts.duration;
+    let deadline = start + length;
     let mut tasks = Vec::new();
     for w in 0..opts.concurrency.max(1) {
         let op = op.clone();
@@ -400,27 +622,14 @@ where
             Ok::<_, BenchError>((lat, errors))
         }));
     }
-    let mut lat = Vec::new();
-    let mut errors = 0;
+    let mut sample = Sample::default();
     for t in tasks {
         if let Ok(r) = t.await {
             let (l, e) = r?;
-            lat.extend(l);
-            errors += e;
+            sample.lat.extend(l);
+            sample.errors += e;
         }
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    lat.sort();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
-    Ok(Stats {
-        requests: lat.len(),
-        errors,
-        per_sec: lat.len() as f64 / elapsed,
-        p50: pct(0.50),
-        p99: pct(0.99),
-    })
+    sample.elapsed = start.elapsed();
+    Ok(sample)
 }

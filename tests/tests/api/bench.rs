@@ -1,5 +1,6 @@
-//! The API load generator: a short smoke run on each database (no errors, sane numbers), and
-//! an ignored full run that prints the report (`-- --ignored --nocapture`, in release).
+//! The API load generator: a short smoke run on each database (no errors over HTTP and
+//! HTTPS, sane numbers), and an ignored full run that prints the report (`-- --ignored
+//! --nocapture`, in release).
 use std::time::Duration;
 
 use vpcep_tests::api_load::{BenchOptions, Report, run};
@@ -28,10 +29,16 @@ both!(bench_smoke);
 
 async fn bench_smoke(db: Db) {
     let r = bench(db, 1, 4).await;
-    assert_eq!(r.reads.errors, 0);
-    assert_eq!(r.writes.errors, 0);
-    assert!(r.reads.requests > 0 && r.writes.requests > 0);
-    assert!(r.reads.p50 <= r.reads.p99);
+    for t in [&r.plain, &r.tls] {
+        assert_eq!(t.reads.errors, 0);
+        assert_eq!(t.writes.errors, 0);
+        assert!(t.reads.requests > 0 && t.writes.requests > 0);
+        assert!(t.reads.p50 <= t.reads.p99);
+    }
+    let h = &r.handshakes;
+    assert_eq!(h.errors, 0);
+    assert!(h.tls_per_sec > 0.0 && h.tcp_per_sec > 0.0, "{h:?}");
+    assert_eq!(h.tls_version, "TLSv1_3");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -122,7 +122,7 @@ pub fn run(what: BenchKind, opts: &Options) -> Result<()> {
     }
     if want(BenchKind::Api) {
         println!(
-            "== api: requests/s and latency, SQLite then PostgreSQL (load generator in-process)"
+            "== api: requests/s and latency over HTTP and HTTPS (same run, alternating), SQLite then PostgreSQL; TLS handshakes/s (load generator in-process)"
         );
         report_test("api", "bench_report")?;
     }
