@@ -510,10 +510,10 @@ async fn handshakes(
                         match connector.connect(name.clone(), tcp).await {
                             Ok(s) => {
                                 done += 1;
-                                if let Some(v) = s.get_ref().1.protocol_version() {
-                                    if let Ok(mut g) = version.lock() {
-                                        *g = format!("{v:?}");
-                                    }
+                                if let Some(v) = s.get_ref().1.protocol_version()
+                                    && let Ok(mut g) = version.lock()
+                                {
+                                    *g = format!("{v:?}");
                                 }
                             }
                             Err(_) => errors += 1,
