@@ -361,9 +361,10 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
     }
     let eps = Arc::new(eps);
 
-    // Each transport's phases in rounds, alternating, so that a change in the machine's load
-    // during the run falls on both.
-    const ROUNDS: u32 = 2;
+    // Each transport's phases in short rounds, alternating, so that a change in the
+    // machine's load during the run falls on both: two identical plain servers measured so
+    // differ by up to 10 % with 2 rounds of 3 s (docs/benchmarks.md).
+    const ROUNDS: u32 = 5;
     let round = opts.duration / ROUNDS;
     let (mut plain, mut tls) = (Samples::default(), Samples::default());
     for _ in 0..ROUNDS {

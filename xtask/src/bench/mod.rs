@@ -135,8 +135,9 @@ fn report_test(test: &str, filter: &str) -> Result<()> {
         .args([
             "test",
             "--release",
-            "--package",
-            "vpcep-tests",
+            // The workspace's feature resolution, as `cargo xtask test` builds: nothing to
+            // rebuild after it.
+            "--workspace",
             "--test",
             test,
         ])
