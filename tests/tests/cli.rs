@@ -1366,6 +1366,12 @@ async fn hashed_tokens_in_a_private_credentials_file() {
     }
 }
 
+/// The id in a command's `-o json` answer.
+fn id_of(r: &Run) -> String {
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    v["id"].as_str().unwrap().to_owned()
+}
+
 /// No secret in the control plane's log at TRACE level (every crate), in the CLI's output,
 /// in error answers, in the feed or in the audit trail, after a run that uses every kind of
 /// credential, correct and wrong, over TLS with a node certificate.
@@ -1470,57 +1476,57 @@ async fn no_secret_in_logs_answers_or_the_feed() {
         true,
     )
     .await;
-    let vpc = run(
-        &operator,
-        &[
-            "vpc",
-            "create",
-            "--owner",
-            "proj-r",
-            "--cidr",
-            "10.9.0.0/24",
-            "-o",
-            "json",
-        ],
-        true,
-    )
-    .await;
-    let vpc: Value = serde_json::from_str(&vpc.stdout).unwrap();
-    let vpc = vpc["id"].as_str().unwrap().to_owned();
-    let subnet = run(
-        &operator,
-        &[
-            "subnet",
-            "create",
-            "--vpc-id",
-            &vpc,
-            "--cidr",
-            "10.9.0.0/24",
-            "-o",
-            "json",
-        ],
-        true,
-    )
-    .await;
-    let subnet: Value = serde_json::from_str(&subnet.stdout).unwrap();
-    let subnet = subnet["id"].as_str().unwrap().to_owned();
-    let nic = run(
-        &operator,
-        &[
-            "port",
-            "create",
-            "--subnet-id",
-            &subnet,
-            "--node",
-            "node-r",
-            "-o",
-            "json",
-        ],
-        true,
-    )
-    .await;
-    let nic: Value = serde_json::from_str(&nic.stdout).unwrap();
-    let nic = nic["id"].as_str().unwrap().to_owned();
+    let vpc = id_of(
+        &run(
+            &operator,
+            &[
+                "vpc",
+                "create",
+                "--owner",
+                "proj-r",
+                "--cidr",
+                "10.9.0.0/24",
+                "-o",
+                "json",
+            ],
+            true,
+        )
+        .await,
+    );
+    let subnet = id_of(
+        &run(
+            &operator,
+            &[
+                "subnet",
+                "create",
+                "--vpc-id",
+                &vpc,
+                "--cidr",
+                "10.9.0.0/24",
+                "-o",
+                "json",
+            ],
+            true,
+        )
+        .await,
+    );
+    let nic = id_of(
+        &run(
+            &operator,
+            &[
+                "port",
+                "create",
+                "--subnet-id",
+                &subnet,
+                "--node",
+                "node-r",
+                "-o",
+                "json",
+            ],
+            true,
+        )
+        .await,
+    );
     // Signed writes, good and refused; a wrong SK; unknown and tenant tokens.
     run(
         &signed,
