@@ -261,7 +261,12 @@ fn bench(n: &Nics) {
                 consumer_ifindex: n.c,
                 backend_mac: B_MAC,
                 consumer_mac: C_MAC,
-                _pad: [0; 4],
+                pp_isn: 0,
+                pp_len: 0,
+                pp_mode: 0,
+                pp_sent: 0,
+                pp_acked: 0,
+                _pad: [0; 3],
             },
         )
         .unwrap();

@@ -58,7 +58,8 @@ pub fn node(port_lo: u16, port_hi: u16) -> NodeConfig {
         port_lo,
         port_hi,
         vmac: VMAC,
-        _pad: [0; 2],
+        toa_kind: 0,
+        _pad: 0,
         timeouts: Timeouts::default(),
     }
 }

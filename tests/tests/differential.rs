@@ -78,7 +78,8 @@ fn random_model(rng: &mut Rng, nics: &Nics, round: u32) -> Model {
         } else {
             [2, 0xfe, 0, 0, 0, 1]
         },
-        _pad: [0; 2],
+        toa_kind: 0,
+        _pad: 0,
         timeouts: Timeouts {
             tcp_syn: 1 + rng.below(100) as u32,
             tcp_established: 1 + rng.below(100) as u32,

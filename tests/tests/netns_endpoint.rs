@@ -66,7 +66,8 @@ fn world(accepted: bool, offload: bool) -> World {
         port_lo: 20000,
         port_hi: 60000,
         vmac: VMAC,
-        _pad: [0; 2],
+        toa_kind: 0,
+        _pad: 0,
         timeouts: Timeouts::default(),
     })
     .unwrap();

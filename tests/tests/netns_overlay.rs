@@ -70,7 +70,8 @@ fn node_dp(c: &Cluster, i: usize, vm_if: &str) -> Dataplane {
         port_lo: 20000,
         port_hi: 60000,
         vmac: VMAC,
-        _pad: [0; 2],
+        toa_kind: 0,
+        _pad: 0,
         timeouts: Timeouts::default(),
     })
     .unwrap();

@@ -117,6 +117,31 @@ pub const TCP_PROXY_CLOSE: u8 = 0;
 pub const TCP_PROXY_TOA_OPEN: u8 = 1;
 pub const TCP_PROXY_PROXY_OPEN: u8 = 2;
 pub const TCP_PROXY_OPEN: u8 = 3;
+pub const TCP_PROXY_PROXY_VNI: u8 = 4;
+/// The mode in a `tcp_proxy` byte (the high bit is the header placement).
+pub const TCP_PROXY_MODE_MASK: u8 = 0x7f;
+/// In `Service::tcp_proxy`: the PROXY header goes before the first data segment of the
+/// client instead of on the ACK that completes the handshake (the default, which also
+/// works for protocols where the server speaks first).
+pub const TCP_PROXY_F_FIRST_DATA: u8 = 0x80;
+
+/// The mode sends a PROXY protocol v2 header.
+#[inline(always)]
+pub const fn proxy_header_mode(tcp_proxy: u8) -> bool {
+    matches!(
+        tcp_proxy & TCP_PROXY_MODE_MASK,
+        TCP_PROXY_PROXY_OPEN | TCP_PROXY_OPEN | TCP_PROXY_PROXY_VNI
+    )
+}
+
+/// The mode adds the TOA option.
+#[inline(always)]
+pub const fn toa_mode(tcp_proxy: u8) -> bool {
+    matches!(
+        tcp_proxy & TCP_PROXY_MODE_MASK,
+        TCP_PROXY_TOA_OPEN | TCP_PROXY_OPEN
+    )
+}
 
 /// Value of `SERVICES` (key: service id).
 #[repr(C)]
@@ -131,7 +156,8 @@ pub struct Service {
     pub backend_mac: [u8; ETH_ALEN],
     /// `SVC_LOCAL` or `SVC_REMOTE`.
     pub location: u8,
-    /// `TCP_PROXY_*`; stored for the proxy-protocol feature, not used by the fast path yet.
+    /// `TCP_PROXY_*`, with `TCP_PROXY_F_FIRST_DATA`: what new TCP flows tell the backend
+    /// about their consumer (`proxy.rs`). Flows keep the mode they started with.
     pub tcp_proxy: u8,
 }
 const _: () = assert!(size_of::<Service>() == 24);
@@ -158,7 +184,10 @@ pub struct NodeConfig {
     pub port_hi: u16,
     /// The MAC that answers ARP for endpoints and gateways, and sources translated frames.
     pub vmac: [u8; ETH_ALEN],
-    pub _pad: [u8; 2],
+    /// TCP option kind of TOA; 0 = [`TOA_KIND_DEFAULT`] (some vendors' modules read 200
+    /// or 252).
+    pub toa_kind: u8,
+    pub _pad: u8,
     pub timeouts: Timeouts,
 }
 const _: () = assert!(size_of::<NodeConfig>() == 16 + size_of::<Timeouts>());
@@ -335,9 +364,215 @@ pub struct FlowEntry {
     pub consumer_ifindex: u32,
     pub backend_mac: [u8; ETH_ALEN],
     pub consumer_mac: [u8; ETH_ALEN],
-    pub _pad: [u8; 4],
+    /// tcp_proxy: the client's first stream sequence number (its SYN's + 1), where the
+    /// PROXY header goes: the correction position of the sequence adjustment.
+    pub pp_isn: u32,
+    /// Length of the PROXY header this flow inserts (0: none).
+    pub pp_len: u16,
+    /// The service's `tcp_proxy` when the flow was opened.
+    pub pp_mode: u8,
+    /// Written by the consumer direction only: `PP_SENT_*`.
+    pub pp_sent: u8,
+    /// Written by the backend direction only: `PP_ACKED_*` bits.
+    pub pp_acked: u8,
+    pub _pad: [u8; 3],
 }
-const _: () = assert!(size_of::<FlowEntry>() == 88);
+const _: () = assert!(size_of::<FlowEntry>() == 96);
+
+/// `FlowEntry::pp_sent`: the header went out on a segment without data (first-ACK
+/// placement); the client's first data follows it unchanged but shifted.
+pub const PP_SENT_ALONE: u8 = 1;
+/// The first data segment went past (with the header, or after it).
+pub const PP_SENT_DATA: u8 = 2;
+/// `FlowEntry::pp_acked`: the backend acknowledged stream bytes past the correction
+/// position (TOA is no longer added).
+pub const PP_ACKED_ANY: u8 = 1;
+/// The backend acknowledged the whole PROXY header (it is never sent again).
+pub const PP_ACKED_HEADER: u8 = 2;
+
+pub const TOA_KIND_DEFAULT: u8 = 254;
+pub const TOA_LEN: u16 = 8;
+
+/// True when `a` comes after `b` in sequence space (modulo 2³²).
+#[inline(always)]
+pub const fn seq_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+/// The sequence adjustment of `nf_conntrack_seqadj`, for a stream into which `len` bytes
+/// were inserted at `pos` (the client's first sequence number): the offset is 0 before the
+/// correction position and `len` after it. A segment starting exactly at `pos` is
+/// shifted once the header is ahead of it (`inserted`).
+#[inline(always)]
+pub const fn adjust_seq(seq: u32, pos: u32, len: u16, inserted: bool) -> u32 {
+    if seq_after(seq, pos) || seq == pos && inserted {
+        seq.wrapping_add(len as u32)
+    } else {
+        seq
+    }
+}
+
+/// The backend's acknowledgement number (or SACK edge) `ack` in the client's sequence
+/// space: past the header it is `len` lower; inside the header it is the correction
+/// position (the client's first byte is not acknowledged yet).
+#[inline(always)]
+pub const fn unadjust_ack(ack: u32, pos: u32, len: u16) -> u32 {
+    let end = pos.wrapping_add(len as u32);
+    if !seq_after(end, ack) {
+        ack.wrapping_sub(len as u32)
+    } else if seq_after(ack, pos) {
+        pos
+    } else {
+        ack
+    }
+}
+
+/// PROXY protocol v2 TLV type of vpcep's own TLVs, in the custom range 0xE0–0xEF (AWS uses
+/// 0xEA, Azure 0xEE, GCP 0xE0, Alibaba 0xE1). The first value byte is a subtype.
+pub const PP2_TYPE_VPCEP: u8 = 0xEC;
+/// Subtype: the endpoint id (ASCII).
+pub const PP2_VPCEP_ENDPOINT_ID: u8 = 0x01;
+/// Subtype: the endpoint's marker id (u32, network order).
+pub const PP2_VPCEP_MARKER_ID: u8 = 0x02;
+/// Subtype: the consumer VPC's id (ASCII).
+pub const PP2_VPCEP_VPC_ID: u8 = 0x03;
+/// Subtype: the consumer VPC's VNI (u32, network order); `proxy_vni` only.
+pub const PP2_VPCEP_VNI: u8 = 0x04;
+pub const PP2_TYPE_NOOP: u8 = 0x04;
+pub const PP2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+/// Signature, version/command, family, length, IPv4 addresses and ports.
+pub const PP2_FIXED_LEN: usize = 28;
+/// Room for TLVs in a [`ProxyTemplate`].
+pub const PP2_TLV_MAX: usize = 156;
+
+/// Value of `PROXY_TEMPLATES` (index: endpoint id): the TLVs of the endpoint's PROXY
+/// header, built by the agent; the program writes the fixed part (addresses and ports of
+/// the flow) in front of them. Both lengths are multiples of 4, for `bpf_csum_diff`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProxyTemplate {
+    /// TLV bytes for `proxy_open`/`open` (everything but the VNI TLV, which is last).
+    pub tlv_len: u16,
+    /// TLV bytes for `proxy_vni` (with the VNI TLV).
+    pub tlv_len_vni: u16,
+    pub tlv: [u8; PP2_TLV_MAX],
+}
+const _: () = assert!(size_of::<ProxyTemplate>() == 160);
+
+impl Default for ProxyTemplate {
+    fn default() -> Self {
+        Self {
+            tlv_len: 0,
+            tlv_len_vni: 0,
+            tlv: [0; PP2_TLV_MAX],
+        }
+    }
+}
+
+impl ProxyTemplate {
+    /// The TLVs of an endpoint: endpoint id, marker id, consumer VPC id, NOOP padding to a
+    /// multiple of 4, then the VNI. `None` if the ids do not fit.
+    pub fn new(endpoint_id: &str, marker_id: u32, vpc_id: &str, vni: u32) -> Option<Self> {
+        let mut t = Self::default();
+        let mut n = 0usize;
+        n = t.put(
+            n,
+            PP2_TYPE_VPCEP,
+            Some(PP2_VPCEP_ENDPOINT_ID),
+            endpoint_id.as_bytes(),
+        )?;
+        n = t.put(
+            n,
+            PP2_TYPE_VPCEP,
+            Some(PP2_VPCEP_MARKER_ID),
+            &marker_id.to_be_bytes(),
+        )?;
+        n = t.put(n, PP2_TYPE_VPCEP, Some(PP2_VPCEP_VPC_ID), vpc_id.as_bytes())?;
+        // The fixed part is 28 bytes (a multiple of 4); a NOOP TLV is at least 3 bytes.
+        let pad = match (PP2_FIXED_LEN + n) % 4 {
+            0 => None,
+            1 => Some(0),
+            2 => Some(3),
+            _ => Some(2),
+        };
+        if let Some(p) = pad {
+            n = t.put(n, PP2_TYPE_NOOP, None, &[0u8; 3][..p])?;
+        }
+        t.tlv_len = n as u16;
+        n = t.put(n, PP2_TYPE_VPCEP, Some(PP2_VPCEP_VNI), &vni.to_be_bytes())?;
+        t.tlv_len_vni = n as u16;
+        Some(t)
+    }
+
+    /// Writes one TLV at `n`; returns the end, or `None` when it does not fit.
+    fn put(&mut self, n: usize, typ: u8, sub: Option<u8>, data: &[u8]) -> Option<usize> {
+        let vlen = data.len() + sub.is_some() as usize;
+        if n + 3 + vlen > PP2_TLV_MAX {
+            return None;
+        }
+        self.tlv[n] = typ;
+        self.tlv[n + 1..n + 3].copy_from_slice(&(vlen as u16).to_be_bytes());
+        let mut at = n + 3;
+        if let Some(s) = sub {
+            self.tlv[at] = s;
+            at += 1;
+        }
+        self.tlv[at..at + data.len()].copy_from_slice(data);
+        Some(at + data.len())
+    }
+
+    /// The header length for a flow of mode `tcp_proxy` (0 when the mode sends none).
+    pub const fn header_len(&self, tcp_proxy: u8) -> u16 {
+        if !proxy_header_mode(tcp_proxy) || self.tlv_len == 0 {
+            0
+        } else if tcp_proxy & TCP_PROXY_MODE_MASK == TCP_PROXY_PROXY_VNI {
+            PP2_FIXED_LEN as u16 + self.tlv_len_vni
+        } else {
+            PP2_FIXED_LEN as u16 + self.tlv_len
+        }
+    }
+}
+
+/// The fixed part of a PROXY v2 header for a TCP over IPv4 connection from `src:sport` to
+/// `dst:dport` (network-order values as loaded) followed by `tlv_len` bytes of TLVs.
+#[inline(always)]
+pub const fn pp2_fixed(
+    tlv_len: u16,
+    src_be: u32,
+    dst_be: u32,
+    sport_be: u16,
+    dport_be: u16,
+) -> [u8; PP2_FIXED_LEN] {
+    let mut h = [0u8; PP2_FIXED_LEN];
+    let mut i = 0;
+    while i < 12 {
+        h[i] = PP2_SIGNATURE[i];
+        i += 1;
+    }
+    // Version 2, PROXY; AF_INET, STREAM.
+    h[12] = 0x21;
+    h[13] = 0x11;
+    let l = (12 + tlv_len).to_be_bytes();
+    h[14] = l[0];
+    h[15] = l[1];
+    let s = src_be.to_ne_bytes();
+    let d = dst_be.to_ne_bytes();
+    let sp = sport_be.to_ne_bytes();
+    let dp = dport_be.to_ne_bytes();
+    h[16] = s[0];
+    h[17] = s[1];
+    h[18] = s[2];
+    h[19] = s[3];
+    h[20] = d[0];
+    h[21] = d[1];
+    h[22] = d[2];
+    h[23] = d[3];
+    h[24] = sp[0];
+    h[25] = sp[1];
+    h[26] = dp[0];
+    h[27] = dp[1];
+    h
+}
 
 impl FlowEntry {
     /// The conntrack state the bits amount to.
@@ -508,6 +743,7 @@ crate::pod!(
     GcRequest,
     TunnelConfig,
     LocalAddr,
+    ProxyTemplate,
 );
 
 /// True when `ip_be` is inside 198.19.128.0/17.

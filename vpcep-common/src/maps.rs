@@ -27,7 +27,7 @@ pub const CFG_TUNNEL: u32 = 1;
 pub const SNAT_OWNERS: &str = "VPCEP_SNAT_OWNERS_V1";
 /// Hash (not LRU: nothing live is ever evicted) [`crate::endpoint::FlowKey`] →
 /// [`crate::endpoint::FlowEntry`].
-pub const CT_FWD: &str = "VPCEP_CT_FWD_V3";
+pub const CT_FWD: &str = "VPCEP_CT_FWD_V4";
 /// Hash [`crate::endpoint::RevKey`] → [`crate::endpoint::RevEntry`]: the SNAT port claims.
 pub const CT_REV: &str = "VPCEP_CT_REV_V2";
 /// Endpoint id → [`crate::endpoint::EndpointFlows`] (live flows, new flows this second).
@@ -43,6 +43,11 @@ pub const EP_STATS: &str = "VPCEP_EP_STATS_V1";
 pub const TUNNEL: &str = "VPCEP_TUNNEL_V2";
 /// (VNI, VM address) [`crate::endpoint::EndpointKey`] → [`crate::endpoint::LocalAddr`].
 pub const LOCAL_ADDRS: &str = "VPCEP_LOCAL_ADDRS_V1";
+
+/// Endpoint id → [`crate::endpoint::ProxyTemplate`]: the TLVs of its PROXY header.
+pub const PROXY_TEMPLATES: &str = "VPCEP_PROXY_TEMPLATES_V1";
+/// Per-CPU tcp_proxy event counters ([`crate::stats::proxy_event_index`]).
+pub const PROXY_STATS: &str = "VPCEP_PROXY_STATS_V1";
 
 /// Every map the userspace expects in the object file.
 pub const ALL_MAPS: &[&str] = &[
@@ -63,6 +68,8 @@ pub const ALL_MAPS: &[&str] = &[
     FLOW_SEQ,
     GC_REQUEST,
     CONFIG_SLOT,
+    PROXY_TEMPLATES,
+    PROXY_STATS,
 ];
 
 pub const MAX_LOCAL_NICS: u32 = 4096;

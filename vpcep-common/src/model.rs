@@ -789,7 +789,12 @@ impl Model {
                 consumer_ifindex: ifindex,
                 backend_mac: svc.backend_mac,
                 consumer_mac: nic.mac,
-                _pad: [0; 4],
+                pp_isn: 0,
+                pp_len: 0,
+                pp_mode: 0,
+                pp_sent: 0,
+                pp_acked: 0,
+                _pad: [0; 3],
             },
         );
         rewrite(

@@ -180,6 +180,74 @@ reasons! {
     DropFlowRevoked = 50 => "drop_flow_revoked", true;
     /// Tunnel: a packet from a SNAT address that did not come from the node owning it.
     DropTunnelNotOwner = 51 => "drop_tunnel_not_owner", true;
+    /// tcp_proxy: the PROXY header or TOA could not be inserted (a first segment too large
+    /// to move or a GSO train at the correction position, a missing template, a helper
+    /// failure). The client retransmits, then one segment at a time.
+    DropProxyInsert = 52 => "drop_proxy_insert", true;
+}
+
+/// tcp_proxy events, counted per mode (`PROXY_STATS`, per CPU) besides the verdicts.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyEvent {
+    /// The PROXY header went out for the first time.
+    HeaderSent = 0,
+    /// The header went out again (unacknowledged, at the correction position).
+    HeaderResent = 1,
+    /// A client sequence number was shifted.
+    SeqAdjusted = 2,
+    /// A backend acknowledgement number was shifted back.
+    AckAdjusted = 3,
+    /// SACK edges of a backend segment were shifted back.
+    SackAdjusted = 4,
+    /// The TOA option was added.
+    ToaInserted = 5,
+    /// TOA gave way: the option space was full, or the segment was a GSO train.
+    ToaNoRoom = 6,
+    /// A segment that must carry the header was too large to rewrite (dropped, counted
+    /// under `drop_proxy_insert`).
+    DropTooBig = 7,
+    /// A header mode without the endpoint's template: the flow sends no header.
+    NoTemplate = 8,
+}
+
+impl ProxyEvent {
+    pub const ALL: [ProxyEvent; 9] = [
+        ProxyEvent::HeaderSent,
+        ProxyEvent::HeaderResent,
+        ProxyEvent::SeqAdjusted,
+        ProxyEvent::AckAdjusted,
+        ProxyEvent::SackAdjusted,
+        ProxyEvent::ToaInserted,
+        ProxyEvent::ToaNoRoom,
+        ProxyEvent::DropTooBig,
+        ProxyEvent::NoTemplate,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            ProxyEvent::HeaderSent => "header_sent",
+            ProxyEvent::HeaderResent => "header_resent",
+            ProxyEvent::SeqAdjusted => "seq_adjusted",
+            ProxyEvent::AckAdjusted => "ack_adjusted",
+            ProxyEvent::SackAdjusted => "sack_adjusted",
+            ProxyEvent::ToaInserted => "toa_inserted",
+            ProxyEvent::ToaNoRoom => "toa_no_room",
+            ProxyEvent::DropTooBig => "drop_too_big",
+            ProxyEvent::NoTemplate => "no_template",
+        }
+    }
+}
+
+/// Event slots per mode, and modes (`TCP_PROXY_*` without the placement bit).
+pub const PROXY_EVENT_SLOTS: u32 = 16;
+pub const PROXY_MODES: u32 = 8;
+pub const PROXY_STATS_ENTRIES: u32 = PROXY_EVENT_SLOTS * PROXY_MODES;
+
+/// `PROXY_STATS` index of an event of a flow of mode `tcp_proxy`.
+#[inline(always)]
+pub const fn proxy_event_index(tcp_proxy: u8, e: ProxyEvent) -> u32 {
+    (tcp_proxy as u32 & (PROXY_MODES - 1)) * PROXY_EVENT_SLOTS + e as u32
 }
 
 const _: () = {

@@ -22,6 +22,8 @@ mod nat;
 #[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
+mod proxy;
+#[cfg(target_arch = "bpf")]
 mod stats;
 #[cfg(target_arch = "bpf")]
 mod tunnel;

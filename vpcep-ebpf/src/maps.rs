@@ -6,14 +6,14 @@ use aya_ebpf::{
 use vpcep_common::{
     endpoint::{
         Endpoint, EndpointCounters, EndpointFlows, EndpointKey, FlowEntry, FlowKey, GcRequest,
-        LocalAddr, LocalNic, NodeConfig, PortKey, PortTarget, RevEntry, RevKey, Service,
-        TunnelConfig, WhitelistKey,
+        LocalAddr, LocalNic, NodeConfig, PortKey, PortTarget, ProxyTemplate, RevEntry, RevKey,
+        Service, TunnelConfig, WhitelistKey,
     },
     maps::{
         MAX_ENDPOINTS, MAX_FLOWS, MAX_LOCAL_NICS, MAX_NODES, MAX_PORT_MAPPINGS, MAX_SERVICES,
         MAX_WHITELIST_RULES,
     },
-    stats::{Counter, STATS_ENTRIES},
+    stats::{Counter, PROXY_STATS_ENTRIES, STATS_ENTRIES},
 };
 
 #[map(name = "VPCEP_STATS_V2")]
@@ -44,7 +44,7 @@ pub static CONFIG_SLOT: Array<u32> = Array::with_max_entries(2, 0);
 #[map(name = "VPCEP_SNAT_OWNERS_V1")]
 pub static SNAT_OWNERS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_NODES, 0);
 
-#[map(name = "VPCEP_CT_FWD_V3")]
+#[map(name = "VPCEP_CT_FWD_V4")]
 pub static CT_FWD: HashMap<FlowKey, FlowEntry> = HashMap::with_max_entries(MAX_FLOWS, 0);
 
 #[map(name = "VPCEP_CT_REV_V2")]
@@ -104,3 +104,20 @@ pub fn tunnel() -> Option<*const TunnelConfig> {
 #[map(name = "VPCEP_LOCAL_ADDRS_V1")]
 pub static LOCAL_ADDRS: HashMap<EndpointKey, LocalAddr> =
     HashMap::with_max_entries(MAX_LOCAL_NICS, 0);
+
+#[map(name = "VPCEP_PROXY_TEMPLATES_V1")]
+pub static PROXY_TEMPLATES: Array<ProxyTemplate> = Array::with_max_entries(MAX_ENDPOINTS, 0);
+
+#[map(name = "VPCEP_PROXY_STATS_V1")]
+pub static PROXY_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROXY_STATS_ENTRIES, 0);
+
+/// Per-CPU scratch space of tcp_proxy: the bytes inserted into a segment, and its
+/// payload while it is moved behind them.
+#[repr(C)]
+pub struct ProxyScratch {
+    pub ins: [u8; 256],
+    pub payload: [u8; 2048],
+}
+
+#[map(name = "VPCEP_PROXY_SCRATCH_V1")]
+pub static PROXY_SCRATCH: PerCpuArray<ProxyScratch> = PerCpuArray::with_max_entries(1, 0);

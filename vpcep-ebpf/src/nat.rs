@@ -29,10 +29,14 @@ use crate::{
         CT_FWD, CT_REV, ENDPOINTS, PORT_MAP, SCRATCH_CLAIM, SCRATCH_FLOW, SERVICES, SRC_WHITELIST,
     },
     parse::{Frame, Ipv4Packet, TCP_ACK, TCP_SYN},
-    stats,
+    proxy, stats,
     tunnel::{self, Peer},
 };
 use vpcep_common::csum;
+
+/// MSS of a 1500-byte MTU: what a local backend's SYN-ACK is clamped from when tcp_proxy
+/// inserts bytes into the client's segments.
+const LOCAL_MSS: u16 = 1460;
 
 /// Consumer-side checks that need no conntrack state (shared with the XDP early-drop
 /// path). Returns the server port.
@@ -281,6 +285,16 @@ fn forward_inner(
     fe.consumer_ifindex = ifindex;
     fe.backend_mac = svc.backend_mac;
     fe.consumer_mac = nic.mac;
+    if pkt.proto == IPPROTO_TCP && svc.tcp_proxy != 0 {
+        let seq = proxy::syn_seq(ctx, pkt.l4)?;
+        proxy::open(fe, svc.tcp_proxy, seq);
+    } else {
+        fe.pp_mode = 0;
+        fe.pp_len = 0;
+        fe.pp_isn = 0;
+        fe.pp_sent = 0;
+        fe.pp_acked = 0;
+    }
     open_flow(&key, fe, ep, node, now)?;
     let rev = fe.rev;
     rewrite(
@@ -364,6 +378,9 @@ fn established_inner(
         &e.backend_mac,
         &node.vmac,
     )?;
+    if e.pp_mode != 0 && pkt.proto == IPPROTO_TCP {
+        proxy::forward(ctx, pkt, e)?;
+    }
     if let Some(t) = overlay {
         tunnel::encap(ctx, e.remote_node_be, e.backend_vpc_id)?;
         tunnel::clamp_mss(ctx, pkt, tunnel::mss(&t))?;
@@ -557,6 +574,12 @@ pub fn reverse(
         return Err(Reason::DropCtBusy);
     }
     track(e, pkt, true);
+    let insert = if e.pp_mode != 0 && pkt.proto == IPPROTO_TCP {
+        proxy::reverse(ctx, pkt, e)?;
+        proxy::max_insert(e)
+    } else {
+        0
+    };
     let (out, mac) = (e.consumer_ifindex, e.consumer_mac);
     stats::endpoint(e.endpoint_id, ctx.len() as u64, 0);
     rewrite(
@@ -569,8 +592,13 @@ pub fn reverse(
         &mac,
         &node.vmac,
     )?;
-    if let Some(p) = peer {
-        tunnel::clamp_mss(ctx, pkt, p.mss)?;
+    // The client's segments must fit the path with what tcp_proxy inserts into them.
+    let mss = match peer {
+        Some(p) => p.mss,
+        None => LOCAL_MSS,
+    };
+    if peer.is_some() || insert != 0 {
+        tunnel::clamp_mss(ctx, pkt, mss - insert)?;
     }
     Ok((Reason::RevReply, out))
 }

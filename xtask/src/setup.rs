@@ -23,6 +23,8 @@ const PACKAGES: &[&str] = &[
     "nftables",
     "iperf3",
     "socat",
+    // The tcp_proxy tests' backend that reads PROXY protocol headers.
+    "haproxy",
     "postgresql",
     "gcc-aarch64-linux-gnu",
     "libc6-dev-arm64-cross",

@@ -14,9 +14,10 @@ use serde_json::Value;
 use vpcep_common::{
     endpoint::{
         EP_ACCEPTED, EP_PERMITTED, EP_SRC_WHITELIST, EP_TOMBSTONE, Endpoint, EndpointKey, Fnv,
-        IPPROTO_TCP, IPPROTO_UDP, LocalNic, NodeConfig, PortKey, PortTarget, SVC_LOCAL, SVC_REMOTE,
-        Service, TCP_PROXY_CLOSE, TCP_PROXY_OPEN, TCP_PROXY_PROXY_OPEN, TCP_PROXY_TOA_OPEN,
-        Timeouts, in_snat_range, service_epoch,
+        IPPROTO_TCP, IPPROTO_UDP, LocalNic, NodeConfig, PortKey, PortTarget, ProxyTemplate,
+        SVC_LOCAL, SVC_REMOTE, Service, TCP_PROXY_CLOSE, TCP_PROXY_F_FIRST_DATA, TCP_PROXY_OPEN,
+        TCP_PROXY_PROXY_OPEN, TCP_PROXY_PROXY_VNI, TCP_PROXY_TOA_OPEN, Timeouts, in_snat_range,
+        proxy_header_mode, service_epoch,
     },
     maps::{MAX_ENDPOINTS, MAX_SERVICES},
 };
@@ -65,6 +66,10 @@ struct ServiceRec {
     ip: String,
     ports: Vec<PortMapping>,
     tcp_proxy: String,
+    /// Where the PROXY header goes: `on_first_ack` (absent: the default) or
+    /// `on_first_data`.
+    #[serde(default)]
+    proxy_header_placement: Option<String>,
     /// The default limits of the service's endpoints (0 = none); absent in documents
     /// written before limits existed.
     #[serde(default)]
@@ -327,6 +332,8 @@ pub struct Desired {
     /// (endpoint id, source address be, prefix length).
     pub sources: BTreeSet<(u32, u32, u32)>,
     pub endpoints: BTreeMap<EndpointKey, Endpoint>,
+    /// Endpoint id → the TLVs of its PROXY header, for endpoints of services that send one.
+    pub proxy_templates: BTreeMap<u32, ProxyTemplate>,
     /// Local NICs (ifindex) that are the backend of an available service: the only VMs the
     /// overlay delivers to.
     pub backend_nics: BTreeSet<u32>,
@@ -432,12 +439,18 @@ fn cidr(s: &str) -> Option<(u32, u32)> {
     Some((be(net.network()), u32::from(net.prefix())))
 }
 
-fn tcp_proxy(s: &str) -> u8 {
-    match s {
+fn tcp_proxy(s: &str, placement: Option<&str>) -> u8 {
+    let mode = match s {
         "toa_open" => TCP_PROXY_TOA_OPEN,
-        "proxy_open" | "proxy_vni" => TCP_PROXY_PROXY_OPEN,
+        "proxy_open" => TCP_PROXY_PROXY_OPEN,
+        "proxy_vni" => TCP_PROXY_PROXY_VNI,
         "open" => TCP_PROXY_OPEN,
         _ => TCP_PROXY_CLOSE,
+    };
+    if mode != TCP_PROXY_CLOSE && placement == Some("on_first_data") {
+        mode | TCP_PROXY_F_FIRST_DATA
+    } else {
+        mode
     }
 }
 
@@ -487,7 +500,8 @@ fn node_config(state: &FeedState, local: &Local) -> Option<NodeConfig> {
         port_lo: local.snat_ports.0,
         port_hi: local.snat_ports.1,
         vmac: local.vmac,
-        _pad: [0; 2],
+        toa_kind: 0,
+        _pad: 0,
         timeouts: local.timeouts,
     })
 }
@@ -611,7 +625,7 @@ impl Ctx<'_> {
             remote_node_be: remote,
             backend_mac,
             location,
-            tcp_proxy: tcp_proxy(&svc.tcp_proxy),
+            tcp_proxy: tcp_proxy(&svc.tcp_proxy, svc.proxy_header_placement.as_deref()),
         })
     }
 
@@ -677,6 +691,14 @@ impl Ctx<'_> {
             }
         }
         let epoch = endpoint_epoch(svc_epoch, ep.enable_whitelist.then_some(&rules));
+        if proxy_header_mode(service.tcp_proxy) {
+            match ProxyTemplate::new(ep_id, marker_id, &ep.vpc_id, ep_vni) {
+                Some(t) => {
+                    d.proxy_templates.insert(endpoint_id, t);
+                }
+                None => tracing::warn!(endpoint = %ep_id, "ids too long for a PROXY header"),
+            }
+        }
         d.endpoints.insert(
             EndpointKey {
                 vpc_id: ep_vni,

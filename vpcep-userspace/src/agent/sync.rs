@@ -90,6 +90,8 @@ impl Syncer {
             ports: dp.ports()?.into_iter().collect(),
             sources: dp.sources()?.into_iter().collect(),
             endpoints: dp.endpoints()?.into_iter().collect(),
+            // An array indexed by endpoint id: rewritten whole by the next apply.
+            proxy_templates: BTreeMap::new(),
             // Not a map of its own: `LOCAL_ADDRS` (read below) is what it shapes.
             backend_nics: BTreeSet::new(),
         };
@@ -140,6 +142,13 @@ impl Syncer {
             sh.sources.remove(&r);
             *d += 1;
         }
+        // A new flow reads its endpoint's template: it is there before the endpoint.
+        put_changed(
+            &mut sh.proxy_templates,
+            &want.proxy_templates,
+            &mut n.puts,
+            |k, v| dp.set_proxy_template(k, v),
+        )?;
         put_changed(&mut sh.endpoints, &want.endpoints, &mut n.puts, |k, v| {
             dp.set_endpoint(k, v)
         })?;

@@ -313,7 +313,8 @@ impl MapConfig {
             port_lo: lo,
             port_hi: hi,
             vmac: parse_mac("node.vmac", &n.vmac)?,
-            _pad: [0; 2],
+            toa_kind: 0,
+            _pad: 0,
             timeouts: n
                 .timeouts
                 .as_ref()

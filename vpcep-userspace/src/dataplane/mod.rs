@@ -28,11 +28,11 @@ use aya::{
 use vpcep_common::{
     endpoint::{
         Endpoint, EndpointCounters, EndpointFlows, EndpointKey, FlowEntry, FlowKey, GC_BATCH,
-        GcRequest, LocalAddr, LocalNic, NodeConfig, PortKey, PortTarget, RevEntry, RevKey, Service,
-        TunnelConfig, WhitelistKey,
+        GcRequest, LocalAddr, LocalNic, NodeConfig, PortKey, PortTarget, ProxyTemplate, RevEntry,
+        RevKey, Service, TCP_PROXY_MODE_MASK, TunnelConfig, WhitelistKey,
     },
     maps,
-    stats::{Counter, Hook, Reason, stats_index},
+    stats::{Counter, Hook, ProxyEvent, Reason, proxy_event_index, stats_index},
 };
 
 /// The eBPF object built by this crate's build script (empty under `AYA_BUILD_SKIP=1`).
@@ -923,6 +923,31 @@ impl Dataplane {
             packets: a.packets + c.packets,
             bytes: a.bytes + c.bytes,
         }))
+    }
+
+    /// The TLVs of endpoint `endpoint_id`'s PROXY header (tcp_proxy).
+    pub fn set_proxy_template(
+        &mut self,
+        endpoint_id: u32,
+        t: ProxyTemplate,
+    ) -> Result<(), DataplaneError> {
+        self.array_set(maps::PROXY_TEMPLATES, endpoint_id, t)
+    }
+
+    /// tcp_proxy events of flows of mode `tcp_proxy` (the placement bit ignored), summed
+    /// over CPUs.
+    pub fn proxy_event(&self, tcp_proxy: u8, e: ProxyEvent) -> Result<u64, DataplaneError> {
+        let name = maps::PROXY_STATS;
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        let array: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
+        let values = array
+            .get(&proxy_event_index(tcp_proxy & TCP_PROXY_MODE_MASK, e), 0)
+            .map_err(|source| DataplaneError::Map { name, source })?;
+        Ok(values.iter().sum())
     }
 
     /// Per-endpoint counters summed over CPUs.

@@ -1,0 +1,747 @@
+//! tcp_proxy with real traffic: two consumers in overlapping VPCs (both 10.0.0.2, VPCs 1
+//! and 4) reach one backend (10.0.0.5, VPC 2) through their endpoints (10.0.0.100 each).
+//! The backend runs haproxy from Debian with `accept-proxy`, which answers with the source
+//! and destination it read from the PROXY header, and a Rust server that decodes the header
+//! and its TLVs with the `ppp` crate. TOA is read from a capture at the backend.
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+use ppp::v2;
+use sha2::{Digest, Sha256};
+use vpcep::dataplane::{Dataplane, Mode};
+use vpcep_common::{endpoint::*, stats::ProxyEvent};
+use vpcep_tests::{
+    fastpath::{be, set_web_ports},
+    harness::{TempDir, process::spawn_guarded},
+    require_root,
+};
+use xtask::netns::Topology;
+
+const A_MAC: &str = "02:00:00:00:00:02";
+const B_MAC: &str = "02:00:00:00:00:03";
+const S_MAC: &str = "02:00:00:00:00:05";
+const VMAC: [u8; 6] = [0x02, 0xfe, 0, 0, 0, 1];
+const EP_A: &str = "5f0c1d4e-0a1b-4c2d-8e3f-000000000007";
+const EP_B: &str = "5f0c1d4e-0a1b-4c2d-8e3f-000000000008";
+const VPC_A: &str = "9a8b7c6d-1111-4222-8333-0000000000a1";
+const VPC_B: &str = "9a8b7c6d-1111-4222-8333-0000000000a4";
+
+struct World {
+    topo: Topology,
+    dp: Dataplane,
+}
+
+fn mac(s: &str) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    for (i, p) in s.split(':').enumerate() {
+        m[i] = u8::from_str_radix(p, 16).unwrap();
+    }
+    m
+}
+
+/// The topology with service 3 in mode `tcp_proxy`; `offload` = the consumers' checksum
+/// offload (CHECKSUM_PARTIAL) on.
+fn world(tcp_proxy: u8, offload: bool) -> World {
+    let mut topo = Topology::new().unwrap();
+    topo.add_vm("tapa", "10.0.0.2/24", A_MAC).unwrap();
+    topo.add_vm("tapb", "10.0.0.2/24", B_MAC).unwrap();
+    topo.add_vm("taps", "10.0.0.5/24", S_MAC).unwrap();
+    topo.vms[2]
+        .ns
+        .ip(&["route", "add", "default", "via", "10.0.0.1"])
+        .unwrap();
+    if !offload {
+        for vm in &topo.vms[..2] {
+            vm.ns.exec("ethtool", &["-K", "eth0", "tx", "off"]).unwrap();
+        }
+    }
+    let ifs: Vec<u32> = ["tapa", "tapb", "taps"]
+        .iter()
+        .map(|n| topo.node.ifindex(n).unwrap())
+        .collect();
+    let mut dp = topo
+        .node
+        .run(|| -> anyhow::Result<Dataplane> {
+            let mut dp = Dataplane::load()?;
+            for n in ["tapa", "tapb", "taps"] {
+                dp.attach(n, Mode::Tc)?;
+            }
+            Ok(dp)
+        })
+        .unwrap()
+        .unwrap();
+    dp.set_node(NodeConfig {
+        snat_ip_be: be([198, 19, 128, 10]),
+        port_lo: 20000,
+        port_hi: 60000,
+        vmac: VMAC,
+        toa_kind: 0,
+        _pad: 0,
+        timeouts: Timeouts::default(),
+    })
+    .unwrap();
+    let nic = |vpc_id, ip, m| LocalNic {
+        vpc_id,
+        ip_be: be(ip),
+        gateway_be: be([10, 0, 0, 1]),
+        mac: mac(m),
+        _pad: [0; 2],
+    };
+    dp.set_local_nic(ifs[0], nic(1, [10, 0, 0, 2], A_MAC))
+        .unwrap();
+    dp.set_local_nic(ifs[1], nic(4, [10, 0, 0, 2], B_MAC))
+        .unwrap();
+    dp.set_local_nic(ifs[2], nic(2, [10, 0, 0, 5], S_MAC))
+        .unwrap();
+    dp.set_service(
+        3,
+        Service {
+            backend_ip_be: be([10, 0, 0, 5]),
+            backend_vpc_id: 2,
+            ifindex: ifs[2],
+            remote_node_be: 0,
+            backend_mac: mac(S_MAC),
+            location: SVC_LOCAL,
+            tcp_proxy,
+        },
+    )
+    .unwrap();
+    set_web_ports(&mut dp, 3);
+    // haproxy's port, and the banner server's.
+    for (client, server) in [(8081u16, 81u16), (2222, 22)] {
+        dp.set_port(
+            vpcep_tests::fastpath::port(3, client, IPPROTO_TCP),
+            PortTarget {
+                server_port_be: server.to_be(),
+                _pad: 0,
+            },
+        )
+        .unwrap();
+    }
+    for (vpc, id, marker, ep, vpc_id) in [(1, 7, 1007, EP_A, VPC_A), (4, 8, 1008, EP_B, VPC_B)] {
+        dp.set_proxy_template(id, ProxyTemplate::new(ep, marker, vpc_id, vpc).unwrap())
+            .unwrap();
+        dp.set_endpoint(
+            EndpointKey {
+                vpc_id: vpc,
+                ip_be: be([10, 0, 0, 100]),
+            },
+            Endpoint {
+                endpoint_id: id,
+                service_id: 3,
+                marker_id: marker,
+                flags: EP_PERMITTED | EP_ACCEPTED,
+                epoch: 0,
+                generation: 1,
+                ..Endpoint::default()
+            },
+        )
+        .unwrap();
+    }
+    World { topo, dp }
+}
+
+/// What the Rust backend read from a PROXY header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    src: SocketAddr,
+    dst: SocketAddr,
+    endpoint_id: String,
+    marker_id: u32,
+    vpc_id: String,
+    vni: Option<u32>,
+}
+
+/// Reads and decodes a PROXY v2 header from `s` with the `ppp` crate.
+fn read_header(s: &mut TcpStream) -> Result<Seen, String> {
+    let mut fixed = [0u8; 16];
+    s.read_exact(&mut fixed).map_err(|e| e.to_string())?;
+    let len = u16::from_be_bytes([fixed[14], fixed[15]]) as usize;
+    let mut all = fixed.to_vec();
+    all.resize(16 + len, 0);
+    s.read_exact(&mut all[16..]).map_err(|e| e.to_string())?;
+    let h = v2::Header::try_from(&all[..]).map_err(|e| format!("{e:?}"))?;
+    let (src, dst) = match h.addresses {
+        v2::Addresses::IPv4(a) => (
+            SocketAddr::V4(SocketAddrV4::new(a.source_address, a.source_port)),
+            SocketAddr::V4(SocketAddrV4::new(a.destination_address, a.destination_port)),
+        ),
+        other => return Err(format!("addresses {other:?}")),
+    };
+    let mut seen = Seen {
+        src,
+        dst,
+        endpoint_id: String::new(),
+        marker_id: 0,
+        vpc_id: String::new(),
+        vni: None,
+    };
+    for tlv in h.tlvs() {
+        let tlv = tlv.map_err(|e| format!("{e:?}"))?;
+        if tlv.kind != PP2_TYPE_VPCEP {
+            continue;
+        }
+        let (sub, v) = tlv.value.split_first().ok_or("empty vpcep TLV")?;
+        match *sub {
+            PP2_VPCEP_ENDPOINT_ID => seen.endpoint_id = String::from_utf8_lossy(v).into(),
+            PP2_VPCEP_MARKER_ID => seen.marker_id = u32::from_be_bytes(v.try_into().unwrap()),
+            PP2_VPCEP_VPC_ID => seen.vpc_id = String::from_utf8_lossy(v).into(),
+            PP2_VPCEP_VNI => seen.vni = Some(u32::from_be_bytes(v.try_into().unwrap())),
+            other => return Err(format!("unknown subtype {other}")),
+        }
+    }
+    Ok(seen)
+}
+
+/// The Rust backend on 10.0.0.5:80: per connection, decodes the header, then reads
+/// `upload` bytes (hashing them), then writes `download` bytes of [`pattern`]; reports what
+/// it saw and the upload's hash.
+fn ppp_backend(
+    w: &World,
+    stop: Arc<AtomicBool>,
+    upload: usize,
+    download: usize,
+) -> mpsc::Receiver<Result<(Seen, [u8; 32]), String>> {
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    vpcep_tests::tcp_server(
+        w.topo.vms[2].ns.name(),
+        "10.0.0.5:80",
+        stop,
+        120,
+        move |mut s, _peer| {
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let r = (|| {
+                let seen = read_header(&mut s)?;
+                let mut h = Sha256::new();
+                let mut left = upload;
+                let mut buf = vec![0u8; 65536];
+                while left > 0 {
+                    let n = s
+                        .read(&mut buf[..left.min(65536)])
+                        .map_err(|e| e.to_string())?;
+                    if n == 0 {
+                        return Err(format!("upload ended {left} bytes short"));
+                    }
+                    h.update(&buf[..n]);
+                    left -= n;
+                }
+                write_pattern(&mut s, download).map_err(|e| e.to_string())?;
+                Ok((seen, h.finalize().into()))
+            })();
+            let _ = tx.lock().unwrap().send(r);
+        },
+    );
+    rx
+}
+
+fn pattern(i: usize) -> u8 {
+    (i.wrapping_mul(2_654_435_761) >> 13) as u8
+}
+
+/// Writes `n` bytes of [`pattern`].
+fn write_pattern(s: &mut TcpStream, n: usize) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 65536];
+    let mut off = 0;
+    while off < n {
+        let k = (n - off).min(buf.len());
+        for (i, b) in buf[..k].iter_mut().enumerate() {
+            *b = pattern(off + i);
+        }
+        s.write_all(&buf[..k])?;
+        off += k;
+    }
+    Ok(())
+}
+
+/// The hash of `n` bytes of [`pattern`].
+fn pattern_hash(n: usize) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 65536];
+    let mut off = 0;
+    while off < n {
+        let k = (n - off).min(buf.len());
+        for (i, b) in buf[..k].iter_mut().enumerate() {
+            *b = pattern(off + i);
+        }
+        h.update(&buf[..k]);
+        off += k;
+    }
+    h.finalize().into()
+}
+
+/// From consumer `vm` to the endpoint: connects, writes `first` as the first write (its
+/// size shapes the first segment), then the rest of `upload` bytes of [`pattern`], and
+/// reads `download` bytes; returns its local port and the download's hash.
+fn client(
+    w: &World,
+    vm: usize,
+    first: usize,
+    upload: usize,
+    download: usize,
+) -> Result<(u16, [u8; 32]), String> {
+    w.topo.vms[vm]
+        .ns
+        .run(move || -> Result<(u16, [u8; 32]), String> {
+            let addr: SocketAddr = "10.0.0.100:8080".parse().unwrap();
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+                .map_err(|e| e.to_string())?;
+            s.set_nodelay(true).map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(Duration::from_secs(60)))
+                .map_err(|e| e.to_string())?;
+            let port = s.local_addr().map_err(|e| e.to_string())?.port();
+            let mut all = vec![0u8; upload];
+            for (i, b) in all.iter_mut().enumerate() {
+                *b = pattern(i);
+            }
+            let first = first.min(upload);
+            s.write_all(&all[..first]).map_err(|e| e.to_string())?;
+            let mut reader = s.try_clone().map_err(|e| e.to_string())?;
+            let rd = std::thread::spawn(move || -> Result<[u8; 32], String> {
+                let mut h = Sha256::new();
+                let mut left = download;
+                let mut buf = vec![0u8; 65536];
+                while left > 0 {
+                    let n = reader
+                        .read(&mut buf[..left.min(65536)])
+                        .map_err(|e| format!("download: {e} with {left} bytes left"))?;
+                    if n == 0 {
+                        return Err(format!("download ended {left} bytes short"));
+                    }
+                    h.update(&buf[..n]);
+                    left -= n;
+                }
+                Ok(h.finalize().into())
+            });
+            s.write_all(&all[first..]).map_err(|e| e.to_string())?;
+            let hash = rd.join().map_err(|_| "reader panicked".to_string())??;
+            Ok((port, hash))
+        })
+        .unwrap()
+}
+
+fn expect_seen(seen: &Seen, vm: usize, port: u16, vni: bool) {
+    let (ep, marker, vpc, n) = if vm == 0 {
+        (EP_A, 1007, VPC_A, 1)
+    } else {
+        (EP_B, 1008, VPC_B, 4)
+    };
+    assert_eq!(
+        *seen,
+        Seen {
+            src: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), port)),
+            dst: "10.0.0.100:8080".parse().unwrap(),
+            endpoint_id: ep.into(),
+            marker_id: marker,
+            vpc_id: vpc.into(),
+            vni: vni.then_some(n),
+        }
+    );
+}
+
+/// Every header mode and placement, both consumers: the backend decodes their own
+/// address, endpoint id, marker id and VPC (and VNI for proxy_vni), and the stream
+/// around the header is intact both ways.
+fn header_modes(offload: bool) {
+    require_root!();
+    for mode in [
+        TCP_PROXY_PROXY_OPEN,
+        TCP_PROXY_PROXY_OPEN | TCP_PROXY_F_FIRST_DATA,
+        TCP_PROXY_OPEN,
+        TCP_PROXY_PROXY_VNI,
+        TCP_PROXY_PROXY_VNI | TCP_PROXY_F_FIRST_DATA,
+    ] {
+        let w = world(mode, offload);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (up, down) = (300_000, 200_000);
+        let rx = ppp_backend(&w, stop.clone(), up, down);
+        for vm in [0, 1] {
+            let (port, hash) = client(&w, vm, 100, up, down)
+                .unwrap_or_else(|e| panic!("mode {mode:#x} consumer {vm}: {e}"));
+            assert_eq!(
+                hash,
+                pattern_hash(down),
+                "mode {mode:#x}: download corrupted"
+            );
+            let (seen, up_hash) = rx
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap()
+                .unwrap_or_else(|e| panic!("mode {mode:#x} consumer {vm}: backend: {e}"));
+            assert_eq!(
+                up_hash,
+                pattern_hash(up),
+                "mode {mode:#x}: upload corrupted"
+            );
+            expect_seen(
+                &seen,
+                vm,
+                port,
+                mode & TCP_PROXY_MODE_MASK == TCP_PROXY_PROXY_VNI,
+            );
+        }
+        assert_eq!(w.dp.proxy_event(mode, ProxyEvent::HeaderSent).unwrap(), 2);
+        assert!(w.dp.proxy_event(mode, ProxyEvent::SeqAdjusted).unwrap() > 0);
+        assert!(w.dp.proxy_event(mode, ProxyEvent::AckAdjusted).unwrap() > 0);
+        stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn proxy_header_modes_with_offload() {
+    header_modes(true);
+}
+
+#[test]
+fn proxy_header_modes_without_offload() {
+    header_modes(false);
+}
+
+/// haproxy with `accept-proxy` in the backend namespace; it answers each HTTP request with
+/// the client and destination addresses it took from the PROXY header.
+fn haproxy(w: &World, dir: &TempDir) -> vpcep_tests::harness::process::ChildGuard {
+    let cfg = dir.0.join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        "global\n  maxconn 100\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 10s\n  timeout server 10s\n\
+         frontend fe\n  bind 10.0.0.5:81 accept-proxy\n  http-request return status 200 content-type text/plain lf-string \"%[src]:%[src_port] %[dst]:%[dst_port]\\n\"\n",
+    )
+    .unwrap();
+    let mut cmd = w.topo.vms[2].ns.command("haproxy");
+    cmd.args(["-db", "-f"]).arg(&cfg);
+    let g = spawn_guarded(&mut cmd);
+    vpcep_tests::harness::wait::wait_for(10, "haproxy listening", || {
+        w.topo.vms[2]
+            .ns
+            .exec("ss", &["-ltn", "sport = :81"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains(":81"))
+            .unwrap_or(false)
+    });
+    g
+}
+
+fn http_get(w: &World, vm: usize) -> (u16, String) {
+    w.topo.vms[vm]
+        .ns
+        .run(|| {
+            let addr: SocketAddr = "10.0.0.100:8081".parse().unwrap();
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let port = s.local_addr().unwrap().port();
+            s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            (port, out)
+        })
+        .unwrap()
+}
+
+#[test]
+fn haproxy_reads_the_consumers_address() {
+    require_root!();
+    for mode in [
+        TCP_PROXY_PROXY_OPEN,
+        TCP_PROXY_OPEN | TCP_PROXY_F_FIRST_DATA,
+        TCP_PROXY_PROXY_VNI,
+    ] {
+        let w = world(mode, true);
+        let dir = TempDir::new("haproxy");
+        let _h = haproxy(&w, &dir);
+        for vm in [0, 1] {
+            let (port, resp) = http_get(&w, vm);
+            assert!(
+                resp.contains(&format!("10.0.0.2:{port} 10.0.0.100:8081")),
+                "mode {mode:#x} consumer {vm}: {resp}"
+            );
+        }
+    }
+}
+
+/// A server that speaks first (SSH, SMTP, MySQL): with the header on the handshake's ACK
+/// the banner arrives; placed on first data, neither side would ever send.
+#[test]
+fn server_first_protocol_gets_its_banner() {
+    require_root!();
+    for (mode, works) in [
+        (TCP_PROXY_PROXY_OPEN, true),
+        (TCP_PROXY_PROXY_OPEN | TCP_PROXY_F_FIRST_DATA, false),
+    ] {
+        let w = world(mode, true);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        vpcep_tests::tcp_server(
+            w.topo.vms[2].ns.name(),
+            "10.0.0.5:22",
+            stop.clone(),
+            30,
+            move |mut s, _| {
+                let r = read_header(&mut s);
+                if r.is_ok() {
+                    let _ = s.write_all(b"SSH-2.0-vpcep-test\r\n");
+                }
+                let _ = tx.lock().unwrap().send(r);
+            },
+        );
+        let got = w.topo.vms[0]
+            .ns
+            .run(|| {
+                let addr: SocketAddr = "10.0.0.100:2222".parse().unwrap();
+                let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                let mut buf = [0u8; 64];
+                s.read(&mut buf).map(|n| buf[..n].to_vec()).ok()
+            })
+            .unwrap();
+        if works {
+            assert_eq!(got.as_deref(), Some(&b"SSH-2.0-vpcep-test\r\n"[..]));
+            assert!(rx.recv_timeout(Duration::from_secs(2)).unwrap().is_ok());
+        } else {
+            assert!(got.is_none_or(|g| g.is_empty()), "mode {mode:#x}: {got:?}");
+        }
+        stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// First segments of one byte, of a whole MSS and of a GSO train (offload on): the header
+/// goes before each exactly once.
+#[test]
+fn first_segment_sizes() {
+    require_root!();
+    for mode in [
+        TCP_PROXY_PROXY_OPEN,
+        TCP_PROXY_PROXY_OPEN | TCP_PROXY_F_FIRST_DATA,
+    ] {
+        let w = world(mode, true);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (up, down) = (200_000, 10_000);
+        let rx = ppp_backend(&w, stop.clone(), up, down);
+        for first in [1, 1300, 65_000] {
+            let (port, hash) = client(&w, 0, first, up, down)
+                .unwrap_or_else(|e| panic!("mode {mode:#x} first {first}: {e}"));
+            assert_eq!(hash, pattern_hash(down));
+            let (seen, up_hash) = rx
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap()
+                .unwrap_or_else(|e| panic!("mode {mode:#x} first {first}: backend: {e}"));
+            assert_eq!(up_hash, pattern_hash(up), "mode {mode:#x} first {first}");
+            expect_seen(&seen, 0, port, false);
+        }
+        stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Adds a netem qdisc (loss, reordering, duplication) on both sides of the backend's link.
+fn netem(w: &World) {
+    let spec = [
+        "delay",
+        "1ms",
+        "reorder",
+        "25%",
+        "50%",
+        "loss",
+        "1%",
+        "duplicate",
+        "1%",
+    ];
+    let mut args = vec!["qdisc", "add", "dev", "taps", "root", "netem"];
+    args.extend(spec);
+    w.topo.node.exec("tc", &args).unwrap();
+    let mut args = vec!["qdisc", "add", "dev", "eth0", "root", "netem"];
+    args.extend(spec);
+    w.topo.vms[2].ns.exec("tc", &args).unwrap();
+}
+
+/// Drops, once, the first segment to the backend that carries payload (the header segment
+/// in first-ACK placement, the first data in first-data placement).
+fn drop_first_payload(w: &World) {
+    let ns = &w.topo.vms[2].ns;
+    ns.exec("nft", &["add", "table", "inet", "vpcept"]).unwrap();
+    ns.exec(
+        "nft",
+        &[
+            "add",
+            "chain",
+            "inet",
+            "vpcept",
+            "in",
+            "{ type filter hook input priority 0 ; }",
+        ],
+    )
+    .unwrap();
+    ns.exec(
+        "nft",
+        &[
+            "add", "rule", "inet", "vpcept", "in", "tcp", "dport", "80", "ip", "length", ">", "80",
+            "quota", "until", "1", "bytes", "counter", "drop",
+        ],
+    )
+    .unwrap();
+}
+
+/// 100 MB each way through a lossy, reordering, duplicating link with SACK on; the hashes
+/// match at both ends.
+#[test]
+fn stream_integrity_under_loss() {
+    require_root!();
+    for mode in [
+        TCP_PROXY_PROXY_OPEN,
+        TCP_PROXY_OPEN | TCP_PROXY_F_FIRST_DATA,
+    ] {
+        let w = world(mode, true);
+        netem(&w);
+        let stop = Arc::new(AtomicBool::new(false));
+        let size = 100 << 20;
+        let rx = ppp_backend(&w, stop.clone(), size, size);
+        let t = Instant::now();
+        let (port, hash) =
+            client(&w, 1, 1000, size, size).unwrap_or_else(|e| panic!("mode {mode:#x}: {e}"));
+        assert_eq!(
+            hash,
+            pattern_hash(size),
+            "mode {mode:#x}: download corrupted"
+        );
+        let (seen, up) = rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
+        assert_eq!(up, pattern_hash(size), "mode {mode:#x}: upload corrupted");
+        expect_seen(&seen, 1, port, false);
+        assert!(w.dp.proxy_event(mode, ProxyEvent::SackAdjusted).unwrap() > 0);
+        eprintln!("mode {mode:#x}: 2 × 100 MB in {:?}", t.elapsed());
+        stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The segment carrying the header is lost once: its retransmission carries it again,
+/// and the backend reads it exactly once.
+#[test]
+fn lost_header_segment_is_sent_again() {
+    require_root!();
+    for mode in [
+        TCP_PROXY_PROXY_OPEN,
+        TCP_PROXY_PROXY_OPEN | TCP_PROXY_F_FIRST_DATA,
+    ] {
+        let w = world(mode, true);
+        drop_first_payload(&w);
+        let stop = Arc::new(AtomicBool::new(false));
+        let rx = ppp_backend(&w, stop.clone(), 50_000, 50_000);
+        let (port, hash) =
+            client(&w, 0, 500, 50_000, 50_000).unwrap_or_else(|e| panic!("mode {mode:#x}: {e}"));
+        assert_eq!(hash, pattern_hash(50_000));
+        let (seen, up) = rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+        assert_eq!(up, pattern_hash(50_000), "mode {mode:#x}");
+        expect_seen(&seen, 0, port, false);
+        assert!(w.dp.proxy_event(mode, ProxyEvent::HeaderResent).unwrap() >= 1);
+        let out = w.topo.vms[2]
+            .ns
+            .exec("nft", &["list", "table", "inet", "vpcept"])
+            .unwrap();
+        let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(listing.contains("packets 1 "), "{listing}");
+        stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// TOA (toa_open, open): the handshake-completing ACK reaching the backend carries option
+/// 254 with the consumer's own port and address; close adds nothing.
+#[test]
+fn toa_on_the_handshake_ack() {
+    require_root!();
+    for (mode, want) in [
+        (TCP_PROXY_TOA_OPEN, true),
+        (TCP_PROXY_OPEN, true),
+        (TCP_PROXY_CLOSE, false),
+    ] {
+        let w = world(mode, true);
+        let stop = Arc::new(AtomicBool::new(false));
+        let rx = if mode == TCP_PROXY_TOA_OPEN || mode == TCP_PROXY_CLOSE {
+            // No header: a plain server.
+            let (tx, rx) = mpsc::channel();
+            let tx = Mutex::new(tx);
+            vpcep_tests::tcp_server(
+                w.topo.vms[2].ns.name(),
+                "10.0.0.5:80",
+                stop.clone(),
+                30,
+                move |mut s, _| {
+                    let mut buf = vec![0u8; 1000];
+                    let ok = s.read_exact(&mut buf).is_ok()
+                        && buf.iter().enumerate().all(|(i, b)| *b == pattern(i));
+                    let _ = s.write_all(&[1u8; 1000]);
+                    let _ = tx.lock().unwrap().send(ok);
+                },
+            );
+            Some(rx)
+        } else {
+            let _ = ppp_backend(&w, stop.clone(), 1000, 1000);
+            None
+        };
+        let cap = vpcep_tests::capture(w.topo.vms[2].ns.name(), 3, 200);
+        let port = w.topo.vms[1]
+            .ns
+            .run(|| {
+                let addr: SocketAddr = "10.0.0.100:8080".parse().unwrap();
+                let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let data: Vec<u8> = (0..1000).map(pattern).collect();
+                s.write_all(&data).unwrap();
+                let mut buf = vec![0u8; 1000];
+                let _ = s.read_exact(&mut buf);
+                s.local_addr().unwrap().port()
+            })
+            .unwrap();
+        if let Some(rx) = rx {
+            assert!(
+                rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+                "mode {mode:#x}"
+            );
+        }
+        let frames = cap.recv_timeout(Duration::from_secs(10)).unwrap();
+        let mut toa = Vec::new();
+        for f in &frames {
+            if f.len() < 14 + 20 + 20 || f[14 + 9] != 6 {
+                continue;
+            }
+            let ihl = (f[14] & 0xf) as usize * 4;
+            let t = &f[14 + ihl..];
+            let flags = t[13];
+            let hl = (t[12] >> 4) as usize * 4;
+            let mut i = 20;
+            while i + 1 < hl {
+                match t[i] {
+                    0 => break,
+                    1 => i += 1,
+                    k => {
+                        let l = t[i + 1] as usize;
+                        if k == TOA_KIND_DEFAULT && l == 8 {
+                            let p = u16::from_be_bytes([t[i + 2], t[i + 3]]);
+                            let ip = Ipv4Addr::new(t[i + 4], t[i + 5], t[i + 6], t[i + 7]);
+                            toa.push((flags, p, ip));
+                        }
+                        if l < 2 {
+                            break;
+                        }
+                        i += l;
+                    }
+                }
+            }
+        }
+        if want {
+            assert!(
+                toa.iter().any(|(f, p, ip)| *f & 0x12 == 0x10
+                    && *p == port
+                    && *ip == Ipv4Addr::new(10, 0, 0, 2)),
+                "mode {mode:#x}: no TOA on the ACK: {toa:?}"
+            );
+            assert!(w.dp.proxy_event(mode, ProxyEvent::ToaInserted).unwrap() >= 1);
+        } else {
+            assert!(toa.is_empty(), "{toa:?}");
+        }
+        stop.store(true, Ordering::Relaxed);
+    }
+}
