@@ -504,7 +504,10 @@ fn server_first_protocol_gets_its_banner() {
             assert_eq!(got.as_deref(), Some(&b"SSH-2.0-vpcep-test\r\n"[..]));
             assert!(rx.recv_timeout(Duration::from_secs(2)).unwrap().is_ok());
         } else {
-            assert!(got.is_none_or(|g| g.is_empty()), "mode {mode:#x}: {got:?}");
+            assert!(
+                got.as_ref().is_none_or(|g| g.is_empty()),
+                "mode {mode:#x}: {got:?}"
+            );
         }
         stop.store(true, Ordering::Relaxed);
     }
@@ -538,30 +541,118 @@ fn first_segment_sizes() {
     }
 }
 
-/// Adds a netem qdisc (loss, reordering, duplication) on both sides of the backend's link.
-fn netem(w: &World) {
-    let spec = [
-        "delay",
-        "1ms",
-        "reorder",
-        "25%",
-        "50%",
-        "loss",
-        "1%",
-        "duplicate",
-        "1%",
-    ];
-    let mut args = vec!["qdisc", "add", "dev", "taps", "root", "netem"];
-    args.extend(spec);
-    w.topo.node.exec("tc", &args).unwrap();
-    let mut args = vec!["qdisc", "add", "dev", "eth0", "root", "netem"];
-    args.extend(spec);
-    w.topo.vms[2].ns.exec("tc", &args).unwrap();
+/// Impairs the backend's link both ways (this kernel has no netem). Backend → node:
+/// nftables in the backend's egress hook drops 1 % of the packets at random, duplicates
+/// 1 % and sends a random quarter through a slow HTB class, so that they overtake each
+/// other. Node → backend (packets the program redirected, which netfilter's egress hook
+/// does not see): the node end's HTB picks the slow class for a random quarter with a
+/// classic BPF classifier, the backend's ingress hook drops 1 %, and the consumer's
+/// segments are duplicated (1 %) as they leave it.
+fn impair(w: &World) {
+    let htb = |ns: &xtask::netns::NetNs, dev: &str| {
+        let tc = |args: &str| ns.exec("tc", &args.split(' ').collect::<Vec<_>>()).unwrap();
+        tc(&format!(
+            "qdisc add dev {dev} root handle 1: htb default 10"
+        ));
+        tc(&format!(
+            "class add dev {dev} parent 1: classid 1:10 htb rate 10gbit"
+        ));
+        tc(&format!(
+            "class add dev {dev} parent 1: classid 1:20 htb rate 300mbit ceil 300mbit"
+        ));
+    };
+    let nft = |ns: &xtask::netns::NetNs, hook: &str, dev: &str, rules: &[String]| {
+        let run = |args: &[&str]| ns.exec("nft", args).unwrap();
+        run(&["add", "table", "netdev", "vpcepimp"]);
+        let h = format!("{{ type filter hook {hook} device {dev} priority 0 ; }}");
+        run(&["add", "chain", "netdev", "vpcepimp", hook, &h]);
+        for r in rules {
+            let mut a = vec!["add", "rule", "netdev", "vpcepimp", hook];
+            a.extend(r.split(' '));
+            run(&a);
+        }
+    };
+    let backend = &w.topo.vms[2].ns;
+    htb(backend, "eth0");
+    nft(
+        backend,
+        "egress",
+        "eth0",
+        &[
+            "numgen random mod 100 == 0 counter drop".into(),
+            "numgen random mod 100 == 0 counter dup to eth0".into(),
+            "numgen random mod 4 == 0 counter meta priority set 1:20".into(),
+        ],
+    );
+    nft(
+        backend,
+        "ingress",
+        "eth0",
+        &["numgen random mod 100 == 0 counter drop".into()],
+    );
+    htb(&w.topo.node, "taps");
+    // ld rand; and #3; jeq #0 → 1:20, else 1:10.
+    w.topo
+        .node
+        .exec(
+            "tc",
+            &[
+                "filter",
+                "add",
+                "dev",
+                "taps",
+                "parent",
+                "1:",
+                "bpf",
+                "bytecode",
+                "5,32 0 0 4294963256,84 0 0 3,21 0 1 0,6 0 0 65568,6 0 0 65552",
+            ],
+        )
+        .unwrap();
+    for vm in &w.topo.vms[..2] {
+        nft(
+            &vm.ns,
+            "egress",
+            "eth0",
+            &["numgen random mod 100 == 0 counter dup to eth0".into()],
+        );
+    }
+}
+
+/// Packets the slow class of `dev` in `ns` sent.
+fn slow_class_packets(ns: &xtask::netns::NetNs, dev: &str) -> u64 {
+    let o = ns
+        .exec(
+            "tc",
+            &["-s", "class", "show", "dev", dev, "classid", "1:20"],
+        )
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    text.split(" pkt")
+        .next()
+        .and_then(|t| t.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The packet counts of the impairment rules, per direction: every one must have acted.
+fn impaired(w: &World) -> Vec<u64> {
+    let mut out = Vec::new();
+    for ns in [&w.topo.vms[2].ns, &w.topo.vms[1].ns] {
+        let o = ns
+            .exec("nft", &["list", "table", "netdev", "vpcepimp"])
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        for w in text.split("counter packets ").skip(1) {
+            out.push(w.split(' ').next().unwrap().parse().unwrap());
+        }
+    }
+    out
 }
 
 /// Drops, once, the first segment to the backend that carries payload (the header segment
 /// in first-ACK placement, the first data in first-data placement).
-fn drop_first_payload(w: &World) {
+fn drop_first_payload(w: &World, quota: &str) {
     let ns = &w.topo.vms[2].ns;
     ns.exec("nft", &["add", "table", "inet", "vpcept"]).unwrap();
     ns.exec(
@@ -580,7 +671,7 @@ fn drop_first_payload(w: &World) {
         "nft",
         &[
             "add", "rule", "inet", "vpcept", "in", "tcp", "dport", "80", "ip", "length", ">", "80",
-            "quota", "until", "1", "bytes", "counter", "drop",
+            "quota", "until", quota, "bytes", "counter", "drop",
         ],
     )
     .unwrap();
@@ -596,7 +687,7 @@ fn stream_integrity_under_loss() {
         TCP_PROXY_OPEN | TCP_PROXY_F_FIRST_DATA,
     ] {
         let w = world(mode, true);
-        netem(&w);
+        impair(&w);
         let stop = Arc::new(AtomicBool::new(false));
         let size = 100 << 20;
         let rx = ppp_backend(&w, stop.clone(), size, size);
@@ -612,7 +703,19 @@ fn stream_integrity_under_loss() {
         assert_eq!(up, pattern_hash(size), "mode {mode:#x}: upload corrupted");
         expect_seen(&seen, 1, port, false);
         assert!(w.dp.proxy_event(mode, ProxyEvent::SackAdjusted).unwrap() > 0);
-        eprintln!("mode {mode:#x}: 2 × 100 MB in {:?}", t.elapsed());
+        // Dropped, duplicated, slowed (backend egress); dropped (backend ingress);
+        // duplicated (consumer egress); slowed (node end, backend egress).
+        let mut counts = impaired(&w);
+        counts.push(slow_class_packets(&w.topo.node, "taps"));
+        counts.push(slow_class_packets(&w.topo.vms[2].ns, "eth0"));
+        assert!(
+            counts.len() == 7 && counts.iter().all(|c| *c > 0),
+            "{counts:?}"
+        );
+        eprintln!(
+            "mode {mode:#x}: 2 × 100 MB in {:?}; impairments: {counts:?}",
+            t.elapsed()
+        );
         stop.store(true, Ordering::Relaxed);
     }
 }
@@ -627,7 +730,16 @@ fn lost_header_segment_is_sent_again() {
         TCP_PROXY_PROXY_OPEN | TCP_PROXY_F_FIRST_DATA,
     ] {
         let w = world(mode, true);
-        drop_first_payload(&w);
+        // More than the first such segment, less than it and the next (the quota counts
+        // the bytes of matching packets, and breaks once they reach it).
+        drop_first_payload(
+            &w,
+            if mode & TCP_PROXY_F_FIRST_DATA != 0 {
+                "1000"
+            } else {
+                "400"
+            },
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let rx = ppp_backend(&w, stop.clone(), 50_000, 50_000);
         let (port, hash) =
@@ -636,12 +748,12 @@ fn lost_header_segment_is_sent_again() {
         let (seen, up) = rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
         assert_eq!(up, pattern_hash(50_000), "mode {mode:#x}");
         expect_seen(&seen, 0, port, false);
-        assert!(w.dp.proxy_event(mode, ProxyEvent::HeaderResent).unwrap() >= 1);
         let out = w.topo.vms[2]
             .ns
             .exec("nft", &["list", "table", "inet", "vpcept"])
             .unwrap();
         let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(w.dp.proxy_event(mode, ProxyEvent::HeaderResent).unwrap() >= 1);
         assert!(listing.contains("packets 1 "), "{listing}");
         stop.store(true, Ordering::Relaxed);
     }
