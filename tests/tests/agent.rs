@@ -1442,3 +1442,113 @@ async fn max_connections_through_the_api_limits_live_flows() {
     assert!(echo_once(&c1, b'c', Duration::from_secs(2)).await);
     s.stop().await;
 }
+
+/// Reads one PROXY v2 header from `s` with the `ppp` crate: the source address, and the
+/// vpcep TLVs by subtype.
+fn read_proxy_header(
+    s: &mut std::net::TcpStream,
+) -> (std::net::SocketAddr, std::collections::BTreeMap<u8, Vec<u8>>) {
+    use std::io::Read;
+    let mut fixed = [0u8; 16];
+    s.read_exact(&mut fixed).unwrap();
+    let len = u16::from_be_bytes([fixed[14], fixed[15]]) as usize;
+    let mut all = fixed.to_vec();
+    all.resize(16 + len, 0);
+    s.read_exact(&mut all[16..]).unwrap();
+    let h = ppp::v2::Header::try_from(&all[..]).unwrap();
+    let src = match h.addresses {
+        ppp::v2::Addresses::IPv4(a) => {
+            std::net::SocketAddr::V4(std::net::SocketAddrV4::new(a.source_address, a.source_port))
+        }
+        other => panic!("{other:?}"),
+    };
+    let tlvs = h
+        .tlvs()
+        .map(|t| t.unwrap())
+        .filter(|t| t.kind == vpcep_common::endpoint::PP2_TYPE_VPCEP)
+        .map(|t| (t.value[0], t.value[1..].to_vec()))
+        .collect();
+    (src, tlvs)
+}
+
+/// tcp_proxy from the API to the backend: the provider sets `proxy_vni`; the agent writes
+/// the mode and the endpoint's template; a new connection's backend (the echo server, whose
+/// answer begins with the header it received) reads the consumer's address, the endpoint's
+/// id, marker id, VPC and VNI. A connection opened before the change keeps its mode: its
+/// stream gets no header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_proxy_through_the_api_and_agent() {
+    use std::io::{Read, Write};
+    use vpcep_common::endpoint::*;
+    require_root!();
+    let s = Scene::start("agent-proxy", json!({}), "").await;
+    let before = echo_connect(&s.topo, Duration::from_secs(2)).await.unwrap();
+    assert!(echo_once(&before, b'a', Duration::from_secs(2)).await);
+    let old = s.entry("the endpoint", |_| true).await.epoch;
+    s.cp.client(PROVIDER)
+        .ok(
+            Method::PUT,
+            &format!("/v1/proj-provider/vpc-endpoint-services/{}", s.w.service),
+            Some(json!({"tcp_proxy": "proxy_vni", "proxy_header_placement": "on_first_ack"})),
+        )
+        .await;
+    let e = s.entry("the new mode's epoch", |e| e.epoch != old).await;
+    let vni = endpoints(&s.pins.0)
+        .into_iter()
+        .find(|(_, x)| x.endpoint_id == e.endpoint_id)
+        .map(|(k, _)| k.vpc_id)
+        .unwrap();
+    let ep = s
+        .cp
+        .client(CONSUMER)
+        .ok(
+            Method::GET,
+            &format!("/v1/proj-consumer/vpc-endpoints/{}", s.ep),
+            None,
+        )
+        .await;
+    let marker = ep["marker_id"].as_u64().unwrap() as u32;
+    let c = echo_connect(&s.topo, Duration::from_secs(2)).await.unwrap();
+    let port = c.local_addr().unwrap().port();
+    let (src, tlvs) = blocking(move || {
+        let mut r = &*c;
+        r.write_all(b"z").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut s = c.try_clone().unwrap();
+        let got = read_proxy_header(&mut s);
+        let mut z = [0u8; 1];
+        s.read_exact(&mut z).unwrap();
+        assert_eq!(&z, b"z", "the client's byte follows the header");
+        got
+    })
+    .await;
+    assert_eq!(src, format!("10.0.0.2:{port}").parse().unwrap());
+    assert_eq!(tlvs[&PP2_VPCEP_ENDPOINT_ID], s.ep.as_bytes());
+    assert_eq!(tlvs[&PP2_VPCEP_MARKER_ID], marker.to_be_bytes());
+    assert_eq!(tlvs[&PP2_VPCEP_VPC_ID], s.w.consumer_vpc.as_bytes());
+    assert_eq!(tlvs[&PP2_VPCEP_VNI], vni.to_be_bytes());
+    // The connection from before the change: still plain, still echoed byte for byte.
+    let b = before.clone();
+    let echoed = blocking(move || {
+        let mut r = &*b;
+        r.write_all(b"q").unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 64];
+        r.read(&mut buf).map(|n| buf[..n].to_vec()).unwrap_or_default()
+    })
+    .await;
+    assert_eq!(echoed, b"q");
+    // A bad placement is refused, naming the field.
+    let (status, body) = s
+        .cp
+        .client(PROVIDER)
+        .call(
+            Method::PUT,
+            &format!("/v1/proj-provider/vpc-endpoint-services/{}", s.w.service),
+            Some(json!({"proxy_header_placement": "sometimes"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("proxy_header_placement"), "{body}");
+    s.stop().await;
+}

@@ -14,6 +14,7 @@
 //! # netns = "node1"                      # namespace holding the VM NICs (default: the agent's)
 //! # vmac = "02:fe:00:00:00:01"           # MAC answering ARP for endpoints and gateways
 //! # snat_ports = [1024, 65535]
+//! # toa_kind = 254                      # TCP option kind of TOA (tcp_proxy toa_open/open)
 //! # tc_attach = "auto"                  # "tcx" (Linux ≥ 6.6), "netlink" (clsact), auto: TCX if there
 //! tombstone_secs = 300                   # default: a deleted endpoint's address fails closed
 //!
@@ -82,6 +83,8 @@ struct RawConfig {
     vmac: String,
     #[serde(default = "default_ports")]
     snat_ports: [u16; 2],
+    #[serde(default = "default_toa_kind")]
+    toa_kind: u8,
     #[serde(default = "default_tombstone")]
     tombstone_secs: u64,
     #[serde(default)]
@@ -164,6 +167,9 @@ fn default_vmac() -> String {
 fn default_ports() -> [u16; 2] {
     [DEFAULT_PORT_LO, DEFAULT_PORT_HI]
 }
+fn default_toa_kind() -> u8 {
+    vpcep_common::endpoint::TOA_KIND_DEFAULT
+}
 fn default_tombstone() -> u64 {
     300
 }
@@ -204,6 +210,8 @@ pub struct AgentConfig {
     pub netns: Option<String>,
     pub vmac: [u8; 6],
     pub snat_ports: (u16, u16),
+    /// TCP option kind of TOA.
+    pub toa_kind: u8,
     /// How long the address of an endpoint that left the node fails closed (0 = not at
     /// all: its packets go to the node's stack again at once).
     pub tombstone: Duration,
@@ -297,6 +305,13 @@ impl RawConfig {
         let [lo, hi] = self.snat_ports;
         if lo == 0 || lo > hi {
             return Err(invalid("snat_ports", "must be [lo, hi] with 1 <= lo <= hi"));
+        }
+        // Kinds 0-8 are TCP's own options (end, NOP, MSS, window scale, SACK, timestamps).
+        if self.toa_kind <= 8 {
+            return Err(invalid(
+                "toa_kind",
+                "must be 9-255 (0-8 are TCP's own options; TOA modules use 254, 200 or 252)",
+            ));
         }
         if self.tombstone_secs > MAX_TOMBSTONE_SECS {
             return Err(invalid(
@@ -453,6 +468,7 @@ impl AgentConfig {
             netns: raw.netns,
             vmac,
             snat_ports: (raw.snat_ports[0], raw.snat_ports[1]),
+            toa_kind: raw.toa_kind,
             tombstone: Duration::from_secs(raw.tombstone_secs),
             timeouts: Timeouts {
                 tcp_syn: ct.tcp_syn,

@@ -316,6 +316,7 @@ pub struct Local {
     pub node_name: String,
     pub vmac: [u8; 6],
     pub snat_ports: (u16, u16),
+    pub toa_kind: u8,
     pub timeouts: Timeouts,
     pub nics: BTreeMap<String, u32>,
 }
@@ -500,7 +501,7 @@ fn node_config(state: &FeedState, local: &Local) -> Option<NodeConfig> {
         port_lo: local.snat_ports.0,
         port_hi: local.snat_ports.1,
         vmac: local.vmac,
-        toa_kind: 0,
+        toa_kind: local.toa_kind,
         _pad: 0,
         timeouts: local.timeouts,
     })
@@ -797,6 +798,7 @@ mod tests {
             node_name: "n1".into(),
             vmac: [2, 0xfe, 0, 0, 0, 1],
             snat_ports: (1024, 65535),
+            toa_kind: 254,
             timeouts: Timeouts::default(),
             nics: [("pc".to_owned(), 7)].into(),
         }

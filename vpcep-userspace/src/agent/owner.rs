@@ -238,6 +238,7 @@ impl Owner {
             node_name: self.cfg.node_name.clone(),
             vmac: self.cfg.vmac,
             snat_ports: self.cfg.snat_ports,
+            toa_kind: self.cfg.toa_kind,
             timeouts: self.cfg.timeouts,
             nics: self
                 .cfg

@@ -42,6 +42,9 @@ pub struct CreateService {
     /// Default `close`.
     #[schemars(extend("enum" = pattern::or_null(&TCP_PROXY)))]
     tcp_proxy: Option<String>,
+    /// Extension: default `on_first_ack`.
+    #[schemars(extend("enum" = pattern::or_null(&PROXY_HEADER_PLACEMENTS)))]
+    proxy_header_placement: Option<String>,
     #[schemars(length(max = MAX_TAGS))]
     tags: Option<Vec<Tag>>,
     #[schemars(length(max = 512), pattern(pattern::DESCRIPTION))]
@@ -70,6 +73,8 @@ pub struct UpdateService {
     port_id: Option<String>,
     #[schemars(extend("enum" = pattern::or_null(&TCP_PROXY)))]
     tcp_proxy: Option<String>,
+    #[schemars(extend("enum" = pattern::or_null(&PROXY_HEADER_PLACEMENTS)))]
+    proxy_header_placement: Option<String>,
     #[schemars(length(max = 512), pattern(pattern::DESCRIPTION))]
     description: Option<String>,
     #[schemars(ipv4)]
@@ -109,6 +114,14 @@ impl CreateService {
         }
         let tcp_proxy = self.tcp_proxy.unwrap_or_else(|| "close".to_owned());
         check_enum("tcp_proxy", &tcp_proxy, &TCP_PROXY)?;
+        let proxy_header_placement = self
+            .proxy_header_placement
+            .unwrap_or_else(|| PROXY_HEADER_PLACEMENTS[0].to_owned());
+        check_enum(
+            "proxy_header_placement",
+            &proxy_header_placement,
+            &PROXY_HEADER_PLACEMENTS,
+        )?;
         let tags = self.tags.unwrap_or_default();
         check_tags(&tags)?;
         let description = self.description.unwrap_or_default();
@@ -130,6 +143,7 @@ impl CreateService {
             ip: self.ip,
             ports,
             tcp_proxy,
+            proxy_header_placement,
             tags,
             description,
             ip_version,
@@ -153,6 +167,9 @@ impl UpdateService {
         if let Some(t) = &self.tcp_proxy {
             check_enum("tcp_proxy", t, &TCP_PROXY)?;
         }
+        if let Some(p) = &self.proxy_header_placement {
+            check_enum("proxy_header_placement", p, &PROXY_HEADER_PLACEMENTS)?;
+        }
         if let Some(d) = &self.description {
             check_description("description", d)?;
         }
@@ -167,6 +184,7 @@ impl UpdateService {
             ports,
             port_id,
             tcp_proxy: self.tcp_proxy,
+            proxy_header_placement: self.proxy_header_placement,
             description: self.description,
             ip: self.ip,
             max_connections,

@@ -38,6 +38,8 @@ pub struct ServiceView {
     pub ip: String,
     pub ports: Vec<PortMapping>,
     pub tcp_proxy: String,
+    /// Extension: where the PROXY header goes.
+    pub proxy_header_placement: String,
     pub tags: Vec<Tag>,
     pub description: String,
     pub enable_policy: bool,
@@ -72,6 +74,7 @@ impl Service {
             ip: self.ip.clone(),
             ports: self.ports.clone(),
             tcp_proxy: self.tcp_proxy.clone(),
+            proxy_header_placement: self.proxy_header_placement.clone(),
             tags: self.tags.clone(),
             description: self.description.clone(),
             enable_policy: self.enable_policy,

@@ -204,6 +204,9 @@ pub struct ServiceCreate {
     /// close, toa_open, proxy_open, open or proxy_vni.
     #[arg(long)]
     pub tcp_proxy: Option<String>,
+    /// Where the PROXY header goes: on_first_ack (default) or on_first_data.
+    #[arg(long)]
+    pub proxy_header_placement: Option<String>,
     #[arg(long)]
     pub description: Option<String>,
     /// Live connections each endpoint may hold (0 = no limit); default: the region's.
@@ -235,8 +238,12 @@ pub struct ServiceUpdate {
     pub port_id: Option<String>,
     #[arg(long)]
     pub ip: Option<String>,
+    /// close, toa_open, proxy_open, open or proxy_vni (new connections only).
     #[arg(long)]
     pub tcp_proxy: Option<String>,
+    /// on_first_ack or on_first_data (new connections only).
+    #[arg(long)]
+    pub proxy_header_placement: Option<String>,
     #[arg(long)]
     pub description: Option<String>,
     /// Live connections each endpoint may hold (0 = no limit).

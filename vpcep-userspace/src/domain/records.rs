@@ -75,6 +75,9 @@ pub struct Service {
     pub ip: String,
     pub ports: Vec<PortMapping>,
     pub tcp_proxy: String,
+    /// Extension: where the PROXY header goes (`PROXY_HEADER_PLACEMENTS`).
+    #[serde(default = "first_ack")]
+    pub proxy_header_placement: String,
     pub tags: Vec<Tag>,
     pub description: String,
     pub enable_policy: bool,
@@ -279,3 +282,7 @@ object!(
     self.project_id,
     (NONE, NONE)
 );
+
+fn first_ack() -> String {
+    "on_first_ack".to_owned()
+}

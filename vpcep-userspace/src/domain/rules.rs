@@ -321,6 +321,9 @@ pub mod pattern {
 /// The SDK's four values plus `proxy_vni`, which the product documentation also lists.
 pub const TCP_PROXY: [&str; 5] = ["close", "toa_open", "proxy_open", "open", "proxy_vni"];
 pub const SERVER_TYPES: [&str; 3] = ["VM", "LB", "VIP"];
+/// Where a PROXY header goes (extension): on the ACK completing the handshake (default:
+/// also right for protocols where the server speaks first), or before the first data.
+pub const PROXY_HEADER_PLACEMENTS: [&str; 2] = ["on_first_ack", "on_first_data"];
 pub const SERVICE_TYPES: [&str; 2] = ["interface", "gateway"];
 pub const PROTOCOLS: [&str; 2] = ["TCP", "UDP"];
 pub const IP_VERSIONS: [&str; 1] = ["ipv4"];

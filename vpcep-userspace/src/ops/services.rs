@@ -27,6 +27,7 @@ pub struct NewService {
     pub ip: Option<String>,
     pub ports: Vec<PortMapping>,
     pub tcp_proxy: String,
+    pub proxy_header_placement: String,
     pub tags: Vec<Tag>,
     pub description: String,
     pub ip_version: String,
@@ -42,6 +43,7 @@ pub struct ServiceChange {
     pub ports: Option<Vec<PortMapping>>,
     pub port_id: Option<String>,
     pub tcp_proxy: Option<String>,
+    pub proxy_header_placement: Option<String>,
     pub description: Option<String>,
     pub ip: Option<String>,
     pub max_connections: Option<u32>,
@@ -202,6 +204,7 @@ pub async fn create(
         ip: n.ip.unwrap_or(backend_ip),
         ports: n.ports,
         tcp_proxy: n.tcp_proxy,
+        proxy_header_placement: n.proxy_header_placement,
         tags: n.tags,
         description: n.description,
         enable_policy: false,
@@ -257,6 +260,7 @@ pub async fn update(
         }
     };
     keep(&mut s.tcp_proxy, c.tcp_proxy);
+    keep(&mut s.proxy_header_placement, c.proxy_header_placement);
     keep(&mut s.description, c.description);
     keep(&mut s.ip, c.ip);
     s.approval_enabled = c.approval_enabled.unwrap_or(s.approval_enabled);
