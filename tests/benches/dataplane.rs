@@ -179,6 +179,36 @@ fn backend_ip(b: u32) -> [u8; 4] {
     [10, 2, 0, 10 + b as u8]
 }
 
+/// A TCP segment with explicit sequence and acknowledgement numbers.
+#[allow(clippy::too_many_arguments)]
+fn seg(
+    smac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = etherparse::PacketBuilder::ethernet2(smac, VMAC)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, seq, 65535);
+    if flags & SYN != 0 {
+        b = b.syn();
+    }
+    if flags & ACK != 0 {
+        b = b.ack(ack);
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    out
+}
+
+/// The endpoint of the tcp_proxy rows: its own service, `proxy_open`, same backend.
+const PROXY_EP: [u8; 4] = [10, 0, 0, 120];
+
 fn count(dp: &Dataplane, r: Reason) -> u64 {
     dp.counter(Hook::TcIngress, r).unwrap().packets
 }
@@ -309,6 +339,97 @@ fn bench(n: &Nics) {
     );
     let pending = tcp(C_MAC, VMAC, C_IP, EP_PENDING, 33000, 8080, SYN, b"");
 
+    // A proxy_open flow (header on the first ACK), established through the programs:
+    // its data segments are after the correction position, so each gets its sequence
+    // number shifted, and each reply its acknowledgement number.
+    let mut psvc = dp
+        .services()
+        .unwrap()
+        .into_iter()
+        .find(|(i, _)| *i == 3)
+        .unwrap()
+        .1;
+    psvc.tcp_proxy = TCP_PROXY_PROXY_OPEN;
+    dp.set_service(60, psvc).unwrap();
+    dp.set_port(
+        port(60, 8080, IPPROTO_TCP),
+        PortTarget {
+            server_port_be: 80u16.to_be(),
+            _pad: 0,
+        },
+    )
+    .unwrap();
+    let tmpl = ProxyTemplate::new("5f0c1d4e-0a1b-4c2d-8e3f-000000000060", 60, "vpc-1", 1).unwrap();
+    dp.set_proxy_template(60, tmpl).unwrap();
+    dp.set_endpoint(
+        ep_key(PROXY_EP),
+        Endpoint {
+            endpoint_id: 60,
+            service_id: 60,
+            marker_id: 60,
+            flags: EP_ACCEPTED | EP_PERMITTED,
+            ..Endpoint::default()
+        },
+    )
+    .unwrap();
+    let hl = tmpl.header_len(TCP_PROXY_PROXY_OPEN) as u32;
+    let out = run_tc(
+        &mut dp,
+        n.c,
+        &seg(C_MAC, C_IP, PROXY_EP, 33001, 8080, 1000, 0, SYN, b""),
+    )
+    .out;
+    let psnat = u16::from_be_bytes([out[34], out[35]]);
+    run_tc(
+        &mut dp,
+        n.b,
+        &seg(B_MAC, B_IP, SNAT_IP, 80, psnat, 7000, 1001, SYN | ACK, b""),
+    );
+    let hdr = run_tc(
+        &mut dp,
+        n.c,
+        &seg(C_MAC, C_IP, PROXY_EP, 33001, 8080, 1001, 7001, ACK, b""),
+    );
+    assert_eq!(
+        hdr.out.len(),
+        54 + hl as usize,
+        "the header went on the first ACK"
+    );
+    let pfwd = seg(
+        C_MAC,
+        C_IP,
+        PROXY_EP,
+        33001,
+        8080,
+        5001,
+        7001,
+        ACK,
+        &[0x55; 64],
+    );
+    let preply = seg(
+        B_MAC,
+        B_IP,
+        SNAT_IP,
+        80,
+        psnat,
+        7001,
+        5001 + hl,
+        ACK,
+        &[0x55; 64],
+    );
+    // The same segments on the close flow, for the same comparison.
+    let cfwd = seg(
+        C_MAC,
+        C_IP,
+        EP_IP,
+        33000,
+        8080,
+        5001,
+        7001,
+        ACK,
+        &[0x55; 64],
+    );
+
     let noop_tc = Prog::Tc(maps::PROG_NOOP_TC);
     let tc = Prog::Tc(maps::PROG_TC_INGRESS);
     let floor_est = Prog::Tc(maps::PROG_FLOOR_ESTABLISHED);
@@ -376,6 +497,41 @@ fn bench(n: &Nics) {
         Row::new("tc  established reply backend → consumer", v, base1)
             .target(Target::OverNoop(40.0)),
     );
+    // tcp_proxy: the established-packet cost of a proxy_open flow against close, both ways.
+    let vc = Ns::singles(singles(&mut dp, &tc, n.c, |_| cfwd.clone()));
+    rows.push(Row::new(
+        "tc  established consumer → backend, close",
+        vc,
+        base1,
+    ));
+    let c0 = dp
+        .proxy_event(
+            TCP_PROXY_PROXY_OPEN,
+            vpcep_common::stats::ProxyEvent::SeqAdjusted,
+        )
+        .unwrap();
+    let vp = Ns::singles(singles(&mut dp, &tc, n.c, |_| pfwd.clone()));
+    assert_eq!(
+        dp.proxy_event(
+            TCP_PROXY_PROXY_OPEN,
+            vpcep_common::stats::ProxyEvent::SeqAdjusted
+        )
+        .unwrap()
+            - c0,
+        RUNS as u64,
+        "proxy_open sequence adjustment not taken"
+    );
+    rows.push(Row::new(
+        "tc  established consumer → backend, proxy_open",
+        vp,
+        vc,
+    ));
+    let vr = Ns::singles(singles(&mut dp, &tc, n.b, |_| preply.clone()));
+    rows.push(Row::new(
+        "tc  established reply backend → consumer, proxy_open",
+        vr,
+        v,
+    ));
     // New flows, twice: the first million take conntrack elements the kernel has never
     // touched (on a VM whose memory the host backs lazily, each fresh page costs a host
     // fault); the second million reuse elements, as a node in steady state does.

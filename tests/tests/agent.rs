@@ -1447,7 +1447,10 @@ async fn max_connections_through_the_api_limits_live_flows() {
 /// vpcep TLVs by subtype.
 fn read_proxy_header(
     s: &mut std::net::TcpStream,
-) -> (std::net::SocketAddr, std::collections::BTreeMap<u8, Vec<u8>>) {
+) -> (
+    std::net::SocketAddr,
+    std::collections::BTreeMap<u8, Vec<u8>>,
+) {
     use std::io::Read;
     let mut fixed = [0u8; 16];
     s.read_exact(&mut fixed).unwrap();
@@ -1498,15 +1501,14 @@ async fn tcp_proxy_through_the_api_and_agent() {
         .find(|(_, x)| x.endpoint_id == e.endpoint_id)
         .map(|(k, _)| k.vpc_id)
         .unwrap();
-    let ep = s
-        .cp
-        .client(CONSUMER)
-        .ok(
-            Method::GET,
-            &format!("/v1/proj-consumer/vpc-endpoints/{}", s.ep),
-            None,
-        )
-        .await;
+    let ep =
+        s.cp.client(CONSUMER)
+            .ok(
+                Method::GET,
+                &format!("/v1/proj-consumer/vpc-endpoints/{}", s.ep),
+                None,
+            )
+            .await;
     let marker = ep["marker_id"].as_u64().unwrap() as u32;
     let c = echo_connect(&s.topo, Duration::from_secs(2)).await.unwrap();
     let port = c.local_addr().unwrap().port();
@@ -1534,21 +1536,25 @@ async fn tcp_proxy_through_the_api_and_agent() {
         r.write_all(b"q").unwrap();
         b.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let mut buf = [0u8; 64];
-        r.read(&mut buf).map(|n| buf[..n].to_vec()).unwrap_or_default()
+        r.read(&mut buf)
+            .map(|n| buf[..n].to_vec())
+            .unwrap_or_default()
     })
     .await;
     assert_eq!(echoed, b"q");
     // A bad placement is refused, naming the field.
-    let (status, body) = s
-        .cp
-        .client(PROVIDER)
-        .call(
-            Method::PUT,
-            &format!("/v1/proj-provider/vpc-endpoint-services/{}", s.w.service),
-            Some(json!({"proxy_header_placement": "sometimes"})),
-        )
-        .await;
+    let (status, body) =
+        s.cp.client(PROVIDER)
+            .call(
+                Method::PUT,
+                &format!("/v1/proj-provider/vpc-endpoint-services/{}", s.w.service),
+                Some(json!({"proxy_header_placement": "sometimes"})),
+            )
+            .await;
     assert_eq!(status, 400, "{body}");
-    assert!(body.to_string().contains("proxy_header_placement"), "{body}");
+    assert!(
+        body.to_string().contains("proxy_header_placement"),
+        "{body}"
+    );
     s.stop().await;
 }

@@ -125,6 +125,25 @@ pub const TCP_PROXY_MODE_MASK: u8 = 0x7f;
 /// works for protocols where the server speaks first).
 pub const TCP_PROXY_F_FIRST_DATA: u8 = 0x80;
 
+/// The `tcp_proxy` byte of an API mode name and header placement (`on_first_ack`, the
+/// default, or `on_first_data`); `None` for a name it does not know.
+pub fn tcp_proxy_byte(mode: &str, placement: Option<&str>) -> Option<u8> {
+    let m = match mode {
+        "close" => TCP_PROXY_CLOSE,
+        "toa_open" => TCP_PROXY_TOA_OPEN,
+        "proxy_open" => TCP_PROXY_PROXY_OPEN,
+        "open" => TCP_PROXY_OPEN,
+        "proxy_vni" => TCP_PROXY_PROXY_VNI,
+        _ => return None,
+    };
+    match placement {
+        None | Some("on_first_ack") => Some(m),
+        Some("on_first_data") if m == TCP_PROXY_CLOSE => Some(m),
+        Some("on_first_data") => Some(m | TCP_PROXY_F_FIRST_DATA),
+        Some(_) => None,
+    }
+}
+
 /// The mode sends a PROXY protocol v2 header.
 #[inline(always)]
 pub const fn proxy_header_mode(tcp_proxy: u8) -> bool {

@@ -15,9 +15,8 @@ use vpcep_common::{
     endpoint::{
         EP_ACCEPTED, EP_PERMITTED, EP_SRC_WHITELIST, EP_TOMBSTONE, Endpoint, EndpointKey, Fnv,
         IPPROTO_TCP, IPPROTO_UDP, LocalNic, NodeConfig, PortKey, PortTarget, ProxyTemplate,
-        SVC_LOCAL, SVC_REMOTE, Service, TCP_PROXY_CLOSE, TCP_PROXY_F_FIRST_DATA, TCP_PROXY_OPEN,
-        TCP_PROXY_PROXY_OPEN, TCP_PROXY_PROXY_VNI, TCP_PROXY_TOA_OPEN, Timeouts, in_snat_range,
-        proxy_header_mode, service_epoch,
+        SVC_LOCAL, SVC_REMOTE, Service, TCP_PROXY_CLOSE, Timeouts, in_snat_range,
+        proxy_header_mode, service_epoch, tcp_proxy_byte,
     },
     maps::{MAX_ENDPOINTS, MAX_SERVICES},
 };
@@ -440,19 +439,9 @@ fn cidr(s: &str) -> Option<(u32, u32)> {
     Some((be(net.network()), u32::from(net.prefix())))
 }
 
+/// Unknown names (a newer control plane's) give `close`: nothing is inserted.
 fn tcp_proxy(s: &str, placement: Option<&str>) -> u8 {
-    let mode = match s {
-        "toa_open" => TCP_PROXY_TOA_OPEN,
-        "proxy_open" => TCP_PROXY_PROXY_OPEN,
-        "proxy_vni" => TCP_PROXY_PROXY_VNI,
-        "open" => TCP_PROXY_OPEN,
-        _ => TCP_PROXY_CLOSE,
-    };
-    if mode != TCP_PROXY_CLOSE && placement == Some("on_first_data") {
-        mode | TCP_PROXY_F_FIRST_DATA
-    } else {
-        mode
-    }
+    tcp_proxy_byte(s, placement).unwrap_or(TCP_PROXY_CLOSE)
 }
 
 /// Computes the desired map contents for this node.

@@ -329,7 +329,11 @@ async fn service_create(c: &Client, base: &str, a: ServiceCreate) -> CliResult<O
     put_opt(&mut body, "service_type", a.service_type);
     put_opt(&mut body, "ip", a.ip);
     put_opt(&mut body, "tcp_proxy", a.tcp_proxy);
-    put_opt(&mut body, "proxy_header_placement", a.proxy_header_placement);
+    put_opt(
+        &mut body,
+        "proxy_header_placement",
+        a.proxy_header_placement,
+    );
     put_opt(&mut body, "description", a.description);
     put_opt(&mut body, "max_connections", a.max_connections);
     put_opt(
@@ -379,7 +383,11 @@ async fn service_update(c: &Client, base: &str, a: ServiceUpdate) -> CliResult<O
     put_opt(&mut body, "port_id", a.port_id);
     put_opt(&mut body, "ip", a.ip);
     put_opt(&mut body, "tcp_proxy", a.tcp_proxy);
-    put_opt(&mut body, "proxy_header_placement", a.proxy_header_placement);
+    put_opt(
+        &mut body,
+        "proxy_header_placement",
+        a.proxy_header_placement,
+    );
     put_opt(&mut body, "description", a.description);
     put_opt(&mut body, "max_connections", a.max_connections);
     put_opt(

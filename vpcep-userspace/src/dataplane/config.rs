@@ -46,8 +46,8 @@ use serde::Deserialize;
 use vpcep_common::endpoint::{
     DEFAULT_PORT_HI, DEFAULT_PORT_LO, EP_ACCEPTED, EP_PERMITTED, EP_SRC_WHITELIST, Endpoint,
     EndpointKey, IPPROTO_TCP, IPPROTO_UDP, LocalAddr, LocalNic, NodeConfig, PortKey, PortTarget,
-    SVC_LOCAL, SVC_REMOTE, Service, TCP_PROXY_CLOSE, Timeouts, TunnelConfig, in_snat_range,
-    service_epoch,
+    ProxyTemplate, SVC_LOCAL, SVC_REMOTE, Service, Timeouts, TunnelConfig, in_snat_range,
+    proxy_header_mode, service_epoch, tcp_proxy_byte,
 };
 
 use super::{Dataplane, DataplaneError};
@@ -178,6 +178,12 @@ pub struct ServiceSection {
     pub remote_node: Option<Ipv4Addr>,
     pub backend_mac: String,
     pub ports: Vec<PortSection>,
+    /// `close` (default), `toa_open`, `proxy_open`, `open` or `proxy_vni`.
+    #[serde(default)]
+    pub tcp_proxy: Option<String>,
+    /// `on_first_ack` (default) or `on_first_data`.
+    #[serde(default)]
+    pub proxy_header_placement: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -362,6 +368,17 @@ impl MapConfig {
                     ));
                 }
             };
+            let tcp_proxy = tcp_proxy_byte(
+                s.tcp_proxy.as_deref().unwrap_or("close"),
+                s.proxy_header_placement.as_deref(),
+            )
+            .ok_or_else(|| {
+                invalid(
+                    format!("{f}.tcp_proxy"),
+                    "must be close, toa_open, proxy_open, open or proxy_vni, with \
+                     proxy_header_placement on_first_ack or on_first_data",
+                )
+            })?;
             services.push((
                 s.id,
                 Service {
@@ -371,7 +388,7 @@ impl MapConfig {
                     remote_node_be: remote,
                     backend_mac: parse_mac(&format!("{f}.backend_mac"), &s.backend_mac)?,
                     location,
-                    tcp_proxy: TCP_PROXY_CLOSE,
+                    tcp_proxy,
                 },
             ));
             for (j, p) in s.ports.iter().enumerate() {
@@ -522,6 +539,11 @@ impl Plan {
             };
             dp.set_local_addr(key, addr)?;
         }
+        let services_mode: Vec<(u32, u8)> = self
+            .services
+            .iter()
+            .map(|(id, s)| (*id, s.tcp_proxy))
+            .collect();
         for (id, s) in self.services {
             dp.set_service(id, s)?;
         }
@@ -532,6 +554,20 @@ impl Plan {
             dp.allow_source(id, ip, len)?;
         }
         for (k, v) in self.endpoints {
+            // A PROXY header names the endpoint and VPC by their numbers here: the file
+            // has no API ids.
+            let svc = services_mode.iter().find(|(id, _)| *id == v.service_id);
+            if let Some((_, m)) = svc
+                && proxy_header_mode(*m)
+                && let Some(t) = ProxyTemplate::new(
+                    &format!("endpoint-{}", v.endpoint_id),
+                    v.marker_id,
+                    &format!("vpc-{}", k.vpc_id),
+                    k.vpc_id,
+                )
+            {
+                dp.set_proxy_template(v.endpoint_id, t)?;
+            }
             dp.set_endpoint(k, v)?;
         }
         Ok(())

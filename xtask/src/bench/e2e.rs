@@ -7,6 +7,11 @@
 //!   conntrack;
 //! * vpcep — the vpcep TC program on tapc/tapb doing the same translation.
 //!
+//! In the vpcep turn, tcp_proxy is measured too: the same service twice, `close` (endpoint
+//! 10.0.0.100) against `proxy_open` (10.0.0.101, header on the first ACK), one bulk stream
+//! (`vpcep-load bulk` to a sink), connections/s and RR latency, the backends reading the
+//! PROXY header first where there is one.
+//!
 //! Load generator on CPU 0, receiver/server on CPU 1. Every measurement is bounded in time;
 //! every namespace and process is removed on exit, also on failure and on Ctrl-C.
 use std::path::Path;
@@ -16,7 +21,7 @@ use xtask::netns::{NetNs, Topology};
 
 use super::{
     common::{Dataplane, Length, Samples, TempDir, cell, check, guarded, nic_toml, ratio},
-    traffic::{Servers, Target, Tools},
+    traffic::{Servers, Target, Tools, more_servers},
 };
 
 const MODES: [&str; 3] = ["plain", "nft", "vpcep"];
@@ -38,7 +43,21 @@ ports = [
   { client = 8080, server = 80, protocol = "TCP" },
   { client = 8081, server = 81, protocol = "TCP" },
   { client = 8082, server = 5201, protocol = "TCP" },
+  { client = 8083, server = 182, protocol = "TCP" },
   { client = 5353, server = 53, protocol = "UDP" },
+]
+
+[[service]]
+id = 4
+backend_ip = "10.0.0.5"
+backend_vpc = 2
+backend_iface = "tapb"
+backend_mac = "02:00:00:00:00:05"
+tcp_proxy = "proxy_open"
+ports = [
+  { client = 8080, server = 180, protocol = "TCP" },
+  { client = 8081, server = 181, protocol = "TCP" },
+  { client = 8083, server = 182, protocol = "TCP" },
 ]
 
 [[endpoint]]
@@ -46,6 +65,13 @@ id = 7
 vpc = 1
 ip = "10.0.0.100"
 service = 3
+accepted = true
+
+[[endpoint]]
+id = 8
+vpc = 1
+ip = "10.0.0.101"
+service = 4
 accepted = true
 "#;
 
@@ -95,6 +121,14 @@ const SPEC: [Spec; 6] = [
     ("rr_p99", "1-byte RR latency p99", "us", false, Some(1.03)),
 ];
 
+/// tcp_proxy: key (suffix `_close` / `_proxy`), label, unit, higher is better, target ratio
+/// proxy_open / close.
+const PROXY_SPEC: [Spec; 3] = [
+    ("px_bulk", "TCP bulk, 1 stream", "Gbit/s", true, Some(0.95)),
+    ("px_cps", "TCP connections/s", "conn/s", true, Some(0.90)),
+    ("px_rr_p99", "1-byte RR latency p99", "us", false, None),
+];
+
 pub fn run(vpcep: &Path, load: &Path, len: Length) -> Result<()> {
     guarded(|| bench(vpcep, load, len))
 }
@@ -106,8 +140,19 @@ fn bench(vpcep: &Path, load: &Path, len: Length) -> Result<()> {
     std::fs::write(tmp.path("vpcep.toml"), vpcep_toml())?;
     std::fs::write(tmp.path("nft.conf"), NFT_CONF)?;
     // Servers in the backend, on CPU 1, for the whole run (bounded).
-    let total = (len.runs * 3 * (6 * len.secs + 12) + 60).min(3600);
+    let total = (len.runs * 3 * (12 * len.secs + 12) + 60).min(3600);
     let _servers = Servers::start(b, load, &[80, 81], Some(5201), total)?;
+    let proxy: &[&str] = &["proxy"];
+    let _more = more_servers(
+        b,
+        load,
+        &[
+            (180, "tcp-server", proxy),
+            (181, "tcp-server", proxy),
+            (182, "tcp-sink", &[]),
+        ],
+        total,
+    )?;
     let tools = Tools {
         client: c,
         server: b,
@@ -221,6 +266,14 @@ fn measure(t: &Tools, mode: &'static str, s: &mut Samples) -> Result<()> {
     let (p50, p99) = t.rr(&to.addr(81, 8081))?;
     s.push(mode, "rr_p50", p50);
     s.push(mode, "rr_p99", p99);
+    if mode == "vpcep" {
+        // tcp_proxy, in turns: close, then proxy_open, on the same data plane.
+        for (ep, m) in [("10.0.0.100", "close"), ("10.0.0.101", "proxy")] {
+            s.push(m, "px_bulk", t.load_bulk(&format!("{ep}:8083"))?);
+            s.push(m, "px_cps", t.cps(&format!("{ep}:8080"))?);
+            s.push(m, "px_rr_p99", t.rr(&format!("{ep}:8081"))?.1);
+        }
+    }
     Ok(())
 }
 
@@ -247,6 +300,29 @@ fn report(s: &Samples) {
     }
     let keys: Vec<&str> = SPEC.iter().map(|s| s.0).collect();
     s.print_every_run(&keys, &MODES);
+    println!();
+    println!(
+        "tcp_proxy, same data plane and run: `close` against `proxy_open` (header on the first ACK)"
+    );
+    println!();
+    println!("| measure | close | proxy_open | proxy_open / close | target | met |");
+    println!("|---|---:|---:|---:|---|---|");
+    for (k, label, unit, up, tgt) in PROXY_SPEC {
+        let (c, p) = (s.median("close", k), s.median("proxy", k));
+        let r = ratio(p, c);
+        let (t, ok) = match tgt {
+            None => (String::new(), ""),
+            Some(tgt) if up => (format!("≥ {tgt:.2}×"), met(r >= tgt)),
+            Some(tgt) => (format!("≤ {tgt:.2}×"), met(r <= tgt)),
+        };
+        println!(
+            "| {label} ({unit}) | {} | {} | {r:.3} | {t} | {ok} |",
+            cell(unit, c),
+            cell(unit, p)
+        );
+    }
+    let keys: Vec<&str> = PROXY_SPEC.iter().map(|s| s.0).collect();
+    s.print_every_run(&keys, &["close", "proxy"]);
 }
 
 fn met(ok: bool) -> &'static str {

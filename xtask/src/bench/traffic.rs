@@ -33,6 +33,25 @@ pub struct Servers {
     _guards: Vec<ChildGuard>,
 }
 
+/// More backend servers (`vpcep-load` subcommand and extra arguments per port), for as long.
+pub fn more_servers(
+    b: &NetNs,
+    load: &Path,
+    servers: &[(u16, &str, &[&str])],
+    secs: u64,
+) -> Result<Vec<ChildGuard>> {
+    let (load, total) = (load.to_string_lossy(), secs.to_string());
+    let mut out = Vec::new();
+    for (port, sub, extra) in servers {
+        let mut cmd = pinned(b, 1, &load);
+        cmd.arg(sub).arg(format!("{BACKEND}:{port}")).arg(&total);
+        cmd.args(*extra);
+        out.push(spawn_quiet(cmd)?);
+    }
+    thread::sleep(Duration::from_millis(300));
+    Ok(out)
+}
+
 impl Servers {
     pub fn start(
         b: &NetNs,
@@ -118,6 +137,12 @@ impl Tools<'_> {
         cmd.args(["-A", "0", "-J"]);
         let out = cmd.output().context("running iperf3")?;
         Ok((iperf_gbps(&out.stdout) * 1000.0).round() / 1000.0)
+    }
+
+    /// One stream written by `vpcep-load bulk` to a `tcp-sink`: Gbit/s acknowledged.
+    pub fn load_bulk(&self, to: &str) -> Result<f64> {
+        let v = one_shot(self.load(self.client, 0, &["bulk", to, &self.secs.to_string()]))?;
+        num(&v, "gbps")
     }
 
     /// 1-byte ping-pong on one connection: p50 and p99 in µs.

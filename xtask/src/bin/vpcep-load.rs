@@ -4,10 +4,13 @@
 //!
 //! * `udp-sink BIND SECS`: counts datagrams; pps between the first and the last one.
 //! * `udp-blast TO SECS SIZE`: sends datagrams of SIZE bytes as fast as one thread can.
-//! * `tcp-server BIND SECS`: echoes every read back until the peer closes (2 threads).
+//! * `tcp-server BIND SECS [proxy]`: echoes every read back until the peer closes (2
+//!   threads); with `proxy`, each connection first reads a PROXY v2 header (tcp_proxy).
 //! * `tcp-sink BIND SECS`: reads and discards, a thread per connection.
 //! * `cps TO SECS THREADS`: connect, 1-byte request, 1-byte answer, close with RST.
 //! * `rr TO SECS`: 1-byte ping-pong on one connection; p50/p99 round trip.
+//! * `bulk TO SECS`: one connection to a `tcp-sink`, written to for SECS; Gbit/s the peer
+//!   acknowledged.
 //! * `syn-flood TO SECS RATE SRC`: half-open TCP flood from SRC (a raw socket, so nothing
 //!   answers the SYN-ACKs unless the host does), source port rotating over 1024-65535;
 //!   RATE 0 sends as fast as one thread can, otherwise RATE SYNs/s released every ms.
@@ -59,7 +62,13 @@ fn run() -> Result<()> {
     match mode {
         "udp-sink" => udp_sink(addr, dur),
         "udp-blast" => udp_blast(addr, dur, arg(&args, 3, "SIZE")?),
-        "tcp-server" => tcp_server(addr, dur),
+        "tcp-server" => tcp_server(addr, dur, args.get(3).is_some_and(|a| a == "proxy")),
+        "bulk" => {
+            let mut s =
+                open(addr, Duration::from_secs(2)).with_context(|| format!("connect {addr}"))?;
+            println!("{}", bulk_window(&mut s, dur)?);
+            Ok(())
+        }
         "cps" => cps(addr, dur, arg(&args, 3, "THREADS")?),
         "rr" => rr(addr, dur),
         "tcp-sink" => tcp_sink(addr, dur),
@@ -115,7 +124,7 @@ fn udp_blast(to: SocketAddr, dur: Duration, size: usize) -> Result<()> {
     Ok(())
 }
 
-fn tcp_server(bind: SocketAddr, dur: Duration) -> Result<()> {
+fn tcp_server(bind: SocketAddr, dur: Duration, proxy: bool) -> Result<()> {
     let l = TcpListener::bind(bind).with_context(|| format!("bind {bind}"))?;
     l.set_nonblocking(true)?;
     let l = Arc::new(l);
@@ -127,7 +136,10 @@ fn tcp_server(bind: SocketAddr, dur: Duration) -> Result<()> {
             std::thread::spawn(move || {
                 while Instant::now() < deadline {
                     match l.accept() {
-                        Ok((s, _)) => {
+                        Ok((mut s, _)) => {
+                            if proxy && proxy_header(&mut s).is_err() {
+                                continue;
+                            }
                             echo(s, deadline);
                             served.fetch_add(1, Ordering::Relaxed);
                         }
@@ -141,6 +153,19 @@ fn tcp_server(bind: SocketAddr, dur: Duration) -> Result<()> {
         let _ = w.join();
     }
     println!("{{\"connections\":{}}}", served.load(Ordering::Relaxed));
+    Ok(())
+}
+
+/// Reads the PROXY v2 header a tcp_proxy endpoint puts first.
+fn proxy_header(s: &mut TcpStream) -> Result<()> {
+    let _ = s.set_nonblocking(false);
+    s.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let mut h = vec![0u8; 16];
+    s.read_exact(&mut h)?;
+    let len = u16::from_be_bytes([h[14], h[15]]) as usize;
+    h.resize(16 + len, 0);
+    s.read_exact(&mut h[16..])?;
+    ppp::v2::Header::try_from(&h[..]).map_err(|e| anyhow::anyhow!("PROXY header: {e:?}"))?;
     Ok(())
 }
 
