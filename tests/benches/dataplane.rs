@@ -504,23 +504,13 @@ fn bench(n: &Nics) {
         vc,
         base1,
     ));
-    let c0 = dp
-        .proxy_event(
-            TCP_PROXY_PROXY_OPEN,
-            vpcep_common::stats::ProxyEvent::SeqAdjusted,
-        )
-        .unwrap();
-    let vp = Ns::singles(singles(&mut dp, &tc, n.c, |_| pfwd.clone()));
+    let shifted = run_tc(&mut dp, n.c, &pfwd).out;
     assert_eq!(
-        dp.proxy_event(
-            TCP_PROXY_PROXY_OPEN,
-            vpcep_common::stats::ProxyEvent::SeqAdjusted
-        )
-        .unwrap()
-            - c0,
-        RUNS as u64,
+        u32::from_be_bytes(shifted[38..42].try_into().unwrap()),
+        5001 + hl,
         "proxy_open sequence adjustment not taken"
     );
+    let vp = Ns::singles(singles(&mut dp, &tc, n.c, |_| pfwd.clone()));
     rows.push(Row::new(
         "tc  established consumer → backend, proxy_open",
         vp,

@@ -118,6 +118,12 @@ fn set_endpoint(dp: &mut Dataplane, vni: u32, id: u32, accepted: bool) {
 }
 
 fn world(offload: bool) -> World {
+    world_in_mode(offload, TCP_PROXY_CLOSE)
+}
+
+/// The world with the consumers' service in mode `tcp_proxy` (each endpoint's template
+/// on its node).
+fn world_in_mode(offload: bool, tcp_proxy: u8) -> World {
     let mut cluster = Cluster::new(3).unwrap();
     for (i, (ip, mac)) in [
         ("10.0.0.2/24", C_MAC),
@@ -156,12 +162,20 @@ fn world(offload: bool) -> World {
                 remote_node_be: be(underlay(2)),
                 backend_mac: B_MAC,
                 location: SVC_REMOTE,
-                tcp_proxy: TCP_PROXY_CLOSE,
+                tcp_proxy,
             },
         )
         .unwrap();
         set_web_ports(&mut dp, 3);
-        set_endpoint(&mut dp, vni, 7 + i as u32, true);
+        let id = 7 + i as u32;
+        let t = ProxyTemplate::new(
+            &format!("endpoint-{id}"),
+            1000 + id,
+            &format!("vpc-{vni}"),
+            vni,
+        );
+        dp.set_proxy_template(id, t.unwrap()).unwrap();
+        set_endpoint(&mut dp, vni, id, true);
         dps.push(dp);
     }
     let mut dp = node_dp(&cluster, 2, "tapb");
@@ -622,4 +636,96 @@ fn a_consumers_icmp_error_reaches_the_remote_backend() {
     assert_eq!(*peer.ip(), std::net::Ipv4Addr::from(snat(0)));
     assert!(count(&w.dps[0], Reason::FwdIcmpError) >= 1);
     assert!(count(&w.dps[2], Reason::TunnelDeliver) >= 2);
+}
+
+/// tcp_proxy through the overlay: consumers on nodes 1 and 2 (both 10.0.0.2, VPCs 101 and
+/// 102) reach the backend on node 3, which decodes each PROXY header with the `ppp` crate
+/// and checks a 2 MB stream each way; the SYN-ACK's MSS is clamped for the overlay and the
+/// header, so nothing fragments.
+#[test]
+fn proxy_header_through_the_overlay() {
+    require_root!();
+    for offload in [true, false] {
+        let w = world_in_mode(offload, TCP_PROXY_PROXY_VNI);
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        const N: usize = 2 << 20;
+        vpcep_tests::tcp_server(
+            w.cluster.nodes[2].vms[0].ns.name(),
+            "10.0.0.5:80",
+            stop.clone(),
+            60,
+            move |mut c, _| {
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut fixed = [0u8; 16];
+                c.read_exact(&mut fixed).unwrap();
+                let len = u16::from_be_bytes([fixed[14], fixed[15]]) as usize;
+                let mut h = fixed.to_vec();
+                h.resize(16 + len, 0);
+                c.read_exact(&mut h[16..]).unwrap();
+                let hdr = ppp::v2::Header::try_from(&h[..]).unwrap();
+                let src = match hdr.addresses {
+                    ppp::v2::Addresses::IPv4(a) => (a.source_address.octets(), a.source_port),
+                    other => panic!("{other:?}"),
+                };
+                let tlvs: Vec<(u8, Vec<u8>)> = hdr
+                    .tlvs()
+                    .map(|t| t.unwrap())
+                    .filter(|t| t.kind == PP2_TYPE_VPCEP)
+                    .map(|t| (t.value[0], t.value[1..].to_vec()))
+                    .collect();
+                let mut up = vec![0u8; N];
+                c.read_exact(&mut up).unwrap();
+                let intact = up.iter().enumerate().all(|(i, b)| *b == (i % 253) as u8);
+                let down: Vec<u8> = (0..N).map(|i| (i % 241) as u8).collect();
+                c.write_all(&down).unwrap();
+                s2.lock().unwrap().push((src, tlvs, intact));
+            },
+        );
+        let before: Vec<_> = w
+            .cluster
+            .nodes
+            .iter()
+            .map(|n| frag_counters(&n.node))
+            .collect();
+        for node in 0..2 {
+            let ns = &w.cluster.nodes[node].vms[0].ns;
+            let port = ns
+                .run(|| {
+                    let addr: SocketAddr = "10.0.0.100:8080".parse().unwrap();
+                    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let up: Vec<u8> = (0..N).map(|i| (i % 253) as u8).collect();
+                    s.write_all(&up).unwrap();
+                    let mut down = vec![0u8; N];
+                    s.read_exact(&mut down).unwrap();
+                    assert!(down.iter().enumerate().all(|(i, b)| *b == (i % 241) as u8));
+                    s.local_addr().unwrap().port()
+                })
+                .unwrap();
+            let (src, tlvs, intact) = seen.lock().unwrap().pop().expect("the backend's record");
+            assert!(intact, "offload {offload} node {node}: upload corrupted");
+            assert_eq!(src, ([10, 0, 0, 2], port));
+            let (id, vni) = (7 + node as u32, [VNI_C1, VNI_C2][node]);
+            assert_eq!(
+                tlvs,
+                vec![
+                    (PP2_VPCEP_ENDPOINT_ID, format!("endpoint-{id}").into_bytes()),
+                    (PP2_VPCEP_MARKER_ID, (1000 + id).to_be_bytes().to_vec()),
+                    (PP2_VPCEP_VPC_ID, format!("vpc-{vni}").into_bytes()),
+                    (PP2_VPCEP_VNI, vni.to_be_bytes().to_vec()),
+                ]
+            );
+        }
+        for (i, n) in w.cluster.nodes.iter().enumerate() {
+            assert_eq!(
+                frag_counters(&n.node),
+                before[i],
+                "fragments on node {}",
+                i + 1
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+    }
 }

@@ -421,7 +421,9 @@ pub const fn seq_after(a: u32, b: u32) -> bool {
 /// The sequence adjustment of `nf_conntrack_seqadj`, for a stream into which `len` bytes
 /// were inserted at `pos` (the client's first sequence number): the offset is 0 before the
 /// correction position and `len` after it. A segment starting exactly at `pos` is
-/// shifted once the header is ahead of it (`inserted`).
+/// shifted once the header is ahead of it (`inserted`). The comparison holds within 2³¹
+/// of the position: once the backend has acknowledged the header, the programs apply the
+/// offset without it (every later segment is past the header).
 #[inline(always)]
 pub const fn adjust_seq(seq: u32, pos: u32, len: u16, inserted: bool) -> u32 {
     if seq_after(seq, pos) || seq == pos && inserted {
@@ -846,6 +848,68 @@ pub const SNAT_PROBES: u32 = 16;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seqadj_around_the_correction_position_and_the_wrap() {
+        for pos in [1001u32, u32::MAX - 5, u32::MAX, 0] {
+            let l = 116u16;
+            // Before the position: unchanged; at it: shifted once the header is ahead.
+            assert_eq!(
+                adjust_seq(pos.wrapping_sub(1), pos, l, true),
+                pos.wrapping_sub(1)
+            );
+            assert_eq!(adjust_seq(pos, pos, l, false), pos);
+            assert_eq!(adjust_seq(pos, pos, l, true), pos.wrapping_add(116));
+            assert_eq!(
+                adjust_seq(pos.wrapping_add(9), pos, l, false),
+                pos.wrapping_add(125)
+            );
+            // Acknowledgements: inside the header → the position; past it → len lower.
+            assert_eq!(unadjust_ack(pos, pos, l), pos);
+            assert_eq!(unadjust_ack(pos.wrapping_add(50), pos, l), pos);
+            assert_eq!(unadjust_ack(pos.wrapping_add(116), pos, l), pos);
+            assert_eq!(
+                unadjust_ack(pos.wrapping_add(200), pos, l),
+                pos.wrapping_add(84)
+            );
+            assert_eq!(
+                unadjust_ack(pos.wrapping_sub(3), pos, l),
+                pos.wrapping_sub(3)
+            );
+        }
+    }
+
+    #[test]
+    fn proxy_templates_and_mode_names() {
+        let t = ProxyTemplate::new("5f0c1d4e-0a1b-4c2d-8e3f-000000000007", 7, "vpc-a", 11).unwrap();
+        for m in [TCP_PROXY_PROXY_OPEN, TCP_PROXY_OPEN, TCP_PROXY_PROXY_VNI] {
+            assert_eq!(t.header_len(m) % 4, 0, "mode {m}");
+        }
+        assert_eq!(
+            t.header_len(TCP_PROXY_PROXY_VNI),
+            t.header_len(TCP_PROXY_OPEN) + 8
+        );
+        assert_eq!(t.header_len(TCP_PROXY_TOA_OPEN), 0);
+        assert_eq!(t.header_len(TCP_PROXY_CLOSE), 0);
+        // Every padding length: ids of 1..=40 bytes.
+        for n in 1..=40 {
+            let id = "e".repeat(n);
+            let t = ProxyTemplate::new(&id, 1, "v", 2).unwrap();
+            assert_eq!((PP2_FIXED_LEN + t.tlv_len as usize) % 4, 0, "id of {n}");
+        }
+        assert!(ProxyTemplate::new(&"x".repeat(150), 1, "v", 2).is_none());
+        assert_eq!(tcp_proxy_byte("proxy_vni", None), Some(TCP_PROXY_PROXY_VNI));
+        assert_eq!(
+            tcp_proxy_byte("open", Some("on_first_data")),
+            Some(TCP_PROXY_OPEN | TCP_PROXY_F_FIRST_DATA)
+        );
+        assert_eq!(
+            tcp_proxy_byte("close", Some("on_first_data")),
+            Some(TCP_PROXY_CLOSE)
+        );
+        assert_eq!(tcp_proxy_byte("sometimes", None), None);
+        assert_eq!(tcp_proxy_byte("open", Some("later")), None);
+    }
 
     #[test]
     fn key_constructors_match_the_field_layout() {

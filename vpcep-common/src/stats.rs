@@ -194,29 +194,24 @@ pub enum ProxyEvent {
     HeaderSent = 0,
     /// The header went out again (unacknowledged, at the correction position).
     HeaderResent = 1,
-    /// A client sequence number was shifted.
-    SeqAdjusted = 2,
-    /// A backend acknowledgement number was shifted back.
-    AckAdjusted = 3,
-    /// SACK edges of a backend segment were shifted back.
-    SackAdjusted = 4,
+    /// SACK edges of a backend segment were mapped back (sequence and acknowledgement
+    /// numbers are mapped on every segment and not counted: the packet counters are theirs).
+    SackAdjusted = 2,
     /// The TOA option was added.
-    ToaInserted = 5,
+    ToaInserted = 3,
     /// TOA gave way: the option space was full, or the segment was a GSO train.
-    ToaNoRoom = 6,
+    ToaNoRoom = 4,
     /// A segment that must carry the header was too large to rewrite (dropped, counted
     /// under `drop_proxy_insert`).
-    DropTooBig = 7,
+    DropTooBig = 5,
     /// A header mode without the endpoint's template: the flow sends no header.
-    NoTemplate = 8,
+    NoTemplate = 6,
 }
 
 impl ProxyEvent {
-    pub const ALL: [ProxyEvent; 9] = [
+    pub const ALL: [ProxyEvent; 7] = [
         ProxyEvent::HeaderSent,
         ProxyEvent::HeaderResent,
-        ProxyEvent::SeqAdjusted,
-        ProxyEvent::AckAdjusted,
         ProxyEvent::SackAdjusted,
         ProxyEvent::ToaInserted,
         ProxyEvent::ToaNoRoom,
@@ -228,8 +223,6 @@ impl ProxyEvent {
         match self {
             ProxyEvent::HeaderSent => "header_sent",
             ProxyEvent::HeaderResent => "header_resent",
-            ProxyEvent::SeqAdjusted => "seq_adjusted",
-            ProxyEvent::AckAdjusted => "ack_adjusted",
             ProxyEvent::SackAdjusted => "sack_adjusted",
             ProxyEvent::ToaInserted => "toa_inserted",
             ProxyEvent::ToaNoRoom => "toa_no_room",

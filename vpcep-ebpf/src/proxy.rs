@@ -95,7 +95,7 @@ pub fn max_insert(e: &FlowEntry) -> u16 {
 /// Consumer → backend on a tcp_proxy flow, after address translation (`pkt` still holds
 /// the consumer's own addresses and ports). Inserts what the segment must carry and
 /// shifts its sequence number.
-#[inline(never)]
+#[inline(always)]
 pub fn forward(ctx: &TcContext, pkt: &Ipv4Packet, e: *mut FlowEntry) -> Result<(), Reason> {
     // SAFETY: map value pointer of the flow, valid for this run; `pp_sent` is written by
     // this direction only, `pp_acked` read once.
@@ -149,8 +149,13 @@ pub fn forward(ctx: &TcContext, pkt: &Ipv4Packet, e: *mut FlowEntry) -> Result<(
         event(mode, ProxyEvent::DropTooBig);
         return Err(Reason::DropProxyInsert);
     }
+    // Once the backend has the header, every segment is past it: a plain offset. (The
+    // comparison with the position only holds within 2³¹ bytes of it, which a stream
+    // passes after 2 GiB.)
     let new_seq = if hdr {
         seq
+    } else if acked & PP_ACKED_HEADER != 0 {
+        seq.wrapping_add(len as u32)
     } else {
         adjust_seq(seq, pos, len, sent != 0)
     };
@@ -161,62 +166,58 @@ pub fn forward(ctx: &TcContext, pkt: &Ipv4Packet, e: *mut FlowEntry) -> Result<(
     }
     if new_seq != seq {
         tcp_u32(ctx, l4 + 4, seq, new_seq, l4 + 16)?;
-        event(mode, ProxyEvent::SeqAdjusted);
     }
     if !hdr && !toa {
         return Ok(());
     }
     let toa_len = if toa { TOA_LEN as usize } else { 0 };
     let hdr_len = if hdr { len as usize } else { 0 };
-    insert(
-        ctx,
-        pkt,
-        e,
-        InsertAt {
-            l4,
-            hl,
-            tot_len,
-            payload,
-        },
-        toa_len,
-        hdr_len,
-    )?;
-    if toa {
+    // What to count afterwards, in one word: few values may live across the helpers.
+    let header_event = if sent == 0 {
+        ProxyEvent::HeaderSent
+    } else {
+        ProxyEvent::HeaderResent
+    };
+    let counts = (toa as u32) << 16 | (hdr as u32) << 17 | (header_event as u32) << 8 | mode as u32;
+    insert(ctx, pkt, e, toa_len, hdr_len)?;
+    let mode = counts as u8;
+    if counts & 1 << 16 != 0 {
         event(mode, ProxyEvent::ToaInserted);
     }
-    if hdr {
-        event(
-            mode,
-            if sent == 0 {
-                ProxyEvent::HeaderSent
-            } else {
-                ProxyEvent::HeaderResent
-            },
-        );
+    if counts & 1 << 17 != 0 {
+        let i = vpcep_common::stats::proxy_event_index(mode, ProxyEvent::HeaderSent)
+            + (counts >> 8 & 0xff);
+        if let Some(c) = PROXY_STATS.get_ptr_mut(i) {
+            // SAFETY: per-CPU slot.
+            unsafe { *c += 1 };
+        }
     }
     Ok(())
 }
 
-/// Where a segment's parts are.
-#[derive(Clone, Copy)]
-struct InsertAt {
-    l4: usize,
-    hl: usize,
-    tot_len: usize,
-    payload: usize,
-}
-
 /// Grows the segment by `toa_len + hdr_len` bytes behind its TCP header: the TOA option
 /// (appended to the options) and the PROXY header (in front of the payload).
-#[inline(always)]
+#[inline(never)]
 fn insert(
     ctx: &TcContext,
     pkt: &Ipv4Packet,
     e: &FlowEntry,
-    at: InsertAt,
     toa_len: usize,
     hdr_len: usize,
 ) -> Result<(), Reason> {
+    // Where the segment's parts are, read again (cheaper than keeping them on the stack).
+    let frame = Frame::new(ctx.data(), ctx.data_end());
+    let h: *const [u8; 14] = frame.ptr_at(pkt.l4, Reason::DropTruncL4)?;
+    let ip: *const [u8; 4] = frame.ptr_at(EthHdr::LEN, Reason::DropTruncIpv4)?;
+    // SAFETY: bounds checked by ptr_at.
+    let (hl, tot_len) = unsafe {
+        (
+            ((*h)[12] >> 4) as usize * 4,
+            u16::from_be_bytes([(*ip)[2], (*ip)[3]]) as usize,
+        )
+    };
+    let at_l4 = pkt.l4;
+    let payload = tot_len.saturating_sub(at_l4 - EthHdr::LEN + hl);
     let s = PROXY_SCRATCH.get_ptr_mut(0).ok_or(Reason::DropHelper)?;
     // SAFETY: this CPU's slot of a per-CPU map.
     let s = unsafe { &mut *s };
@@ -264,8 +265,8 @@ fn insert(
     }
     let src_off = if toa_len != 0 { INS_TOA } else { INS_HDR };
     // The payload out of the way first.
-    let moved = at.payload & 0x7ff;
-    let data_off = at.l4 + at.hl;
+    let moved = payload & 0x7ff;
+    let data_off = at_l4 + hl;
     if moved != 0 {
         // SAFETY: helper call with a buffer of this CPU's scratch slot and a bounded size.
         let r = unsafe {
@@ -280,7 +281,7 @@ fn insert(
             return Err(Reason::DropHelper);
         }
     }
-    let new_len = (EthHdr::LEN + at.tot_len + grow) as u32;
+    let new_len = (EthHdr::LEN + tot_len + grow) as u32;
     // SAFETY: plain helper call; it also drops trailing padding past the IP length.
     if unsafe { bpf_skb_change_tail(skb, new_len, 0) } != 0 {
         return Err(Reason::DropProxyInsert);
@@ -329,11 +330,11 @@ fn insert(
     if sum < 0 {
         return Err(Reason::DropHelper);
     }
-    let csum_off = at.l4 + 16;
+    let csum_off = at_l4 + 16;
     ctx.l4_csum_replace(csum_off, 0, sum as u32 as u64, 0)
         .map_err(|_| Reason::DropHelper)?;
-    let old_l4 = ((at.tot_len - (at.l4 - EthHdr::LEN)) as u16).to_be();
-    let new_l4 = ((at.tot_len + grow - (at.l4 - EthHdr::LEN)) as u16).to_be();
+    let old_l4 = ((tot_len - (at_l4 - EthHdr::LEN)) as u16).to_be();
+    let new_l4 = ((tot_len + grow - (at_l4 - EthHdr::LEN)) as u16).to_be();
     ctx.l4_csum_replace(
         csum_off,
         old_l4 as u64,
@@ -343,7 +344,7 @@ fn insert(
     .map_err(|_| Reason::DropHelper)?;
     if toa_len != 0 {
         let frame = Frame::new(ctx.data(), ctx.data_end());
-        let w: *mut [u8; 2] = frame.ptr_at(at.l4 + 12, Reason::DropTruncL4)?;
+        let w: *mut [u8; 2] = frame.ptr_at(at_l4 + 12, Reason::DropTruncL4)?;
         // SAFETY: bounds checked by ptr_at.
         let old = unsafe { *w };
         let new = [old[0] + 0x20, old[1]];
@@ -355,7 +356,7 @@ fn insert(
         )
         .map_err(|_| Reason::DropHelper)?;
         let frame = Frame::new(ctx.data(), ctx.data_end());
-        let w: *mut [u8; 2] = frame.ptr_at(at.l4 + 12, Reason::DropTruncL4)?;
+        let w: *mut [u8; 2] = frame.ptr_at(at_l4 + 12, Reason::DropTruncL4)?;
         // SAFETY: bounds checked by ptr_at.
         unsafe { *w = new };
     }
@@ -365,7 +366,7 @@ fn insert(
     unsafe {
         let h = &mut *ip;
         let old = [h[2], h[3]];
-        let new = ((at.tot_len + grow) as u16).to_be_bytes();
+        let new = ((tot_len + grow) as u16).to_be_bytes();
         let d = csum::diff16(u16::from_ne_bytes(old), u16::from_ne_bytes(new));
         let check = csum::apply(u16::from_ne_bytes([h[10], h[11]]), d).to_ne_bytes();
         h[2] = new[0];
@@ -392,10 +393,11 @@ pub fn reverse(ctx: &TcContext, pkt: &Ipv4Packet, e: *mut FlowEntry) -> Result<(
     let ack = load_u32(&frame, l4 + 8)?;
     let acked = e.pp_acked;
     let mut now = acked;
-    if seq_after(ack, pos) {
+    // Judged only until set: the comparisons hold within 2³¹ bytes of the position.
+    if acked & PP_ACKED_ANY == 0 && seq_after(ack, pos) {
         now |= PP_ACKED_ANY;
     }
-    if len != 0 && !seq_after(pos.wrapping_add(len as u32), ack) {
+    if len != 0 && acked & PP_ACKED_HEADER == 0 && !seq_after(pos.wrapping_add(len as u32), ack) {
         now |= PP_ACKED_HEADER;
     }
     if now != acked {
@@ -405,26 +407,33 @@ pub fn reverse(ctx: &TcContext, pkt: &Ipv4Packet, e: *mut FlowEntry) -> Result<(
     if len == 0 {
         return Ok(());
     }
-    let client_ack = unadjust_ack(ack, pos, len);
+    // With the header acknowledged, everything the backend acknowledges is past it.
+    let steady = now & PP_ACKED_HEADER != 0;
+    let client_ack = if steady {
+        ack.wrapping_sub(len as u32)
+    } else {
+        unadjust_ack(ack, pos, len)
+    };
     if client_ack != ack {
         tcp_u32(ctx, l4 + 8, ack, client_ack, l4 + 16)?;
-        event(mode, ProxyEvent::AckAdjusted);
     }
     if pkt.tcp_flags & TCP_SYN != 0 {
         return Ok(());
     }
-    sack(ctx, l4, pos, len, mode)
+    sack(ctx, l4, e)
 }
 
-/// Maps the edges of SACK blocks in the options of the segment at `l4`.
+/// Maps the edges of SACK blocks in the options of the segment at `l4`. Few values stay
+/// live across the helper calls (the flow's fields are read again where needed): this
+/// path's stack is what the verifier's 512-byte budget has left.
 #[inline(always)]
-fn sack(ctx: &TcContext, l4: usize, pos: u32, len: u16, mode: u8) -> Result<(), Reason> {
+fn sack(ctx: &TcContext, l4: usize, e: &FlowEntry) -> Result<(), Reason> {
     let frame = Frame::new(ctx.data(), ctx.data_end());
     let h: *const [u8; 24] = match frame.ptr_at(l4, Reason::DropTruncL4) {
         Ok(h) => h,
         Err(_) => return Ok(()),
     };
-    // SAFETY: bounds checked by ptr_at; read in place (this path's stack is tight).
+    // SAFETY: bounds checked by ptr_at; read in place.
     let (hl, ts_only) = unsafe {
         let hl = ((*h)[12] >> 4) as usize * 4;
         (
@@ -467,21 +476,26 @@ fn sack(ctx: &TcContext, l4: usize, pos: u32, len: u16, mode: u8) -> Result<(), 
     if at == 0 || olen < 10 {
         return Ok(());
     }
-    let blocks = (olen - 2) / 8;
-    for b in 0..4usize {
-        if b >= blocks {
+    let mut edge = l4 + at;
+    let end = edge + (olen - 2) / 8 * 8;
+    for _ in 0..8 {
+        if edge >= end {
             break;
         }
-        // Both edges, unconditionally (an unchanged edge costs a no-op rewrite, and no
+        // Every edge, unconditionally (an unchanged one costs a no-op rewrite, and no
         // branch the verifier would have to follow).
-        for edge in 0..2usize {
-            let off = l4 + at + b * 8 + edge * 4;
-            let frame = Frame::new(ctx.data(), ctx.data_end());
-            let v = load_u32(&frame, off)?;
-            tcp_u32(ctx, off, v, unadjust_ack(v, pos, len), l4 + 16)?;
-        }
+        let frame = Frame::new(ctx.data(), ctx.data_end());
+        let v = load_u32(&frame, edge)?;
+        let len = e.pp_len;
+        let m = if e.pp_acked & PP_ACKED_HEADER != 0 {
+            v.wrapping_sub(len as u32)
+        } else {
+            unadjust_ack(v, e.pp_isn, len)
+        };
+        tcp_u32(ctx, edge, v, m, l4 + 16)?;
+        edge += 4;
     }
-    event(mode, ProxyEvent::SackAdjusted);
+    event(e.pp_mode, ProxyEvent::SackAdjusted);
     Ok(())
 }
 

@@ -187,9 +187,11 @@ pub fn spawn_piped(mut cmd: Command) -> Result<ChildGuard> {
 pub fn one_shot(mut cmd: Command) -> Result<Value> {
     let out = cmd.output().context("running vpcep-load")?;
     if !out.status.success() {
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
         bail!(
-            "vpcep-load failed ({}): {}",
+            "vpcep-load failed ({}; {}): {}",
             out.status,
+            args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
