@@ -929,3 +929,47 @@ fn bulk_into_a_sink_keeps_moving() {
     assert_eq!(got, written, "{stats:?}");
     stop.store(true, Ordering::Relaxed);
 }
+
+/// A consumer that sends a PROXY header of its own gains nothing: the backend reads ours
+/// first, and the forged one after it as plain data.
+#[test]
+fn a_consumers_own_header_is_just_data() {
+    require_root!();
+    let w = world(TCP_PROXY_PROXY_OPEN, true);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let mut forged = PP2_SIGNATURE.to_vec();
+    forged.extend_from_slice(&[0x21, 0x11, 0, 12, 6, 6, 6, 6, 10, 0, 0, 5, 0, 1, 0, 80]);
+    let want = forged.clone();
+    vpcep_tests::tcp_server(
+        w.topo.vms[2].ns.name(),
+        "10.0.0.5:80",
+        stop.clone(),
+        30,
+        move |mut s, _| {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let h = read_header(&mut s);
+            let mut rest = vec![0u8; want.len()];
+            let ok = s.read_exact(&mut rest).is_ok() && rest == want;
+            let _ = s.write_all(b"k");
+            let _ = tx.lock().unwrap().send((h, ok));
+        },
+    );
+    let port = w.topo.vms[0]
+        .ns
+        .run(move || {
+            let addr: SocketAddr = "10.0.0.100:8080".parse().unwrap();
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(&forged).unwrap();
+            let mut k = [0u8; 1];
+            s.read_exact(&mut k).unwrap();
+            s.local_addr().unwrap().port()
+        })
+        .unwrap();
+    let (h, ok) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    expect_seen(&h.unwrap(), 0, port, false);
+    assert!(ok, "the forged header follows ours, byte for byte");
+    stop.store(true, Ordering::Relaxed);
+}

@@ -387,7 +387,7 @@ pub fn reverse(ctx: &TcContext, pkt: &Ipv4Packet, e: *mut FlowEntry) -> Result<(
     if pkt.tcp_flags & TCP_ACK == 0 {
         return Ok(());
     }
-    let (pos, len, mode) = (e.pp_isn, e.pp_len, e.pp_mode);
+    let (pos, len) = (e.pp_isn, e.pp_len);
     let l4 = pkt.l4;
     let frame = Frame::new(ctx.data(), ctx.data_end());
     let ack = load_u32(&frame, l4 + 8)?;
