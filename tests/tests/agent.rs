@@ -1529,6 +1529,18 @@ async fn tcp_proxy_through_the_api_and_agent() {
     assert_eq!(tlvs[&PP2_VPCEP_MARKER_ID], marker.to_be_bytes());
     assert_eq!(tlvs[&PP2_VPCEP_VPC_ID], s.w.consumer_vpc.as_bytes());
     assert_eq!(tlvs[&PP2_VPCEP_VNI], vni.to_be_bytes());
+    // The agent's metrics count the insertion, under the flow's mode.
+    let m = s.metrics;
+    eventually(5, "the header in the metrics", || async move {
+        let r = reqwest::get(format!("http://127.0.0.1:{m}/metrics"))
+            .await
+            .ok()?;
+        let text = r.text().await.ok()?;
+        text.lines()
+            .any(|l| l == "vpcep_proxy_events_total{mode=\"proxy_vni\",event=\"header_sent\"} 1")
+            .then_some(())
+    })
+    .await;
     // The connection from before the change: still plain, still echoed byte for byte.
     let b = before.clone();
     let echoed = blocking(move || {

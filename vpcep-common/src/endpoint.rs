@@ -144,6 +144,25 @@ pub fn tcp_proxy_byte(mode: &str, placement: Option<&str>) -> Option<u8> {
     }
 }
 
+/// The API name of a mode (the placement bit ignored).
+pub const fn tcp_proxy_name(tcp_proxy: u8) -> &'static str {
+    match tcp_proxy & TCP_PROXY_MODE_MASK {
+        TCP_PROXY_TOA_OPEN => "toa_open",
+        TCP_PROXY_PROXY_OPEN => "proxy_open",
+        TCP_PROXY_OPEN => "open",
+        TCP_PROXY_PROXY_VNI => "proxy_vni",
+        _ => "close",
+    }
+}
+
+/// The modes that do something, for counters.
+pub const TCP_PROXY_ACTIVE_MODES: [u8; 4] = [
+    TCP_PROXY_TOA_OPEN,
+    TCP_PROXY_PROXY_OPEN,
+    TCP_PROXY_OPEN,
+    TCP_PROXY_PROXY_VNI,
+];
+
 /// The mode sends a PROXY protocol v2 header.
 #[inline(always)]
 pub const fn proxy_header_mode(tcp_proxy: u8) -> bool {

@@ -33,6 +33,8 @@ pub(super) struct Figures {
     pub endpoints: Vec<(String, EndpointCounters)>,
     /// ((hook, reason), packets) for the verdicts counted so far.
     pub packets: Vec<((&'static str, &'static str), u64)>,
+    /// ((tcp_proxy mode, event), count) for the tcp_proxy events counted so far.
+    pub proxy: Vec<((&'static str, &'static str), u64)>,
     pub ct_entries: usize,
     pub ct_collected: u64,
     /// (map, entries, capacity).
@@ -139,6 +141,13 @@ impl Figures {
             "Packets by hook and verdict, including drops by reason.",
         );
         counters(e, desc, verdicts)?;
+        let proxy = (self.proxy.iter())
+            .map(|((mode, event), n)| ([("mode", *mode), ("event", *event)], *n));
+        let desc = (
+            "vpcep_proxy_events",
+            "tcp_proxy insertions and their drops, by mode (the placement aside).",
+        );
+        counters(e, desc, proxy)?;
         let desc = (
             "vpcep_conntrack_entries",
             "Forward entries after the last collection.",
@@ -237,6 +246,7 @@ mod tests {
                 },
             )],
             packets: vec![(("tc-ingress", "pass"), 4)],
+            proxy: vec![(("proxy_open", "header_sent"), 6)],
             ct_entries: 1,
             ct_collected: 3,
             maps: vec![("endpoints", 1, 65_536)],
@@ -256,6 +266,7 @@ mod tests {
             "vpcep_endpoint_new_flows_total{endpoint=\"e1\"} 1",
             "vpcep_endpoint_drops_total{endpoint=\"e1\"} 2",
             "vpcep_packets_total{hook=\"tc-ingress\",reason=\"pass\"} 4",
+            "vpcep_proxy_events_total{mode=\"proxy_open\",event=\"header_sent\"} 6",
             "vpcep_conntrack_entries 1",
             "vpcep_conntrack_collected_total 3",
             "vpcep_map_entries{map=\"endpoints\"} 1",

@@ -10,11 +10,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use vpcep_common::endpoint::{EP_TOMBSTONE, Endpoint, EndpointKey};
+use vpcep_common::endpoint::{
+    EP_TOMBSTONE, Endpoint, EndpointKey, TCP_PROXY_ACTIVE_MODES, tcp_proxy_name,
+};
 use vpcep_common::maps::{
     MAX_ENDPOINTS, MAX_FLOWS, MAX_LOCAL_NICS, MAX_NODES, MAX_PORT_MAPPINGS, MAX_SERVICES,
     MAX_WHITELIST_RULES,
 };
+use vpcep_common::stats::ProxyEvent;
 
 use super::{
     AgentConfig, AgentError, Update,
@@ -362,6 +365,14 @@ impl Owner {
                 .collect(),
             packets: (self.dp.stats().into_iter().flatten())
                 .map(|(k, c)| (k, c.packets))
+                .collect(),
+            proxy: TCP_PROXY_ACTIVE_MODES
+                .iter()
+                .flat_map(|m| ProxyEvent::ALL.iter().map(move |e| (*m, *e)))
+                .filter_map(|(m, e)| {
+                    let n = self.dp.proxy_event(m, e).ok()?;
+                    (n != 0).then(|| ((tcp_proxy_name(m), e.name()), n))
+                })
                 .collect(),
             ct_entries: self.ct_entries,
             ct_collected: self.ct_collected,
