@@ -138,7 +138,7 @@ pub fn forward(ctx: &TcContext, pkt: &Ipv4Packet, e: *mut FlowEntry) -> Result<(
     let mut toa = toa_mode(mode) && acked & PP_ACKED_ANY == 0 && flags & TCP_RST == 0;
     // SAFETY: ctx.skb.skb points at the kernel's __sk_buff for this call.
     let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
-    if toa && (hl + TOA_LEN as usize > 60 || gso) {
+    if toa && (hl + TOA_LEN as usize > 60 || gso || payload > MAX_MOVED) {
         // The option space is full (or the segment is a GSO train whose segments would
         // each need it): TOA gives way, the segment goes unchanged otherwise.
         event(mode, ProxyEvent::ToaNoRoom);
@@ -265,7 +265,16 @@ fn insert(
     }
     let src_off = if toa_len != 0 { INS_TOA } else { INS_HDR };
     // The payload out of the way first.
-    let moved = payload & 0x7ff;
+    if payload > MAX_MOVED {
+        return Err(Reason::DropProxyInsert);
+    }
+    // 0, or 1..=2048 as the verifier sees it (older verifiers do not narrow a value
+    // from a `!= 0` test).
+    let moved = if payload == 0 {
+        0
+    } else {
+        ((payload - 1) & 0x7ff) + 1
+    };
     let data_off = at_l4 + hl;
     if moved != 0 {
         // SAFETY: helper call with a buffer of this CPU's scratch slot and a bounded size.
