@@ -268,13 +268,7 @@ fn insert(
     if payload > MAX_MOVED {
         return Err(Reason::DropProxyInsert);
     }
-    // 0, or 1..=2048 as the verifier sees it (older verifiers do not narrow a value
-    // from a `!= 0` test).
-    let moved = if payload == 0 {
-        0
-    } else {
-        ((payload - 1) & 0x7ff) + 1
-    };
+    let moved = payload;
     let data_off = at_l4 + hl;
     if moved != 0 {
         // SAFETY: helper call with a buffer of this CPU's scratch slot and a bounded size.
@@ -283,7 +277,7 @@ fn insert(
                 skb as *const _,
                 data_off as u32,
                 s.payload.as_mut_ptr() as *mut _,
-                moved as u32,
+                helper_len(moved),
             )
         };
         if r != 0 {
@@ -302,7 +296,7 @@ fn insert(
                 skb,
                 (data_off + grow) as u32,
                 s.payload.as_ptr() as *const _,
-                moved as u32,
+                helper_len(moved),
                 0,
             )
         };
@@ -384,6 +378,16 @@ fn insert(
         h[11] = check[1];
     }
     Ok(())
+}
+
+/// `n` (1..=2048) as a helper's size argument the verifier can bound: read back through
+/// memory, so that the compiler cannot drop the mask on the strength of an earlier check
+/// (Linux 6.1's verifier loses such a bound with the spill), then masked.
+#[inline(always)]
+fn helper_len(n: usize) -> u32 {
+    // SAFETY: a volatile read of a local.
+    let n = unsafe { core::ptr::read_volatile(&n) };
+    ((n.wrapping_sub(1) & 0x7ff) + 1) as u32
 }
 
 /// Backend → consumer on a tcp_proxy flow: notes what the backend acknowledged and maps
