@@ -648,8 +648,9 @@ fn proxy_header_through_the_overlay() {
     for offload in [true, false] {
         let w = world_in_mode(offload, TCP_PROXY_PROXY_VNI);
         let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let s2 = seen.clone();
+        // The record goes out before the download, and the test waits for it: the
+        // client can finish reading before the server's thread runs again.
+        let (seen_tx, seen) = std::sync::mpsc::channel();
         const N: usize = 2 << 20;
         vpcep_tests::tcp_server(
             w.cluster.nodes[2].vms[0].ns.name(),
@@ -678,9 +679,9 @@ fn proxy_header_through_the_overlay() {
                 let mut up = vec![0u8; N];
                 c.read_exact(&mut up).unwrap();
                 let intact = up.iter().enumerate().all(|(i, b)| *b == (i % 253) as u8);
+                let _ = seen_tx.send((src, tlvs, intact));
                 let down: Vec<u8> = (0..N).map(|i| (i % 241) as u8).collect();
                 c.write_all(&down).unwrap();
-                s2.lock().unwrap().push((src, tlvs, intact));
             },
         );
         let before: Vec<_> = w
@@ -704,7 +705,9 @@ fn proxy_header_through_the_overlay() {
                     s.local_addr().unwrap().port()
                 })
                 .unwrap();
-            let (src, tlvs, intact) = seen.lock().unwrap().pop().expect("the backend's record");
+            let (src, tlvs, intact) = seen
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the backend's record");
             assert!(intact, "offload {offload} node {node}: upload corrupted");
             assert_eq!(src, ([10, 0, 0, 2], port));
             let (id, vni) = (7 + node as u32, [VNI_C1, VNI_C2][node]);
