@@ -1,7 +1,8 @@
 //! Differential test: random map contents and random packets (valid and malformed) through
 //! the kernel programs (BPF_PROG_TEST_RUN) and through the reference model in
-//! `vpcep_common::model`; verdicts, counted reasons, output bytes, conntrack state and
-//! per-endpoint counters must be identical.
+//! `vpcep_common::model`; verdicts, counted reasons, output bytes, conntrack state,
+//! per-endpoint counters and tcp_proxy events must be identical; tcp_proxy flows get
+//! segments around their correction position.
 //!
 //! `VPCEP_DIFF_SEED` picks the seed (printed on failure) and `VPCEP_DIFF_PACKETS` the
 //! number of packets (default 100,000).
@@ -11,7 +12,7 @@ use vpcep::dataplane::Dataplane;
 use vpcep_common::{
     endpoint::*,
     model::{Model, Verdict},
-    stats::{Hook, Reason},
+    stats::{Hook, ProxyEvent, Reason, proxy_event_index},
 };
 use vpcep_tests::{
     fastpath::{Nics, be, namespace, run_xdp, try_run_tc},
@@ -78,7 +79,7 @@ fn random_model(rng: &mut Rng, nics: &Nics, round: u32) -> Model {
         } else {
             [2, 0xfe, 0, 0, 0, 1]
         },
-        toa_kind: 0,
+        toa_kind: rng.pick(&[0u8, 0, 200, 254]),
         _pad: 0,
         timeouts: Timeouts {
             tcp_syn: 1 + rng.below(100) as u32,
@@ -137,7 +138,7 @@ fn random_model(rng: &mut Rng, nics: &Nics, round: u32) -> Model {
                     } else {
                         SVC_REMOTE
                     },
-                    tcp_proxy: 0,
+                    tcp_proxy: random_tcp_proxy(rng),
                 },
             );
         }
@@ -207,6 +208,9 @@ fn random_model(rng: &mut Rng, nics: &Nics, round: u32) -> Model {
                     new_flows_per_sec: 0,
                 },
             );
+            if rng.chance(85) {
+                m.proxy_templates.insert(id, random_template(rng, id));
+            }
             for _ in 0..rng.below(3) {
                 let len = rng.pick(&[0u32, 8, 24, 30, 32]);
                 let net = u32::from_be_bytes(rng.pick(&IPS))
@@ -219,6 +223,26 @@ fn random_model(rng: &mut Rng, nics: &Nics, round: u32) -> Model {
         }
     }
     m
+}
+
+/// A `tcp_proxy` byte: mostly `close`, else any mode in either header placement.
+fn random_tcp_proxy(rng: &mut Rng) -> u8 {
+    if rng.chance(40) {
+        return TCP_PROXY_CLOSE;
+    }
+    let placement = if rng.chance(30) {
+        TCP_PROXY_F_FIRST_DATA
+    } else {
+        0
+    };
+    rng.pick(&TCP_PROXY_ACTIVE_MODES) | placement
+}
+
+/// PROXY header TLVs with ids of random lengths (every NOOP padding case).
+fn random_template(rng: &mut Rng, id: u32) -> ProxyTemplate {
+    let ep = format!("endpoint-{id}-{}", "x".repeat(rng.below(40) as usize));
+    let vpc = format!("vpc-{}", "y".repeat(rng.below(40) as usize));
+    ProxyTemplate::new(&ep, 1000 + id, &vpc, rng.next() as u32 & 0xff_ffff).unwrap()
 }
 
 fn load(dp: &mut Dataplane, m: &Model) {
@@ -238,6 +262,9 @@ fn load(dp: &mut Dataplane, m: &Model) {
     }
     for (id, net, len) in &m.whitelist {
         dp.allow_source(*id, *net, *len).unwrap();
+    }
+    for (id, t) in &m.proxy_templates {
+        dp.set_proxy_template(*id, *t).unwrap();
     }
     for (k, v) in &m.endpoints {
         dp.set_endpoint(*k, *v).unwrap();
@@ -262,6 +289,10 @@ fn unload(dp: &mut Dataplane, m: &Model) {
     }
     for k in m.endpoints.keys() {
         dp.remove_endpoint(k).unwrap();
+    }
+    for id in m.proxy_templates.keys() {
+        dp.set_proxy_template(*id, ProxyTemplate::default())
+            .unwrap();
     }
     for (k, _) in dp.flows().unwrap() {
         dp.remove_flow(&k).unwrap();
@@ -335,6 +366,92 @@ fn tcp_l4(rng: &mut Rng, sport: u16, dport: u16) -> Vec<u8> {
     t
 }
 
+/// A TCP segment of a tcp_proxy flow `e`, around its correction position: the client's
+/// (sequence numbers at, next to and far past the position; payloads from none to more
+/// than the kernel moves; the option space empty, usual or full) or the backend's
+/// (acknowledgements and SACK edges around the header; MSS on a SYN-ACK). Payloads stay
+/// small enough that the grown frame fits the test device's MTU.
+fn proxy_tcp_l4(rng: &mut Rng, sport: u16, dport: u16, e: &FlowEntry, backend: bool) -> Vec<u8> {
+    let (pos, len) = (e.pp_isn, e.pp_len as u32);
+    let near = |rng: &mut Rng| -> u32 {
+        match rng.below(12) {
+            0..=3 => pos,
+            4 => pos.wrapping_sub(1),
+            5 => pos.wrapping_add(1),
+            6 => pos.wrapping_add(len),
+            7 => pos.wrapping_add(len.saturating_sub(1 + rng.below(4) as u32)),
+            8 => pos.wrapping_add(len + rng.below(3000) as u32),
+            9 => pos.wrapping_add(0x8000_0000 + rng.below(100) as u32),
+            10 => pos.wrapping_sub(rng.below(100) as u32),
+            _ => rng.next() as u32,
+        }
+    };
+    let flags = if backend {
+        rng.pick(&[0x10u8, 0x10, 0x18, 0x12, 0x11, 0x14, 0x00])
+    } else {
+        rng.pick(&[0x10u8, 0x10, 0x18, 0x18, 0x11, 0x04, 0x02, 0x00])
+    };
+    let (seq, ack) = if backend {
+        (rng.next() as u32, near(rng))
+    } else {
+        (near(rng), rng.next() as u32)
+    };
+    let mut t = vec![0u8; 20];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[8..12].copy_from_slice(&ack.to_be_bytes());
+    t[13] = flags;
+    t[16..18].copy_from_slice(&(rng.next() as u16).to_be_bytes());
+    let ts = |t: &mut Vec<u8>, rng: &mut Rng| {
+        t.extend_from_slice(&[1, 1, 8, 10]);
+        t.extend((0..8).map(|_| rng.next() as u8));
+    };
+    match rng.below(6) {
+        0 => {}
+        1 => ts(&mut t, rng),
+        2 => {
+            t.extend_from_slice(&[2, 4]);
+            t.extend_from_slice(&rng.pick(&[536u16, 1460, 8960]).to_be_bytes());
+        }
+        3 if backend => {
+            // SACK blocks (after timestamps, or alone), edges around the header.
+            let most = if rng.chance(50) { 3 } else { 4 };
+            let blocks = 1 + rng.below(most) as usize;
+            if blocks < 4 && rng.chance(50) {
+                ts(&mut t, rng);
+            }
+            t.extend_from_slice(&[1, 1, 5, 2 + 8 * blocks as u8]);
+            for _ in 0..2 * blocks {
+                let v = near(rng);
+                t.extend_from_slice(&v.to_be_bytes());
+            }
+        }
+        3 | 4 => {
+            // The option space full, or all but 4 bytes of it.
+            let n = rng.pick(&[36usize, 40]);
+            ts(&mut t, rng);
+            t.extend(std::iter::repeat_n(1u8, n - 12));
+        }
+        _ => {
+            // Odd options: EOL, a bad length, a SACK cut short.
+            let o = rng.pick(&[[0u8, 0, 0, 0], [5, 1, 0, 0], [5, 10, 0, 0], [1, 5, 18, 0]]);
+            t.extend_from_slice(&o);
+        }
+    }
+    while !t.len().is_multiple_of(4) {
+        t.push(1);
+    }
+    t[12] = ((t.len() / 4) as u8) << 4;
+    let n = if backend {
+        rng.pick(&[0usize, 0, 0, 1, 100])
+    } else {
+        rng.pick(&[0usize, 0, 1, 1, 10, 100, 1000, 1100, 2001, 2100])
+    };
+    t.extend((0..n).map(|_| rng.next() as u8));
+    t
+}
+
 fn udp_l4(rng: &mut Rng, sport: u16, dport: u16) -> Vec<u8> {
     let n = rng.below(40) as usize;
     let mut u = vec![0u8; 8];
@@ -351,6 +468,40 @@ fn udp_l4(rng: &mut Rng, sport: u16, dport: u16) -> Vec<u8> {
 fn packet(rng: &mut Rng, m: &Model, nics: &Nics) -> (u32, Vec<u8>) {
     let consumers = [(nics.c, MACS[0], IPS[0]), (nics.x, MACS[1], IPS[1])];
     let (cif, cmac, cip) = rng.pick(&consumers);
+    let proxied: Vec<_> = m
+        .fwd
+        .iter()
+        .filter(|(k, e)| k.proto == IPPROTO_TCP && e.pp_mode != 0)
+        .collect();
+    if !proxied.is_empty() && rng.chance(25) {
+        // A tcp_proxy flow's segments, both ways, on the NICs they belong to.
+        let (k, e) = proxied[rng.below(proxied.len() as u64) as usize];
+        let src = k.src_be.to_ne_bytes();
+        if rng.chance(65) {
+            let (sport, dport) = (u16::from_be(k.sport_be), u16::from_be(k.dport_be));
+            let smac = if src == IPS[1] { MACS[1] } else { MACS[0] };
+            let l4 = proxy_tcp_l4(rng, sport, dport, e, false);
+            let ifx = if src == IPS[1] { nics.x } else { nics.c };
+            return (
+                ifx,
+                ipv4(rng, smac, src, k.dst_be.to_ne_bytes(), k.proto, &l4),
+            );
+        }
+        let rk = e.rev;
+        let (bp, sp) = (
+            u16::from_be(rk.backend_port_be),
+            u16::from_be(rk.snat_port_be),
+        );
+        let l4 = proxy_tcp_l4(rng, bp, sp, e, true);
+        let (b, snat) = (rk.backend_be.to_ne_bytes(), rk.snat_be.to_ne_bytes());
+        // (A flow to a remote backend points at the overlay, perhaps a made-up ifindex.)
+        let ifx = if [nics.b, nics.x].contains(&e.out_ifindex) {
+            e.out_ifindex
+        } else {
+            nics.b
+        };
+        return (ifx, ipv4(rng, MACS[2], b, snat, k.proto, &l4));
+    }
     let kind = rng.below(100);
     let mut f = if kind < 4 && !m.fwd.is_empty() {
         // A consumer's ICMP error about a reply it got on a live flow.
@@ -377,7 +528,7 @@ fn packet(rng: &mut Rng, m: &Model, nics: &Nics) -> (u32, Vec<u8>) {
         return (ifx, f);
     } else if kind < 15 && !m.fwd.is_empty() {
         // More of a live flow from its consumer.
-        let (k, _) = m
+        let (k, e) = m
             .fwd
             .iter()
             .nth(rng.below(m.fwd.len() as u64) as usize)
@@ -385,7 +536,9 @@ fn packet(rng: &mut Rng, m: &Model, nics: &Nics) -> (u32, Vec<u8>) {
         let (sport, dport) = (u16::from_be(k.sport_be), u16::from_be(k.dport_be));
         let src = k.src_be.to_ne_bytes();
         let smac = if src == IPS[1] { MACS[1] } else { MACS[0] };
-        let l4 = if k.proto == IPPROTO_TCP {
+        let l4 = if k.proto == IPPROTO_TCP && e.pp_mode != 0 && rng.chance(80) {
+            proxy_tcp_l4(rng, sport, dport, e, false)
+        } else if k.proto == IPPROTO_TCP {
             tcp_l4(rng, sport, dport)
         } else {
             udp_l4(rng, sport, dport)
@@ -457,10 +610,15 @@ fn packet(rng: &mut Rng, m: &Model, nics: &Nics) -> (u32, Vec<u8>) {
             i[2..4].copy_from_slice(&c.to_be_bytes());
             return (ifx, ipv4(rng, MACS[2], src, dst, IPPROTO_ICMP, &i));
         }
-        let l4 = if rk.proto == IPPROTO_TCP {
-            tcp_l4(rng, bp, sp)
-        } else {
-            udp_l4(rng, bp, sp)
+        let proxied = m
+            .rev
+            .get(rk)
+            .and_then(|rv| m.fwd.get(&rv.fwd))
+            .filter(|e| rk.proto == IPPROTO_TCP && e.pp_mode != 0);
+        let l4 = match proxied {
+            Some(e) if rng.chance(80) => proxy_tcp_l4(rng, bp, sp, e, true),
+            _ if rk.proto == IPPROTO_TCP => tcp_l4(rng, bp, sp),
+            _ => udp_l4(rng, bp, sp),
         };
         ipv4(rng, MACS[2], src, dst, rk.proto, &l4)
     } else if kind < 78 {
@@ -513,6 +671,17 @@ fn packet(rng: &mut Rng, m: &Model, nics: &Nics) -> (u32, Vec<u8>) {
     }
     let ifx = if rng.chance(3) { 1 } else { cif };
     (ifx, f)
+}
+
+/// The kernel's tcp_proxy event counters, by `proxy_event_index`.
+fn proxy_events(dp: &Dataplane) -> BTreeMap<u32, u64> {
+    let mut out = BTreeMap::new();
+    for m in TCP_PROXY_ACTIVE_MODES {
+        for e in ProxyEvent::ALL {
+            out.insert(proxy_event_index(m, e), dp.proxy_event(m, e).unwrap());
+        }
+    }
+    out
 }
 
 /// Compares conntrack state up to owner ids (the kernel's come from per-CPU counters):
@@ -613,9 +782,11 @@ fn kernel_matches_reference_model() {
         let mut round = 0u32;
         let mut skipped = 0u64;
         let mut refused = Vec::new();
+        let mut proxy_totals: BTreeMap<u32, u64> = BTreeMap::new();
         while run < total {
             let mut m = random_model(&mut rng, &nics, round);
             load(&mut dp, &m);
+            let events_before = proxy_events(&dp);
             for i in 0..per_round {
                 if i % 50 == 49 && !m.fwd.is_empty() {
                     // Age a flow past its timeout, in both.
@@ -643,6 +814,20 @@ fn kernel_matches_reference_model() {
                             m.ports.remove(&pk);
                             dp.remove_port(&pk).unwrap();
                         }
+                    }
+                }
+                if i % 50 == 37 {
+                    // tcp_proxy changes as the agent makes them: a service's mode (new
+                    // flows only) or an endpoint's template (another header length), in both.
+                    if rng.chance(50) && !m.services.is_empty() {
+                        let k = *m.services.keys().nth(rng.below(m.services.len() as u64) as usize).unwrap();
+                        let svc = m.services.get_mut(&k).unwrap();
+                        svc.tcp_proxy = random_tcp_proxy(&mut rng);
+                        dp.set_service(k, *svc).unwrap();
+                    } else if let Some(id) = m.endpoints.values().map(|e| e.endpoint_id).nth(rng.below(4) as usize) {
+                        let t = random_template(&mut rng, id);
+                        m.proxy_templates.insert(id, t);
+                        dp.set_proxy_template(id, t).unwrap();
                     }
                 }
                 let (ifx, frame) = packet(&mut rng, &m, &nics);
@@ -698,6 +883,13 @@ fn kernel_matches_reference_model() {
                 let got = dp.endpoint_counters(*id).unwrap();
                 assert_eq!(got, *want, "seed {seed} round {round}: endpoint {id} counters");
             }
+            let events_after = proxy_events(&dp);
+            for (i, after) in &events_after {
+                let got = after - events_before[i];
+                let want = m.proxy_events.get(i).copied().unwrap_or(0);
+                assert_eq!(got, want, "seed {seed} round {round}: tcp_proxy event slot {i}");
+                *proxy_totals.entry(*i).or_default() += got;
+            }
             unload(&mut dp, &m);
             round += 1;
         }
@@ -705,6 +897,16 @@ fn kernel_matches_reference_model() {
         assert!(skipped * 100 < run, "too many frames refused by the test harness");
         for (r, n) in &reasons {
             println!("  {r:<24} {n}");
+        }
+        println!("tcp_proxy events (all modes):");
+        for e in ProxyEvent::ALL {
+            let n: u64 = TCP_PROXY_ACTIVE_MODES
+                .iter()
+                .map(|m| proxy_totals.get(&proxy_event_index(*m, e)).copied().unwrap_or(0))
+                .sum();
+            println!("  {:<24} {n}", e.name());
+            // Every event is reached by a run of the default length.
+            assert!(total < 50_000 || n > 0, "tcp_proxy never reached {}", e.name());
         }
         // The generator must reach the interesting paths, or the comparison proves little.
         for r in [
@@ -735,6 +937,7 @@ fn kernel_matches_reference_model() {
             Reason::RevToOwner,
             Reason::DropSnatNoOwner,
             Reason::DropRemoteBackend,
+            Reason::DropProxyInsert,
         ] {
             assert!(reasons.get(r.name()).copied().unwrap_or(0) > 0, "never reached {}", r.name());
         }

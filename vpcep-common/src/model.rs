@@ -10,7 +10,8 @@ use std::{collections::BTreeMap, vec::Vec};
 use crate::{
     csum,
     endpoint::*,
-    stats::{Counter, Hook, Reason},
+    maps::MAX_ENDPOINTS,
+    stats::{Counter, Hook, ProxyEvent, Reason, proxy_event_index},
 };
 
 /// What the program does with the packet.
@@ -53,10 +54,21 @@ pub struct Model {
     /// Live flows per endpoint id (`EP_FLOWS.live`).
     pub ep_live: BTreeMap<u32, i64>,
     pub stats: BTreeMap<(u32, u32), Counter>,
+    /// tcp_proxy: PROXY header TLVs by endpoint id (an array in the kernel: a missing
+    /// entry reads as all zeros).
+    pub proxy_templates: BTreeMap<u32, ProxyTemplate>,
+    /// tcp_proxy events by `proxy_event_index`.
+    pub proxy_events: BTreeMap<u32, u64>,
     /// Owner ids handed out so far (the kernel's are per CPU; the differential test
     /// compares conntrack state up to owner ids).
     pub owners: u64,
 }
+
+/// MSS of a 1500-byte MTU: a local backend's SYN-ACK on a tcp_proxy flow is clamped
+/// from it by what the flow inserts.
+const LOCAL_MSS: u16 = 1460;
+/// Largest payload the kernel moves to make room for tcp_proxy's bytes.
+const PROXY_MAX_MOVED: usize = 2000;
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -567,7 +579,7 @@ impl Model {
         Ok((Reason::PassToTc, Verdict::Pass))
     }
 
-    fn tc(&mut self, ifindex: u32, f: &mut [u8], now: u64) -> Result<(Reason, Verdict), Reason> {
+    fn tc(&mut self, ifindex: u32, f: &mut Vec<u8>, now: u64) -> Result<(Reason, Verdict), Reason> {
         let parsed = parse(f)?;
         // Replies to this node's SNAT address, before (and without) the NIC lookup.
         if let Parsed::Ipv4(p) = &parsed
@@ -630,8 +642,9 @@ impl Model {
             }
             return Ok((Reason::FwdIcmpError, Verdict::Redirect(r?)));
         }
-        let len = f.len() as u64;
         let r = self.forward(f, &p, &nic, &ep, ifindex, now);
+        // Counted as it leaves (with what tcp_proxy inserted).
+        let len = f.len() as u64;
         match r {
             Ok((reason, _)) => {
                 self.ep_count(ep.endpoint_id, len, (reason == Reason::FwdNewFlow) as u64)
@@ -658,7 +671,7 @@ impl Model {
 
     fn forward(
         &mut self,
-        f: &mut [u8],
+        f: &mut Vec<u8>,
         p: &Pkt,
         nic: &LocalNic,
         ep: &Endpoint,
@@ -688,6 +701,7 @@ impl Model {
             }
             track(e, p, false, now);
             let (rev, out, mac, remote) = (e.rev, e.out_ifindex, e.backend_mac, e.remote_node_be);
+            let proxied = e.pp_mode != 0 && p.proto == IPPROTO_TCP;
             rewrite(
                 f,
                 p,
@@ -698,6 +712,9 @@ impl Model {
                 mac,
                 node.vmac,
             );
+            if proxied {
+                self.proxy_forward(f, p, &key)?;
+            }
             if remote != 0 {
                 clamp_mss(f, p, overlay_mss(&tunnel));
             }
@@ -737,6 +754,7 @@ impl Model {
                 e.backend_mac = svc.backend_mac;
                 track(e, p, false, now);
                 let rev = e.rev;
+                let proxied = e.pp_mode != 0 && p.proto == IPPROTO_TCP;
                 rewrite(
                     f,
                     p,
@@ -747,6 +765,9 @@ impl Model {
                     svc.backend_mac,
                     node.vmac,
                 );
+                if proxied {
+                    self.proxy_forward(f, p, &key)?;
+                }
                 if remote != 0 {
                     clamp_mss(f, p, overlay_mss(&tunnel));
                 }
@@ -763,6 +784,14 @@ impl Model {
         }
         if !allowed {
             return Err(Reason::DropSourceWhitelist);
+        }
+        let mut pp = FlowEntry {
+            endpoint_id: ep.endpoint_id,
+            ..FlowEntry::default()
+        };
+        if p.proto == IPPROTO_TCP && svc.tcp_proxy != 0 {
+            let seq = rd_be32(f, p.l4 + 4)?;
+            self.proxy_open(&mut pp, svc.tcp_proxy, seq);
         }
         let live = self.ep_live.get(&ep.endpoint_id).copied().unwrap_or(0);
         if ep.max_flows != 0 && live >= i64::from(ep.max_flows) {
@@ -789,11 +818,11 @@ impl Model {
                 consumer_ifindex: ifindex,
                 backend_mac: svc.backend_mac,
                 consumer_mac: nic.mac,
-                pp_isn: 0,
-                pp_len: 0,
-                pp_mode: 0,
-                pp_sent: 0,
-                pp_acked: 0,
+                pp_isn: pp.pp_isn,
+                pp_len: pp.pp_len,
+                pp_mode: pp.pp_mode,
+                pp_sent: pp.pp_sent,
+                pp_acked: pp.pp_acked,
                 _pad: [0; 3],
             },
         );
@@ -945,6 +974,13 @@ impl Model {
         let e = self.fwd.get_mut(&rv.fwd).ok_or(Reason::DropNoReverseFlow)?;
         track(e, p, true, now);
         let (id, out, mac) = (e.endpoint_id, e.consumer_ifindex, e.consumer_mac);
+        let insert = if e.pp_mode != 0 && p.proto == IPPROTO_TCP {
+            self.proxy_reverse(f, p, &rv.fwd)?;
+            let e = self.fwd.get(&rv.fwd).ok_or(Reason::DropNoReverseFlow)?;
+            e.pp_len + if toa_mode(e.pp_mode) { TOA_LEN } else { 0 }
+        } else {
+            0
+        };
         self.ep_count(id, len, 0);
         rewrite(
             f,
@@ -956,6 +992,10 @@ impl Model {
             mac,
             self.node.vmac,
         );
+        // The client's segments must fit the path with what tcp_proxy inserts into them.
+        if insert != 0 {
+            clamp_mss(f, p, LOCAL_MSS - insert);
+        }
         Ok((Reason::RevReply, out))
     }
 
@@ -1041,5 +1081,316 @@ impl Model {
             },
         );
         Ok(fe.out_ifindex)
+    }
+}
+
+/// Rewrites the 32-bit TCP field at `off` from `old` to `new` (host order), as the
+/// kernel's `tcp_u32`: the checksum first, then the field, even when they are equal.
+fn tcp_u32(f: &mut [u8], l4: usize, off: usize, old: u32, new: u32) -> Result<(), Reason> {
+    if !has(f, off, 4) {
+        return Err(Reason::DropTruncL4);
+    }
+    let c = rd16(f, l4 + 16).unwrap_or(0);
+    wr16(
+        f,
+        l4 + 16,
+        csum::kernel_l4_replace(c, csum::diff32(old.to_be(), new.to_be()), false),
+    );
+    wr32(f, off, new.to_be());
+    Ok(())
+}
+
+fn rd_be32(f: &[u8], at: usize) -> Result<u32, Reason> {
+    rd32(f, at).map(u32::from_be).ok_or(Reason::DropTruncL4)
+}
+
+/// One's complement sum of `b` (an even length), as `bpf_csum_diff` returns it.
+fn sum_bytes(b: &[u8]) -> u32 {
+    b.chunks(2).fold(0u32, |s, w| {
+        csum::add(
+            s,
+            u16::from_ne_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u32,
+        )
+    })
+}
+
+/// tcp_proxy, as `vpcep-ebpf/src/proxy.rs` does it.
+impl Model {
+    fn proxy_event(&mut self, mode: u8, e: ProxyEvent) {
+        *self
+            .proxy_events
+            .entry(proxy_event_index(mode, e))
+            .or_default() += 1;
+    }
+
+    fn proxy_template(&self, endpoint_id: u32) -> Option<ProxyTemplate> {
+        (endpoint_id < MAX_ENDPOINTS).then(|| {
+            self.proxy_templates
+                .get(&endpoint_id)
+                .copied()
+                .unwrap_or_default()
+        })
+    }
+
+    /// The tcp_proxy fields of a new TCP flow of a service with mode `tcp_proxy`.
+    fn proxy_open(&mut self, fe: &mut FlowEntry, tcp_proxy: u8, syn_seq: u32) {
+        fe.pp_mode = tcp_proxy;
+        fe.pp_isn = syn_seq.wrapping_add(1);
+        fe.pp_sent = 0;
+        fe.pp_acked = 0;
+        fe.pp_len = self
+            .proxy_template(fe.endpoint_id)
+            .map_or(0, |t| t.header_len(tcp_proxy));
+        if proxy_header_mode(tcp_proxy) && fe.pp_len == 0 {
+            self.proxy_event(tcp_proxy, ProxyEvent::NoTemplate);
+        }
+    }
+
+    /// Consumer → backend on a tcp_proxy flow, after address translation (`p` holds the
+    /// consumer's addresses): inserts what the segment carries, shifts its sequence number.
+    fn proxy_forward(&mut self, f: &mut Vec<u8>, p: &Pkt, key: &FlowKey) -> Result<(), Reason> {
+        let flags = p.tcp_flags;
+        if flags & TCP_SYN != 0 {
+            return Ok(());
+        }
+        let e = *self.fwd.get(key).ok_or(Reason::DropHelper)?;
+        let mode = e.pp_mode;
+        let (pos, len, sent, acked) = (e.pp_isn, e.pp_len, e.pp_sent, e.pp_acked);
+        let l4 = p.l4;
+        let seq = rd_be32(f, l4 + 4)?;
+        let hl = (f[l4 + 12] >> 4) as usize * 4;
+        let tot_len = u16::from_be_bytes([f[16], f[17]]) as usize;
+        let l3_len = l4 - 14;
+        if tot_len < l3_len + hl {
+            return Err(Reason::DropBadTcp);
+        }
+        let payload = tot_len - l3_len - hl;
+        let first_data = mode & TCP_PROXY_F_FIRST_DATA != 0;
+        let mut hdr = false;
+        if len != 0 && seq == pos && acked & PP_ACKED_HEADER == 0 && flags & TCP_RST == 0 {
+            hdr = if payload > 0 {
+                first_data || sent != PP_SENT_ALONE
+            } else {
+                !first_data
+            };
+        }
+        let mut toa = toa_mode(mode) && acked & PP_ACKED_ANY == 0 && flags & TCP_RST == 0;
+        // Test runs carry no GSO trains.
+        if toa && (hl + TOA_LEN as usize > 60 || payload > PROXY_MAX_MOVED) {
+            self.proxy_event(mode, ProxyEvent::ToaNoRoom);
+            toa = false;
+        }
+        if hdr && payload > PROXY_MAX_MOVED {
+            self.proxy_event(mode, ProxyEvent::DropTooBig);
+            return Err(Reason::DropProxyInsert);
+        }
+        let new_seq = if hdr {
+            seq
+        } else if acked & PP_ACKED_HEADER != 0 {
+            seq.wrapping_add(len as u32)
+        } else {
+            adjust_seq(seq, pos, len, sent != 0)
+        };
+        let new_sent = if payload > 0 && seq == pos {
+            PP_SENT_DATA
+        } else if hdr && sent == 0 {
+            PP_SENT_ALONE
+        } else {
+            sent
+        };
+        if let Some(e) = self.fwd.get_mut(key) {
+            e.pp_sent = new_sent;
+        }
+        if new_seq != seq {
+            tcp_u32(f, l4, l4 + 4, seq, new_seq)?;
+        }
+        if !hdr && !toa {
+            return Ok(());
+        }
+        let toa_len = if toa { TOA_LEN as usize } else { 0 };
+        let hdr_len = if hdr { len as usize } else { 0 };
+        self.proxy_insert(f, p, &e, toa_len, hdr_len, tot_len, hl)?;
+        if toa {
+            self.proxy_event(mode, ProxyEvent::ToaInserted);
+        }
+        if hdr {
+            let ev = if sent == 0 {
+                ProxyEvent::HeaderSent
+            } else {
+                ProxyEvent::HeaderResent
+            };
+            self.proxy_event(mode, ev);
+        }
+        Ok(())
+    }
+
+    /// Grows the segment by `toa_len + hdr_len` bytes behind its TCP header of `hl` bytes.
+    #[allow(clippy::too_many_arguments)]
+    fn proxy_insert(
+        &self,
+        f: &mut Vec<u8>,
+        p: &Pkt,
+        e: &FlowEntry,
+        toa_len: usize,
+        hdr_len: usize,
+        tot_len: usize,
+        hl: usize,
+    ) -> Result<(), Reason> {
+        let l4 = p.l4;
+        let payload = tot_len.saturating_sub(l4 - 14 + hl);
+        let grow = ((toa_len + hdr_len).wrapping_sub(1) & 0xff) + 1;
+        let mut ins = Vec::with_capacity(grow);
+        if toa_len != 0 {
+            let kind = match self.node.toa_kind {
+                0 => TOA_KIND_DEFAULT,
+                k => k,
+            };
+            ins.extend_from_slice(&[kind, TOA_LEN as u8]);
+            ins.extend_from_slice(&p.sport.to_ne_bytes());
+            ins.extend_from_slice(&p.src.to_ne_bytes());
+        }
+        if hdr_len != 0 {
+            let t = self
+                .proxy_template(e.endpoint_id)
+                .ok_or(Reason::DropProxyInsert)?;
+            let tlv_len = if e.pp_mode & TCP_PROXY_MODE_MASK == TCP_PROXY_PROXY_VNI {
+                t.tlv_len_vni
+            } else {
+                t.tlv_len
+            };
+            if PP2_FIXED_LEN + tlv_len as usize != hdr_len {
+                return Err(Reason::DropProxyInsert);
+            }
+            ins.extend_from_slice(&pp2_fixed(tlv_len, p.src, p.dst, p.sport, p.dport));
+            ins.extend_from_slice(&t.tlv);
+        }
+        ins.truncate(grow);
+        if payload > PROXY_MAX_MOVED {
+            return Err(Reason::DropProxyInsert);
+        }
+        let data_off = l4 + hl;
+        let moved = if payload == 0 {
+            Vec::new()
+        } else {
+            f.get(data_off..data_off + payload)
+                .ok_or(Reason::DropHelper)?
+                .to_vec()
+        };
+        f.resize(14 + tot_len + grow, 0);
+        f[data_off + grow..data_off + grow + moved.len()].copy_from_slice(&moved);
+        f[data_off..data_off + grow].copy_from_slice(&ins);
+        // Checksums: the inserted bytes, the pseudo-header's length, the data offset, the
+        // IPv4 total length, in the kernel's order.
+        let mut c = rd16(f, l4 + 16).unwrap_or(0);
+        c = csum::kernel_l4_replace(c, sum_bytes(&ins), false);
+        let old_l4 = ((tot_len - (l4 - 14)) as u16).to_be();
+        let new_l4 = ((tot_len + grow - (l4 - 14)) as u16).to_be();
+        c = csum::kernel_l4_replace(c, csum::diff16(old_l4, new_l4), false);
+        if toa_len != 0 {
+            let old = [f[l4 + 12], f[l4 + 13]];
+            let new = [old[0] + 0x20, old[1]];
+            c = csum::kernel_l4_replace(
+                c,
+                csum::diff16(u16::from_ne_bytes(old), u16::from_ne_bytes(new)),
+                false,
+            );
+            f[l4 + 12] = new[0];
+        }
+        wr16(f, l4 + 16, c);
+        let old = [f[16], f[17]];
+        let new = ((tot_len + grow) as u16).to_be_bytes();
+        let d = csum::diff16(u16::from_ne_bytes(old), u16::from_ne_bytes(new));
+        let check = csum::apply(u16::from_ne_bytes([f[24], f[25]]), d).to_ne_bytes();
+        f[16..18].copy_from_slice(&new);
+        f[24..26].copy_from_slice(&check);
+        Ok(())
+    }
+
+    /// Backend → consumer on a tcp_proxy flow: notes what the backend acknowledged, maps
+    /// its acknowledgement number and SACK edges back into the client's sequence space.
+    fn proxy_reverse(&mut self, f: &mut [u8], p: &Pkt, key: &FlowKey) -> Result<(), Reason> {
+        if p.tcp_flags & TCP_ACK == 0 {
+            return Ok(());
+        }
+        let e = *self.fwd.get(key).ok_or(Reason::DropNoReverseFlow)?;
+        let (pos, len) = (e.pp_isn, e.pp_len);
+        let l4 = p.l4;
+        let ack = rd_be32(f, l4 + 8)?;
+        let acked = e.pp_acked;
+        let mut now = acked;
+        if acked & PP_ACKED_ANY == 0 && seq_after(ack, pos) {
+            now |= PP_ACKED_ANY;
+        }
+        if len != 0 && acked & PP_ACKED_HEADER == 0 && !seq_after(pos.wrapping_add(len as u32), ack)
+        {
+            now |= PP_ACKED_HEADER;
+        }
+        if let Some(e) = self.fwd.get_mut(key) {
+            e.pp_acked = now;
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let steady = now & PP_ACKED_HEADER != 0;
+        let map = |v: u32| {
+            if steady {
+                v.wrapping_sub(len as u32)
+            } else {
+                unadjust_ack(v, pos, len)
+            }
+        };
+        let client_ack = map(ack);
+        if client_ack != ack {
+            tcp_u32(f, l4, l4 + 8, ack, client_ack)?;
+        }
+        if p.tcp_flags & TCP_SYN != 0 || !has(f, l4, 24) {
+            return Ok(());
+        }
+        let hl = (f[l4 + 12] >> 4) as usize * 4;
+        let ts_only = hl == 32 && f[l4 + 20] == 1 && f[l4 + 21] == 1 && f[l4 + 22] == 8;
+        if hl <= 20 || ts_only {
+            return Ok(());
+        }
+        let (mut off, mut at, mut olen) = (20usize, 0usize, 0usize);
+        for _ in 0..12 {
+            if off + 2 > hl {
+                break;
+            }
+            if !has(f, l4 + off, 2) {
+                return Err(Reason::DropTruncL4);
+            }
+            let (kind, l) = (f[l4 + off], f[l4 + off + 1] as usize);
+            if kind == 0 {
+                break;
+            }
+            if kind == 1 {
+                off += 1;
+                continue;
+            }
+            if l < 2 || off + l > hl {
+                break;
+            }
+            if kind == 5 {
+                at = off + 2;
+                olen = l;
+                break;
+            }
+            off += l;
+        }
+        if at == 0 || olen < 10 {
+            return Ok(());
+        }
+        let mut edge = l4 + at;
+        let end = edge + (olen - 2) / 8 * 8;
+        for _ in 0..8 {
+            if edge >= end {
+                break;
+            }
+            let v = rd_be32(f, edge)?;
+            tcp_u32(f, l4, edge, v, map(v))?;
+            edge += 4;
+        }
+        self.proxy_event(e.pp_mode, ProxyEvent::SackAdjusted);
+        Ok(())
     }
 }
