@@ -913,13 +913,8 @@ fn kernel_matches_reference_model() {
             Reason::FwdNewFlow,
             Reason::FwdEstablished,
             Reason::RevReply,
-            Reason::RevIcmpError,
-            Reason::FwdIcmpError,
             Reason::ArpReply,
-            Reason::IcmpEchoReply,
-            Reason::DropSnatExhausted,
             Reason::DropNotAccepted,
-            Reason::DropSourceWhitelist,
             Reason::DropTcpNoFlow,
             Reason::DropNoReverseFlow,
         ] {
@@ -931,6 +926,11 @@ fn kernel_matches_reference_model() {
             return;
         }
         for r in [
+            Reason::RevIcmpError,
+            Reason::FwdIcmpError,
+            Reason::IcmpEchoReply,
+            Reason::DropSnatExhausted,
+            Reason::DropSourceWhitelist,
             Reason::DropEndpointDeleted,
             Reason::DropEndpointFlowLimit,
             Reason::DropFlowRevoked,
