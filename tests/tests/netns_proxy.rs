@@ -2,7 +2,8 @@
 //! and 4) reach one backend (10.0.0.5, VPC 2) through their endpoints (10.0.0.100 each).
 //! The backend runs haproxy from Debian with `accept-proxy`, which answers with the source
 //! and destination it read from the PROXY header, and a Rust server that decodes the header
-//! and its TLVs with the `ppp` crate. TOA is read from a capture at the backend.
+//! and its TLVs with the `ppp` crate. TOA is read by the backend's kernel (a sock_ops probe
+//! on the backend server's cgroup) and from a capture at the backend.
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
@@ -405,16 +406,31 @@ fn proxy_header_modes_without_offload() {
 /// haproxy with `accept-proxy` in the backend namespace; it answers each HTTP request with
 /// the client and destination addresses it took from the PROXY header.
 fn haproxy(w: &World, dir: &TempDir) -> vpcep_tests::harness::process::ChildGuard {
+    let mut cmd = haproxy_command(w, dir, true);
+    let g = spawn_guarded(&mut cmd);
+    wait_haproxy(w);
+    g
+}
+
+/// haproxy's command line: an HTTP frontend on 10.0.0.5:81 that answers with the source and
+/// destination it saw (from the PROXY header with `accept_proxy`, from the socket without).
+fn haproxy_command(w: &World, dir: &TempDir, accept_proxy: bool) -> std::process::Command {
     let cfg = dir.0.join("haproxy.cfg");
+    let bind = if accept_proxy { " accept-proxy" } else { "" };
     std::fs::write(
         &cfg,
-        "global\n  maxconn 100\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 10s\n  timeout server 10s\n\
-         frontend fe\n  bind 10.0.0.5:81 accept-proxy\n  http-request return status 200 content-type text/plain lf-string \"%[src]:%[src_port] %[dst]:%[dst_port]\\n\"\n",
+        format!(
+            "global\n  maxconn 100\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 10s\n  timeout server 10s\n\
+             frontend fe\n  bind 10.0.0.5:81{bind}\n  http-request return status 200 content-type text/plain lf-string \"%[src]:%[src_port] %[dst]:%[dst_port]\\n\"\n"
+        ),
     )
     .unwrap();
     let mut cmd = w.topo.vms[2].ns.command("haproxy");
     cmd.args(["-db", "-f"]).arg(&cfg);
-    let g = spawn_guarded(&mut cmd);
+    cmd
+}
+
+fn wait_haproxy(w: &World) {
     vpcep_tests::harness::wait::wait_for(10, "haproxy listening", || {
         w.topo.vms[2]
             .ns
@@ -422,7 +438,6 @@ fn haproxy(w: &World, dir: &TempDir) -> vpcep_tests::harness::process::ChildGuar
             .map(|o| String::from_utf8_lossy(&o.stdout).contains(":81"))
             .unwrap_or(false)
     });
-    g
 }
 
 fn http_get(w: &World, vm: usize) -> (u16, String) {
@@ -972,4 +987,226 @@ fn a_consumers_own_header_is_just_data() {
     expect_seen(&h.unwrap(), 0, port, false);
     assert!(ok, "the forged header follows ours, byte for byte");
     stop.store(true, Ordering::Relaxed);
+}
+
+/// The TOA probe (`vpcep-ebpf/src/toa_probe.rs`) on a cgroup (v2) of its own, which the
+/// backend server is started in; the server is stopped and the cgroup removed on drop.
+struct ToaProbe {
+    child: Option<vpcep_tests::harness::process::ChildGuard>,
+    ebpf: aya::Ebpf,
+    cgroup: std::path::PathBuf,
+    mount: Option<TempDir>,
+}
+
+impl ToaProbe {
+    /// Loads the probe looking for option `kind` and attaches it to a new cgroup.
+    fn new(kind: u8) -> Self {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let found = mounts.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| std::path::PathBuf::from(f[1]))
+        });
+        // No cgroup2 hierarchy mounted (a guest): mount one of our own.
+        let (root, mount) = match found {
+            Some(r) => (r, None),
+            None => {
+                let d = TempDir::new("cgroup2");
+                let path = std::ffi::CString::new(d.0.to_str().unwrap()).unwrap();
+                // SAFETY: valid NUL-terminated strings; no data argument.
+                let rc = unsafe {
+                    libc::mount(
+                        c"none".as_ptr(),
+                        path.as_ptr(),
+                        c"cgroup2".as_ptr(),
+                        0,
+                        std::ptr::null(),
+                    )
+                };
+                assert_eq!(rc, 0, "mount cgroup2: {}", std::io::Error::last_os_error());
+                (d.0.clone(), Some(d))
+            }
+        };
+        let cgroup = root.join(format!(
+            "vpcep-toa-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir(&cgroup).unwrap();
+        let mut ebpf = aya::EbpfLoader::new()
+            .load(vpcep::dataplane::toa_probe_object())
+            .unwrap();
+        let mut k: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(ebpf.map_mut("TOA_PROBE_KIND").unwrap()).unwrap();
+        k.set(0, kind as u32, 0).unwrap();
+        let prog: &mut aya::programs::SockOps = ebpf
+            .program_mut("vpcep_toa_probe")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        prog.load().unwrap();
+        prog.attach(
+            std::fs::File::open(&cgroup).unwrap(),
+            aya::programs::CgroupAttachMode::Single,
+        )
+        .unwrap();
+        Self {
+            child: None,
+            ebpf,
+            cgroup,
+            mount,
+        }
+    }
+
+    /// Starts `cmd` inside the probe's cgroup: it joins before it execs, so its listening
+    /// socket (and every connection it accepts) belongs to the cgroup.
+    fn spawn(&mut self, mut cmd: std::process::Command) {
+        use std::os::unix::{ffi::OsStrExt, process::CommandExt};
+        let procs = std::ffi::CString::new(self.cgroup.join("cgroup.procs").as_os_str().as_bytes())
+            .unwrap();
+        // SAFETY: the hook only makes async-signal-safe calls (open, write, close).
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let n = libc::write(fd, c"0".as_ptr().cast(), 1);
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                if n != 1 {
+                    return Err(err);
+                }
+                Ok(())
+            });
+        }
+        self.child = Some(spawn_guarded(&mut cmd));
+    }
+
+    /// What the backend's kernel saw: (remote address of the socket, the TOA option's port
+    /// and address, or None when the ACK carried none).
+    fn seen(&self) -> Vec<(SocketAddrV4, Option<(u16, Ipv4Addr)>)> {
+        let m: aya::maps::HashMap<_, u64, [u8; 8]> =
+            aya::maps::HashMap::try_from(self.ebpf.map("TOA_PROBE_SEEN").unwrap()).unwrap();
+        let mut out: Vec<_> = m
+            .iter()
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                // sock_ops gives the address in network order and the port in network order
+                // in the upper half.
+                let ip = Ipv4Addr::from(u32::from_be((k >> 32) as u32));
+                let port = u32::from_be(k as u32) as u16;
+                let toa = (v[1] == 8).then(|| {
+                    (
+                        u16::from_be_bytes([v[2], v[3]]),
+                        Ipv4Addr::new(v[4], v[5], v[6], v[7]),
+                    )
+                });
+                (SocketAddrV4::new(ip, port), toa)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+impl Drop for ToaProbe {
+    fn drop(&mut self) {
+        // The server first: a cgroup with a process in it cannot be removed.
+        drop(self.child.take());
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.cgroup).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if let Some(d) = &self.mount {
+            let path = std::ffi::CString::new(d.0.to_str().unwrap()).unwrap();
+            // SAFETY: a valid NUL-terminated path we mounted.
+            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+/// TOA as the backend's own kernel receives it: the probe on the backend server's cgroup
+/// reads the option on the ACK that completes each handshake, where `toa.ko` reads it
+/// (`tcp_v4_syn_recv_sock`). Both overlapping consumers; the default kind, and a node's own
+/// `toa_kind` (200) in `open` mode; `close` and `proxy_open` add nothing.
+#[test]
+fn toa_read_by_the_backends_kernel() {
+    require_root!();
+    for (mode, node_kind) in [
+        (TCP_PROXY_TOA_OPEN, 0u8),
+        (TCP_PROXY_OPEN, 200),
+        (TCP_PROXY_PROXY_OPEN, 0),
+        (TCP_PROXY_CLOSE, 0),
+    ] {
+        let mut w = world(mode, true);
+        if node_kind != 0 {
+            w.dp.set_node(NodeConfig {
+                snat_ip_be: be([198, 19, 128, 10]),
+                port_lo: 20000,
+                port_hi: 60000,
+                vmac: VMAC,
+                toa_kind: node_kind,
+                _pad: 0,
+                timeouts: Timeouts::default(),
+            })
+            .unwrap();
+        }
+        let kind = if node_kind == 0 {
+            TOA_KIND_DEFAULT
+        } else {
+            node_kind
+        };
+        let header = mode != TCP_PROXY_TOA_OPEN && mode != TCP_PROXY_CLOSE;
+        let toa = mode & TCP_PROXY_MODE_MASK == TCP_PROXY_TOA_OPEN
+            || mode & TCP_PROXY_MODE_MASK == TCP_PROXY_OPEN;
+        let dir = TempDir::new("haproxy-toa");
+        let mut probe = ToaProbe::new(kind);
+        probe.spawn(haproxy_command(&w, &dir, header));
+        wait_haproxy(&w);
+        let mut want = Vec::new();
+        let mut sources = Vec::new();
+        for vm in [0, 1] {
+            let (port, resp) = http_get(&w, vm);
+            let body = resp.rsplit("\r\n\r\n").next().unwrap_or_default();
+            let src = body
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            if header {
+                assert_eq!(src, format!("10.0.0.2:{port}"), "mode {mode:#x}: {resp}");
+            } else {
+                sources.push(
+                    src.parse::<SocketAddrV4>()
+                        .unwrap_or_else(|e| panic!("{resp}: {e}")),
+                );
+            }
+            want.push(toa.then_some((port, Ipv4Addr::new(10, 0, 0, 2))));
+        }
+        let seen = probe.seen();
+        assert_eq!(
+            seen.len(),
+            2,
+            "mode {mode:#x}: one record per connection: {seen:?}"
+        );
+        for (remote, _) in &seen {
+            assert!(
+                remote.ip().octets()[..2] == [198, 19],
+                "mode {mode:#x}: the backend's peer is the SNAT address: {seen:?}"
+            );
+        }
+        if !header {
+            // haproxy read its peer from the same sockets.
+            let mut peers: Vec<SocketAddrV4> = seen.iter().map(|(r, _)| *r).collect();
+            peers.sort();
+            sources.sort();
+            assert_eq!(peers, sources, "mode {mode:#x}");
+        }
+        let mut got: Vec<_> = seen.iter().map(|(_, t)| *t).collect();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "mode {mode:#x} kind {kind}: {seen:?}");
+    }
 }

@@ -40,6 +40,12 @@ pub fn object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vpcep"))
 }
 
+/// The TOA probe (`vpcep-ebpf/src/toa_probe.rs`): a sock_ops program for the tcp_proxy tests
+/// that records the TOA option a backend's kernel receives. The agent never loads it.
+pub fn toa_probe_object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vpcep-toa-probe"))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     #[error(
