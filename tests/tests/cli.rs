@@ -351,11 +351,14 @@ async fn provider_consumer_story() {
                 "web",
                 "--tag",
                 "env=prod",
+                "--private-dns-name",
+                "API.example.internal",
                 "--wait",
             ],
         )
         .await;
     assert_eq!(s(&svc, "status"), "available");
+    assert_eq!(s(&svc, "private_dns_name"), "api.example.internal");
     let sid = s(&svc, "id");
     let name = s(&svc, "service_name");
     let table = w.run(Provider, &["service", "list"]).await;
@@ -420,6 +423,7 @@ async fn provider_consumer_story() {
             &csub,
             "--whitelist",
             "10.1.1.0/24",
+            "--enable-dns",
             "--wait",
             "--timeout",
             "60",
@@ -436,11 +440,34 @@ async fn provider_consumer_story() {
         (eid.clone(), "accepted".to_owned())
     );
     assert_eq!(ep["whitelist"][0], "10.1.1.0/24");
+    // Accepted with DNS on: its names (docs/api.md, internal domain names).
+    assert_eq!(
+        ep["dns_names"],
+        serde_json::json!([
+            format!("{eid}.vpcep.local-1.internal"),
+            format!("web.{sid}.vpcep.local-1.internal"),
+            "api.example.internal"
+        ])
+    );
 
     // Reject: the endpoint says so, and waiting for acceptance fails at once.
     w.run(Provider, &["conn", "reject", &sid, &eid]).await.ok();
     let ep = w.json(Consumer, &["endpoint", "show", &eid]).await;
     assert_eq!(s(&ep, "status"), "rejected");
+    assert_eq!(
+        ep["dns_names"],
+        serde_json::json!([]),
+        "no names once rejected"
+    );
+    // A name that is not one: exit 1 naming the field.
+    let r = w
+        .run(
+            Provider,
+            &["service", "update", &sid, "--private-dns-name", "no_name"],
+        )
+        .await;
+    r.fails(1, "VPCEP.0002");
+    assert!(r.stderr.contains("private_dns_name"), "{}", r.stderr);
     let r = w
         .run(Consumer, &["endpoint", "wait", &eid, "--timeout", "5"])
         .await;

@@ -81,7 +81,7 @@ async fn endpoint_operations(db: Db) {
     let e3 = c.post(&eps, b).await.ok();
     assert_eq!(e3["status"], "accepted");
     assert_eq!(e3["enable_whitelist"], true);
-    assert_eq!(e3["dns_names"].as_array().unwrap().len(), 1);
+    assert_eq!(e3["dns_names"].as_array().unwrap().len(), 2);
     let e3id = e3["id"].as_str().unwrap().to_owned();
 
     // List, filters, show.

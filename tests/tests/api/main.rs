@@ -29,6 +29,7 @@ mod auth;
 mod bench;
 mod concurrency;
 mod consumer_view;
+mod dns;
 mod endpoints;
 mod feed;
 mod input;

@@ -66,15 +66,21 @@ assert shown.ports[0].server_port is None and shown.port_id is None and shown.vp
 assert shown.ip is None and shown.project_id is None and not shown.tags, shown
 assert cons.list_service_public_details(ListServicePublicDetailsRequest()).total_count == 1
 e = cons.create_endpoint(CreateEndpointRequest(CreateEndpointRequestBody(
-    endpoint_service_id=s.id, vpc_id=E["CVPC"], subnet_id=E["CSUBNET"], port_ip="10.0.0.100")))
+    endpoint_service_id=s.id, vpc_id=E["CVPC"], subnet_id=E["CSUBNET"], port_ip="10.0.0.100",
+    enable_dns=True)))
 assert e.status == "pendingAcceptance" and e.ip == "10.0.0.100", e
+assert e.enable_dns, e
+assert not cons.list_endpoint_info_details(ListEndpointInfoDetailsRequest(vpc_endpoint_id=e.id)).dns_names, "names before acceptance"
 c = prov.list_service_connections(ListServiceConnectionsRequest(
     vpc_endpoint_service_id=s.id, marker_id=str(e.marker_id)))
 assert c.connections[0].id == e.id
 a = prov.accept_or_reject_endpoint(AcceptOrRejectEndpointRequest(
     vpc_endpoint_service_id=s.id, body=AcceptOrRejectEndpointRequestBody(action="receive", endpoints=[e.id])))
 assert a.connections[0].status == "accepted"
-assert cons.list_endpoint_info_details(ListEndpointInfoDetailsRequest(vpc_endpoint_id=e.id)).status == "accepted"
+info = cons.list_endpoint_info_details(ListEndpointInfoDetailsRequest(vpc_endpoint_id=e.id))
+assert info.status == "accepted"
+# Accepted with DNS on: the endpoint's internal domain names.
+assert len(info.dns_names) == 2 and info.dns_names[0] == e.id + ".vpcep.local-1.internal", info
 cons.batch_add_or_remove_resource_instance(BatchAddOrRemoveResourceInstanceRequest(
     resource_type="endpoint", resource_id=e.id,
     body=BatchAddOrRemoveResourceInstanceRequestBody(action="create", tags=[ResourceTag(key="a", value="b")])))

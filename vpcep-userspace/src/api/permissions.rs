@@ -144,7 +144,9 @@ pub async fn connection_action(
         .map(|(i, e)| field_uuid(&format!("endpoints[{i}]"), e))
         .collect::<Result<Vec<_>>>()?;
     let eps = st
-        .in_tx(async |tx| permissions::accept(tx, &caller, &id, &ids, action == "receive").await)
+        .in_tx(async |tx| {
+            permissions::accept(tx, &st.config, &caller, &id, &ids, action == "receive").await
+        })
         .await?;
     Ok(Json(Connections {
         connections: eps.iter().map(Endpoint::connection_view).collect(),

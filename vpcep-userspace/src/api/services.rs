@@ -45,6 +45,9 @@ pub struct CreateService {
     /// Extension: default `on_first_ack`.
     #[schemars(extend("enum" = pattern::or_null(&PROXY_HEADER_PLACEMENTS)))]
     proxy_header_placement: Option<String>,
+    /// Extension: a DNS name the endpoints with `enable_dns` answer to in their VPC.
+    #[schemars(length(max = 254))]
+    private_dns_name: Option<String>,
     #[schemars(length(max = MAX_TAGS))]
     tags: Option<Vec<Tag>>,
     #[schemars(length(max = 512), pattern(pattern::DESCRIPTION))]
@@ -75,6 +78,9 @@ pub struct UpdateService {
     tcp_proxy: Option<String>,
     #[schemars(extend("enum" = pattern::or_null(&PROXY_HEADER_PLACEMENTS)))]
     proxy_header_placement: Option<String>,
+    /// Extension: `""` removes it.
+    #[schemars(length(max = 254))]
+    private_dns_name: Option<String>,
     #[schemars(length(max = 512), pattern(pattern::DESCRIPTION))]
     description: Option<String>,
     #[schemars(ipv4)]
@@ -91,6 +97,16 @@ pub struct UpdateService {
 pub struct RenameService {
     #[schemars(required, pattern(pattern::SERVICE_NAME))]
     endpoint_service_name: Option<String>,
+}
+
+/// A private DNS name's syntax (empty or absent: none); ownership is checked with the store.
+fn check_private_dns_name(n: Option<&str>) -> ApiResult<String> {
+    match n {
+        None | Some("") => Ok(String::new()),
+        Some(n) => {
+            crate::domain::dns::check_name(n).map_err(|e| ApiError::invalid("private_dns_name", e))
+        }
+    }
 }
 
 impl CreateService {
@@ -122,6 +138,7 @@ impl CreateService {
             &proxy_header_placement,
             &PROXY_HEADER_PLACEMENTS,
         )?;
+        let private_dns_name = check_private_dns_name(self.private_dns_name.as_deref())?;
         let tags = self.tags.unwrap_or_default();
         check_tags(&tags)?;
         let description = self.description.unwrap_or_default();
@@ -144,6 +161,7 @@ impl CreateService {
             ports,
             tcp_proxy,
             proxy_header_placement,
+            private_dns_name,
             tags,
             description,
             ip_version,
@@ -170,6 +188,11 @@ impl UpdateService {
         if let Some(p) = &self.proxy_header_placement {
             check_enum("proxy_header_placement", p, &PROXY_HEADER_PLACEMENTS)?;
         }
+        let private_dns_name = self
+            .private_dns_name
+            .as_deref()
+            .map(|n| check_private_dns_name(Some(n)))
+            .transpose()?;
         if let Some(d) = &self.description {
             check_description("description", d)?;
         }
@@ -185,6 +208,7 @@ impl UpdateService {
             port_id,
             tcp_proxy: self.tcp_proxy,
             proxy_header_placement: self.proxy_header_placement,
+            private_dns_name,
             description: self.description,
             ip: self.ip,
             max_connections,

@@ -40,6 +40,8 @@ pub struct ServiceView {
     pub tcp_proxy: String,
     /// Extension: where the PROXY header goes.
     pub proxy_header_placement: String,
+    /// Extension: the name its endpoints with `enable_dns` answer to; null when none.
+    pub private_dns_name: Option<String>,
     pub tags: Vec<Tag>,
     pub description: String,
     pub enable_policy: bool,
@@ -75,6 +77,8 @@ impl Service {
             ports: self.ports.clone(),
             tcp_proxy: self.tcp_proxy.clone(),
             proxy_header_placement: self.proxy_header_placement.clone(),
+            private_dns_name: (!self.private_dns_name.is_empty())
+                .then(|| self.private_dns_name.clone()),
             tags: self.tags.clone(),
             description: self.description.clone(),
             enable_policy: self.enable_policy,

@@ -207,6 +207,9 @@ pub struct ServiceCreate {
     /// Where the PROXY header goes: on_first_ack (default) or on_first_data.
     #[arg(long)]
     pub proxy_header_placement: Option<String>,
+    /// A DNS name the endpoints with a domain name answer to in their VPC.
+    #[arg(long)]
+    pub private_dns_name: Option<String>,
     #[arg(long)]
     pub description: Option<String>,
     /// Live connections each endpoint may hold (0 = no limit); default: the region's.
@@ -244,6 +247,9 @@ pub struct ServiceUpdate {
     /// on_first_ack or on_first_data (new connections only).
     #[arg(long)]
     pub proxy_header_placement: Option<String>,
+    /// A DNS name the endpoints with a domain name answer to ("" removes it).
+    #[arg(long)]
+    pub private_dns_name: Option<String>,
     #[arg(long)]
     pub description: Option<String>,
     /// Live connections each endpoint may hold (0 = no limit).

@@ -334,6 +334,7 @@ async fn service_create(c: &Client, base: &str, a: ServiceCreate) -> CliResult<O
         "proxy_header_placement",
         a.proxy_header_placement,
     );
+    put_opt(&mut body, "private_dns_name", a.private_dns_name);
     put_opt(&mut body, "description", a.description);
     put_opt(&mut body, "max_connections", a.max_connections);
     put_opt(
@@ -388,6 +389,7 @@ async fn service_update(c: &Client, base: &str, a: ServiceUpdate) -> CliResult<O
         "proxy_header_placement",
         a.proxy_header_placement,
     );
+    put_opt(&mut body, "private_dns_name", a.private_dns_name);
     put_opt(&mut body, "description", a.description);
     put_opt(&mut body, "max_connections", a.max_connections);
     put_opt(

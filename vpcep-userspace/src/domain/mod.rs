@@ -4,6 +4,7 @@
 pub mod actor;
 pub mod audience;
 pub mod cidr;
+pub mod dns;
 pub mod error;
 pub mod records;
 pub mod rules;

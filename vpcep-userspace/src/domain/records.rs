@@ -78,6 +78,10 @@ pub struct Service {
     /// Extension: where the PROXY header goes (`PROXY_HEADER_PLACEMENTS`).
     #[serde(default = "first_ack")]
     pub proxy_header_placement: String,
+    /// Extension: a name the service's endpoints with DNS on answer to in their VPC
+    /// (empty: none).
+    #[serde(default)]
+    pub private_dns_name: String,
     pub tags: Vec<Tag>,
     pub description: String,
     pub enable_policy: bool,

@@ -34,8 +34,30 @@ pub struct Config {
     /// Days of audit trail kept; older records are pruned by the next write (0 = keep all).
     #[arg(long, default_value_t = 90)]
     pub audit_retain_days: u64,
+    /// DNS zone of the endpoints' generated names (`<endpoint id>.<zone>`,
+    /// `<service name>.<service id>.<zone>`); default `vpcep.<region>.internal`.
+    #[arg(long, value_parser = dns_zone)]
+    pub dns_zone: Option<String>,
+    /// Suffixes a service's `private_dns_name` may end in (repeat the flag); none given:
+    /// any name outside the generated zone.
+    #[arg(long = "private-dns-suffix", value_parser = dns_zone)]
+    pub private_dns_suffixes: Vec<String>,
     #[command(flatten)]
     pub limits: RequestLimits,
+}
+
+impl Config {
+    /// The zone of the generated endpoint names.
+    pub fn dns_zone(&self) -> String {
+        self.dns_zone
+            .clone()
+            .unwrap_or_else(|| format!("vpcep.{}.internal", self.region.to_ascii_lowercase()))
+    }
+}
+
+/// A DNS zone or suffix flag: a valid name, lowercased, without the trailing dot.
+fn dns_zone(s: &str) -> Result<String, String> {
+    crate::domain::dns::check_name(s).map_err(|e| format!("{s:?}: {e}"))
 }
 
 /// Rates are requests per second, bursts the requests a bucket holds (how many may come at
@@ -129,6 +151,8 @@ impl Default for Config {
             default_max_connections: 3000,
             default_max_new_connections_per_second: 0,
             audit_retain_days: 90,
+            dns_zone: None,
+            private_dns_suffixes: Vec::new(),
             limits: RequestLimits::default(),
         }
     }

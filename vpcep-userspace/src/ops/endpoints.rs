@@ -5,7 +5,7 @@ use super::{Config, Result, Touch, addresses::assign_ip, quota};
 use crate::{
     domain::{
         Caller, Endpoint, EndpointStatus, Error, Permission, PolicyStatement, Service,
-        ServiceStatus, Subnet, Tag, Vpc, new_id, now, parse_id, permitted,
+        ServiceStatus, Subnet, Tag, Vpc, dns, new_id, now, parse_id, permitted,
     },
     store::{Filter, WriteTx},
 };
@@ -80,23 +80,33 @@ pub async fn create(
         .await?
         .filter(|v| v.project_id == caller.project_id)
         .ok_or_else(|| Error::invalid("vpc_id", "no such VPC in this project"))?;
+    if n.enable_dns {
+        // One endpoint per service and VPC may have the domain name (the names would clash).
+        let taken = tx
+            .list::<Endpoint>(Filter::Ref1(&svc.id))
+            .await?
+            .into_iter()
+            .find(|e| e.enable_dns && e.vpc_id == n.vpc_id);
+        if let Some(e) = taken {
+            return Err(Error::Conflict(format!(
+                "enable_dns: endpoint {} of this VPC already has the domain name of endpoint \
+                 service {}; only one endpoint per service and VPC may enable it",
+                e.id, svc.id
+            )));
+        }
+    }
     let (subnet_id, ip) = placement(tx, &svc, &n).await?;
     let rev = tx.revision();
     let now = now();
     let id = new_id();
-    let dns_names = if n.enable_dns {
-        vec![format!("{id}.{}.vpcep.internal", config.region)]
-    } else {
-        vec![]
-    };
-    let ep = Endpoint {
+    let mut ep = Endpoint {
         id,
         project_id: caller.project_id.clone(),
         domain_id: caller.domain_id.clone(),
-        service_id: svc.id,
-        service_name: svc.service_name,
-        service_type: svc.service_type,
-        service_project_id: svc.project_id,
+        service_id: svc.id.clone(),
+        service_name: svc.service_name.clone(),
+        service_type: svc.service_type.clone(),
+        service_project_id: svc.project_id.clone(),
         status: if svc.approval_enabled {
             EndpointStatus::PendingAcceptance
         } else {
@@ -108,7 +118,7 @@ pub async fn create(
         // The creating revision is unique and increasing: a ready-made marker id.
         marker_id: rev,
         enable_dns: n.enable_dns,
-        dns_names,
+        dns_names: Vec::new(),
         enable_whitelist: n.enable_whitelist.unwrap_or(!n.whitelist.is_empty()),
         whitelist: n.whitelist,
         routetables: n.routetables,
@@ -124,8 +134,26 @@ pub async fn create(
         created_rev: rev,
         updated_rev: rev,
     };
+    refresh_dns_names(config, &mut ep, &svc);
     tx.put(&ep).await?;
     Ok(ep)
+}
+
+/// Sets an endpoint's `dns_names` from its state and its service: the names while it is
+/// accepted with the domain name on, none otherwise.
+pub fn refresh_dns_names(config: &Config, e: &mut Endpoint, svc: &Service) {
+    e.dns_names = if e.enable_dns && e.status == EndpointStatus::Accepted {
+        dns::endpoint_names(
+            &config.dns_zone(),
+            &config.region,
+            &e.id,
+            &svc.id,
+            &svc.service_name,
+            &svc.private_dns_name,
+        )
+    } else {
+        Vec::new()
+    };
 }
 
 /// Loads an endpoint of the caller's project (404 otherwise).

@@ -1,5 +1,5 @@
 //! A service's whitelist (permissions) and its connections: acceptance and descriptions.
-use super::{Result, Touch, services};
+use super::{Config, Result, Touch, endpoints::refresh_dns_names, services};
 use crate::{
     domain::{
         Caller, Endpoint, EndpointStatus, Error, MAX_PERMISSIONS, Permission, Service, new_id, now,
@@ -18,6 +18,7 @@ async fn connection(tx: &mut WriteTx, s: &Service, eid: &str, field: &str) -> Re
 /// Accepts (`accept`) or rejects connections of one of the caller's services.
 pub async fn accept(
     tx: &mut WriteTx,
+    config: &Config,
     caller: &Caller,
     service_id: &str,
     endpoints: &[String],
@@ -38,6 +39,7 @@ pub async fn accept(
         } else {
             EndpointStatus::Rejected
         };
+        refresh_dns_names(config, &mut e, &s);
         e.touch(tx);
         tx.put(&e).await?;
         out.push(e);

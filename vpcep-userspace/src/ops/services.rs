@@ -4,11 +4,11 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
-use super::{Config, Result, Touch, quota};
+use super::{Config, Result, Touch, endpoints::refresh_dns_names, quota};
 use crate::{
     domain::{
         Caller, Endpoint, EndpointStatus, Error, MAX_SERVICES_PER_BACKEND, Permission, Port,
-        PortMapping, SNAT_RANGE, Service, ServiceStatus, Tag, Vpc, full_name, new_id, now,
+        PortMapping, SNAT_RANGE, Service, ServiceStatus, Tag, Vpc, dns, full_name, new_id, now,
         parse_cidr, parse_id, permitted, port_clash,
     },
     store::{Filter, Object, Store, StoreError, WriteTx},
@@ -28,6 +28,8 @@ pub struct NewService {
     pub ports: Vec<PortMapping>,
     pub tcp_proxy: String,
     pub proxy_header_placement: String,
+    /// Checked for syntax; ownership and uniqueness are checked here.
+    pub private_dns_name: String,
     pub tags: Vec<Tag>,
     pub description: String,
     pub ip_version: String,
@@ -44,6 +46,8 @@ pub struct ServiceChange {
     pub port_id: Option<String>,
     pub tcp_proxy: Option<String>,
     pub proxy_header_placement: Option<String>,
+    /// `Some("")` removes the name.
+    pub private_dns_name: Option<String>,
     pub description: Option<String>,
     pub ip: Option<String>,
     pub max_connections: Option<u32>,
@@ -187,6 +191,7 @@ pub async fn create(
 ) -> Result<Service> {
     quota::check_room::<Service>(tx, config, &caller.project_id).await?;
     let backend_ip = check_backend(tx, caller, &n.vpc_id, &n.port_id, &n.ports, None).await?;
+    check_private_dns_name(tx, config, &n.private_dns_name, None).await?;
     let id = new_id();
     let now = now();
     let rev = tx.revision();
@@ -205,6 +210,7 @@ pub async fn create(
         ports: n.ports,
         tcp_proxy: n.tcp_proxy,
         proxy_header_placement: n.proxy_header_placement,
+        private_dns_name: n.private_dns_name,
         tags: n.tags,
         description: n.description,
         enable_policy: false,
@@ -250,9 +256,18 @@ pub async fn update(
         }
         s.ports = mappings;
     }
+    let mut renamed = false;
     if let Some(n) = &c.service_name {
         s.service_name = full_name(&config.region, Some(n), &s.id);
-        rename_endpoints(tx, &s).await?;
+        renamed = true;
+    }
+    if let Some(n) = c.private_dns_name {
+        check_private_dns_name(tx, config, &n, Some(&s.id)).await?;
+        renamed |= n != s.private_dns_name;
+        s.private_dns_name = n;
+    }
+    if renamed {
+        rename_endpoints(tx, config, &s).await?;
     }
     let keep = |v: &mut String, new: Option<String>| {
         if let Some(n) = new {
@@ -274,10 +289,54 @@ pub async fn update(
 }
 
 /// Endpoints carry their service's name.
-async fn rename_endpoints(tx: &mut WriteTx, s: &Service) -> Result<()> {
+async fn rename_endpoints(tx: &mut WriteTx, config: &Config, s: &Service) -> Result<()> {
     for mut e in tx.list::<Endpoint>(Filter::Ref1(&s.id)).await? {
         e.service_name = s.service_name.clone();
+        refresh_dns_names(config, &mut e, s);
+        e.touch(tx);
         tx.put(&e).await?;
+    }
+    Ok(())
+}
+
+/// A provider's private DNS name (empty: none) must lie outside the generated zone, under
+/// a suffix the operator allows (when it names any), and be no other service's.
+async fn check_private_dns_name(
+    tx: &mut WriteTx,
+    config: &Config,
+    name: &str,
+    self_id: Option<&str>,
+) -> Result<()> {
+    if name.is_empty() {
+        return Ok(());
+    }
+    let zone = config.dns_zone();
+    if dns::in_zone(name, &zone) {
+        return Err(Error::invalid(
+            "private_dns_name",
+            format!("{zone} is the zone of the generated names"),
+        ));
+    }
+    let suffixes = &config.private_dns_suffixes;
+    if !suffixes.is_empty() && !suffixes.iter().any(|z| dns::in_zone(name, z) && name != z) {
+        return Err(Error::invalid(
+            "private_dns_name",
+            format!(
+                "must end in one of the allowed suffixes: {}",
+                suffixes.join(", ")
+            ),
+        ));
+    }
+    let taken = tx
+        .list::<Service>(Filter::All)
+        .await?
+        .into_iter()
+        .find(|s| s.private_dns_name == name && Some(s.id.as_str()) != self_id);
+    if let Some(s) = taken {
+        return Err(Error::Conflict(format!(
+            "private_dns_name: {name} is already the name of endpoint service {}",
+            s.id
+        )));
     }
     Ok(())
 }
@@ -294,7 +353,7 @@ pub async fn rename(
     s.service_name = full_name(&config.region, Some(name), &s.id);
     s.touch(tx);
     tx.put(&s).await?;
-    rename_endpoints(tx, &s).await?;
+    rename_endpoints(tx, config, &s).await?;
     Ok(s)
 }
 
@@ -316,6 +375,7 @@ pub async fn delete(tx: &mut WriteTx, caller: &Caller, id: &str) -> Result<()> {
     }
     for mut e in eps {
         e.status = EndpointStatus::Failed;
+        e.dns_names.clear();
         e.touch(tx);
         tx.put(&e).await?;
     }
