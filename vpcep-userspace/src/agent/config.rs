@@ -457,10 +457,11 @@ impl AgentConfig {
             node_name: raw.node_name,
             underlay_ip,
             control_plane: raw.control_plane,
-            tls,
+            tls: tls.clone(),
             link: Link {
                 http,
                 token: raw.token,
+                tls: Some(tls),
             },
             pin_dir: raw.pin_dir,
             metrics_address,

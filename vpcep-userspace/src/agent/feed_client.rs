@@ -12,6 +12,12 @@ pub enum FeedError {
     /// The causes are spelled out: a TLS failure's reason is the innermost.
     #[error("request to the control plane failed: {}{}", chain(.0), hint(.0))]
     Http(#[from] reqwest::Error),
+    /// The request failed without saying why, and a connection of our own heard the
+    /// control plane's refusal (`ClientTls::refusal_cause`).
+    #[error(
+        "request to the control plane failed: {error}; the control plane refused this client: {cause}"
+    )]
+    Refused { error: String, cause: String },
     #[error("control plane answered {status}: {body}")]
     Status { status: u16, body: String },
     #[error("bad feed message {line:?}")]
@@ -32,6 +38,8 @@ fn hint(e: &reqwest::Error) -> &'static str {
 pub struct Link {
     pub http: reqwest::Client,
     pub token: Option<String>,
+    /// How `http` was built: to ask for the cause of a refusal the request did not give.
+    pub tls: Option<crate::tls::client::ClientTls>,
 }
 
 impl Link {
@@ -51,6 +59,31 @@ pub struct FeedClient {
     base: String,
 }
 
+impl FeedClient {
+    /// Sends `rb` to `url`; a failure that does not name a TLS cause is probed for one.
+    async fn send(
+        &self,
+        rb: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response, FeedError> {
+        match rb.send().await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                if hint(&e).is_empty()
+                    && let Some(tls) = &self.link.tls
+                    && let Some(cause) = tls.refusal_cause(url).await
+                {
+                    return Err(FeedError::Refused {
+                        error: chain(&e),
+                        cause,
+                    });
+                }
+                Err(e.into())
+            }
+        }
+    }
+}
+
 async fn check(resp: reqwest::Response) -> Result<reqwest::Response, FeedError> {
     if resp.status().is_success() {
         return Ok(resp);
@@ -66,6 +99,7 @@ impl FeedClient {
         let link = Link {
             http: reqwest::Client::new(),
             token: Some(token.to_owned()),
+            tls: None,
         };
         Self::with_link(link, base)
     }
@@ -79,24 +113,17 @@ impl FeedClient {
     }
 
     pub async fn snapshot(&self) -> Result<Snapshot, FeedError> {
-        let resp = self
-            .link
-            .request(reqwest::Method::GET, format!("{}/feed/snapshot", self.base))
-            .send()
-            .await?;
+        let url = format!("{}/feed/snapshot", self.base);
+        let rb = self.link.request(reqwest::Method::GET, url.clone());
+        let resp = self.send(rb, &url).await?;
         Ok(check(resp).await?.json().await?)
     }
 
     /// Opens a watch of the changes after `after`.
     pub async fn watch(&self, after: i64) -> Result<Watch, FeedError> {
-        let resp = self
-            .link
-            .request(
-                reqwest::Method::GET,
-                format!("{}/feed/watch?after={after}", self.base),
-            )
-            .send()
-            .await?;
+        let url = format!("{}/feed/watch?after={after}", self.base);
+        let rb = self.link.request(reqwest::Method::GET, url.clone());
+        let resp = self.send(rb, &url).await?;
         Ok(Watch {
             resp: check(resp).await?,
             buf: Vec::new(),
@@ -105,29 +132,23 @@ impl FeedClient {
 
     /// Registers (or updates) this node; returns the node with its SNAT address.
     pub async fn register_node(&self, name: &str, underlay_ip: &str) -> Result<Value, FeedError> {
-        let resp = self
+        let url = format!("{}/inventory/nodes/{name}", self.base);
+        let rb = self
             .link
-            .request(
-                reqwest::Method::PUT,
-                format!("{}/inventory/nodes/{name}", self.base),
-            )
-            .json(&serde_json::json!({ "underlay_ip": underlay_ip }))
-            .send()
-            .await?;
+            .request(reqwest::Method::PUT, url.clone())
+            .json(&serde_json::json!({ "underlay_ip": underlay_ip }));
+        let resp = self.send(rb, &url).await?;
         Ok(check(resp).await?.json().await?)
     }
 
     /// Reports the revision this node has applied.
     pub async fn report_applied(&self, node: &str, revision: i64) -> Result<(), FeedError> {
-        let resp = self
+        let url = format!("{}/inventory/nodes/{node}/applied-revision", self.base);
+        let rb = self
             .link
-            .request(
-                reqwest::Method::PUT,
-                format!("{}/inventory/nodes/{node}/applied-revision", self.base),
-            )
-            .json(&serde_json::json!({ "revision": revision }))
-            .send()
-            .await?;
+            .request(reqwest::Method::PUT, url.clone())
+            .json(&serde_json::json!({ "revision": revision }));
+        let resp = self.send(rb, &url).await?;
         check(resp).await?;
         Ok(())
     }

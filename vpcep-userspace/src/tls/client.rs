@@ -1,8 +1,8 @@
 //! The HTTP client of the agent and the CLI: whom it trusts (a CA bundle, else the
 //! system's store) and, for an agent, the node certificate it presents.
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use super::{Result, TlsError, cert_info, read, read_certs};
+use super::{Result, TlsError, cert_info, read, read_certs, read_key};
 
 /// How a client verifies the control plane and proves who it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -45,6 +45,66 @@ impl ClientTls {
             b = b.identity(id);
         }
         Ok(b)
+    }
+
+    /// Why the server at `url` refuses this client, when it says so only after the
+    /// handshake. With TLS 1.3 a server checks the client's certificate once the client has
+    /// finished its side; its alert (expired, unknown CA) may reach the HTTP client after
+    /// that gave the connection up, and the request then fails without its cause. This
+    /// opens one connection of its own and reads the answer; None when it sees no refusal
+    /// (or has no CA bundle to trust the server by).
+    pub async fn refusal_cause(&self, url: &str) -> Option<String> {
+        let url = reqwest::Url::parse(url).ok()?;
+        if url.scheme() != "https" {
+            return None;
+        }
+        let host = url.host_str()?.trim_matches(['[', ']']).to_owned();
+        let port = url.port_or_known_default()?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in read_certs("CA bundle", self.ca_file.as_ref()?).ok()? {
+            roots.add(c).ok()?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(super::provider())
+            .with_safe_default_protocol_versions()
+            .ok()?
+            .with_root_certificates(roots);
+        let config = match (&self.cert_file, &self.key_file) {
+            (Some(c), Some(k)) => builder
+                .with_client_auth_cert(
+                    read_certs("node certificate", c).ok()?,
+                    read_key("node key", k).ok()?,
+                )
+                .ok()?,
+            _ => builder.with_no_client_auth(),
+        };
+        let name = rustls_pki_types::ServerName::try_from(host.clone()).ok()?;
+        let probe = async {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .ok()?;
+            let mut s = match tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+            {
+                Ok(s) => s,
+                Err(e) => return Some(super::chain(&e)),
+            };
+            // The refusal comes as an alert in answer to the client's first flight.
+            let _ = s
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: vpcep\r\nConnection: close\r\n\r\n")
+                .await;
+            let mut buf = [0u8; 1];
+            match s.read(&mut buf).await {
+                Err(e) => Some(super::chain(&e)),
+                Ok(_) => None,
+            }
+        };
+        let chain = tokio::time::timeout(Duration::from_secs(3), probe)
+            .await
+            .ok()??;
+        let hint = super::hint(&chain).unwrap_or("");
+        Some(format!("{chain}{hint}"))
     }
 
     /// Checks the client certificate before it is used: present, not expired, for `node`.
