@@ -1478,7 +1478,7 @@ fn read_proxy_header(
 /// the mode and the endpoint's template; a new connection's backend (the echo server, whose
 /// answer begins with the header it received) reads the consumer's address, the endpoint's
 /// id, marker id, VPC and VNI. A connection opened before the change keeps its mode: its
-/// stream gets no header.
+/// stream gets no header. Then toa_open, open, proxy_open and close, each through the API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_proxy_through_the_api_and_agent() {
     use std::io::{Read, Write};
@@ -1568,5 +1568,62 @@ async fn tcp_proxy_through_the_api_and_agent() {
         body.to_string().contains("proxy_header_placement"),
         "{body}"
     );
+    // The other modes, each from the API through the agent to a new connection: a header
+    // where the mode has one (its source the consumer's own address), the bare stream
+    // otherwise; the agent's metrics count each mode's insertions.
+    for (mode, header, event) in [
+        ("toa_open", false, Some("toa_inserted")),
+        ("open", true, Some("header_sent")),
+        ("proxy_open", true, Some("header_sent")),
+        ("close", false, None),
+    ] {
+        let old = s.entry("the endpoint", |_| true).await.epoch;
+        s.cp.client(PROVIDER)
+            .ok(
+                Method::PUT,
+                &format!("/v1/proj-provider/vpc-endpoint-services/{}", s.w.service),
+                Some(json!({"tcp_proxy": mode})),
+            )
+            .await;
+        s.entry("the new mode's epoch", |e| e.epoch != old).await;
+        let c = echo_connect(&s.topo, Duration::from_secs(2)).await.unwrap();
+        let port = c.local_addr().unwrap().port();
+        let src = blocking(move || {
+            let mut r = &*c;
+            r.write_all(b"y").unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut s = c.try_clone().unwrap();
+            let src = header.then(|| read_proxy_header(&mut s).0);
+            let mut y = [0u8; 1];
+            s.read_exact(&mut y).unwrap();
+            assert_eq!(&y, b"y", "{mode}: the client's byte");
+            src
+        })
+        .await;
+        if header {
+            assert_eq!(
+                src,
+                Some(format!("10.0.0.2:{port}").parse().unwrap()),
+                "{mode}"
+            );
+        }
+        if let Some(event) = event {
+            let m = s.metrics;
+            let want = format!("vpcep_proxy_events_total{{mode=\"{mode}\",event=\"{event}\"}} ");
+            eventually(5, "the mode's insertion in the metrics", || {
+                let want = want.clone();
+                async move {
+                    let r = reqwest::get(format!("http://127.0.0.1:{m}/metrics"))
+                        .await
+                        .ok()?;
+                    let text = r.text().await.ok()?;
+                    text.lines()
+                        .any(|l| l.starts_with(&want) && !l.ends_with(" 0"))
+                        .then_some(())
+                }
+            })
+            .await;
+        }
+    }
     s.stop().await;
 }
