@@ -3,6 +3,7 @@
 //! namespaces through an endpoint created, accepted, rejected and deleted over the API.
 mod agent {
     mod bench;
+    mod dns;
 }
 
 use std::{sync::atomic::Ordering, time::Duration};
@@ -1082,6 +1083,8 @@ fn live_entry(pins: &std::path::Path) -> Option<vpcep_common::endpoint::Endpoint
 /// backend. Stopped and removed on drop (agent first).
 struct Scene {
     agent: Option<AgentTask>,
+    /// What the agent was started with (a test may restart it).
+    agent_config: AgentConfig,
     stop_echo: std::sync::Arc<std::sync::atomic::AtomicBool>,
     topo: std::sync::Arc<xtask::netns::Topology>,
     pins: TempDir,
@@ -1095,7 +1098,19 @@ impl Scene {
     /// `endpoint` holds extra fields of the endpoint's create request; `toml` extra
     /// top-level agent settings.
     async fn start(tag: &str, endpoint: Value, toml: &str) -> Self {
-        let topo = std::sync::Arc::new(topology());
+        Self::start_with(tag, endpoint, toml, "", topology()).await
+    }
+
+    /// As [`Scene::start`], with `tables` appended to the agent's configuration and the
+    /// VMs of `topo`.
+    async fn start_with(
+        tag: &str,
+        endpoint: Value,
+        toml: &str,
+        tables: &str,
+        topo: xtask::netns::Topology,
+    ) -> Self {
+        let topo = std::sync::Arc::new(topo);
         let cp = control_plane().await;
         let w = world(&cp.server.url()).await;
         let pins = TempDir::bpffs(tag);
@@ -1104,11 +1119,12 @@ impl Scene {
             "netns = ",
             &format!("{toml}\nnetns = "),
             1,
-        );
+        ) + tables;
         let cfg = AgentConfig::parse(&text).unwrap();
         let stop_echo = backend_echo(&topo);
         let mut s = Self {
             agent: None,
+            agent_config: cfg.clone(),
             stop_echo,
             topo,
             pins,

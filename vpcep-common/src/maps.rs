@@ -43,6 +43,9 @@ pub const EP_STATS: &str = "VPCEP_EP_STATS_V1";
 pub const TUNNEL: &str = "VPCEP_TUNNEL_V2";
 /// (VNI, VM address) [`crate::endpoint::EndpointKey`] → [`crate::endpoint::LocalAddr`].
 pub const LOCAL_ADDRS: &str = "VPCEP_LOCAL_ADDRS_V1";
+/// ifindex of a VM NIC → its subnet's DNS address (network order): queries to it are the
+/// node resolver's.
+pub const DNS_NICS: &str = "VPCEP_DNS_NICS_V1";
 
 /// Endpoint id → [`crate::endpoint::ProxyTemplate`]: the TLVs of its PROXY header.
 pub const PROXY_TEMPLATES: &str = "VPCEP_PROXY_TEMPLATES_V1";
@@ -64,6 +67,7 @@ pub const ALL_MAPS: &[&str] = &[
     EP_STATS,
     TUNNEL,
     LOCAL_ADDRS,
+    DNS_NICS,
     EP_FLOWS,
     FLOW_SEQ,
     GC_REQUEST,

@@ -1,7 +1,10 @@
 //! What each hook does with a packet from a VM NIC. Unmanaged NICs (not in LOCAL_NICS) and
 //! non-endpoint traffic pass untouched after the header sanity checks.
 use vpcep_common::{
-    endpoint::{Endpoint, EndpointKey, IPPROTO_ICMP, LocalNic, NodeConfig, in_snat_range},
+    endpoint::{
+        Endpoint, EndpointKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, LocalNic, NodeConfig,
+        in_snat_range,
+    },
     stats::Reason,
 };
 
@@ -9,7 +12,7 @@ use network_types::eth::EthHdr;
 
 use crate::{
     arp, icmp,
-    maps::{ENDPOINTS, LOCAL_ADDRS, LOCAL_NICS, SNAT_OWNERS},
+    maps::{DNS_NICS, ENDPOINTS, LOCAL_ADDRS, LOCAL_NICS, SNAT_OWNERS},
     nat,
     parse::{self, Frame, Parsed},
     stats, tunnel,
@@ -42,6 +45,26 @@ fn endpoint(nic: &LocalNic, dst: u32) -> Option<Endpoint> {
     // SAFETY: map value pointer from a successful lookup.
     Some(unsafe { *ep })
 }
+
+/// A DNS query to the NIC's DNS address goes up to the node resolver's socket on this
+/// device. The VM addressed it to the gateway's (virtual) MAC, which is not the device's,
+/// so the stack would drop it as another host's: it is marked as this host's. Nothing
+/// else is: the node does not route for VMs.
+#[inline(always)]
+fn to_resolver(ctx: &aya_ebpf::programs::TcContext, pkt: &parse::Ipv4Packet, ifindex: u32) {
+    if (pkt.proto == IPPROTO_UDP || pkt.proto == IPPROTO_TCP)
+        && !pkt.fragment
+        && pkt.dport == DNS_PORT_BE
+        // SAFETY: map value pointer from a successful lookup.
+        && DNS_NICS.get_ptr(&ifindex).is_some_and(|a| unsafe { *a } == pkt.dst)
+    {
+        let _ = ctx.change_type(PACKET_HOST);
+    }
+}
+
+const DNS_PORT_BE: u16 = 53u16.to_be();
+/// `skb->pkt_type` of a frame addressed to this host (linux/if_packet.h).
+const PACKET_HOST: u32 = 0;
 
 /// TC ingress on the host side of a VM NIC: the translating path.
 #[inline(always)]
@@ -96,6 +119,7 @@ pub fn tc_ingress(
         return Ok((reason, Action::Redirect(out)));
     }
     let Some(ep) = endpoint(&nic, pkt.dst) else {
+        to_resolver(ctx, &pkt, ifindex);
         return Ok(pass);
     };
     if pkt.proto == IPPROTO_ICMP && !pkt.fragment && icmp::icmp_type(&pkt) == icmp::ECHO_REQUEST {

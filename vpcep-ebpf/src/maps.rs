@@ -105,6 +105,9 @@ pub fn tunnel() -> Option<*const TunnelConfig> {
 pub static LOCAL_ADDRS: HashMap<EndpointKey, LocalAddr> =
     HashMap::with_max_entries(MAX_LOCAL_NICS, 0);
 
+#[map(name = "VPCEP_DNS_NICS_V1")]
+pub static DNS_NICS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_LOCAL_NICS, 0);
+
 #[map(name = "VPCEP_PROXY_TEMPLATES_V1")]
 pub static PROXY_TEMPLATES: Array<ProxyTemplate> = Array::with_max_entries(MAX_ENDPOINTS, 0);
 

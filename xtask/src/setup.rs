@@ -25,6 +25,10 @@ const PACKAGES: &[&str] = &[
     "socat",
     // The tcp_proxy tests' backend that reads PROXY protocol headers.
     "haproxy",
+    // The endpoint DNS tests and `bench dns`: dig, the upstream/baseline resolver, dnsperf.
+    "dnsutils",
+    "dnsmasq-base",
+    "dnsperf",
     "postgresql",
     "gcc-aarch64-linux-gnu",
     "libc6-dev-arm64-cross",

@@ -30,6 +30,13 @@
 //! port = 4789
 //! underlay_mtu = 1500                    # TCP MSS through it is clamped to this − 90
 //!
+//! [dns]                                  # the node resolver for the VMs (docs/agent.md)
+//! enabled = true                         # default
+//! upstreams = ["192.0.2.53:53"]          # where other names go; none: REFUSED
+//! upstream_timeout_ms = 2000             # per upstream, then the next
+//! ttl = 5                                # seconds, of the endpoint names' answers
+//! max_tcp_connections = 64               # per NIC
+//!
 //! [[nic]]                                # host side of a VM NIC → its inventory port id
 //! iface = "tap0"
 //! port_id = "6f3c…"
@@ -95,6 +102,77 @@ struct RawConfig {
     overlay: Option<RawOverlay>,
     #[serde(default)]
     tc_attach: TcAttach,
+    #[serde(default)]
+    dns: RawDns,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDns {
+    enabled: bool,
+    upstreams: Vec<String>,
+    upstream_timeout_ms: u64,
+    ttl: u32,
+    max_tcp_connections: usize,
+}
+
+impl Default for RawDns {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            upstreams: Vec::new(),
+            upstream_timeout_ms: 2000,
+            ttl: 5,
+            max_tcp_connections: 64,
+        }
+    }
+}
+
+/// The node resolver (`agent::dns`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    pub enabled: bool,
+    /// Tried in order; a name that is not an endpoint's goes to them.
+    pub upstreams: Vec<SocketAddr>,
+    pub upstream_timeout: Duration,
+    pub ttl: u32,
+    /// Open TCP connections per NIC; more are closed at accept.
+    pub max_tcp_connections: usize,
+}
+
+impl RawDns {
+    fn check(self) -> Result<DnsConfig, AgentConfigError> {
+        let upstreams = self
+            .upstreams
+            .iter()
+            .map(|u| {
+                u.parse::<SocketAddr>()
+                    .or_else(|_| {
+                        u.parse::<std::net::IpAddr>()
+                            .map(|ip| SocketAddr::new(ip, 53))
+                    })
+                    .map_err(|_| {
+                        invalid("dns.upstreams", format!("{u:?} is not an address[:port]"))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if !(100..=30_000).contains(&self.upstream_timeout_ms) {
+            return Err(invalid("dns.upstream_timeout_ms", "must be 100-30000"));
+        }
+        if self.ttl > 86_400 {
+            return Err(invalid("dns.ttl", "must be at most 86400"));
+        }
+        if !(1..=4096).contains(&self.max_tcp_connections) {
+            return Err(invalid("dns.max_tcp_connections", "must be 1-4096"));
+        }
+        Ok(DnsConfig {
+            enabled: self.enabled,
+            upstreams,
+            upstream_timeout: Duration::from_millis(self.upstream_timeout_ms),
+            ttl: self.ttl,
+            max_tcp_connections: self.max_tcp_connections,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -221,6 +299,7 @@ pub struct AgentConfig {
     pub overlay: Option<Overlay>,
     /// How the TC programs attach (TCX where the kernel has it, by default).
     pub tc_attach: TcAttach,
+    pub dns: DnsConfig,
     /// Put the newly loaded programs into the existing attachments (`--reload`).
     pub reload: bool,
 }
@@ -437,6 +516,7 @@ impl AgentConfig {
         raw.check_conntrack()?;
         raw.check_nics()?;
         let overlay = raw.overlay.map(RawOverlay::check).transpose()?;
+        let dns = raw.dns.clone().check()?;
         let ct = &raw.conntrack;
         let tls = ClientTls {
             ca_file: raw.ca_file.clone(),
@@ -481,6 +561,7 @@ impl AgentConfig {
             nics: raw.nic,
             overlay,
             tc_attach: raw.tc_attach,
+            dns,
             reload: false,
         })
     }

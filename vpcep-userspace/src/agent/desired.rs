@@ -37,6 +37,9 @@ struct VpcRec {
 #[derive(Debug, Deserialize)]
 struct SubnetRec {
     gateway_ip: String,
+    /// Absent in documents written before the field existed: the default address.
+    #[serde(default)]
+    dns_address: Option<String>,
 }
 
 /// A NIC of the inventory.
@@ -93,6 +96,9 @@ struct EndpointRec {
     max_connections: Option<u32>,
     #[serde(default)]
     max_new_connections_per_second: Option<u32>,
+    /// The names the control plane gave it (only while accepted with `enable_dns`).
+    #[serde(default)]
+    dns_names: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,6 +203,40 @@ impl FeedState {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The endpoint names of every VPC, for the node resolver: (VNI, endpoint id, name,
+    /// address) of each accepted endpoint's `dns_names`.
+    pub fn dns_records(&self) -> impl Iterator<Item = (u32, &str, &str, Ipv4Addr)> {
+        self.endpoints
+            .iter()
+            .filter(|(_, e)| e.status == "accepted" && !e.dns_names.is_empty())
+            .filter_map(|(id, e)| {
+                let vni = self.vpcs.get(e.vpc_id.as_str())?.vni;
+                let ip = e.ip.parse::<Ipv4Addr>().ok()?;
+                Some(
+                    e.dns_names
+                        .iter()
+                        .map(move |n| (vni, &**id, n.as_str(), ip)),
+                )
+            })
+            .flatten()
+    }
+
+    /// A local NIC's VPC (id and VNI) and its subnet's DNS address, for the resolver.
+    pub fn nic_dns(&self, port_id: &str) -> Option<(&str, u32, Ipv4Addr)> {
+        let p = self.ports.get(port_id)?;
+        let vni = self.vpcs.get(p.vpc_id.as_str())?.vni;
+        let addr = match self
+            .subnets
+            .get(p.subnet_id.as_str())?
+            .dns_address
+            .as_deref()
+        {
+            Some(a) => a.parse().ok()?,
+            None => crate::domain::DEFAULT_DNS_ADDRESS,
+        };
+        Some((p.vpc_id.as_str(), vni, addr))
     }
 
     pub fn port(&self, id: &str) -> Option<&PortRec> {
@@ -318,6 +358,8 @@ pub struct Local {
     pub toa_kind: u8,
     pub timeouts: Timeouts,
     pub nics: BTreeMap<String, u32>,
+    /// Whether the node resolver serves the NICs (`DNS_NICS` is then filled).
+    pub dns: bool,
 }
 
 /// The complete contents of the maps the agent owns.
@@ -337,6 +379,9 @@ pub struct Desired {
     /// Local NICs (ifindex) that are the backend of an available service: the only VMs the
     /// overlay delivers to.
     pub backend_nics: BTreeSet<u32>,
+    /// Local NIC (ifindex) → its subnet's DNS address (network order), for the NICs the
+    /// resolver serves.
+    pub dns_nics: BTreeMap<u32, u32>,
 }
 
 /// An endpoint's epoch: its service's ([`service_epoch`]) combined with its source
@@ -520,11 +565,19 @@ fn local_nics(state: &FeedState, local: &Local, d: &mut Desired) -> BTreeSet<u32
         let (Some(vpc), Some(ip), Some(m)) = (vni, ip_be(&p.ip), mac(&p.mac)) else {
             continue;
         };
-        let gateway = state
-            .subnets
-            .get(p.subnet_id.as_str())
-            .and_then(|s| ip_be(&s.gateway_ip))
-            .unwrap_or(0);
+        let subnet = state.subnets.get(p.subnet_id.as_str());
+        let gateway = subnet.and_then(|s| ip_be(&s.gateway_ip)).unwrap_or(0);
+        if local.dns
+            && let Some(s) = subnet
+        {
+            let dns = match s.dns_address.as_deref() {
+                Some(a) => ip_be(a),
+                None => Some(be(crate::domain::DEFAULT_DNS_ADDRESS)),
+            };
+            if let Some(a) = dns {
+                d.dns_nics.insert(*ifindex, a);
+            }
+        }
         d.nics.insert(
             *ifindex,
             LocalNic {
@@ -790,6 +843,7 @@ mod tests {
             toa_kind: 254,
             timeouts: Timeouts::default(),
             nics: [("pc".to_owned(), 7)].into(),
+            dns: true,
         }
     }
 
@@ -960,6 +1014,15 @@ mod tests {
         let d = compute(&state(), &l, &mut Ids::default());
         assert_eq!(d.nics.len(), 2);
         assert_eq!(d.backend_nics, [8].into());
+        // Subnets without a DNS address have the default one.
+        let dns = be(crate::domain::DEFAULT_DNS_ADDRESS);
+        assert_eq!(d.dns_nics.get(&7), Some(&dns));
+        l.dns = false;
+        assert!(
+            compute(&state(), &l, &mut Ids::default())
+                .dns_nics
+                .is_empty()
+        );
         // Not available: not a backend.
         let mut s = state();
         let mut svc = service("10.0.0.5", 80);

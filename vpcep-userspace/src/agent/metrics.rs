@@ -1,9 +1,12 @@
 //! The agent's Prometheus metrics: the owner thread records a [`Figures`] snapshot every
 //! second (it alone can read the maps) and the metrics server encodes it, with the feed's
 //! revisions, on each scrape (OpenMetrics text through `prometheus-client`).
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicI64, Ordering},
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering},
+    },
 };
 
 use prometheus_client::{
@@ -14,12 +17,88 @@ use prometheus_client::{
 };
 use vpcep_common::endpoint::EndpointCounters;
 
+use super::dns::DnsCounters;
+
 /// Figures shared between the feed side, the owner thread and the metrics server.
 #[derive(Debug, Default)]
 pub(super) struct Shared {
     pub applied: AtomicI64,
     pub latest: AtomicI64,
     pub figures: Mutex<Figures>,
+    /// The resolver's counters by VPC id (created when a NIC of the VPC is served).
+    pub dns: Mutex<BTreeMap<String, Arc<DnsCounters>>>,
+    /// Names the resolver knows (all VPCs) and NICs it serves.
+    pub dns_names: AtomicUsize,
+    pub dns_nics: AtomicUsize,
+}
+
+impl Shared {
+    /// The resolver counters of VPC `vpc_id`.
+    pub fn dns_counters(&self, vpc_id: &str) -> Arc<DnsCounters> {
+        let Ok(mut m) = self.dns.lock() else {
+            return Arc::default();
+        };
+        m.entry(vpc_id.to_owned()).or_default().clone()
+    }
+
+    fn encode_dns(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        type DnsPick = fn(&DnsCounters) -> &AtomicU64;
+        const PER_VPC: [(&str, &str, DnsPick); 7] = [
+            (
+                "vpcep_dns_queries",
+                "DNS queries from the VPC's VMs.",
+                |c| &c.queries,
+            ),
+            (
+                "vpcep_dns_answers",
+                "Queries answered from the VPC's endpoint names.",
+                |c| &c.answers,
+            ),
+            (
+                "vpcep_dns_nxdomain",
+                "NXDOMAIN answers (names of the zone or of other VPCs).",
+                |c| &c.nxdomain,
+            ),
+            (
+                "vpcep_dns_forwarded",
+                "Queries forwarded to the upstream resolvers.",
+                |c| &c.forwarded,
+            ),
+            (
+                "vpcep_dns_upstream_failures",
+                "Forwarded queries no upstream answered in time (SERVFAIL).",
+                |c| &c.upstream_failures,
+            ),
+            (
+                "vpcep_dns_refused",
+                "Queries for other names refused: no upstream configured.",
+                |c| &c.refused,
+            ),
+            (
+                "vpcep_dns_malformed",
+                "Queries dropped or answered FORMERR/NOTIMP.",
+                |c| &c.malformed,
+            ),
+        ];
+        let vpcs: Vec<(String, Arc<DnsCounters>)> = self
+            .dns
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        for (name, help, pick) in PER_VPC {
+            let s = vpcs
+                .iter()
+                .map(|(vpc, c)| ([("vpc", vpc.as_str())], pick(c).load(Ordering::Relaxed)));
+            counters(e, (name, help), s)?;
+        }
+        let desc = (
+            "vpcep_dns_names",
+            "Endpoint names the resolver knows, all VPCs.",
+        );
+        gauges(e, desc, one(self.dns_names.load(Ordering::Relaxed)))?;
+        let desc = ("vpcep_dns_nics", "VM NICs the resolver listens on.");
+        gauges(e, desc, one(self.dns_nics.load(Ordering::Relaxed)))
+    }
 }
 
 /// What the owner read from the maps and its own state at its last refresh.
@@ -191,7 +270,8 @@ impl Collector for Shared {
         let f = self.figures.lock().map(|f| f.clone()).unwrap_or_default();
         f.encode_attachments(e)?;
         f.encode_traffic(e)?;
-        f.encode_maps(e)
+        f.encode_maps(e)?;
+        self.encode_dns(e)
     }
 }
 
@@ -251,6 +331,10 @@ mod tests {
             ct_collected: 3,
             maps: vec![("endpoints", 1, 65_536)],
         };
+        let c = shared.dns_counters("vpc-a");
+        c.queries.store(11, Ordering::Relaxed);
+        c.nxdomain.store(2, Ordering::Relaxed);
+        shared.dns_names.store(3, Ordering::Relaxed);
         let mut registry = Registry::default();
         registry.register_collector(Box::new(shared));
         let mut text = String::new();
@@ -271,6 +355,11 @@ mod tests {
             "vpcep_conntrack_collected_total 3",
             "vpcep_map_entries{map=\"endpoints\"} 1",
             "vpcep_map_capacity{map=\"endpoints\"} 65536",
+            "vpcep_dns_queries_total{vpc=\"vpc-a\"} 11",
+            "vpcep_dns_nxdomain_total{vpc=\"vpc-a\"} 2",
+            "vpcep_dns_forwarded_total{vpc=\"vpc-a\"} 0",
+            "vpcep_dns_upstream_failures_total{vpc=\"vpc-a\"} 0",
+            "vpcep_dns_names 3",
             "# TYPE vpcep_packets counter",
             "# TYPE vpcep_map_entries gauge",
         ] {

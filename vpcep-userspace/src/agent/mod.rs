@@ -7,9 +7,11 @@
 //! [`registration`] puts the node and its NICs into the inventory); [`owner`] runs the
 //! data-plane thread, which writes the maps through [`sync`] from [`desired`], keeps the
 //! NICs' links and pins ([`links`]) and the VXLAN device ([`overlay`]), collects conntrack
-//! ([`gc`]) and fills the figures [`metrics`] serves.
+//! ([`gc`]) and fills the figures [`metrics`] serves. [`dns`] is the node resolver the
+//! VMs ask, on a thread of its own.
 pub mod config;
 pub mod desired;
+pub mod dns;
 pub mod feed_client;
 pub mod gc;
 mod links;
@@ -83,15 +85,25 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
             source,
         })?;
     let metrics = tokio::spawn(metrics::serve(listener, shared.clone()));
+    let (dns_tx, dns_rx) = tokio::sync::watch::channel(None);
+    let resolver = if cfg.dns.enabled {
+        Some(dns::spawn(&cfg, dns_rx, shared.clone()).map_err(AgentError::Thread)?)
+    } else {
+        None
+    };
     let reporter = tokio::spawn(session::report_applied(cfg.clone(), applied_rx));
     tokio::select! {
         _ = shutdown => {}
-        _ = session::feed_loop(&cfg, tx, &shared) => {}
+        _ = session::feed_loop(&cfg, tx, dns_tx, &shared) => {}
     }
     metrics.abort();
     reporter.abort();
     // The sender is gone with the feed loop: the owner finishes its tick and exits.
     let _ = tokio::task::spawn_blocking(move || owner.join()).await;
+    // So is the resolver's: its sender went with the feed loop too.
+    if let Some(r) = resolver {
+        let _ = tokio::task::spawn_blocking(move || r.join()).await;
+    }
     tracing::info!("agent stopped");
     Ok(())
 }

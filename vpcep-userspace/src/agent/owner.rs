@@ -74,7 +74,7 @@ fn due(last: &mut Instant, now: Instant, every: Duration) -> bool {
     false
 }
 
-fn enter_netns(name: &str) -> Result<(), AgentError> {
+pub(super) fn enter_netns(name: &str) -> Result<(), AgentError> {
     let path = format!("/run/netns/{name}");
     let err = |source| AgentError::Netns {
         name: name.to_owned(),
@@ -249,6 +249,7 @@ impl Owner {
                 .iter()
                 .filter_map(|n| self.nics.ifindex(&n.iface).map(|i| (n.port_id.clone(), i)))
                 .collect(),
+            dns: self.cfg.dns.enabled,
         }
     }
 

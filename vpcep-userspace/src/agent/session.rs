@@ -42,6 +42,8 @@ fn stream_ended() -> SessionEnd {
 struct Follower<'a> {
     cfg: &'a AgentConfig,
     tx: mpsc::Sender<Update>,
+    /// The resolver's copy of each state.
+    dns: tokio::sync::watch::Sender<Option<Arc<FeedState>>>,
     shared: &'a Shared,
     registered: bool,
     /// The state and revision reached, when a session ended without being told to relist:
@@ -52,10 +54,16 @@ struct Follower<'a> {
 
 /// Follows the feed for ever: list, then watch from the last revision; reconnects with
 /// bounded backoff and moves on to the next control-plane URL after a failure.
-pub(super) async fn feed_loop(cfg: &AgentConfig, tx: mpsc::Sender<Update>, shared: &Shared) {
+pub(super) async fn feed_loop(
+    cfg: &AgentConfig,
+    tx: mpsc::Sender<Update>,
+    dns: tokio::sync::watch::Sender<Option<Arc<FeedState>>>,
+    shared: &Shared,
+) {
     let mut f = Follower {
         cfg,
         tx,
+        dns,
         shared,
         registered: false,
         have: None,
@@ -162,11 +170,10 @@ impl Follower<'_> {
     }
 
     fn send(&self, state: &FeedState, revision: i64) -> Result<(), SessionEnd> {
+        let state = Arc::new(state.clone());
+        self.dns.send_replace(Some(state.clone()));
         self.tx
-            .send(Update {
-                state: Arc::new(state.clone()),
-                revision,
-            })
+            .send(Update { state, revision })
             .map_err(|_| SessionEnd::OwnerGone)
     }
 }

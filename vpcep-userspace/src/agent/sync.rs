@@ -26,6 +26,8 @@ pub struct Syncer {
     /// `LOCAL_ADDRS` as last written or read back; derived from the NICs, so not part of
     /// [`Desired`].
     addrs: BTreeMap<EndpointKey, LocalAddr>,
+    /// `DNS_NICS` as last written or read back.
+    dns: BTreeMap<u32, u32>,
 }
 
 /// Where the overlay program delivers: (VNI, VM address) → NIC, for the local NICs that
@@ -94,8 +96,11 @@ impl Syncer {
             proxy_templates: BTreeMap::new(),
             // Not a map of its own: `LOCAL_ADDRS` (read below) is what it shapes.
             backend_nics: BTreeSet::new(),
+            // Read into `self.dns` below.
+            dns_nics: BTreeMap::new(),
         };
         self.addrs = dp.local_addrs()?.into_iter().collect();
+        self.dns = dp.dns_nics()?.into_iter().collect();
         Ok(())
     }
 
@@ -118,6 +123,9 @@ impl Syncer {
         put_changed(&mut sh.nics, &want.nics, p, |k, v| dp.set_local_nic(k, v))?;
         let addrs = local_addrs(&want.nics, &want.backend_nics);
         put_changed(&mut self.addrs, &addrs, p, |k, v| dp.set_local_addr(k, v))?;
+        put_changed(&mut self.dns, &want.dns_nics, p, |k, v| {
+            dp.set_dns_nic(k, v)
+        })?;
         put_changed(&mut sh.services, &want.services, p, |k, v| {
             dp.set_service(k, v)
         })?;
@@ -161,6 +169,7 @@ impl Syncer {
             dp.remove_service(k)
         })?;
         remove_gone(&mut self.addrs, &addrs, d, |k| dp.remove_local_addr(&k))?;
+        remove_gone(&mut self.dns, &want.dns_nics, d, |k| dp.remove_dns_nic(k))?;
         remove_gone(&mut sh.nics, &want.nics, d, |k| dp.remove_local_nic(k))?;
         remove_gone(&mut sh.snat_owners, &want.snat_owners, d, |k| {
             dp.remove_snat_owner(k)

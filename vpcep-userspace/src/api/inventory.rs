@@ -6,6 +6,8 @@ use axum::{
     http::StatusCode,
     routing::{MethodFilter, MethodRouter, on},
 };
+use std::net::Ipv4Addr;
+
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -218,6 +220,10 @@ pub struct CreateSubnet {
     /// Default: the first host address.
     #[schemars(ipv4)]
     gateway_ip: Option<String>,
+    /// Where the subnet's VMs send DNS queries: the gateway or an address outside the
+    /// subnet. Default: 169.254.169.253.
+    #[schemars(ipv4)]
+    dns_address: Option<String>,
 }
 
 async fn create_subnet(
@@ -240,8 +246,25 @@ async fn create_subnet(
             "must be a host address in the subnet",
         ));
     }
+    let dns = match &req.dns_address {
+        Some(d) => parse_ip("dns_address", d)?,
+        None => u32::from(DEFAULT_DNS_ADDRESS),
+    };
+    // Inside the subnet only the gateway: any other address there could be a NIC's.
+    let dns_ip = Ipv4Addr::from(dns);
+    if dns != gateway && (network..=broadcast).contains(&dns)
+        || dns_ip.is_unspecified()
+        || dns_ip.is_broadcast()
+        || dns_ip.is_multicast()
+        || dns_ip.is_loopback()
+    {
+        return Err(ApiError::invalid(
+            "dns_address",
+            "must be the gateway or a unicast address outside the subnet",
+        ));
+    }
     let subnet = st
-        .in_tx(async |tx| inventory::create_subnet(tx, id, vpc_id, cidr, gateway).await)
+        .in_tx(async |tx| inventory::create_subnet(tx, id, vpc_id, cidr, gateway, dns).await)
         .await?;
     Ok((StatusCode::CREATED, Json(subnet)))
 }

@@ -498,6 +498,9 @@ pub enum SubnetCmd {
         /// Default: the first host address.
         #[arg(long)]
         gateway_ip: Option<String>,
+        /// Where the subnet's VMs send DNS queries (default: 169.254.169.253).
+        #[arg(long)]
+        dns_address: Option<String>,
         #[arg(long)]
         id: Option<String>,
     },

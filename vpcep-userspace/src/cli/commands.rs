@@ -869,12 +869,14 @@ async fn subnet(c: &Client, cmd: SubnetCmd) -> CliResult<Output> {
             vpc_id,
             cidr,
             gateway_ip,
+            dns_address,
             id,
         } => {
             let mut body = Map::new();
             body.insert("vpc_id".into(), json!(vpc_id));
             body.insert("cidr".into(), json!(cidr));
             put_opt(&mut body, "gateway_ip", gateway_ip);
+            put_opt(&mut body, "dns_address", dns_address);
             put_opt(&mut body, "id", id);
             SUBNETS.create(c, body).await
         }

@@ -769,6 +769,21 @@ impl Dataplane {
         self.entries(maps::LOCAL_ADDRS)
     }
 
+    /// Queries from NIC `ifindex` to `addr_be` (its subnet's DNS address) go up to the
+    /// node resolver.
+    pub fn set_dns_nic(&mut self, ifindex: u32, addr_be: u32) -> Result<(), DataplaneError> {
+        self.put(maps::DNS_NICS, ifindex, addr_be)
+    }
+
+    pub fn remove_dns_nic(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        self.del::<u32, u32>(maps::DNS_NICS, &ifindex)
+    }
+
+    /// Every `DNS_NICS` entry.
+    pub fn dns_nics(&mut self) -> Result<Vec<(u32, u32)>, DataplaneError> {
+        self.entries(maps::DNS_NICS)
+    }
+
     /// The program for the node's VXLAN device, loaded into the kernel.
     pub fn tc_tunnel(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
         self.tc_named(maps::PROG_TC_TUNNEL)

@@ -173,7 +173,18 @@ pub struct Subnet {
     pub vpc_id: String,
     pub cidr: String,
     pub gateway_ip: String,
+    /// Where the subnet's VMs send DNS queries; the node's resolver answers there.
+    /// Subnets stored before the field existed have the default.
+    #[serde(default = "default_dns_address")]
+    pub dns_address: String,
     pub created_at: String,
+}
+
+/// The DNS address of a subnet created without one: link-local, outside every VPC CIDR.
+pub const DEFAULT_DNS_ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 169, 253);
+
+fn default_dns_address() -> String {
+    DEFAULT_DNS_ADDRESS.to_string()
 }
 
 /// A VM NIC (or load balancer VIP) known to the inventory.

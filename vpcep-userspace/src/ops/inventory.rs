@@ -69,6 +69,7 @@ pub async fn create_subnet(
     vpc_id: String,
     cidr: Ipv4Network,
     gateway: u32,
+    dns_address: u32,
 ) -> Result<Subnet> {
     let vpc = tx
         .get::<Vpc>(&vpc_id)
@@ -96,6 +97,7 @@ pub async fn create_subnet(
         vpc_id,
         cidr: cidr.to_string(),
         gateway_ip: Ipv4Addr::from(gateway).to_string(),
+        dns_address: Ipv4Addr::from(dns_address).to_string(),
         created_at: now(),
     };
     tx.put(&subnet).await?;
