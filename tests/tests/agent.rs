@@ -4,6 +4,7 @@
 mod agent {
     mod bench;
     mod dns;
+    mod dns_bench;
 }
 
 use std::{sync::atomic::Ordering, time::Duration};

@@ -56,7 +56,7 @@ fn to_resolver(ctx: &aya_ebpf::programs::TcContext, pkt: &parse::Ipv4Packet, ifi
         && !pkt.fragment
         && pkt.dport == DNS_PORT_BE
         // SAFETY: map value pointer from a successful lookup.
-        && DNS_NICS.get_ptr(&ifindex).is_some_and(|a| unsafe { *a } == pkt.dst)
+        && DNS_NICS.get_ptr(ifindex).is_some_and(|a| unsafe { *a } == pkt.dst)
     {
         let _ = ctx.change_type(PACKET_HOST);
     }

@@ -13,20 +13,21 @@ use xtask::netns::{NetNs, Topology};
 
 use crate::{AgentTask, Scene, blocking};
 
-const DNS: &str = "169.254.169.253";
-const UPSTREAM: &str = "198.51.100.2";
+pub(super) const DNS: &str = "169.254.169.253";
+pub(super) const UPSTREAM: &str = "198.51.100.2";
 /// The forwarded names dnsmasq serves: one address, and 40 (over 512 bytes of answer).
-const FORWARDED: &str = "forwarded.example";
-const BIG: &str = "big.example";
+pub(super) const FORWARDED: &str = "forwarded.example";
+pub(super) const BIG: &str = "big.example";
 
 /// dnsmasq answering from a hosts file, reached from the node over a veth of its own.
-struct Upstream {
-    dnsmasq: Option<xtask::netns::ChildGuard>,
+pub(super) struct Upstream {
+    pub dnsmasq: Option<xtask::netns::ChildGuard>,
     _ns: NetNs,
     _dir: TempDir,
 }
 
-fn upstream(node: &NetNs) -> Upstream {
+/// dnsmasq in a namespace of its own at 198.51.100.2, with `extra` hosts lines.
+pub(super) fn upstream_with(node: &NetNs, extra: &str) -> Upstream {
     let ns = NetNs::new("dnsup").unwrap();
     node.ip(&[
         "link",
@@ -52,6 +53,7 @@ fn upstream(node: &NetNs) -> Upstream {
     for i in 1..=40 {
         hosts.push_str(&format!("198.18.0.{i} {BIG}\n"));
     }
+    hosts.push_str(extra);
     let file = dir.0.join("hosts");
     std::fs::write(&file, hosts).unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -79,12 +81,16 @@ fn upstream(node: &NetNs) -> Upstream {
     }
 }
 
+pub(super) fn upstream(node: &NetNs) -> Upstream {
+    upstream_with(node, "")
+}
+
 /// What `dig` printed: the header's status and flags, and the answers' data.
 #[derive(Debug, Default)]
-struct Dig {
-    status: String,
-    flags: String,
-    answers: Vec<String>,
+pub(super) struct Dig {
+    pub status: String,
+    pub flags: String,
+    pub answers: Vec<String>,
 }
 
 fn parse_dig(text: &str) -> Option<Dig> {
@@ -114,7 +120,7 @@ fn parse_dig(text: &str) -> Option<Dig> {
 
 /// `dig @169.254.169.253 ARGS` in VM `vm` (0 = the consumer's, 1 = the provider's); `None`
 /// when no answer came.
-async fn dig(topo: &Arc<Topology>, vm: usize, args: &[&str]) -> Option<Dig> {
+pub(super) async fn dig(topo: &Arc<Topology>, vm: usize, args: &[&str]) -> Option<Dig> {
     let topo = topo.clone();
     let mut a = vec![format!("@{DNS}"), "+time=1".into(), "+tries=1".into()];
     a.extend(args.iter().map(|s| s.to_string()));
@@ -127,7 +133,7 @@ async fn dig(topo: &Arc<Topology>, vm: usize, args: &[&str]) -> Option<Dig> {
 }
 
 /// Polls `dig NAME` from `vm` every 20 ms until `f` holds; returns how long it took.
-async fn until(
+pub(super) async fn until(
     topo: &Arc<Topology>,
     vm: usize,
     name: &str,
@@ -159,15 +165,15 @@ async fn until(
     panic!("{what}: not within 15 s; dig {name} last said {last:?}; node:\n{state}");
 }
 
-fn answers(ip: &'static str) -> impl Fn(&Dig) -> bool {
+pub(super) fn answers(ip: &'static str) -> impl Fn(&Dig) -> bool {
     move |d| d.status == "NOERROR" && d.answers == [ip]
 }
 
-fn nxdomain(d: &Dig) -> bool {
+pub(super) fn nxdomain(d: &Dig) -> bool {
     d.status == "NXDOMAIN" && d.answers.is_empty()
 }
 
-async fn dns_names(s: &Scene, project: &str, token: &str, ep: &str) -> Vec<String> {
+pub(super) async fn dns_names(s: &Scene, project: &str, token: &str, ep: &str) -> Vec<String> {
     let e =
         s.cp.client(token)
             .ok(
@@ -180,7 +186,7 @@ async fn dns_names(s: &Scene, project: &str, token: &str, ep: &str) -> Vec<Strin
     names
 }
 
-async fn metric(port: u16, line_start: &str) -> u64 {
+pub(super) async fn metric(port: u16, line_start: &str) -> u64 {
     let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
         .await
         .unwrap()

@@ -32,6 +32,9 @@ pub enum BenchKind {
     /// One tenant floods new flows; another tenant's connections/s and an established
     /// flow's throughput and RR p99, next to the same figures with no flood.
     Flood,
+    /// dnsperf against the node resolver and against dnsmasq with the same records:
+    /// local and forwarded names; freshness; the table at 100,000 names.
+    Dns,
     All,
 }
 
@@ -119,6 +122,12 @@ pub fn run(what: BenchKind, opts: &Options) -> Result<()> {
             "== convergence: 1,000 API changes to the maps of a real agent and to 100 simulated agents"
         );
         report_test("agent", "_report")?;
+    }
+    if want(BenchKind::Dns) {
+        println!(
+            "== dns: dnsperf from a VM namespace, the node resolver next to dnsmasq (same records, same path)"
+        );
+        report_test("agent", "dns_report")?;
     }
     if want(BenchKind::Api) {
         println!(

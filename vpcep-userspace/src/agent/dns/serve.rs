@@ -1,6 +1,7 @@
 //! The sockets of one VM NIC (UDP and TCP on its subnet's DNS address, port 53, bound to
 //! the NIC's host-side device) and the forwarding to the upstream resolvers.
 use std::{
+    collections::HashMap,
     io,
     net::{Ipv4Addr, SocketAddr},
     sync::{
@@ -27,6 +28,49 @@ use crate::agent::config::DnsConfig;
 const MAX_FORWARDS: usize = 256;
 /// A TCP connection without a complete query for this long is closed.
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Local answers remembered per NIC (then all forgotten at once).
+const CACHE_ENTRIES: usize = 128;
+
+/// Local answers of one NIC by the query's bytes after its id: a VM asks the same few
+/// names again and again, and the answer depends on nothing else while the view stands
+/// (the NIC's VPC and the TTL are fixed for the task). A hit copies the answer and puts
+/// the query's id in; the view's next version empties it.
+#[derive(Default)]
+struct AnswerCache {
+    view: usize,
+    answers: HashMap<Box<[u8]>, Cached>,
+}
+
+/// An answer's bytes and how it counts.
+type Cached = (Box<[u8]>, Verdict);
+
+impl AnswerCache {
+    fn answer(&mut self, view: &Arc<DnsView>, vni: u32, q: &[u8], ttl: u32) -> Outcome {
+        let at = Arc::as_ptr(view) as usize;
+        if at != self.view {
+            self.answers.clear();
+            self.view = at;
+        }
+        if q.len() >= 12
+            && let Some((a, v)) = self.answers.get(&q[2..])
+        {
+            let mut out = a.to_vec();
+            out[..2].copy_from_slice(&q[..2]);
+            return Outcome::Reply(out, *v);
+        }
+        let outcome = view.answer(vni, q, true, ttl);
+        if let Outcome::Reply(a, v) = &outcome
+            && a.len() >= 2
+        {
+            if self.answers.len() >= CACHE_ENTRIES {
+                self.answers.clear();
+            }
+            self.answers
+                .insert(q[2..].into(), (a.clone().into_boxed_slice(), *v));
+        }
+        outcome
+    }
+}
 
 /// The figures of one VPC's queries (`vpcep_dns_*_total{vpc}`).
 #[derive(Debug, Default)]
@@ -115,6 +159,7 @@ fn query_id(q: &[u8]) -> u16 {
 
 async fn udp_loop(sock: Arc<UdpSocket>, vni: u32, ctx: Arc<Ctx>, c: Arc<DnsCounters>) {
     let inflight = Arc::new(Semaphore::new(MAX_FORWARDS));
+    let mut cache = AnswerCache::default();
     let mut buf = vec![0u8; 65_535];
     loop {
         let (n, peer) = match sock.recv_from(&mut buf).await {
@@ -126,7 +171,8 @@ async fn udp_loop(sock: Arc<UdpSocket>, vni: u32, ctx: Arc<Ctx>, c: Arc<DnsCount
         };
         inc(&c.queries);
         let q = &buf[..n];
-        let outcome = ctx.view.borrow().answer(vni, q, true, ctx.cfg.ttl);
+        let view = ctx.view.borrow().clone();
+        let outcome = cache.answer(&view, vni, q, ctx.cfg.ttl);
         let reply = match outcome {
             Outcome::Reply(b, v) => {
                 c.verdict(v);
@@ -301,5 +347,53 @@ async fn tcp_conn(mut s: TcpStream, vni: u32, ctx: &Ctx, c: &DnsCounters) {
         if s.write_all(&out).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::{
+        op::{Message, Query},
+        rr::{Name, RecordType},
+    };
+
+    use super::*;
+
+    fn query(id: u16, name: &str) -> Vec<u8> {
+        let mut m = Message::new();
+        m.set_id(id);
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        m.to_vec().unwrap()
+    }
+
+    #[test]
+    fn cached_answers_carry_the_query_id_and_follow_the_view() {
+        let empty = Arc::new(DnsView::default());
+        let mut cache = AnswerCache::default();
+        // Nothing local: forwarded, never cached.
+        assert_eq!(
+            cache.answer(&empty, 1, &query(1, "a.example."), 5),
+            Outcome::Forward
+        );
+        assert!(cache.answers.is_empty());
+        // A FORMERR answer is cached and served with each query's id.
+        let bad = |id: u16| {
+            let mut b = id.to_be_bytes().to_vec();
+            b.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 63]);
+            b
+        };
+        let Outcome::Reply(first, _) = cache.answer(&empty, 1, &bad(7), 5) else {
+            panic!("no reply");
+        };
+        let Outcome::Reply(again, _) = cache.answer(&empty, 1, &bad(9), 5) else {
+            panic!("no reply");
+        };
+        assert_eq!(cache.answers.len(), 1);
+        assert_eq!((&first[..2], &again[..2]), (&[0, 7][..], &[0, 9][..]));
+        assert_eq!(first[2..], again[2..]);
+        // Another view: forgotten.
+        let other = Arc::new(DnsView::default());
+        let _ = cache.answer(&other, 1, &query(2, "b.example."), 5);
+        assert!(cache.answers.is_empty());
     }
 }
