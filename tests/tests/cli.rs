@@ -288,9 +288,12 @@ async fn inventory(w: &World) -> (String, String, String, String) {
                 &cvpc,
                 "--cidr",
                 "10.1.1.0/24",
+                "--dns-address",
+                "10.1.1.1",
             ],
         )
         .await;
+    assert_eq!(s(&csub, "dns_address"), "10.1.1.1", "the subnet's DNS address");
     (pvpc, s(&port, "id"), cvpc, s(&csub, "id"))
 }
 

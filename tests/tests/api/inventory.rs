@@ -66,6 +66,40 @@ async fn inventory_operations(db: Db) {
     let vid = v1["id"].as_str().unwrap();
     let s = subnet(&op, vid, "10.0.1.0/24").await;
     assert_eq!(s["gateway_ip"], "10.0.1.1");
+    assert_eq!(
+        s["dns_address"], "169.254.169.253",
+        "the default DNS address"
+    );
+    // The DNS address: the gateway, or an address outside the subnet; nothing else.
+    for bad in [
+        "10.0.2.7",
+        "10.0.2.0",
+        "10.0.2.255",
+        "127.0.0.53",
+        "224.0.0.1",
+        "0.0.0.0",
+        "x",
+    ] {
+        op.post(
+            "/inventory/subnets",
+            json!({"vpc_id": vid, "cidr": "10.0.2.0/24", "dns_address": bad}),
+        )
+        .await
+        .err(400, "dns_address");
+    }
+    for (cidr, dns) in [("10.0.2.0/26", "10.0.2.1"), ("10.0.2.64/26", "192.0.2.53")] {
+        let s = op
+            .post(
+                "/inventory/subnets",
+                json!({"vpc_id": vid, "cidr": cidr, "dns_address": dns}),
+            )
+            .await
+            .ok();
+        assert_eq!(s["dns_address"], dns);
+        op.delete(&format!("/inventory/subnets/{}", s["id"].as_str().unwrap()))
+            .await
+            .ok();
+    }
     op.post(
         "/inventory/subnets",
         json!({"vpc_id": vid, "cidr": "10.0.1.128/25"}),
