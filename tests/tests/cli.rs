@@ -293,7 +293,11 @@ async fn inventory(w: &World) -> (String, String, String, String) {
             ],
         )
         .await;
-    assert_eq!(s(&csub, "dns_address"), "10.1.1.1", "the subnet's DNS address");
+    assert_eq!(
+        s(&csub, "dns_address"),
+        "10.1.1.1",
+        "the subnet's DNS address"
+    );
     (pvpc, s(&port, "id"), cvpc, s(&csub, "id"))
 }
 

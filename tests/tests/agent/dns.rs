@@ -186,13 +186,13 @@ pub(super) async fn dns_names(s: &Scene, project: &str, token: &str, ep: &str) -
     names
 }
 
+/// The value of the first metrics line starting with `line_start`; 0 when absent or while
+/// the agent is not serving its metrics (a restart).
 pub(super) async fn metric(port: u16, line_start: &str) -> u64 {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await else {
+        return 0;
+    };
+    let text = r.text().await.unwrap_or_default();
     text.lines()
         .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
         .unwrap_or(0)
@@ -384,19 +384,54 @@ async fn endpoint_names_resolve_in_their_vpc_only() {
     s.agent.take().unwrap().stop().await;
     let stopped = stop_at.elapsed();
     let start_at = Instant::now();
-    s.agent = Some(AgentTask::start(cfg));
-    let back = until(
+    s.agent = Some(AgentTask::start(cfg.clone()));
+    // The agent's own restart time (its maps applied, as its metrics say) next to the
+    // time DNS answers again.
+    let (mut applied, mut back) = (None, None);
+    while (applied.is_none() || back.is_none()) && start_at.elapsed() < Duration::from_secs(15) {
+        if applied.is_none() && metric(s.metrics, "vpcep_agent_applied_revision ").await > 0 {
+            applied = Some(start_at.elapsed());
+        }
+        if back.is_none()
+            && dig(&topo, 0, &[&names[0]])
+                .await
+                .is_some_and(|d| answers("10.0.0.100")(&d))
+        {
+            back = Some(start_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (applied, back) = (applied.expect("maps applied"), back.expect("DNS back"));
+    println!(
+        "dns: agent stop took {stopped:?}; after the new agent started: maps applied {applied:?}, DNS answering {back:?}"
+    );
+
+    // Without upstreams other names are refused.
+    let mut alone = cfg.clone();
+    alone.dns.upstreams.clear();
+    s.agent.take().unwrap().stop().await;
+    s.agent = Some(AgentTask::start(alone));
+    until(
         &topo,
         0,
         &names[0],
-        "answered after the restart",
+        "answered without upstreams",
         answers("10.0.0.100"),
     )
     .await;
-    println!(
-        "dns: agent stop took {stopped:?}; answering again {back:?} after the new agent started ({:?} after the stop began)",
-        start_at.duration_since(stop_at) + back
-    );
+    let d = dig(&topo, 0, &[FORWARDED]).await.unwrap();
+    assert_eq!(d.status, "REFUSED", "{d:?}");
+    assert!(metric(s.metrics, &format!("vpcep_dns_refused_total{cv}")).await >= 1);
+    s.agent.take().unwrap().stop().await;
+    s.agent = Some(AgentTask::start(cfg));
+    until(
+        &topo,
+        0,
+        &names[0],
+        "answered with upstreams again",
+        answers("10.0.0.100"),
+    )
+    .await;
 
     // Delete: the name goes.
     consumer
