@@ -198,6 +198,18 @@ pub(super) async fn metric(port: u16, line_start: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// An A query for `name` (id 1).
+fn query_bytes(name: &str) -> Vec<u8> {
+    use hickory_proto::{
+        op::{Message, Query},
+        rr::{Name, RecordType},
+    };
+    let mut m = Message::new();
+    m.set_id(1).set_recursion_desired(true);
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    m.to_vec().unwrap()
+}
+
 /// Sends `bytes` to the resolver from VM `vm` over UDP; returns the reply, if one came
 /// within 500 ms.
 async fn raw_query(topo: &Arc<Topology>, vm: usize, bytes: Vec<u8>) -> Option<Vec<u8>> {
@@ -367,6 +379,49 @@ async fn endpoint_names_resolve_in_their_vpc_only() {
         dig(&topo, 0, &[&names[0]]).await.unwrap().answers,
         ["10.0.0.100"]
     );
+
+    // A VM flooding the resolver (20,000 queries as fast as it can, over the NIC's 1,024/s)
+    // is cut off at its budget; the other VPC's VM is answered meanwhile.
+    let flooder = {
+        let topo = topo.clone();
+        let name = names[0].clone();
+        tokio::task::spawn_blocking(move || {
+            topo.vms[1].ns.run(move || {
+                let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+                let q = query_bytes(&name);
+                let t0 = Instant::now();
+                for _ in 0..20_000 {
+                    if t0.elapsed() > Duration::from_secs(5) {
+                        break;
+                    }
+                    let _ = s.send_to(&q, (DNS, 53));
+                }
+            })
+        })
+    };
+    for _ in 0..5 {
+        let d = dig(&topo, 0, &[&names[0]]).await.unwrap();
+        assert_eq!(
+            d.answers,
+            ["10.0.0.100"],
+            "answered during the other VM's flood"
+        );
+    }
+    flooder.await.unwrap().unwrap();
+    let pv_limited = format!(
+        "vpcep_dns_rate_limited_total{{vpc=\"{}\"}}",
+        s.w.provider_vpc
+    );
+    let limited = metric(s.metrics, &pv_limited).await;
+    assert!(
+        limited > 1000,
+        "the flood counted as rate-limited: {limited}"
+    );
+    let cv_limited = format!(
+        "vpcep_dns_rate_limited_total{{vpc=\"{}\"}}",
+        s.w.consumer_vpc
+    );
+    assert_eq!(metric(s.metrics, &cv_limited).await, 0);
 
     // The counters, per VPC.
     let cv = format!("{{vpc=\"{}\"}}", s.w.consumer_vpc);

@@ -36,6 +36,7 @@
 //! upstream_timeout_ms = 2000             # per upstream, then the next
 //! ttl = 5                                # seconds, of the endpoint names' answers
 //! max_tcp_connections = 64               # per NIC
+//! queries_per_second = 1024              # per NIC, burst twice that; 0: no limit
 //!
 //! [[nic]]                                # host side of a VM NIC → its inventory port id
 //! iface = "tap0"
@@ -114,6 +115,7 @@ struct RawDns {
     upstream_timeout_ms: u64,
     ttl: u32,
     max_tcp_connections: usize,
+    queries_per_second: u32,
 }
 
 impl Default for RawDns {
@@ -124,6 +126,7 @@ impl Default for RawDns {
             upstream_timeout_ms: 2000,
             ttl: 5,
             max_tcp_connections: 64,
+            queries_per_second: 1024,
         }
     }
 }
@@ -138,6 +141,9 @@ pub struct DnsConfig {
     pub ttl: u32,
     /// Open TCP connections per NIC; more are closed at accept.
     pub max_tcp_connections: usize,
+    /// Queries per second one NIC may send (burst: twice that); more are dropped and
+    /// counted, so one VM cannot take the resolver from the others. 0: no limit.
+    pub queries_per_second: u32,
 }
 
 impl RawDns {
@@ -165,12 +171,19 @@ impl RawDns {
         if !(1..=4096).contains(&self.max_tcp_connections) {
             return Err(invalid("dns.max_tcp_connections", "must be 1-4096"));
         }
+        if self.queries_per_second > 1_000_000 {
+            return Err(invalid(
+                "dns.queries_per_second",
+                "must be at most 1000000 (0: no limit)",
+            ));
+        }
         Ok(DnsConfig {
             enabled: self.enabled,
             upstreams,
             upstream_timeout: Duration::from_millis(self.upstream_timeout_ms),
             ttl: self.ttl,
             max_tcp_connections: self.max_tcp_connections,
+            queries_per_second: self.queries_per_second,
         })
     }
 }

@@ -223,6 +223,22 @@ impl FeedState {
             .flatten()
     }
 
+    /// Whether the objects the resolver's table is built from (VPCs, subnets, NICs,
+    /// endpoints) are the very same in `other`: a state shares the records it did not
+    /// change with the one before, so this is a pointer comparison per object.
+    pub fn same_dns_inputs(&self, other: &FeedState) -> bool {
+        fn same<T>(a: &Objects<T>, b: &Objects<T>) -> bool {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|((ka, va), (kb, vb))| ka == kb && Arc::ptr_eq(va, vb))
+        }
+        same(&self.vpcs, &other.vpcs)
+            && same(&self.subnets, &other.subnets)
+            && same(&self.ports, &other.ports)
+            && same(&self.endpoints, &other.endpoints)
+    }
+
     /// A local NIC's VPC (id and VNI) and its subnet's DNS address, for the resolver.
     pub fn nic_dns(&self, port_id: &str) -> Option<(&str, u32, Ipv4Addr)> {
         let p = self.ports.get(port_id)?;
@@ -1005,6 +1021,26 @@ mod tests {
         // A tombstone stays one.
         assert_eq!(gen_of(TOMBSTONE, Some(ep(1, usable_flags, 7))), 0);
         assert_ne!(random_generation(), 0);
+    }
+
+    #[test]
+    fn dns_inputs_change_with_endpoints_not_with_permissions() {
+        let a = state();
+        let mut b = a.clone();
+        assert!(b.same_dns_inputs(&a));
+        b.apply(
+            "permission",
+            "x",
+            "put",
+            json!({"service_id": "s", "permission": "*"}),
+        );
+        assert!(b.same_dns_inputs(&a), "permissions do not name anything");
+        let mut c = a.clone();
+        c.apply("endpoint", "e-new", "delete", Value::Null);
+        assert!(c.same_dns_inputs(&a), "deleting what is not there");
+        let (id, _) = a.endpoints.iter().next().unwrap();
+        c.apply("endpoint", id, "delete", Value::Null);
+        assert!(!c.same_dns_inputs(&a));
     }
 
     #[test]

@@ -43,7 +43,7 @@ impl Shared {
 
     fn encode_dns(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         type DnsPick = fn(&DnsCounters) -> &AtomicU64;
-        const PER_VPC: [(&str, &str, DnsPick); 7] = [
+        const PER_VPC: [(&str, &str, DnsPick); 8] = [
             (
                 "vpcep_dns_queries",
                 "DNS queries from the VPC's VMs.",
@@ -78,6 +78,11 @@ impl Shared {
                 "vpcep_dns_malformed",
                 "Queries dropped or answered FORMERR/NOTIMP.",
                 |c| &c.malformed,
+            ),
+            (
+                "vpcep_dns_rate_limited",
+                "Queries dropped unanswered: over the NIC's queries_per_second.",
+                |c| &c.rate_limited,
             ),
         ];
         let vpcs: Vec<(String, Arc<DnsCounters>)> = self

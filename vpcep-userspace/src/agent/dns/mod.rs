@@ -99,7 +99,7 @@ impl Resolver {
 
     async fn follow(mut self, mut states: States) {
         let mut rescan = tokio::time::interval(RESCAN);
-        let mut started = false;
+        let mut built: Option<Arc<FeedState>> = None;
         loop {
             tokio::select! {
                 r = states.changed() => {
@@ -107,18 +107,29 @@ impl Resolver {
                         break;
                     }
                     let state = states.borrow_and_update().clone();
-                    if let Some(s) = state {
-                        let view = DnsView::build(&s, &self.cfg.nics);
+                    if let Some(s) = state
+                        && !built.as_ref().is_some_and(|b| b.same_dns_inputs(&s))
+                    {
+                        // Off this thread: at 100,000 names a build takes ~150 ms, which
+                        // the NICs' tasks on this runtime must not wait for. States that
+                        // arrive meanwhile are taken together by the next build.
+                        let (input, nics) = (s.clone(), self.cfg.nics.clone());
+                        let Ok(view) =
+                            tokio::task::spawn_blocking(move || DnsView::build(&input, &nics)).await
+                        else {
+                            continue;
+                        };
                         self.shared.dns_names.store(view.len(), Ordering::Relaxed);
                         self.view.send_replace(Arc::new(view));
-                        if !started {
+                        if built.is_none() {
                             tracing::info!("dns: first state received, serving");
                         }
-                        started = true;
+                        built = Some(s);
                     }
                 }
                 _ = rescan.tick() => {}
             }
+            let started = built.is_some();
             if started {
                 self.reconcile().await;
             }

@@ -4,6 +4,7 @@ use std::{
     collections::HashMap,
     io,
     net::{Ipv4Addr, SocketAddr},
+    num::NonZeroU32,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -86,6 +87,8 @@ pub struct DnsCounters {
     pub refused: AtomicU64,
     /// Dropped, FORMERR or NOTIMP.
     pub malformed: AtomicU64,
+    /// Dropped unanswered: over the NIC's `queries_per_second`.
+    pub rate_limited: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -145,19 +148,56 @@ pub(super) fn start(
     tcp.listen(128)?;
     let tcp = TcpListener::from_std(tcp.into())?;
     let vni = nic.vni;
-    let udp = tokio::spawn(udp_loop(Arc::new(udp), vni, ctx.clone(), counters.clone()));
-    let tcp = tokio::spawn(tcp_loop(tcp, vni, ctx, counters));
+    let limit = Limit::new(ctx.cfg.queries_per_second);
+    let udp = tokio::spawn(udp_loop(
+        Arc::new(udp),
+        vni,
+        ctx.clone(),
+        counters.clone(),
+        limit.clone(),
+    ));
+    let tcp = tokio::spawn(tcp_loop(tcp, vni, ctx, counters, limit));
     Ok(NicTasks {
         key: (ifindex, vni, nic.address),
         tasks: [udp, tcp],
     })
 }
 
+/// One NIC's query budget, shared by its UDP and TCP sockets.
+#[derive(Clone)]
+struct Limit(Option<Arc<governor::DefaultDirectRateLimiter>>);
+
+impl Limit {
+    fn new(per_second: u32) -> Self {
+        Self(NonZeroU32::new(per_second).map(|r| {
+            let burst = NonZeroU32::new(r.get().saturating_mul(2)).unwrap_or(r);
+            Arc::new(governor::RateLimiter::direct(
+                governor::Quota::per_second(r).allow_burst(burst),
+            ))
+        }))
+    }
+
+    /// Whether one more query may be served now; counts the one that may not.
+    fn admit(&self, c: &DnsCounters) -> bool {
+        let ok = self.0.as_ref().is_none_or(|l| l.check().is_ok());
+        if !ok {
+            inc(&c.rate_limited);
+        }
+        ok
+    }
+}
+
 fn query_id(q: &[u8]) -> u16 {
     u16::from_be_bytes([q[0], q[1]])
 }
 
-async fn udp_loop(sock: Arc<UdpSocket>, vni: u32, ctx: Arc<Ctx>, c: Arc<DnsCounters>) {
+async fn udp_loop(
+    sock: Arc<UdpSocket>,
+    vni: u32,
+    ctx: Arc<Ctx>,
+    c: Arc<DnsCounters>,
+    limit: Limit,
+) {
     let inflight = Arc::new(Semaphore::new(MAX_FORWARDS));
     let mut cache = AnswerCache::default();
     let mut buf = vec![0u8; 65_535];
@@ -170,6 +210,11 @@ async fn udp_loop(sock: Arc<UdpSocket>, vni: u32, ctx: Arc<Ctx>, c: Arc<DnsCount
             }
         };
         inc(&c.queries);
+        // Over the budget: no answer at all (an error answer would still cost, and
+        // would make the node an amplifier).
+        if !limit.admit(&c) {
+            continue;
+        }
         let q = &buf[..n];
         let view = ctx.view.borrow().clone();
         let outcome = cache.answer(&view, vni, q, ctx.cfg.ttl);
@@ -269,7 +314,7 @@ async fn forward_tcp(cfg: &DnsConfig, q: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-async fn tcp_loop(l: TcpListener, vni: u32, ctx: Arc<Ctx>, c: Arc<DnsCounters>) {
+async fn tcp_loop(l: TcpListener, vni: u32, ctx: Arc<Ctx>, c: Arc<DnsCounters>, limit: Limit) {
     let open = Arc::new(Semaphore::new(ctx.cfg.max_tcp_connections));
     loop {
         let s = match l.accept().await {
@@ -285,17 +330,17 @@ async fn tcp_loop(l: TcpListener, vni: u32, ctx: Arc<Ctx>, c: Arc<DnsCounters>) 
         let Ok(permit) = open.clone().try_acquire_owned() else {
             continue;
         };
-        let (ctx, c) = (ctx.clone(), c.clone());
+        let (ctx, c, limit) = (ctx.clone(), c.clone(), limit.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            tcp_conn(s, vni, &ctx, &c).await;
+            tcp_conn(s, vni, &ctx, &c, &limit).await;
         });
     }
 }
 
 /// Serves the queries of one connection, in order, until it closes, idles or sends
 /// something that is not a query.
-async fn tcp_conn(mut s: TcpStream, vni: u32, ctx: &Ctx, c: &DnsCounters) {
+async fn tcp_conn(mut s: TcpStream, vni: u32, ctx: &Ctx, c: &DnsCounters, limit: &Limit) {
     loop {
         let mut l = [0u8; 2];
         if !matches!(
@@ -312,6 +357,10 @@ async fn tcp_conn(mut s: TcpStream, vni: u32, ctx: &Ctx, c: &DnsCounters) {
             return;
         }
         inc(&c.queries);
+        // Over the budget the connection is closed.
+        if !limit.admit(c) {
+            return;
+        }
         let outcome = ctx.view.borrow().answer(vni, &q, false, ctx.cfg.ttl);
         let reply = match outcome {
             Outcome::Reply(b, v) => {
