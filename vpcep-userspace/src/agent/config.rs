@@ -652,4 +652,36 @@ port_id = "p1"
             assert_eq!(field_of(&format!("{GOOD}[overlay]\n{bad}\n")), field);
         }
     }
+
+    #[test]
+    fn dns_section() {
+        let d = AgentConfig::parse(GOOD).unwrap().dns;
+        assert!(d.enabled && d.upstreams.is_empty());
+        assert_eq!(
+            (d.ttl, d.max_tcp_connections, d.queries_per_second),
+            (5, 64, 1024)
+        );
+        assert_eq!(d.upstream_timeout, Duration::from_secs(2));
+        let c = AgentConfig::parse(&format!(
+            "{GOOD}[dns]\nupstreams = [\"192.0.2.53\", \"192.0.2.54:5353\"]\nenabled = false\n"
+        ))
+        .unwrap();
+        assert!(!c.dns.enabled);
+        assert_eq!(
+            c.dns.upstreams,
+            [
+                "192.0.2.53:53".parse().unwrap(),
+                "192.0.2.54:5353".parse::<SocketAddr>().unwrap()
+            ]
+        );
+        for (bad, field) in [
+            ("upstreams = [\"resolver\"]", "dns.upstreams"),
+            ("upstream_timeout_ms = 10", "dns.upstream_timeout_ms"),
+            ("ttl = 100000", "dns.ttl"),
+            ("max_tcp_connections = 0", "dns.max_tcp_connections"),
+            ("queries_per_second = 2000000", "dns.queries_per_second"),
+        ] {
+            assert_eq!(field_of(&format!("{GOOD}[dns]\n{bad}\n")), field, "{bad}");
+        }
+    }
 }
