@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
 use super::{
-    CURL, Demo, ENDPOINT_IP, check_interrupted,
+    CURL, DNS_ADDRESS, Demo, ENDPOINT_IP, check_interrupted,
     ui::{print_indented, show_command, wait_for},
 };
 
@@ -63,6 +63,99 @@ impl Demo {
             println!("  (curl exit status {})", out.status.code().unwrap_or(-1));
         }
         Ok((out.status.success(), text))
+    }
+
+    /// `dig` in a VM against the node's resolver; the answer's status and addresses.
+    fn dig(&self, ns: &xtask::netns::NetNs, name: &str) -> Result<(String, Vec<String>)> {
+        let server = format!("@{DNS_ADDRESS}");
+        let args = [
+            server.as_str(),
+            "+time=1",
+            "+tries=2",
+            "+noall",
+            "+comments",
+            "+answer",
+            name,
+        ];
+        let mut shown: Vec<&str> = vec!["netns", "exec", ns.name(), "dig"];
+        shown.extend_from_slice(&args);
+        show_command("ip", &shown);
+        let out = ns
+            .command("dig")
+            .args(args)
+            .output()
+            .context("running dig")?;
+        check_interrupted()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        print_indented(
+            &text
+                .lines()
+                .filter(|l| l.contains("status:") || (!l.starts_with(';') && !l.trim().is_empty()))
+                .map(|l| format!("{l}\n"))
+                .collect::<String>(),
+        );
+        let status = text
+            .split("status: ")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .unwrap_or("no answer")
+            .to_owned();
+        let ips = text
+            .lines()
+            .filter(|l| !l.starts_with(';'))
+            .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+                [_, _, "IN", "A", ip] => Some(ip.to_owned()),
+                _ => None,
+            })
+            .collect();
+        Ok((status, ips))
+    }
+
+    /// The endpoint's names resolve to its address in the consumer's VM and do not exist
+    /// in the backend's VM (another VPC, the same 10.0.0.0/24).
+    pub(super) fn expect_names(&self, endpoint: &str) -> Result<()> {
+        let out = self
+            .vpcep(&[
+                "endpoint",
+                "show",
+                "--profile",
+                "consumer",
+                endpoint,
+                "-o",
+                "json",
+            ])
+            .output()
+            .context("running the vpcep CLI")?;
+        let ep: Value = serde_json::from_slice(&out.stdout).context("endpoint show -o json")?;
+        let names: Vec<String> = ep["dns_names"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let Some(first) = names.first() else {
+            bail!("check failed: the accepted endpoint has no dns_names: {ep}");
+        };
+        println!("  dns_names: {}", names.join(", "));
+        let mut answer = (String::new(), Vec::new());
+        wait_for("the node's resolver to answer the name", 10, || {
+            answer = self.dig(self.consumer_ns()?, first)?;
+            Ok(answer.0 == "NOERROR")
+        })?;
+        if answer.1 != [ENDPOINT_IP] {
+            bail!(
+                "check failed: {first} answered {:?} in the consumer's VM",
+                answer.1
+            );
+        }
+        let (status, _) = self.dig(self.backend_ns()?, first)?;
+        if status != "NXDOMAIN" {
+            bail!("check failed: {first} answered {status} in the backend's VPC, not NXDOMAIN");
+        }
+        println!("  ✓ {first} → {ENDPOINT_IP} in the consumer's VPC; NXDOMAIN in the provider's");
+        Ok(())
     }
 
     pub(super) fn expect_refused(&self, state: &str) -> Result<()> {

@@ -130,6 +130,7 @@ impl Demo {
             &self.ids.consumer_subnet,
             "--port-ip",
             ENDPOINT_IP,
+            "--enable-dns",
         ])?;
         let endpoint = field(&out, "id")?;
         let status = field(&out, "status")?;

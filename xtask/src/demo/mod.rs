@@ -43,6 +43,8 @@ const UNDERLAY_IP: &str = "192.0.2.1";
 const CONSUMER_IP: &str = "10.0.0.2";
 const BACKEND_IP: &str = "10.0.0.5";
 const ENDPOINT_IP: &str = "10.0.0.100";
+/// The subnets' DNS address (the inventory's default), where the node's resolver answers.
+const DNS_ADDRESS: &str = "169.254.169.253";
 const C_MAC: &str = "02:00:00:00:00:02";
 const B_MAC: &str = "02:00:00:00:00:05";
 const SNAT_RANGE: &str = "198.19.128.0/17";
@@ -133,7 +135,7 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     println!(
         "\ndemo: every check held (pending → refused, accepted → 200 from a 198.19 source, \
-         rejected → refused) in {:.1} s after {:.0} s of setup and build",
+         its name answered in its VPC only, rejected → refused) in {:.1} s after {:.0} s of setup and build",
         built.elapsed().as_secs_f64(),
         built.duration_since(started).as_secs_f64()
     );
@@ -293,6 +295,9 @@ impl Demo {
         self.cli(&["endpoint", "list", "--profile", "consumer"])?;
         self.wait_for_map(true)?;
         self.expect_served()?;
+
+        steps.next("Consumer: the endpoint's domain names, answered by the node in its VPC only");
+        self.expect_names(&endpoint)?;
 
         steps.next("Counters of the node, from the maps the agent pinned");
         let eps = self.cli(&["dataplane", "endpoints", "--pin-dir", &self.pin_dir_str()])?;

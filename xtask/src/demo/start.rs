@@ -12,8 +12,8 @@ use anyhow::{Context as _, Result};
 use xtask::netns::Topology;
 
 use super::{
-    B_MAC, BACKEND_IP, C_MAC, CONSUMER_IP, CONSUMER_PROJECT, Demo, NODE, PROVIDER_PROJECT,
-    SNAT_RANGE, UNDERLAY_IP,
+    B_MAC, BACKEND_IP, C_MAC, CONSUMER_IP, CONSUMER_PROJECT, DNS_ADDRESS, Demo, NODE,
+    PROVIDER_PROJECT, SNAT_RANGE, UNDERLAY_IP,
     proc::Proc,
     ui::{show_command, wait_for},
 };
@@ -193,12 +193,18 @@ project_id = "{CONSUMER_PROJECT}"
         topo.vms[1]
             .ns
             .ip(&["route", "add", SNAT_RANGE, "via", "10.0.0.1"])?;
+        // Both VMs ask the node's resolver at the subnets' DNS address, through the gateway.
+        for vm in &topo.vms {
+            vm.ns
+                .ip(&["route", "add", DNS_ADDRESS, "via", "10.0.0.1"])?;
+        }
         let (c, b) = (topo.vms[0].ns.name(), topo.vms[1].ns.name());
         println!("  node namespace      {node}");
         println!("  consumer VM         {c}: eth0 {CONSUMER_IP}/24 {C_MAC}, node end {tapc}");
         println!(
             "  backend VM          {b}: eth0 {BACKEND_IP}/24 {B_MAC}, node end {tapb}, {SNAT_RANGE} via 10.0.0.1"
         );
+        println!("  both VMs            {DNS_ADDRESS} (the node's resolver) via 10.0.0.1");
         Ok(())
     }
 
